@@ -1,0 +1,126 @@
+"""Log configuration: one dataclass, documented defaults, self-validating.
+
+Every option of :meth:`logstore.Log.open` lives here. Unknown names and invalid values raise
+:class:`~logstore.errors.ConfigError` with the list of valid choices, before anything touches disk.
+Durations are seconds (float) except record timestamps and options whose names end in ``_ms``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+FSYNC_POLICIES = ("always", "every", "never")
+COMPRESSIONS = ("none", "zstd")
+
+MIN_SEGMENT_BYTES = 1024
+# Index entries store file positions as int32, and a batch only starts below segment_bytes.
+MAX_SEGMENT_BYTES = 2**31 - 1
+# A batch must be decodable in memory; the format allows up to this many bytes per batch.
+MAX_BATCH_BYTES = 1 << 30
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Settings of one log. All fields have safe defaults; see README "Configuration".
+
+    fsync:
+        ``"always"`` (default): ``append``/``append_batch`` return only after the batch, and any
+        new segment's directory entry, are on stable storage. Concurrent appenders share fsyncs
+        (group commit). ``"every"``: fsync after ``fsync_records`` records and/or every
+        ``fsync_ms`` milliseconds (a background thread). ``"never"``: the OS decides; ``flush()``
+        and ``close()`` still fsync, and a segment is fsynced once when it is sealed.
+    compression:
+        ``"none"`` or ``"zstd"`` (each batch's records section compressed as a whole).
+    segment_bytes / segment_ms:
+        Roll to a new segment when the active one would exceed ``segment_bytes`` or when its
+        first batch is older than ``segment_ms``. A batch bigger than ``segment_bytes`` is
+        written alone into a fresh segment.
+    index_interval_bytes:
+        One sparse offset-index (and time-index) entry per this many bytes of log.
+    max_record_bytes:
+        Largest encoded batch (uncompressed) accepted by ``append``/``append_batch``.
+    """
+
+    fsync: str = "always"
+    fsync_records: int | None = None
+    fsync_ms: int | None = None
+    compression: str = "none"
+    compression_level: int = 3
+    segment_bytes: int = 64 * MiB
+    segment_ms: int | None = None
+    index_interval_bytes: int = 4 * KiB
+    max_record_bytes: int = 8 * MiB
+
+    def __post_init__(self) -> None:
+        _check_choice("fsync", self.fsync, FSYNC_POLICIES)
+        _check_int("fsync_records", self.fsync_records, minimum=1, optional=True)
+        _check_int("fsync_ms", self.fsync_ms, minimum=1, optional=True)
+        if self.fsync == "every":
+            if self.fsync_records is None and self.fsync_ms is None:
+                raise ConfigError(
+                    "fsync='every' needs fsync_records=N and/or fsync_ms=M "
+                    "(valid fsync policies: 'always', 'every', 'never')"
+                )
+        elif self.fsync_records is not None or self.fsync_ms is not None:
+            raise ConfigError(
+                f"fsync_records/fsync_ms only apply with fsync='every' (got fsync={self.fsync!r})"
+            )
+        _check_choice("compression", self.compression, COMPRESSIONS)
+        _check_int("compression_level", self.compression_level, minimum=-7, maximum=22)
+        _check_int("segment_bytes", self.segment_bytes, MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES)
+        _check_int("segment_ms", self.segment_ms, minimum=1, optional=True)
+        _check_int("index_interval_bytes", self.index_interval_bytes, 1, MAX_SEGMENT_BYTES)
+        _check_int("max_record_bytes", self.max_record_bytes, 128, MAX_BATCH_BYTES)
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], base: "LogConfig | None" = None) -> "LogConfig":
+        """Build a config from keyword options, rejecting unknown names with the valid list."""
+        valid = cls.option_names()
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                f"valid options: {', '.join(valid)}"
+            )
+        if base is None:
+            return cls(**options)
+        return dataclasses.replace(base, **options)
+
+    def replace(self, **options: Any) -> "LogConfig":
+        return self.from_options(options, base=self)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"{name} must be one of {', '.join(map(repr, choices))} (got {value!r})"
+        )
+
+
+def _check_int(
+    name: str,
+    value: Any,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    optional: bool = False,
+) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        kind = "an int or None" if optional else "an int"
+        raise ConfigError(f"{name} must be {kind} (got {value!r})")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum} (got {value})")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum} (got {value})")
