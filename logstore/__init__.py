@@ -1,0 +1,47 @@
+"""logstore: a durable, segmented, append-only log storage engine.
+
+    import logstore
+    with logstore.Log.open("data/orders") as log:
+        off = log.append(b"hello", key=b"user-1")
+        assert log.get(off).value == b"hello"
+
+See README.md for the API, the durability guarantees and ``segments/FORMAT.md`` for the format.
+"""
+
+from .config import LogConfig
+from .errors import (
+    ConfigError,
+    CorruptLogError,
+    LogClosedError,
+    LogLockedError,
+    LogstoreError,
+    NotALogError,
+    OffsetOutOfRangeError,
+    ReadOnlyError,
+    RecordRemovedError,
+    RecordTooLargeError,
+    StorageError,
+    UnsupportedFormatError,
+)
+from .log import Log
+from .record import Record
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Log",
+    "LogConfig",
+    "Record",
+    "LogstoreError",
+    "ConfigError",
+    "LogLockedError",
+    "LogClosedError",
+    "ReadOnlyError",
+    "NotALogError",
+    "UnsupportedFormatError",
+    "OffsetOutOfRangeError",
+    "RecordRemovedError",
+    "RecordTooLargeError",
+    "CorruptLogError",
+    "StorageError",
+]

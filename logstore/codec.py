@@ -1,0 +1,675 @@
+"""Record-batch encoding and decoding: the byte layout of ``segments/FORMAT.md``, in code.
+
+A batch is a 64-byte little-endian header followed by a columnar payload (optionally one zstd
+frame) and zero padding to a multiple of 8 bytes. The writer half (:func:`prepare_batch`,
+:func:`prepare_one`, :func:`frame`) and the reader half (:func:`parse_header`,
+:func:`check_header`, :func:`decode`) mirror each other; FORMAT.md is the contract between them.
+
+Columns are decoded with numpy in one call each, so reading a batch costs a handful of C calls
+whatever the number of records; only turning records into Python objects is per-record work.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+
+import crc32c as _crc32c
+import numpy as np
+import zstandard
+
+from .errors import CorruptLogError, RecordTooLargeError, UnsupportedFormatError
+from .record import Record
+
+MAGIC = b"LSTB"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<4sIIHHqqqIIII8x")
+HEADER_SIZE = HEADER.size  # 64
+ALIGN = 8
+CRC_START = 8  # the CRC covers bytes [8, batch_length) of the batch: everything after itself
+
+CODEC_MASK = 0x3
+CODEC_NONE = 0
+CODEC_ZSTD = 1
+CODEC_NAMES = {CODEC_NONE: "none", CODEC_ZSTD: "zstd"}
+ATTR_TIMESTAMPS = 1 << 2  # int64 timestamp-delta column present
+ATTR_OFFSET_DELTAS = 1 << 3  # int32 offset-delta column present (compacted batches have gaps)
+ATTR_KEYS = 1 << 4  # int32 key-length column present
+ATTR_HEADERS = 1 << 5  # int32 headers-length column present
+KNOWN_ATTRS = CODEC_MASK | ATTR_TIMESTAMPS | ATTR_OFFSET_DELTAS | ATTR_KEYS | ATTR_HEADERS
+
+MAX_TIMESTAMP = 2**63 - 1
+# Header fields are uint32; a batch (header + payload + padding) must fit one.
+MAX_BATCH_LENGTH = (1 << 30) + (1 << 20)
+
+crc32c = _crc32c.crc32c
+_I32 = struct.Struct("<i")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_PAD = bytes(ALIGN)
+
+
+class BatchHeader(NamedTuple):
+    """The fixed 64-byte header of a batch (see FORMAT.md, "Batch header")."""
+
+    magic: bytes
+    crc: int
+    length: int
+    version: int
+    attributes: int
+    base_offset: int
+    base_timestamp: int
+    max_timestamp: int
+    record_count: int
+    last_offset_delta: int
+    payload_length: int
+    raw_length: int
+
+    @property
+    def last_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta + 1
+
+    @property
+    def codec(self) -> str:
+        return CODEC_NAMES.get(self.attributes & CODEC_MASK, "unknown")
+
+
+class PreparedBatch(NamedTuple):
+    """A batch's payload, encoded before its base offset is known (outside the log's lock)."""
+
+    attributes: int
+    record_count: int
+    last_offset_delta: int
+    base_timestamp: int
+    max_timestamp: int
+    payload: bytes
+    raw_length: int
+
+    @property
+    def framed_length(self) -> int:
+        return _align(HEADER_SIZE + len(self.payload))
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+# ----------------------------------------------------------------------------------- writing
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> "zstandard.ZstdCompressor":
+    # ZstdCompressor objects are not thread-safe: one per thread and level.
+    cache = getattr(_local, "compressors", None)
+    if cache is None:
+        cache = _local.compressors = {}
+    comp = cache.get(level)
+    if comp is None:
+        comp = cache[level] = zstandard.ZstdCompressor(level=level)
+    return comp
+
+
+def _decompressor() -> "zstandard.ZstdDecompressor":
+    d = getattr(_local, "decompressor", None)
+    if d is None:
+        d = _local.decompressor = zstandard.ZstdDecompressor()
+    return d
+
+
+def _not_bytes(what: str, index: Optional[int], item: Any) -> TypeError:
+    where = f"{what}" if index is None else f"{what} at index {index}"
+    hint = " (encode it first, e.g. s.encode())" if isinstance(item, str) else ""
+    return TypeError(
+        f"{where} must be bytes-like (bytes, bytearray, memoryview) or None, "
+        f"got {type(item).__name__}{hint}"
+    )
+
+
+def _byte_length(item: Any, what: str, index: Optional[int]) -> int:
+    try:
+        return memoryview(item).nbytes
+    except TypeError:
+        raise _not_bytes(what, index, item) from None
+
+
+def _column(items: Sequence[Any], what: str, nullable: bool) -> tuple:
+    """Join bytes-like ``items`` into one blob; return (blob, int32 lengths with -1 for None)."""
+    n = len(items)
+    has_none = nullable and any(x is None for x in items)
+    present = [x for x in items if x is not None] if has_none else items
+    try:
+        blob = b"".join(present)
+    except TypeError:
+        for i, x in enumerate(items):
+            if x is None and nullable:
+                continue
+            if not isinstance(x, (bytes, bytearray, memoryview)):
+                _byte_length(x, what, i)  # raises for non-buffers; other buffers are fine
+        blob = b"".join(bytes(memoryview(x)) for x in present)
+    if has_none:
+        lengths = np.fromiter(
+            (-1 if x is None else len(x) for x in items), dtype=np.int64, count=n
+        )
+    else:
+        lengths = np.fromiter(map(len, items), dtype=np.int64, count=n)
+    if int(lengths[lengths > 0].sum()) != len(blob):
+        # A multi-byte memoryview: len() counts items, not bytes.
+        lengths = np.array(
+            [-1 if x is None else _byte_length(x, what, i) for i, x in enumerate(items)],
+            dtype=np.int64,
+        )
+    return blob, lengths
+
+
+def encode_headers(headers: Optional[Dict[str, Any]], index: Optional[int] = None) -> bytes:
+    """Encode one record's headers: repeated (u16 name length, UTF-8 name, u32 value length, value)."""
+    if not headers:
+        return b""
+    if not isinstance(headers, dict):
+        raise TypeError(f"headers must be a dict of str -> bytes, got {type(headers).__name__}")
+    parts: List[bytes] = []
+    for name, value in headers.items():
+        if not isinstance(name, str):
+            raise TypeError(f"header names must be str, got {type(name).__name__}")
+        raw_name = name.encode("utf-8")
+        if len(raw_name) > 0xFFFF:
+            raise ValueError("a header name must be at most 65535 bytes in UTF-8")
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise _not_bytes(f"header {name!r}", index, value)
+        value = bytes(value)
+        parts += (_U16.pack(len(raw_name)), raw_name, _U32.pack(len(value)), value)
+    return b"".join(parts)
+
+
+def _timestamps(timestamps: Any, n: int, now_ms: int) -> Optional[np.ndarray]:
+    if timestamps is None:
+        return None
+    try:
+        if len(timestamps) != n:
+            raise ValueError(f"timestamps_ms has {len(timestamps)} items for {n} values")
+    except TypeError:
+        raise TypeError("timestamps_ms must be a sequence of int milliseconds") from None
+    arr = np.asarray(timestamps)
+    if n and arr.dtype.kind not in "iu" and not (
+        arr.dtype == object and all(type(t) is int for t in timestamps)
+    ):
+        raise TypeError("timestamps_ms must be int milliseconds since the epoch")
+    if n and (min(int(arr.min()), 0) < 0 or int(arr.max()) > MAX_TIMESTAMP):
+        raise ValueError(f"timestamps must be in [0, {MAX_TIMESTAMP}] ms")
+    return arr.astype(np.int64)
+
+
+def _check_timestamp(ts: Any) -> int:
+    if isinstance(ts, bool) or not isinstance(ts, (int, np.integer)):
+        raise TypeError(f"timestamp_ms must be an int (milliseconds), got {type(ts).__name__}")
+    ts = int(ts)
+    if not 0 <= ts <= MAX_TIMESTAMP:
+        raise ValueError(f"timestamp_ms must be in [0, {MAX_TIMESTAMP}], got {ts}")
+    return ts
+
+
+def _finish(
+    attrs: int,
+    n: int,
+    last_delta: int,
+    base_ts: int,
+    max_ts: int,
+    raw: bytes,
+    compression: int,
+    level: int,
+    max_bytes: int,
+) -> PreparedBatch:
+    if len(raw) > max_bytes:
+        raise RecordTooLargeError(
+            f"batch of {n} record(s) encodes to {len(raw)} bytes, above "
+            f"max_record_bytes={max_bytes}; nothing was written"
+        )
+    payload = raw
+    if compression == CODEC_ZSTD and len(raw) > 64:
+        packed = _compressor(level).compress(raw)
+        if len(packed) < len(raw):  # keep incompressible data raw: cheaper to read
+            payload = packed
+            attrs |= CODEC_ZSTD
+    return PreparedBatch(attrs, n, last_delta, base_ts, max_ts, payload, len(raw))
+
+
+def prepare_one(
+    value: Any,
+    key: Any,
+    headers: Optional[Dict[str, Any]],
+    timestamp_ms: int,
+    compression: int = CODEC_NONE,
+    level: int = 3,
+    max_bytes: int = MAX_BATCH_LENGTH,
+) -> PreparedBatch:
+    """Encode a one-record batch without numpy (the single-append hot path)."""
+    attrs = 0
+    parts: List[bytes] = []
+    tail: List[Any] = []
+    if key is not None:
+        if type(key) is not bytes:
+            _byte_length(key, "key", None)
+            key = bytes(memoryview(key))
+        attrs |= ATTR_KEYS
+        parts.append(_I32.pack(len(key)))
+        tail.append(key)
+    if value is None:
+        parts.append(b"\xff\xff\xff\xff")
+    else:
+        if type(value) is not bytes:
+            _byte_length(value, "value", None)
+            value = bytes(memoryview(value))
+        parts.append(_I32.pack(len(value)))
+        tail.append(value)
+    if headers:
+        hb = encode_headers(headers)
+        attrs |= ATTR_HEADERS
+        parts.append(_I32.pack(len(hb)))
+        tail.append(hb)
+    raw = b"".join(parts + tail)
+    return _finish(attrs, 1, 0, timestamp_ms, timestamp_ms, raw, compression, level, max_bytes)
+
+
+def prepare_batch(
+    values: Sequence[Any],
+    keys: Optional[Sequence[Any]],
+    headers: Optional[Sequence[Optional[Dict[str, Any]]]],
+    timestamps_ms: Any,
+    now_ms: int,
+    compression: int = CODEC_NONE,
+    level: int = 3,
+    max_bytes: int = MAX_BATCH_LENGTH,
+    offset_deltas: Optional[np.ndarray] = None,
+) -> PreparedBatch:
+    """Encode a batch of ``len(values) >= 1`` records. Validates every argument first."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("a batch needs at least one record")
+    if n > 0x7FFFFFFF:
+        raise ValueError("too many records for one batch")
+    for name, seq in (("keys", keys), ("headers", headers)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{name} has {len(seq)} items for {n} values")
+    attrs = 0
+    columns: List[bytes] = []
+    blobs: List[bytes] = []
+
+    ts = _timestamps(timestamps_ms, n, now_ms)
+    if ts is None:
+        base_ts = max_ts = now_ms
+    else:
+        base_ts = int(ts[0])
+        max_ts = int(ts.max())
+        deltas = ts - base_ts
+        if deltas.any():
+            attrs |= ATTR_TIMESTAMPS
+            columns.append(deltas.astype("<i8").tobytes())
+
+    last_delta = n - 1
+    if offset_deltas is not None:
+        attrs |= ATTR_OFFSET_DELTAS
+        columns.append(np.asarray(offset_deltas, dtype="<i4").tobytes())
+        last_delta = int(offset_deltas[-1])
+
+    if keys is not None and any(k is not None for k in keys):
+        key_blob, key_lens = _column(keys, "key", nullable=True)
+        attrs |= ATTR_KEYS
+        columns.append(key_lens.astype("<i4").tobytes())
+        blobs.append(key_blob)
+
+    value_blob, value_lens = _column(values, "value", nullable=True)
+    columns.append(value_lens.astype("<i4").tobytes())
+    blobs.append(value_blob)
+
+    if headers is not None and any(headers):
+        encoded = [encode_headers(h, i) for i, h in enumerate(headers)]
+        attrs |= ATTR_HEADERS
+        columns.append(np.fromiter(map(len, encoded), dtype="<i4", count=n).tobytes())
+        blobs.append(b"".join(encoded))
+
+    raw = b"".join(columns + blobs)
+    return _finish(attrs, n, last_delta, base_ts, max_ts, raw, compression, level, max_bytes)
+
+
+def prepare_from_buffer(
+    data: Any,
+    lengths: Any,
+    timestamp_ms: int,
+    compression: int = CODEC_NONE,
+    level: int = 3,
+    max_bytes: int = MAX_BATCH_LENGTH,
+) -> PreparedBatch:
+    """Encode a batch from one contiguous buffer of values and their lengths (bulk loads)."""
+    blob = memoryview(data).cast("B")
+    lens = np.asarray(lengths)
+    if lens.ndim != 1 or lens.dtype.kind not in "iu":
+        raise TypeError("lengths must be a 1-D array of ints")
+    n = len(lens)
+    if n == 0:
+        raise ValueError("a batch needs at least one record")
+    if int(lens.min()) < 0:
+        raise ValueError("lengths must be >= 0 (use append_batch with None for tombstones)")
+    if int(lens.sum()) != blob.nbytes:
+        raise ValueError(f"lengths add up to {int(lens.sum())} but the buffer has {blob.nbytes} bytes")
+    raw_len = n * 4 + blob.nbytes
+    if raw_len > max_bytes:
+        raise RecordTooLargeError(
+            f"batch of {n} record(s) encodes to {raw_len} bytes, above "
+            f"max_record_bytes={max_bytes}; nothing was written"
+        )
+    raw = lens.astype("<i4").tobytes() + blob.tobytes()
+    return _finish(0, n, n - 1, timestamp_ms, timestamp_ms, raw, compression, level, max_bytes)
+
+
+def frame(batch: PreparedBatch, base_offset: int) -> bytearray:
+    """Give a prepared batch its base offset, header, CRC32C and padding: the bytes to write."""
+    length = _align(HEADER_SIZE + len(batch.payload))
+    buf = bytearray(length)
+    HEADER.pack_into(
+        buf,
+        0,
+        MAGIC,
+        0,
+        length,
+        FORMAT_VERSION,
+        batch.attributes,
+        base_offset,
+        batch.base_timestamp,
+        batch.max_timestamp,
+        batch.record_count,
+        batch.last_offset_delta,
+        len(batch.payload),
+        batch.raw_length,
+    )
+    buf[HEADER_SIZE : HEADER_SIZE + len(batch.payload)] = batch.payload
+    _U32.pack_into(buf, 4, crc32c(memoryview(buf)[CRC_START:]))
+    return buf
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+def parse_header(buf: Any, pos: int) -> BatchHeader:
+    """Unpack the header at ``pos`` (the caller checked that 64 bytes are there)."""
+    return BatchHeader._make(HEADER.unpack_from(buf, pos))
+
+
+def header_problem(h: BatchHeader) -> Optional[str]:
+    """Why the header cannot start a valid batch, or None. Checks only the header itself."""
+    if h.magic != MAGIC:
+        if h.magic == b"\0\0\0\0" and h.length == 0:
+            return "zero bytes where a batch header should be (preallocated or torn tail)"
+        return f"bad magic {h.magic!r}"
+    if h.length < HEADER_SIZE or h.length % ALIGN or h.length > MAX_BATCH_LENGTH:
+        return f"impossible batch length {h.length}"
+    if not (h.length - ALIGN < HEADER_SIZE + h.payload_length <= h.length):
+        return f"payload length {h.payload_length} does not match batch length {h.length}"
+    if h.record_count < 1 or h.last_offset_delta < h.record_count - 1:
+        return f"impossible record count {h.record_count} / last offset delta {h.last_offset_delta}"
+    if h.base_offset < 0 or h.base_timestamp < 0 or h.max_timestamp < 0:
+        return "negative base offset or timestamp"
+    return None
+
+
+def check_header(h: BatchHeader, path: Optional[str], pos: int) -> None:
+    """Raise :class:`CorruptLogError` if the header at ``pos`` cannot start a valid batch."""
+    problem = header_problem(h)
+    if problem:
+        raise CorruptLogError(problem, path, pos)
+
+
+def check_version(h: BatchHeader, path: Optional[str], pos: int) -> None:
+    """Raise :class:`UnsupportedFormatError` for a (CRC-valid) batch of an unknown format.
+
+    Called only after the CRC matched, so that a torn tail is reported as corruption and a
+    batch written by a newer logstore is never mistaken for one (and never truncated).
+    """
+    if h.version != FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"batch at byte {pos} of {path} has format version {h.version}; this logstore "
+            f"reads version {FORMAT_VERSION}"
+        )
+    if h.attributes & ~KNOWN_ATTRS or (h.attributes & CODEC_MASK) > CODEC_ZSTD:
+        raise UnsupportedFormatError(
+            f"batch at byte {pos} of {path} uses unknown attributes 0x{h.attributes:x}"
+        )
+
+
+def crc_ok(buf: Any, pos: int, h: BatchHeader) -> bool:
+    return crc32c(memoryview(buf)[pos + CRC_START : pos + h.length]) == h.crc
+
+
+class DecodedBatch:
+    """One batch's records as numpy columns over a single buffer.
+
+    ``offsets`` and ``timestamps`` are int64 arrays; ``value_offsets``/``value_lengths`` locate
+    each value inside ``values_buffer`` (length -1 marks a tombstone). For an uncompressed batch
+    read through an mmap, ``values_buffer`` is a zero-copy memoryview of the mapped file.
+    """
+
+    __slots__ = (
+        "header",
+        "position",
+        "offsets",
+        "timestamps",
+        "key_lengths",
+        "key_offsets",
+        "value_lengths",
+        "value_offsets",
+        "header_lengths",
+        "header_offsets",
+        "data",
+        "_path",
+    )
+
+    def __init__(self, header: BatchHeader, position: int, data: Any, path: Optional[str]):
+        self.header = header
+        self.position = position
+        self.data = data
+        self._path = path
+        self._parse()
+
+    # -- structure -------------------------------------------------------------------------
+    def _corrupt(self, why: str) -> CorruptLogError:
+        return CorruptLogError(why, self._path, self.position)
+
+    def _parse(self) -> None:
+        h = self.header
+        n = h.record_count
+        a = h.attributes
+        data = self.data
+        raw_len = len(data)
+        pos = 0
+
+        def col(dtype: str, width: int) -> np.ndarray:
+            nonlocal pos
+            if pos + n * width > raw_len:
+                raise self._corrupt("batch columns run past the payload")
+            arr = np.frombuffer(data, dtype=dtype, count=n, offset=pos)
+            pos += n * width
+            return arr
+
+        if a & ATTR_TIMESTAMPS:
+            self.timestamps = col("<i8", 8) + h.base_timestamp
+        else:
+            self.timestamps = np.full(n, h.base_timestamp, dtype=np.int64)
+        if a & ATTR_OFFSET_DELTAS:
+            deltas = col("<i4", 4).astype(np.int64)
+            if deltas[0] < 0 or (n > 1 and not (np.diff(deltas) > 0).all()):
+                raise self._corrupt("offset deltas are not strictly increasing")
+            if int(deltas[-1]) != h.last_offset_delta:
+                raise self._corrupt("last offset delta does not match the header")
+            self.offsets = deltas + h.base_offset
+        else:
+            if h.last_offset_delta != n - 1:
+                raise self._corrupt("dense batch with a gap in its header")
+            self.offsets = np.arange(h.base_offset, h.base_offset + n, dtype=np.int64)
+        key_lens = col("<i4", 4) if a & ATTR_KEYS else None
+        value_lens = col("<i4", 4)
+        hdr_lens = col("<i4", 4) if a & ATTR_HEADERS else None
+
+        start = pos
+        total = 0
+        for name, lens, minimum in (("key", key_lens, -1), ("value", value_lens, -1),
+                                    ("header", hdr_lens, 0)):
+            if lens is None:
+                continue
+            if n and int(lens.min()) < minimum:
+                raise self._corrupt(f"negative {name} length")
+            total += int(np.maximum(lens, 0).sum())
+        if start + total != raw_len:
+            raise self._corrupt("record lengths do not add up to the payload length")
+        if n and int(self.timestamps.max()) != h.max_timestamp:
+            raise self._corrupt("max timestamp does not match the records")
+
+        def starts(lens: Optional[np.ndarray]) -> Optional[np.ndarray]:
+            nonlocal start
+            if lens is None:
+                return None
+            sizes = np.maximum(lens, 0).astype(np.int64)
+            ends = np.cumsum(sizes)
+            first = start
+            start += int(ends[-1]) if n else 0
+            return ends - sizes + first
+
+        self.key_lengths = key_lens
+        self.key_offsets = starts(key_lens)
+        self.value_lengths = value_lens
+        self.value_offsets = starts(value_lens)
+        self.header_lengths = hdr_lens
+        self.header_offsets = starts(hdr_lens)
+
+    # -- access ----------------------------------------------------------------------------
+    @property
+    def base_offset(self) -> int:
+        return self.header.base_offset
+
+    @property
+    def record_count(self) -> int:
+        return self.header.record_count
+
+    @property
+    def values_buffer(self) -> memoryview:
+        return memoryview(self.data)
+
+    def __len__(self) -> int:
+        return self.header.record_count
+
+    def index_of(self, offset: int) -> int:
+        """Index of the first record with offset >= ``offset``."""
+        if not self.header.attributes & ATTR_OFFSET_DELTAS:
+            return max(0, min(offset - self.header.base_offset, self.header.record_count))
+        return int(np.searchsorted(self.offsets, offset))
+
+    def value(self, i: int) -> Optional[bytes]:
+        n = int(self.value_lengths[i])
+        if n < 0:
+            return None
+        s = int(self.value_offsets[i])
+        return bytes(self.data[s : s + n])
+
+    def key(self, i: int) -> Optional[bytes]:
+        if self.key_lengths is None:
+            return None
+        n = int(self.key_lengths[i])
+        if n < 0:
+            return None
+        s = int(self.key_offsets[i])
+        return bytes(self.data[s : s + n])
+
+    def headers(self, i: int) -> Dict[str, bytes]:
+        if self.header_lengths is None:
+            return {}
+        s = int(self.header_offsets[i])
+        return self._parse_headers(bytes(self.data[s : s + int(self.header_lengths[i])]))
+
+    def _parse_headers(self, raw: bytes) -> Dict[str, bytes]:
+        out: Dict[str, bytes] = {}
+        p = 0
+        end = len(raw)
+        try:
+            while p < end:
+                (nl,) = _U16.unpack_from(raw, p)
+                p += 2
+                name = raw[p : p + nl].decode("utf-8")
+                p += nl
+                (vl,) = _U32.unpack_from(raw, p)
+                p += 4
+                if p + vl > end or len(name.encode("utf-8")) != nl:
+                    raise ValueError
+                out[name] = raw[p : p + vl]
+                p += vl
+        except (ValueError, struct.error, UnicodeDecodeError):
+            raise self._corrupt("malformed record headers") from None
+        return out
+
+    def records(self, start: int = 0, stop: Optional[int] = None) -> List[Record]:
+        """Records ``[start, stop)`` of this batch as :class:`Record` objects (values as bytes)."""
+        n = self.header.record_count
+        stop = n if stop is None else min(stop, n)
+        if start >= stop:
+            return []
+        # One copy of the region holding the wanted values, then cheap bytes slices.
+        data = self.data
+        if type(data) is not bytes:
+            data = bytes(data)
+        offs = self.offsets[start:stop].tolist()
+        tss = self.timestamps[start:stop].tolist()
+        vl = self.value_lengths[start:stop].tolist()
+        vs = self.value_offsets[start:stop].tolist()
+        values = [None if l < 0 else data[s : s + l] for s, l in zip(vs, vl)]
+        if self.key_lengths is None:
+            keys: List[Optional[bytes]] = [None] * (stop - start)
+        else:
+            kl = self.key_lengths[start:stop].tolist()
+            ks = self.key_offsets[start:stop].tolist()
+            keys = [None if l < 0 else data[s : s + l] for s, l in zip(ks, kl)]
+        if self.header_lengths is None:
+            return [Record(o, t, k, v, {}) for o, t, k, v in zip(offs, tss, keys, values)]
+        hl = self.header_lengths[start:stop].tolist()
+        hs = self.header_offsets[start:stop].tolist()
+        hdrs = [self._parse_headers(data[s : s + l]) if l else {} for s, l in zip(hs, hl)]
+        return [Record(*r) for r in zip(offs, tss, keys, values, hdrs)]
+
+
+def decode(
+    buf: Any, pos: int, h: BatchHeader, path: Optional[str], file_pos: Optional[int] = None
+) -> DecodedBatch:
+    """Validate (CRC, structure) and decode the batch whose header ``h`` was read at ``pos``.
+
+    ``buf`` must hold at least ``pos + h.length`` bytes; ``file_pos`` is where ``buf[pos]`` lies
+    in the file (default ``pos``), for error messages. Raises :class:`CorruptLogError` naming
+    ``path`` and the file position for any inconsistency; never returns unvalidated data.
+    """
+    where = pos if file_pos is None else file_pos
+    check_header(h, path, where)
+    mv = memoryview(buf)
+    if pos + h.length > len(mv):
+        raise CorruptLogError("batch runs past the end of the file", path, where)
+    if crc32c(mv[pos + CRC_START : pos + h.length]) != h.crc:
+        raise CorruptLogError("CRC32C mismatch", path, where)
+    check_version(h, path, where)
+    payload = mv[pos + HEADER_SIZE : pos + HEADER_SIZE + h.payload_length]
+    codec = h.attributes & CODEC_MASK
+    if codec == CODEC_ZSTD:
+        try:
+            data: Any = _decompressor().decompress(payload, max_output_size=h.raw_length)
+        except zstandard.ZstdError as e:
+            raise CorruptLogError(f"zstd payload does not decompress: {e}", path, where) from None
+        if len(data) != h.raw_length:
+            raise CorruptLogError("decompressed size does not match the header", path, where)
+    else:
+        if h.raw_length != h.payload_length:
+            raise CorruptLogError("raw length differs from payload length", path, where)
+        data = payload
+    return DecodedBatch(h, where, data, path)
+
+
+def codec_id(name: str) -> int:
+    return CODEC_ZSTD if name == "zstd" else CODEC_NONE

@@ -1,0 +1,727 @@
+"""The public :class:`Log`: a directory of segments with one writer and any number of readers.
+
+Theory of operation
+-------------------
+* Offsets are dense, start at 0 and are never reused. ``_next_offset`` is the next one to assign.
+* Appends are encoded (columns, compression) *outside* the log's lock, then framed (base offset,
+  CRC32C) and written with one ``pwrite`` at the end of the active segment *inside* it. A write
+  that fails is cut back off the file: a partial batch is never visible.
+* Durability (fsync policy) is tracked as ``_durable_offset``: everything below it is on stable
+  storage. With ``fsync="always"`` an appender waits until its batch is below it. One thread at
+  a time runs ``fdatasync`` for everybody who is waiting (group commit), so N concurrent durable
+  appenders cost about one fsync per round, not N. A failed fsync poisons the log: every later
+  write raises :class:`StorageError` until it is reopened (fsyncgate).
+* Under ``fsync="always"`` readers in this process see only durable records (like Kafka's high
+  watermark): nothing a reader saw can vanish in a crash. Under the other policies they see what
+  was written.
+* Segments roll when the next batch would pass ``segment_bytes`` or the active segment's first
+  batch is ``segment_ms`` older than the new one. Rolling fsyncs the old segment and its indexes
+  before creating the next file, so only the last segment can ever need recovery
+  (see :mod:`logstore.recovery`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+import time
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from . import codec, meta, recovery
+from .codec import DecodedBatch
+from .config import LogConfig
+from .errors import (
+    ConfigError,
+    CorruptLogError,
+    LogClosedError,
+    NotALogError,
+    OffsetOutOfRangeError,
+    ReadOnlyError,
+    RecordRemovedError,
+    StorageError,
+)
+from .fs import DEFAULT_FS, FileSystem
+from .lockfile import DirectoryLock
+from .record import Record
+from .segment import MAX_RELATIVE_OFFSET, Segment, segment_name
+
+DEFAULT_MAX_RECORDS = 1000
+_MAX_INDEX_CAPACITY = 1 << 22
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _check_offset(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+class Log:
+    """An append-only, segmented, crash-safe log of records in one directory.
+
+    Open with :meth:`Log.open`. One writer per directory (a second gets
+    :class:`~logstore.errors.LogLockedError`); any number of ``readonly=True`` openers, in any
+    process, which see new records as they are appended. Thread-safe.
+    """
+
+    # ------------------------------------------------------------------ opening
+    def __init__(self, directory: str, config: LogConfig, fs: FileSystem, readonly: bool):
+        self.path = directory
+        self.config = config
+        self.readonly = readonly
+        self._fs = fs
+        self._lock = threading.Lock()
+        self._sync_cond = threading.Condition(threading.Lock())
+        self._syncing = False
+        self._failed: Optional[BaseException] = None
+        self._closed = False
+        self._segments: List[Segment] = []
+        self._bases: List[int] = []
+        self._next_offset = 0
+        self._durable_offset = 0
+        self._dir_lock: Optional[DirectoryLock] = None
+        self._codec = codec.codec_id(config.compression)
+        self._always = config.fsync == "always" and not readonly
+        self._flusher: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self._allow_gaps = False
+        self.meta: Dict[str, Any] = {}
+        self.recovery_report: Optional[recovery.RecoveryReport] = None
+        self._index_capacity = min(
+            _MAX_INDEX_CAPACITY, config.segment_bytes // config.index_interval_bytes + 2)
+
+    @classmethod
+    def open(
+        cls,
+        path: "str | os.PathLike[str]",
+        *,
+        readonly: bool = False,
+        fs: Optional[FileSystem] = None,
+        **options: Any,
+    ) -> "Log":
+        """Open (creating if needed, unless ``readonly``) the log in directory ``path``.
+
+        ``options`` are the fields of :class:`~logstore.config.LogConfig` (``fsync``,
+        ``fsync_records``, ``fsync_ms``, ``compression``, ``segment_bytes``, ``segment_ms``,
+        ``index_interval_bytes``, ``max_record_bytes``...); unknown names raise
+        :class:`~logstore.errors.ConfigError`. ``fs`` replaces the I/O layer (tests only).
+        """
+        config = LogConfig.from_options(options)
+        directory = os.path.abspath(os.fspath(path))
+        log = cls(directory, config, fs or DEFAULT_FS, readonly)
+        if readonly:
+            log._open_reader()
+        else:
+            log._open_writer()
+        return log
+
+    def _open_writer(self) -> None:
+        d = self.path
+        if os.path.exists(d):
+            if not os.path.isdir(d):
+                raise NotALogError(f"{d} exists and is not a directory")
+            # Check before touching anything: a foreign directory must stay exactly as it was.
+            found = meta.read_meta(d)
+            if found is None and not meta.is_empty_dir(d):
+                raise NotALogError(
+                    f"{d} is not empty and has no {meta.META_NAME}: not a logstore log "
+                    f"(refusing to initialise a log over existing files)")
+        self._fs.makedirs(d)
+        self._dir_lock = DirectoryLock(d).acquire()
+        try:
+            found = meta.read_meta(d)
+            if found is None:
+                if not meta.is_empty_dir(d):
+                    raise NotALogError(f"{d} is not empty and has no {meta.META_NAME}")
+                found = meta.create_meta(d, self._fs, {})
+            self.meta = found
+            self._recover()
+        except BaseException:
+            for seg in self._segments:
+                seg.close()
+            self._dir_lock.release()
+            raise
+        if self.config.fsync == "every" and self.config.fsync_ms:
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name=f"logstore-flusher:{d}", daemon=True)
+            self._flusher.start()
+
+    def _recover(self) -> None:
+        d, fs, cfg = self.path, self._fs, self.config
+        for name in recovery.leftover_temp_files(d):
+            fs.unlink(os.path.join(d, name))
+        bases = recovery.list_segments(d)
+        if not bases:
+            seg = Segment.create(d, 0, fs, cfg.index_interval_bytes, self._index_capacity)
+            fs.fsync_dir(d)
+            self._segments = [seg]
+            self._bases = [0]
+            meta.remove_clean_shutdown(d, fs)
+            return
+        for base, nxt in zip(bases, bases[1:]):
+            self._segments.append(
+                Segment.open_sealed(d, base, nxt, fs, cfg.index_interval_bytes, writable=True))
+        active = Segment(d, bases[-1], fs, cfg.index_interval_bytes, writable=True)
+        self._segments.append(active)
+        self._bases = bases
+        marker = meta.read_clean_shutdown(d)
+        clean = (
+            marker is not None
+            and marker["segment"] == active.base_offset
+            and os.path.getsize(active.path) == marker["size"]
+            and marker["end_offset"] >= active.base_offset
+        )
+        if clean:
+            active.open_active(marker["size"], marker["end_offset"], marker["max_timestamp"],
+                               self._index_capacity, trust_indexes=True)
+            self.recovery_report = recovery.RecoveryReport(segment=active.path, clean=True)
+        else:
+            self.recovery_report = recovery.recover_active(active, self._index_capacity)
+        # From here on, the marker would lie: remove it (durably) before anything is written.
+        meta.remove_clean_shutdown(d, fs)
+        self._next_offset = self._durable_offset = active.next_offset
+
+    def _open_reader(self) -> None:
+        d = self.path
+        if not os.path.isdir(d):
+            raise NotALogError(f"{d} does not exist or is not a directory (read-only opens "
+                               f"never create a log)")
+        found = meta.read_meta(d)
+        if found is None:
+            raise NotALogError(f"{d} has no {meta.META_NAME}: not a logstore log")
+        self.meta = found
+        bases = recovery.list_segments(d)
+        cfg = self.config
+        for base, nxt in zip(bases, bases[1:]):
+            self._segments.append(
+                Segment.open_sealed(d, base, nxt, self._fs, cfg.index_interval_bytes, False))
+        self._bases = list(bases)
+        if bases:
+            active = Segment(d, bases[-1], self._fs, cfg.index_interval_bytes, writable=False)
+            active.open_reader_active()
+            self._segments.append(active)
+            self._next_offset = active.base_offset
+        self._refresh_locked()
+
+    # ------------------------------------------------------------------ read-only refresh
+    def _refresh_locked(self) -> None:
+        """Catch up with the writer: walk new whole, CRC-valid batches; follow segment rolls."""
+        if not self._segments:
+            bases = recovery.list_segments(self.path)
+            if not bases:
+                return
+            self._bases = []
+            for base, nxt in zip(bases, bases[1:]):
+                self._segments.append(Segment.open_sealed(
+                    self.path, base, nxt, self._fs, self.config.index_interval_bytes, False))
+                self._bases.append(base)
+            active = Segment(self.path, bases[-1], self._fs, self.config.index_interval_bytes,
+                             writable=False)
+            active.open_reader_active()
+            self._segments.append(active)
+            self._bases.append(active.base_offset)
+        while True:
+            active = self._segments[-1]
+            self._walk_active(active)
+            successor = os.path.join(self.path, segment_name(active.next_offset))
+            if active.next_offset == active.base_offset or not os.path.exists(successor):
+                break
+            # The writer sealed this segment (it fsyncs it before creating the next one).
+            self._walk_active(active)
+            active.close()
+            active.use_pread = False
+            active.sealed = True
+            active.size = -1
+            active._offset_index = active._time_index = None
+            nxt = Segment(self.path, active.next_offset, self._fs,
+                          self.config.index_interval_bytes, writable=False)
+            nxt.open_reader_active()
+            self._segments.append(nxt)
+            self._bases.append(nxt.base_offset)
+        self._next_offset = self._segments[-1].next_offset
+
+    def _walk_active(self, seg: Segment) -> None:
+        file_size = os.fstat(seg.fd).st_size
+        pos = seg.size
+        while pos + codec.HEADER_SIZE <= file_size:
+            raw = os.pread(seg.fd, codec.HEADER_SIZE, pos)
+            h = codec.parse_header(raw, 0)
+            if codec.header_problem(h) or pos + h.length > file_size:
+                break  # not written yet (or torn): look again next time
+            data = os.pread(seg.fd, h.length, pos)
+            if len(data) < h.length or not codec.crc_ok(data, 0, h):
+                break
+            seg.size = pos + h.length
+            seg._note_batch(pos, h.base_offset, h.max_timestamp)
+            seg.next_offset = h.next_offset
+            if seg.first_timestamp is None:
+                seg.first_timestamp = h.base_timestamp
+            pos += h.length
+
+    # ------------------------------------------------------------------ state
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"log {self.path} is closed")
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"log {self.path} is closed")
+        if self.readonly:
+            raise ReadOnlyError(f"log {self.path} was opened with readonly=True")
+        if self._failed is not None:
+            raise StorageError(
+                f"log {self.path} refuses writes after a failed fsync or write "
+                f"({self._failed}); close and reopen it to recover", self._failed)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def start_offset(self) -> int:
+        """The first offset still in the log."""
+        with self._lock:
+            self._check_open()
+            return self._bases[0] if self._bases else 0
+
+    @property
+    def end_offset(self) -> int:
+        """The next offset to be assigned: every record below it is readable."""
+        with self._lock:
+            self._check_open()
+            if self.readonly:
+                self._refresh_locked()
+            return self._visible_end()
+
+    def _visible_end(self) -> int:
+        return self._durable_offset if self._always else self._next_offset
+
+    @property
+    def durable_offset(self) -> int:
+        """Every record below this offset is known to be on stable storage."""
+        return self._durable_offset
+
+    # ------------------------------------------------------------------ writing
+    def append(
+        self,
+        value: Optional[bytes],
+        key: Optional[bytes] = None,
+        headers: Optional[Dict[str, bytes]] = None,
+        timestamp_ms: Optional[int] = None,
+    ) -> int:
+        """Append one record; return its offset. Durable on return under ``fsync="always"``."""
+        ts = _now_ms() if timestamp_ms is None else codec._check_timestamp(timestamp_ms)
+        cfg = self.config
+        prepared = codec.prepare_one(value, key, headers, ts, self._codec,
+                                     cfg.compression_level, cfg.max_record_bytes)
+        return self._append_prepared(prepared).start
+
+    def append_batch(
+        self,
+        values: Sequence[Optional[bytes]],
+        *,
+        keys: Optional[Sequence[Optional[bytes]]] = None,
+        headers: Optional[Sequence[Optional[Dict[str, bytes]]]] = None,
+        timestamps_ms: Optional[Sequence[int]] = None,
+    ) -> range:
+        """Append ``values`` as one batch, atomically (all or nothing); return their offsets."""
+        if isinstance(values, (bytes, bytearray, memoryview, str)):
+            raise TypeError("values must be a sequence of bytes-like objects (a list), "
+                            "not a single bytes/str object")
+        if len(values) == 0:
+            for name, seq in (("keys", keys), ("headers", headers), ("timestamps_ms", timestamps_ms)):
+                if seq is not None and len(seq):
+                    raise ValueError(f"{name} has {len(seq)} items for 0 values")
+            with self._lock:
+                self._check_writable()
+                end = self._visible_end()
+            return range(end, end)
+        cfg = self.config
+        prepared = codec.prepare_batch(values, keys, headers, timestamps_ms, _now_ms(),
+                                       self._codec, cfg.compression_level, cfg.max_record_bytes)
+        return self._append_prepared(prepared)
+
+    def append_buffer(self, data: Any, lengths: Any, timestamp_ms: Optional[int] = None) -> range:
+        """Bulk-load form of :meth:`append_batch`: values concatenated in one buffer + lengths.
+
+        ``lengths`` is a 1-D integer array (numpy or list); all records get ``timestamp_ms``
+        (default now) and no key or headers. One batch, atomic.
+        """
+        ts = _now_ms() if timestamp_ms is None else codec._check_timestamp(timestamp_ms)
+        cfg = self.config
+        prepared = codec.prepare_from_buffer(data, lengths, ts, self._codec,
+                                             cfg.compression_level, cfg.max_record_bytes)
+        return self._append_prepared(prepared)
+
+    def _append_prepared(self, p: codec.PreparedBatch) -> range:
+        cfg = self.config
+        with self._lock:
+            self._check_writable()
+            active = self._segments[-1]
+            base = self._next_offset
+            if active.size and (
+                active.size + p.framed_length > cfg.segment_bytes
+                or (cfg.segment_ms is not None
+                    and p.max_timestamp - (active.first_timestamp or 0) >= cfg.segment_ms)
+                or base + p.last_offset_delta - active.base_offset > MAX_RELATIVE_OFFSET
+            ):
+                self._roll_locked()
+                active = self._segments[-1]
+            data = codec.frame(p, base)
+            nxt = base + p.last_offset_delta + 1
+            active.append(data, base, nxt, p.max_timestamp, p.base_timestamp)
+            self._next_offset = nxt
+        if self._always:
+            self._sync_to(nxt)
+        elif cfg.fsync_records is not None and nxt - self._durable_offset >= cfg.fsync_records:
+            self._sync_to(nxt)
+        return range(base, nxt)
+
+    def _roll_locked(self) -> None:
+        """Seal the active segment (durably) and start a new one at ``_next_offset``."""
+        old = self._segments[-1]
+        try:
+            old.sync()
+            old.seal()
+            new = Segment.create(self.path, self._next_offset, self._fs,
+                                 self.config.index_interval_bytes, self._index_capacity)
+        except OSError as e:
+            self._fail(e)
+            raise StorageError(f"rolling to a new segment failed: {e}", e) from e
+        self._segments.append(new)
+        self._bases.append(new.base_offset)
+        try:
+            self._fs.fsync_dir(self.path)
+        except OSError as e:
+            self._fail(e)
+            raise StorageError(f"fsync of directory {self.path} failed: {e}", e) from e
+        with self._sync_cond:
+            if self._next_offset > self._durable_offset:
+                self._durable_offset = self._next_offset
+            self._sync_cond.notify_all()
+
+    def _fail(self, e: BaseException) -> None:
+        if self._failed is None:
+            self._failed = e
+
+    def _sync_to(self, target: int) -> None:
+        """Return once every offset below ``target`` is durable (group commit)."""
+        cond = self._sync_cond
+        while True:
+            with cond:
+                while True:
+                    if self._durable_offset >= target:
+                        return
+                    if self._failed is not None:
+                        raise StorageError(
+                            f"fsync of {self.path} failed earlier ({self._failed}); records "
+                            f"from offset {self._durable_offset} on may not be durable. Reopen "
+                            f"the log to recover", self._failed)
+                    if not self._syncing:
+                        self._syncing = True
+                        break
+                    cond.wait()
+            # This thread syncs for everyone waiting; others wait on the condition.
+            error: Optional[BaseException] = None
+            upto = self._durable_offset
+            try:
+                with self._lock:
+                    if self._closed:
+                        raise LogClosedError(f"log {self.path} is closed")
+                    upto = self._next_offset
+                    fd = self._fs.dup(self._segments[-1].fd)
+                try:
+                    self._fs.fdatasync(fd)
+                finally:
+                    self._fs.close(fd)
+            except OSError as e:
+                error = e
+            except LogClosedError:
+                with cond:
+                    self._syncing = False
+                    cond.notify_all()
+                raise
+            with cond:
+                self._syncing = False
+                if error is not None:
+                    self._fail(error)
+                elif upto > self._durable_offset:
+                    self._durable_offset = upto
+                cond.notify_all()
+
+    def _flush_loop(self) -> None:
+        interval = self.config.fsync_ms / 1000.0
+        while not self._stop.wait(interval):
+            if self._durable_offset < self._next_offset and self._failed is None:
+                try:
+                    self._sync_to(self._next_offset)
+                except (StorageError, LogClosedError):
+                    return
+
+    def flush(self) -> None:
+        """Make every record appended so far durable (whatever the fsync policy)."""
+        if self.readonly:
+            self._check_open()
+            return
+        with self._lock:
+            self._check_writable()
+            target = self._next_offset
+        self._sync_to(target)
+
+    def close(self) -> None:
+        """Flush, write the clean-shutdown marker and release the directory lock. Idempotent."""
+        if self._closed:
+            return
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        clean = False
+        if not self.readonly and self._failed is None:
+            try:
+                self.flush()
+                clean = True
+            except StorageError:
+                clean = False
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if not self.readonly:
+                    active = self._segments[-1]
+                    if clean and self._failed is None:
+                        active.close_active()
+                        meta.write_clean_shutdown(self.path, self._fs, {
+                            "segment": active.base_offset,
+                            "size": active.size,
+                            "end_offset": self._next_offset,
+                            "max_timestamp": active.max_timestamp,
+                        })
+            finally:
+                for seg in self._segments:
+                    seg.close()
+                if self._dir_lock is not None:
+                    self._dir_lock.release()
+
+    def __enter__(self) -> "Log":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("read-only" if self.readonly else "open")
+        return f"<logstore.Log {self.path!r} {state} next_offset={self._next_offset}>"
+
+    # ------------------------------------------------------------------ reading
+    def _locate_locked(self, offset: int):
+        """(segment index, position, header) of the first batch reaching ``offset``, or None."""
+        i = bisect.bisect_right(self._bases, offset) - 1
+        if i < 0:
+            i = 0
+        while i < len(self._segments):
+            seg = self._segments[i]
+            found = seg.find(offset)
+            if found is not None:
+                return i, found[0], found[1]
+            i += 1
+        return None
+
+    def _check_range(self, offset: int, end: int) -> None:
+        start = self._bases[0] if self._bases else 0
+        if offset < start or offset > end:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is outside the log [{start}, {end}] (start_offset, end_offset)")
+
+    def _gap(self, expected: int, found: int, seg: Segment, pos: int) -> None:
+        if not self._allow_gaps and found > expected:
+            raise CorruptLogError(
+                f"offsets {expected}..{found - 1} are missing (the log is not compacted, so "
+                f"offsets must be dense)", seg.path, pos)
+
+    def get(self, offset: int) -> Record:
+        """The record at ``offset``. Raises OffsetOutOfRangeError outside [start, end)."""
+        offset = _check_offset("offset", offset)
+        with self._lock:
+            self._check_open()
+            if self.readonly:
+                self._refresh_locked()
+            end = self._visible_end()
+            if offset == end:
+                raise OffsetOutOfRangeError(
+                    f"offset {offset} is end_offset: no record there yet (use read() to poll)")
+            self._check_range(offset, end)
+            loc = self._locate_locked(offset)
+            if loc is None:
+                raise CorruptLogError(f"offset {offset} should exist but no batch holds it",
+                                      self._segments[-1].path)
+            i, pos, h = loc
+            seg = self._segments[i]
+            batch = seg.batch_at(pos, h)
+        j = batch.index_of(offset)
+        if j >= len(batch) or int(batch.offsets[j]) != offset:
+            self._gap(offset, int(batch.offsets[min(j, len(batch) - 1)]), seg, pos)
+            raise RecordRemovedError(f"offset {offset} was removed by compaction")
+        return batch.records(j, j + 1)[0]
+
+    def read(
+        self,
+        offset: int,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        max_bytes: Optional[int] = None,
+    ) -> List[Record]:
+        """Up to ``max_records`` records from ``offset`` on ([] at ``end_offset``).
+
+        ``max_bytes`` bounds the sum of key and value sizes; the first record is always returned
+        when one exists, even if it alone is larger (so a reader can always make progress).
+        """
+        offset = _check_offset("offset", offset)
+        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
+            raise ValueError(f"max_records must be an int >= 1, got {max_records!r}")
+        if max_bytes is not None and (isinstance(max_bytes, bool) or
+                                      not isinstance(max_bytes, int) or max_bytes < 0):
+            raise ValueError(f"max_bytes must be an int >= 0 or None, got {max_bytes!r}")
+        with self._lock:
+            self._check_open()
+            if self.readonly:
+                self._refresh_locked()
+            end = self._visible_end()
+            self._check_range(offset, end)
+        out: List[Record] = []
+        budget = max_bytes
+        for batch in self._batches(offset, end):
+            j = batch.index_of(offset) if not out else 0
+            stop = min(len(batch), j + max_records - len(out))
+            stop = min(stop, int(np.searchsorted(batch.offsets, end)))
+            if budget is not None:
+                sizes = np.maximum(batch.value_lengths[j:stop], 0).astype(np.int64)
+                if batch.key_lengths is not None:
+                    sizes += np.maximum(batch.key_lengths[j:stop], 0)
+                fits = int(np.searchsorted(np.cumsum(sizes), budget, side="right"))
+                if not out and fits == 0:
+                    fits = 1  # always return at least one record
+                stop = j + fits
+                budget -= int(sizes[:fits].sum())
+            out.extend(batch.records(j, stop))
+            if len(out) >= max_records or stop < len(batch) or (budget is not None and budget <= 0):
+                break
+        return out
+
+    def replay(self, from_offset: int = 0, to_offset: Optional[int] = None) -> Iterator[Record]:
+        """Iterate records in ``[from_offset, to_offset)``; ``to_offset`` defaults to the current end.
+
+        Arguments are checked now, not at the first ``next()``; the end is fixed at this call.
+        """
+        start, stop = self._replay_bounds(from_offset, to_offset)
+        return self._replay(start, stop)
+
+    def _replay(self, start: int, stop: int) -> Iterator[Record]:
+        first = True
+        for batch in self._batches(start, stop):
+            j = batch.index_of(start) if first else 0
+            first = False
+            k = len(batch)
+            if int(batch.offsets[-1]) >= stop:
+                k = int(np.searchsorted(batch.offsets, stop))
+            yield from batch.records(j, k)
+
+    def replay_batches(self, from_offset: int = 0, to_offset: Optional[int] = None
+                       ) -> Iterator[DecodedBatch]:
+        """Iterate stored batches overlapping ``[from_offset, to_offset)`` as decoded column views.
+
+        Each item is a :class:`~logstore.codec.DecodedBatch` with numpy ``offsets``,
+        ``timestamps``, ``value_offsets``/``value_lengths`` and ``values_buffer`` (zero-copy over
+        the mapped file when uncompressed). The first and last batch may extend beyond the
+        range: filter with ``offsets``.
+        """
+        start, stop = self._replay_bounds(from_offset, to_offset)
+        return self._batches(start, stop)
+
+    def _replay_bounds(self, from_offset: int, to_offset: Optional[int]):
+        from_offset = _check_offset("from_offset", from_offset)
+        with self._lock:
+            self._check_open()
+            if self.readonly:
+                self._refresh_locked()
+            end = self._visible_end()
+            self._check_range(from_offset, end)
+        if to_offset is None:
+            return from_offset, end
+        to_offset = _check_offset("to_offset", to_offset)
+        if to_offset < from_offset:
+            raise ValueError(f"to_offset {to_offset} is below from_offset {from_offset}")
+        return from_offset, min(to_offset, end)
+
+    def _batches(self, start: int, stop: int) -> Iterator[DecodedBatch]:
+        """Decoded batches covering ``[start, stop)``, each read under the lock, yielded outside."""
+        cursor = start
+        seg_i = -1
+        pos = 0
+        while cursor < stop:
+            with self._lock:
+                self._check_open()
+                seg = self._segments[seg_i] if 0 <= seg_i < len(self._segments) else None
+                if seg is None or seg.size >= 0 and pos >= seg.size:
+                    loc = self._locate_locked(cursor)
+                    if loc is None:
+                        raise CorruptLogError(f"offset {cursor} should exist but no batch holds it",
+                                              self._segments[-1].path)
+                    seg_i, pos, h = loc
+                    seg = self._segments[seg_i]
+                else:
+                    h = seg.header_at(pos)
+                batch = seg.batch_at(pos, h)
+            self._gap(cursor, h.base_offset, seg, pos)
+            pos += h.length
+            if h.next_offset <= cursor:
+                continue
+            cursor = h.next_offset
+            yield batch
+
+    def offset_for_time(self, timestamp_ms: int) -> int:
+        """The first offset whose record timestamp is >= ``timestamp_ms`` (``end_offset`` if none)."""
+        ts = codec._check_timestamp(timestamp_ms)
+        with self._lock:
+            self._check_open()
+            if self.readonly:
+                self._refresh_locked()
+            end = self._visible_end()
+            for seg in self._segments:
+                if seg.sealed:
+                    seg.time_index()  # loads max_timestamp
+                if seg.max_timestamp < ts:
+                    continue
+                seg._ensure_size()
+                for pos, h in seg.iter_headers(seg.position_for_time(ts)):
+                    if h.base_offset >= end:
+                        return end
+                    if h.max_timestamp < ts:
+                        continue
+                    batch = seg.batch_at(pos, h)
+                    hits = np.flatnonzero(batch.timestamps >= ts)
+                    if len(hits):
+                        return min(int(batch.offsets[hits[0]]), end)
+            return end
+
+    # ------------------------------------------------------------------ introspection
+    def segments(self) -> List[Dict[str, Any]]:
+        """Per segment: base offset, next offset, size in bytes, file name (for tools and stats)."""
+        with self._lock:
+            self._check_open()
+            if self.readonly:
+                self._refresh_locked()
+            out = []
+            for seg in self._segments:
+                seg._ensure_size()
+                out.append({"base_offset": seg.base_offset, "next_offset": seg.next_offset,
+                            "size": seg.size, "path": seg.path, "sealed": seg.sealed})
+            return out
+
+
+__all__ = ["Log", "ConfigError"]

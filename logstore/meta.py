@@ -1,0 +1,91 @@
+"""The small metadata files of a log directory.
+
+``logstore.meta`` (JSON, written once, atomically, at creation) names the directory as a log and
+records the format version and the log's id. ``clean-shutdown`` (JSON, written atomically by
+``close``) says where the log ended, so the next open needs no scan; it is removed (and the
+removal made durable) before the first write after an open, so its presence always means "nothing
+was written after this description".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from typing import Any, Dict, Optional
+
+from .errors import NotALogError, UnsupportedFormatError
+from .fs import FileSystem
+
+META_NAME = "logstore.meta"
+CLEAN_SHUTDOWN_NAME = "clean-shutdown"
+FORMAT_NAME = "logstore-log"
+FORMAT_VERSION = 1
+# Files that may exist in a directory that is not a log yet (a lock, an interrupted atomic write).
+_IGNORABLE = (".lock",)
+
+
+def read_meta(directory: str) -> Optional[Dict[str, Any]]:
+    """The parsed metadata, None if the file is absent. Raises for foreign or newer logs."""
+    path = os.path.join(directory, META_NAME)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        meta = json.loads(raw)
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+            raise ValueError
+        version = int(meta["version"])
+    except (ValueError, KeyError, TypeError):
+        raise NotALogError(f"{path} is not a logstore metadata file") from None
+    if version > FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"{directory} uses log format version {version}; this logstore supports up to "
+            f"{FORMAT_VERSION}. Upgrade logstore to open it."
+        )
+    return meta
+
+
+def is_empty_dir(directory: str) -> bool:
+    for name in os.listdir(directory):
+        if name in _IGNORABLE or name.endswith(".tmp"):
+            continue
+        return False
+    return True
+
+
+def create_meta(directory: str, fs: FileSystem, settings: Dict[str, Any]) -> Dict[str, Any]:
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "id": uuid.uuid4().hex,
+        "created_ms": int(time.time() * 1000),
+        "settings": settings,
+    }
+    fs.write_file_atomic(os.path.join(directory, META_NAME), json.dumps(meta, indent=1).encode())
+    return meta
+
+
+def read_clean_shutdown(directory: str) -> Optional[Dict[str, int]]:
+    try:
+        with open(os.path.join(directory, CLEAN_SHUTDOWN_NAME), "rb") as f:
+            data = json.loads(f.read())
+        return {k: int(data[k]) for k in ("segment", "size", "end_offset", "max_timestamp")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent or unreadable: recover as after a crash
+
+
+def write_clean_shutdown(directory: str, fs: FileSystem, info: Dict[str, int]) -> None:
+    fs.write_file_atomic(os.path.join(directory, CLEAN_SHUTDOWN_NAME), json.dumps(info).encode())
+
+
+def remove_clean_shutdown(directory: str, fs: FileSystem) -> None:
+    path = os.path.join(directory, CLEAN_SHUTDOWN_NAME)
+    try:
+        fs.unlink(path)
+    except FileNotFoundError:
+        return
+    fs.fsync_dir(directory)

@@ -1,0 +1,151 @@
+"""Crash recovery, in one place.
+
+What can be damaged by a crash, and why only that:
+
+* A segment is fsynced (data, then its trimmed indexes) when it is sealed, *before* the next
+  segment's file is created and the directory fsynced. So every segment but the last is whole.
+* The last (active) segment may end in a torn batch, or in batches that were written but never
+  fsynced (fsync="never"/"every"), possibly with a zero-filled hole where the file system lost
+  pages. Its preallocated indexes may hold stale or zero entries.
+* ``close()`` writes ``clean-shutdown`` naming the active segment, its size and end offset. If it
+  is present and matches, nothing is scanned: open is O(1) in the size of the log.
+
+Without a valid marker, the active segment is scanned from its start (it is at most
+``segment_bytes`` long): every batch's header, bounds, CRC32C, structure and offsets are checked.
+The file is cut after the last valid batch only if *nothing valid follows*, i.e. the damage is a
+torn tail. If a valid batch follows the damage, the problem is corruption in the middle of the
+data, not a crash artefact: open refuses with :class:`CorruptLogError` rather than silently drop
+the records after it; ``logstore recover --apply`` (or :func:`recover`) truncates on request.
+Recovery is idempotent: a crash during recovery just means it runs again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from . import codec
+from .codec import ALIGN, HEADER_SIZE, MAGIC
+from .errors import CorruptLogError
+from .segment import Segment, ScanResult, parse_segment_name
+
+
+def list_segments(directory: str) -> List[int]:
+    """Base offsets of the segment files in ``directory``, ascending."""
+    bases = []
+    for name in os.listdir(directory):
+        base = parse_segment_name(name)
+        if base is not None:
+            bases.append(base)
+    bases.sort()
+    return bases
+
+
+def leftover_temp_files(directory: str) -> List[str]:
+    """Interrupted atomic writes (``*.tmp``): never part of the log, safe to delete."""
+    return sorted(n for n in os.listdir(directory) if n.endswith(".tmp"))
+
+
+@dataclass
+class RecoveryReport:
+    """What recovery found (and did, unless it was a dry run) for the active segment."""
+
+    segment: str
+    clean: bool
+    scanned_bytes: int = 0
+    valid_bytes: int = 0
+    file_bytes: int = 0
+    batches: int = 0
+    truncated_bytes: int = 0
+    problem: Optional[str] = None
+    problem_position: Optional[int] = None
+    data_after_problem: bool = False
+    indexes_rebuilt: bool = False
+    removed_files: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.clean:
+            return f"{self.segment}: clean shutdown, nothing to recover"
+        lines = [f"{self.segment}: scanned {self.scanned_bytes} bytes, {self.batches} valid batches"]
+        if self.problem:
+            lines.append(f"  first invalid batch at byte {self.problem_position}: {self.problem}")
+        if self.truncated_bytes:
+            lines.append(f"  torn tail: {self.truncated_bytes} bytes after byte {self.valid_bytes}")
+        if self.data_after_problem:
+            lines.append("  valid batches follow the damage: corruption, not a torn tail")
+        if self.indexes_rebuilt:
+            lines.append("  indexes rebuilt")
+        for name in self.removed_files:
+            lines.append(f"  leftover file {name}")
+        return "\n".join(lines)
+
+
+def valid_batch_after(segment: Segment, start: int, end: int, min_offset: int) -> Optional[int]:
+    """Position of a CRC-valid batch at or after ``start`` (8-aligned), or None.
+
+    Used to tell a torn tail (nothing valid after the damage) from mid-file corruption.
+    """
+    if end - start < HEADER_SIZE:
+        return None
+    buf = segment._scan_map(end)
+    pos = start + (-start % ALIGN)
+    while True:
+        pos = buf.find(MAGIC, pos, end)
+        if pos < 0:
+            return None
+        if pos % ALIGN == 0 and pos + HEADER_SIZE <= end:
+            h = codec.parse_header(buf, pos)
+            if (codec.header_problem(h) is None and pos + h.length <= end
+                    and h.base_offset >= min_offset and codec.crc_ok(buf, pos, h)):
+                return pos
+        pos += 1
+
+
+def inspect_active(segment: Segment) -> tuple:
+    """Scan the active segment; return (ScanResult, RecoveryReport) without changing anything."""
+    scan: ScanResult = segment.scan(0)
+    report = RecoveryReport(
+        segment=segment.path,
+        clean=False,
+        scanned_bytes=scan.file_size,
+        valid_bytes=scan.valid_end,
+        file_bytes=scan.file_size,
+        batches=len(scan.batches),
+    )
+    if scan.error is not None:
+        report.problem = scan.error.reason
+        report.problem_position = scan.error.position
+        nxt = scan.next_offset if scan.batches else segment.base_offset
+        report.data_after_problem = (
+            valid_batch_after(segment, scan.valid_end + 1, scan.file_size, nxt) is not None)
+    report.truncated_bytes = scan.file_size - scan.valid_end
+    return scan, report
+
+
+def recover_active(segment: Segment, index_capacity: int, force_truncate: bool = False):
+    """Recover the (writable) active segment after an unclean shutdown. Returns the report.
+
+    Raises :class:`CorruptLogError` if valid data follows the damage and ``force_truncate`` is
+    not set.
+    """
+    segment.fd = segment.fs.open(segment.path, os.O_RDWR)
+    scan, report = inspect_active(segment)
+    if report.data_after_problem and not force_truncate:
+        raise CorruptLogError(
+            f"{report.problem}; valid batches follow it, so this is corruption inside the "
+            f"active segment, not a torn tail. Nothing was changed. Run `logstore recover "
+            f"--apply {os.path.dirname(segment.path)}` to cut the segment at this point "
+            f"(dropping {report.truncated_bytes} bytes), or restore it from a copy",
+            segment.path, report.problem_position)
+    if report.truncated_bytes:
+        segment._map = None  # never truncate under our own mapping
+        segment.truncate_to(scan.valid_end)
+    segment.size = scan.valid_end
+    segment.next_offset = scan.next_offset if scan.batches else segment.base_offset
+    segment.sealed = False
+    if scan.batches:
+        segment.first_timestamp = segment.header_at(0).base_timestamp
+    segment.rebuild_indexes(scan, index_capacity)
+    report.indexes_rebuilt = True
+    return report

@@ -1,0 +1,447 @@
+"""One segment: a ``.log`` file of batches plus its ``.index`` and ``.timeindex``.
+
+A segment knows how to append framed batches at its end (writer), find the batch holding an
+offset (sparse index + short forward walk of 64-byte headers), decode batches, and scan itself
+batch by batch with full validation (recovery, verify, dump).
+
+Reads go through an ``mmap`` of the file, remapped lazily as the segment grows. The one exception
+is a read-only opener's view of the *active* segment, which uses ``os.pread``: the writer process
+may truncate a torn tail there during its own recovery, and touching a mapped page past the new
+end of file would kill the reader with SIGBUS. Mappings are never closed explicitly: readers may
+still hold memoryviews into them; dropping the reference lets the kernel unmap when the last user
+is done (and on Linux an unlinked file stays readable while mapped).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Iterator, List, NamedTuple, Optional, Tuple
+
+from . import codec
+from .codec import HEADER_SIZE, BatchHeader, DecodedBatch
+from .errors import CorruptLogError, StorageError
+from .fs import FileSystem
+from .index import OffsetIndex, TimeIndex
+
+LOG_SUFFIX = ".log"
+INDEX_SUFFIX = ".index"
+TIMEINDEX_SUFFIX = ".timeindex"
+NAME_DIGITS = 20
+MAX_RELATIVE_OFFSET = 2**31 - 1  # index entries store offsets relative to the segment base
+
+
+def segment_name(base_offset: int, suffix: str = LOG_SUFFIX) -> str:
+    return f"{base_offset:0{NAME_DIGITS}d}{suffix}"
+
+
+def parse_segment_name(name: str) -> Optional[int]:
+    """Base offset of a ``NNNN....log`` file name, or None for any other name."""
+    stem, dot, ext = name.partition(".")
+    if dot and "." + ext == LOG_SUFFIX and len(stem) == NAME_DIGITS and stem.isdigit():
+        return int(stem)
+    return None
+
+
+class ScannedBatch(NamedTuple):
+    position: int
+    length: int
+    base_offset: int
+    next_offset: int
+    max_timestamp: int
+    record_count: int
+
+
+class ScanResult(NamedTuple):
+    """Outcome of validating a segment batch by batch from some position."""
+
+    batches: List[ScannedBatch]
+    valid_end: int  # file position just after the last valid batch
+    file_size: int
+    error: Optional[CorruptLogError]  # first problem found, None if the whole range was valid
+
+    @property
+    def next_offset(self) -> Optional[int]:
+        return self.batches[-1].next_offset if self.batches else None
+
+
+class Segment:
+    """A segment file and its indexes. Not thread-safe: the owning Log serialises access."""
+
+    def __init__(
+        self,
+        directory: str,
+        base_offset: int,
+        fs: FileSystem,
+        index_interval: int,
+        writable: bool,
+    ):
+        self.directory = directory
+        self.base_offset = base_offset
+        self.fs = fs
+        self.index_interval = index_interval
+        self.writable = writable
+        self.path = os.path.join(directory, segment_name(base_offset))
+        self.index_path = os.path.join(directory, segment_name(base_offset, INDEX_SUFFIX))
+        self.timeindex_path = os.path.join(directory, segment_name(base_offset, TIMEINDEX_SUFFIX))
+        self.fd: Optional[int] = None  # writer fd (read/write) or reader fd (pread mode)
+        self.size = 0  # bytes of whole, valid batches
+        self.next_offset = base_offset
+        self.max_timestamp = -1
+        self.first_timestamp: Optional[int] = None
+        self.sealed = False
+        self.use_pread = False
+        self._map: Optional[mmap.mmap] = None
+        self._map_len = 0
+        self._offset_index: Optional[OffsetIndex] = None
+        self._time_index: Optional[TimeIndex] = None
+        self._last_index_pos = 0
+        self._index_checked = False
+
+    # ------------------------------------------------------------------ opening and closing
+    @classmethod
+    def create(cls, directory: str, base_offset: int, fs: FileSystem, index_interval: int,
+               index_capacity: int) -> "Segment":
+        """Create a new, empty active segment (the caller fsyncs the directory)."""
+        seg = cls(directory, base_offset, fs, index_interval, writable=True)
+        seg.fd = fs.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        seg._offset_index = OffsetIndex.create(seg.index_path, index_capacity, fs)
+        seg._time_index = TimeIndex.create(seg.timeindex_path, index_capacity, fs)
+        seg._index_checked = True
+        return seg
+
+    @classmethod
+    def open_sealed(cls, directory: str, base_offset: int, next_offset: int, fs: FileSystem,
+                    index_interval: int, writable: bool) -> "Segment":
+        """A sealed segment: files are opened lazily, on first read."""
+        seg = cls(directory, base_offset, fs, index_interval, writable)
+        seg.sealed = True
+        seg.next_offset = next_offset
+        seg.size = -1  # unknown until first use
+        return seg
+
+    def _ensure_size(self) -> None:
+        if self.size < 0:
+            try:
+                self.size = os.path.getsize(self.path)
+            except FileNotFoundError:
+                raise CorruptLogError("segment file is missing", self.path) from None
+
+    def open_active(self, size: int, next_offset: int, max_timestamp: int,
+                    index_capacity: int, trust_indexes: bool) -> None:
+        """Open this (writable) segment as the active one, ``size`` bytes valid."""
+        self.fd = self.fs.open(self.path, os.O_RDWR)
+        self.size = size
+        self.next_offset = next_offset
+        self.max_timestamp = max_timestamp
+        self.sealed = False
+        if size:
+            h = self.header_at(0)
+            self.first_timestamp = h.base_timestamp
+        off_entries = OffsetIndex.load(self.index_path) if trust_indexes else None
+        time_entries = TimeIndex.load(self.timeindex_path) if trust_indexes else None
+        rel_end = next_offset - self.base_offset
+        ok = off_entries is not None and time_entries is not None
+        if ok:
+            oi = OffsetIndex.in_memory(off_entries)
+            ti = TimeIndex.in_memory(time_entries)
+            ok = oi.valid_prefix(rel_end, size) == oi.n and ti.valid_prefix(rel_end) == ti.n
+        if ok:
+            self._offset_index = OffsetIndex.create(self.index_path, index_capacity, self.fs,
+                                                    off_entries)
+            self._time_index = TimeIndex.create(self.timeindex_path, index_capacity, self.fs,
+                                                time_entries)
+            self._last_index_pos = self._offset_index.lookup(rel_end)[1]
+            self._index_checked = True
+        else:
+            self.rebuild_indexes(self.scan(0), index_capacity)
+
+    def open_reader_active(self) -> None:
+        """Read-only view of the active segment: pread, in-memory index built while walking."""
+        self.use_pread = True
+        self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.size = 0
+        self.next_offset = self.base_offset
+        self._offset_index = OffsetIndex.in_memory()
+        self._time_index = TimeIndex.in_memory()
+        self._index_checked = True
+
+    def close(self) -> None:
+        self._map = None
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            if self.use_pread:
+                os.close(fd)
+            else:
+                self.fs.close(fd)
+
+    # ------------------------------------------------------------------ raw access
+    def file_size(self) -> int:
+        if self.fd is not None:
+            return os.fstat(self.fd).st_size
+        return os.path.getsize(self.path)
+
+    def _mapped(self, end: int) -> mmap.mmap:
+        """A mapping covering at least ``[0, end)`` (``end`` <= valid size)."""
+        if self._map is None or self._map_len < end:
+            self._ensure_size()
+            length = max(end, self.size)
+            if self.fd is not None:
+                self._map = mmap.mmap(self.fd, length, access=mmap.ACCESS_READ)
+            else:
+                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                try:
+                    self._map = mmap.mmap(fd, length, access=mmap.ACCESS_READ)
+                finally:
+                    os.close(fd)
+            self._map_len = length
+        return self._map
+
+    def read_bytes(self, pos: int, n: int):
+        """Bytes ``[pos, pos+n)``: a zero-copy memoryview of the mapping, or pread bytes."""
+        if self.use_pread:
+            data = os.pread(self.fd, n, pos)
+            if len(data) < n:
+                raise CorruptLogError("segment is shorter than expected", self.path, pos)
+            return data
+        return memoryview(self._mapped(pos + n))[pos : pos + n]
+
+    def header_at(self, pos: int) -> BatchHeader:
+        """The validated header of the batch at ``pos`` (CRC not checked)."""
+        if pos + HEADER_SIZE > self.size:
+            raise CorruptLogError("batch header runs past the end of the segment", self.path, pos)
+        if self.use_pread:
+            h = codec.parse_header(self.read_bytes(pos, HEADER_SIZE), 0)
+        else:
+            h = codec.parse_header(self._mapped(pos + HEADER_SIZE), pos)
+        codec.check_header(h, self.path, pos)
+        if pos + h.length > self.size:
+            raise CorruptLogError("batch runs past the end of the segment", self.path, pos)
+        return h
+
+    def batch_at(self, pos: int, h: Optional[BatchHeader] = None) -> DecodedBatch:
+        """Decode (CRC-checked) the batch at ``pos``."""
+        if h is None:
+            h = self.header_at(pos)
+        return codec.decode(self.read_bytes(pos, h.length), 0, h, self.path, pos)
+
+    # ------------------------------------------------------------------ indexes
+    def offset_index(self) -> OffsetIndex:
+        if self._offset_index is None:
+            self._load_indexes()
+        return self._offset_index
+
+    def time_index(self) -> TimeIndex:
+        if self._time_index is None:
+            self._load_indexes()
+        return self._time_index
+
+    def _load_indexes(self) -> None:
+        """Load a sealed segment's indexes; rebuild them if missing or implausible."""
+        self._ensure_size()
+        rel_end = self.next_offset - self.base_offset
+        oi = OffsetIndex.map_readonly(self.index_path)
+        ti = TimeIndex.map_readonly(self.timeindex_path)
+        good = (
+            oi is not None
+            and ti is not None
+            and oi.valid_prefix(rel_end, self.size) == oi.n
+            and ti.valid_prefix(rel_end) == ti.n
+            and ti.n > 0
+            and ti.last()[1] == rel_end
+        )
+        if good:
+            self._offset_index, self._time_index = oi, ti
+            self.max_timestamp = ti.last()[0]
+            return
+        self.rebuild_indexes(self.scan(0, strict=True), None)
+
+    def rebuild_indexes(self, scan: ScanResult, capacity: Optional[int]) -> None:
+        """Recreate both indexes from a scan. Writers persist them; read-only opens keep them in RAM.
+
+        ``capacity`` given: this is the active segment, indexes are preallocated for appends.
+        """
+        if capacity is not None:
+            self._offset_index = OffsetIndex.create(self.index_path, capacity, self.fs)
+            self._time_index = TimeIndex.create(self.timeindex_path, capacity, self.fs)
+        else:
+            self._offset_index = OffsetIndex.in_memory()
+            self._time_index = TimeIndex.in_memory()
+        self._last_index_pos = 0
+        self.max_timestamp = -1
+        for b in scan.batches:
+            self._note_batch(b.position, b.base_offset, b.max_timestamp)
+        if self.sealed:
+            self._time_index.append(max(self.max_timestamp, 0), self.next_offset - self.base_offset)
+            if self.writable:  # persist the rebuilt hints atomically; readers never write
+                try:
+                    self._offset_index.write_file(self.index_path, self.fs)
+                    self._time_index.write_file(self.timeindex_path, self.fs)
+                except OSError:
+                    pass  # a hint we could not save is rebuilt again next time
+        self._index_checked = True
+
+    def _note_batch(self, pos: int, base_offset: int, max_ts: int) -> None:
+        """Add index entries for a batch written/found at ``pos`` (same rule on write and rebuild)."""
+        if pos - self._last_index_pos >= self.index_interval:
+            rel = base_offset - self.base_offset
+            self._offset_index.append(rel, pos)
+            self._time_index.append(self.max_timestamp, rel)
+            self._last_index_pos = pos
+        if max_ts > self.max_timestamp:
+            self.max_timestamp = max_ts
+
+    # ------------------------------------------------------------------ lookup
+    def find(self, offset: int) -> Optional[Tuple[int, BatchHeader]]:
+        """(position, header) of the first batch whose offsets reach ``offset``, or None."""
+        self._ensure_size()
+        index = self.offset_index()
+        rel_hint, pos = index.lookup(offset - self.base_offset)
+        if pos:
+            h = None
+            if pos + HEADER_SIZE <= self.size:
+                try:
+                    h = self.header_at(pos)
+                except CorruptLogError:
+                    h = None
+            if h is None or h.base_offset != self.base_offset + rel_hint:
+                # The index points at something that is not the batch it names: distrust it.
+                self._index_broken()
+                pos = 0
+        return self.walk_to(offset, pos)
+
+    def walk_to(self, offset: int, pos: int) -> Optional[Tuple[int, BatchHeader]]:
+        size = self.size
+        while pos < size:
+            h = self.header_at(pos)
+            if h.next_offset > offset:
+                return pos, h
+            pos += h.length
+        return None
+
+    def _index_broken(self) -> None:
+        scan = self.scan(0, strict=True)
+        capacity = None if (self.sealed or not self.writable) else max(
+            16, self._offset_index.n * 2 + 16)
+        if self.use_pread:
+            capacity = None
+        self.rebuild_indexes(scan, capacity)
+
+    def position_for_time(self, ts: int) -> int:
+        """A position from which scanning finds the first record with timestamp >= ``ts``."""
+        rel = self.time_index().start_for(ts)
+        if rel <= 0:
+            return 0
+        found = self.find(self.base_offset + rel)
+        return found[0] if found else self.size
+
+    def iter_headers(self, pos: int, end: Optional[int] = None) -> Iterator[Tuple[int, BatchHeader]]:
+        end = self.size if end is None else end
+        while pos < end:
+            h = self.header_at(pos)
+            yield pos, h
+            pos += h.length
+
+    # ------------------------------------------------------------------ scanning
+    def scan(self, start: int = 0, strict: bool = False, end: Optional[int] = None,
+             prev_next: Optional[int] = None) -> ScanResult:
+        """Validate batches from ``start`` up to the file's end (or ``end``).
+
+        Stops at the first invalid batch (bad header, short, CRC, structure, offsets going back)
+        and returns what was valid before it. ``strict`` raises that error instead.
+        """
+        if self.use_pread:
+            file_size = os.fstat(self.fd).st_size
+        else:
+            file_size = self.file_size()
+        end = file_size if end is None else min(end, file_size)
+        batches: List[ScannedBatch] = []
+        pos = start
+        expect = self.base_offset if prev_next is None else prev_next
+        error: Optional[CorruptLogError] = None
+        if end > 0 and not self.use_pread:
+            buf = self._scan_map(end)
+        else:
+            buf = None
+        while pos < end:
+            try:
+                if end - pos < HEADER_SIZE:
+                    raise CorruptLogError("truncated batch header", self.path, pos)
+                raw = buf if buf is not None else os.pread(self.fd, HEADER_SIZE, pos)
+                h = codec.parse_header(raw, pos if buf is not None else 0)
+                codec.check_header(h, self.path, pos)
+                if pos + h.length > end:
+                    raise CorruptLogError("truncated batch (torn write)", self.path, pos)
+                data = buf if buf is not None else os.pread(self.fd, h.length, pos)
+                codec.decode(data, pos if buf is not None else 0, h, self.path, pos)
+                if h.base_offset < expect:
+                    raise CorruptLogError(
+                        f"batch base offset {h.base_offset} goes back (expected >= {expect})",
+                        self.path, pos)
+                if h.next_offset - 1 - self.base_offset > MAX_RELATIVE_OFFSET:
+                    raise CorruptLogError("batch offsets too far from the segment base",
+                                          self.path, pos)
+            except CorruptLogError as e:
+                error = e
+                break
+            batches.append(ScannedBatch(pos, h.length, h.base_offset, h.next_offset,
+                                        h.max_timestamp, h.record_count))
+            expect = h.next_offset
+            pos += h.length
+        if error is not None and strict:
+            raise error
+        return ScanResult(batches, pos, file_size, error)
+
+    def _scan_map(self, end: int):
+        fd = self.fd if self.fd is not None else os.open(self.path, os.O_RDONLY)
+        try:
+            return mmap.mmap(fd, end, access=mmap.ACCESS_READ)
+        finally:
+            if fd != self.fd:
+                os.close(fd)
+
+    # ------------------------------------------------------------------ writing
+    def append(self, data, base_offset: int, next_offset: int, max_ts: int, first_ts: int) -> None:
+        """Write a framed batch at the end. On failure the file is cut back and StorageError raised."""
+        pos = self.size
+        try:
+            self.fs.pwrite(self.fd, data, pos)
+        except OSError as e:
+            self._cut_back(pos, e)
+            raise StorageError(f"write to {self.path} failed: {e}; nothing was appended", e) from e
+        self.size = pos + len(data)
+        self.next_offset = next_offset
+        if self.first_timestamp is None:
+            self.first_timestamp = first_ts
+        self._note_batch(pos, base_offset, max_ts)
+
+    def _cut_back(self, pos: int, cause: OSError) -> None:
+        try:
+            self.fs.truncate(self.fd, pos)
+        except OSError as e:
+            raise StorageError(
+                f"write to {self.path} failed ({cause}) and the partial batch could not be "
+                f"removed ({e}); reopen the log to recover", e) from e
+
+    def truncate_to(self, size: int) -> None:
+        """Cut the file at ``size`` (recovery of a torn tail) and make that durable."""
+        self.fs.truncate(self.fd, size)
+        self.fs.fdatasync(self.fd)
+
+    def sync(self) -> None:
+        self.fs.fdatasync(self.fd)
+
+    def seal(self) -> None:
+        """Make the segment read-only: final time-index entry, trim and fsync indexes."""
+        self._time_index.append(max(self.max_timestamp, 0), self.next_offset - self.base_offset)
+        self._offset_index.seal(self.fs)
+        self._time_index.seal(self.fs)
+        self.sealed = True
+
+    def close_active(self) -> None:
+        """Clean close of the active segment: trim indexes (no final entry), keep it unsealed."""
+        if self._offset_index is not None:
+            self._offset_index.seal(self.fs)
+        if self._time_index is not None:
+            self._time_index.seal(self.fs)
+        self.close()
