@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import struct
 import threading
+from functools import partial
+from itertools import repeat
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import crc32c as _crc32c
@@ -43,8 +45,11 @@ MAX_TIMESTAMP = 2**63 - 1
 # Header fields are uint32; a batch (header + payload + padding) must fit one.
 MAX_BATCH_LENGTH = (1 << 30) + (1 << 20)
 
+# The fields a forward walk needs: magic, length, base offset, last offset delta.
+WALK = struct.Struct("<4s4xI4xq20xI")
 crc32c = _crc32c.crc32c
 _I32 = struct.Struct("<i")
+_I64 = struct.Struct("<q")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _PAD = bytes(ALIGN)
@@ -395,9 +400,12 @@ def frame(batch: PreparedBatch, base_offset: int) -> bytearray:
 # ----------------------------------------------------------------------------------- reading
 
 
+_new_header = partial(tuple.__new__, BatchHeader)
+
+
 def parse_header(buf: Any, pos: int) -> BatchHeader:
     """Unpack the header at ``pos`` (the caller checked that 64 bytes are there)."""
-    return BatchHeader._make(HEADER.unpack_from(buf, pos))
+    return _new_header(HEADER.unpack_from(buf, pos))
 
 
 def header_problem(h: BatchHeader) -> Optional[str]:
@@ -430,6 +438,9 @@ def check_version(h: BatchHeader, path: Optional[str], pos: int) -> None:
     Called only after the CRC matched, so that a torn tail is reported as corruption and a
     batch written by a newer logstore is never mistaken for one (and never truncated).
     """
+    if h.version == FORMAT_VERSION and not h.attributes & ~KNOWN_ATTRS and (
+            h.attributes & CODEC_MASK) <= CODEC_ZSTD:
+        return
     if h.version != FORMAT_VERSION:
         raise UnsupportedFormatError(
             f"batch at byte {pos} of {path} has format version {h.version}; this logstore "
@@ -445,105 +456,243 @@ def crc_ok(buf: Any, pos: int, h: BatchHeader) -> bool:
     return crc32c(memoryview(buf)[pos + CRC_START : pos + h.length]) == h.crc
 
 
-class DecodedBatch:
-    """One batch's records as numpy columns over a single buffer.
+_SMALL_BATCH = 64  # up to this many records, columns are parsed with struct (no numpy calls)
+_COLUMNS = ("offsets", "timestamps", "key_lengths", "key_offsets", "value_lengths",
+            "value_offsets", "header_lengths", "header_offsets")
+_int_structs: Dict[tuple, struct.Struct] = {}
 
-    ``offsets`` and ``timestamps`` are int64 arrays; ``value_offsets``/``value_lengths`` locate
-    each value inside ``values_buffer`` (length -1 marks a tombstone). For an uncompressed batch
-    read through an mmap, ``values_buffer`` is a zero-copy memoryview of the mapped file.
+
+def _ints(code: str, n: int) -> struct.Struct:
+    st = _int_structs.get((code, n))
+    if st is None:
+        st = _int_structs[(code, n)] = struct.Struct(f"<{n}{code}")
+    return st
+
+
+def _column_property(name: str, doc: str) -> property:
+    def get(self: "DecodedBatch") -> Optional[np.ndarray]:
+        arrays = self._arrays
+        if name in arrays:
+            return arrays[name]
+        lst = self._lists.get(name)
+        arr = None if lst is None else np.array(lst, dtype=np.int64)
+        arrays[name] = arr
+        return arr
+
+    return property(get, doc=doc)
+
+
+class DecodedBatch:
+    """One batch's records as columns over a single buffer.
+
+    ``offsets`` and ``timestamps`` are int64 numpy arrays; ``value_offsets``/``value_lengths``
+    locate each value inside ``values_buffer`` (length -1 marks a tombstone); ``key_*`` and
+    ``header_*`` likewise, or None when no record of the batch has one. For an uncompressed
+    batch read through an mmap, ``values_buffer`` is a zero-copy memoryview of the mapped file.
+    Small batches are parsed without numpy and build the arrays only when asked.
     """
 
-    __slots__ = (
-        "header",
-        "position",
-        "offsets",
-        "timestamps",
-        "key_lengths",
-        "key_offsets",
-        "value_lengths",
-        "value_offsets",
-        "header_lengths",
-        "header_offsets",
-        "data",
-        "_path",
-    )
+    __slots__ = ("header", "position", "data", "_path", "_lists", "_arrays")
+
+    offsets = _column_property("offsets", "int64 offset of each record")
+    timestamps = _column_property("timestamps", "int64 timestamp (ms) of each record")
+    key_lengths = _column_property("key_lengths", "key length per record (-1 = no key)")
+    key_offsets = _column_property("key_offsets", "start of each key in values_buffer")
+    value_lengths = _column_property("value_lengths", "value length per record (-1 = tombstone)")
+    value_offsets = _column_property("value_offsets", "start of each value in values_buffer")
+    header_lengths = _column_property("header_lengths", "encoded headers length per record")
+    header_offsets = _column_property("header_offsets", "start of each record's headers")
 
     def __init__(self, header: BatchHeader, position: int, data: Any, path: Optional[str]):
         self.header = header
         self.position = position
         self.data = data
         self._path = path
-        self._parse()
+        self._lists: Dict[str, Optional[list]] = {}
+        self._arrays: Dict[str, Optional[np.ndarray]] = {}
+        if header.record_count <= _SMALL_BATCH:
+            self._parse_small()
+        else:
+            self._parse_numpy()
 
     # -- structure -------------------------------------------------------------------------
     def _corrupt(self, why: str) -> CorruptLogError:
         return CorruptLogError(why, self._path, self.position)
 
-    def _parse(self) -> None:
+    def _layout(self) -> int:
+        """Bytes taken by the fixed-width columns; checks they fit in the payload."""
+        a = self.header.attributes
+        per = 4 + (8 if a & ATTR_TIMESTAMPS else 0) + (4 if a & ATTR_OFFSET_DELTAS else 0)
+        per += (4 if a & ATTR_KEYS else 0) + (4 if a & ATTR_HEADERS else 0)
+        fixed = per * self.header.record_count
+        if fixed > len(self.data):
+            raise self._corrupt("batch columns run past the payload")
+        return fixed
+
+    def _check_offsets(self, first: int, last: int, increasing: bool) -> None:
+        h = self.header
+        if first < 0 or not increasing:
+            raise self._corrupt("offset deltas are not strictly increasing")
+        if last != h.last_offset_delta:
+            raise self._corrupt("last offset delta does not match the header")
+
+    def _parse_one(self) -> bool:
+        """The single-record batch (one ``append``): parse it with a couple of struct calls."""
+        h = self.header
+        a = h.attributes
+        if a & (ATTR_TIMESTAMPS | ATTR_OFFSET_DELTAS):
+            return False
+        data = self.data
+        if h.last_offset_delta != 0:
+            raise self._corrupt("dense batch with a gap in its header")
+        if h.max_timestamp != h.base_timestamp:
+            raise self._corrupt("max timestamp does not match the records")
+        pos = 0
+        lists = self._lists
+        start = ((a & ATTR_KEYS) >> 2) + 4 + ((a & ATTR_HEADERS) >> 3)  # 4 bytes per column
+        if len(data) < start:
+            raise self._corrupt("batch columns run past the payload")
+        if a & ATTR_KEYS:
+            (kl,) = _I32.unpack_from(data, 0)
+            if kl < -1:
+                raise self._corrupt("negative key length")
+            lists["key_lengths"] = [kl]
+            lists["key_offsets"] = [start]
+            if kl > 0:
+                start += kl
+            pos = 4
+        else:
+            lists["key_lengths"] = lists["key_offsets"] = None
+        (vl,) = _I32.unpack_from(data, pos)
+        if vl < -1:
+            raise self._corrupt("negative value length")
+        lists["value_lengths"] = [vl]
+        lists["value_offsets"] = [start]
+        if vl > 0:
+            start += vl
+        if a & ATTR_HEADERS:
+            (hl,) = _I32.unpack_from(data, pos + 4)
+            if hl < 0:
+                raise self._corrupt("negative header length")
+            lists["header_lengths"] = [hl]
+            lists["header_offsets"] = [start]
+            start += hl
+        else:
+            lists["header_lengths"] = lists["header_offsets"] = None
+        if start != len(data):
+            raise self._corrupt("record lengths do not add up to the payload length")
+        lists["offsets"] = [h.base_offset]
+        lists["timestamps"] = [h.base_timestamp]
+        return True
+
+    def _parse_small(self) -> None:
+        h = self.header
+        n = h.record_count
+        if n == 1 and self._parse_one():
+            return
+        a = h.attributes
+        data = self.data
+        fixed = self._layout()
+        pos = 0
+        lists = self._lists
+        if a & ATTR_TIMESTAMPS:
+            base = h.base_timestamp
+            ts = [base + d for d in _ints("q", n).unpack_from(data, pos)]
+            pos += 8 * n
+        else:
+            ts = [h.base_timestamp] * n
+        if a & ATTR_OFFSET_DELTAS:
+            od = _ints("i", n).unpack_from(data, pos)
+            pos += 4 * n
+            self._check_offsets(od[0], od[-1], all(x < y for x, y in zip(od, od[1:])))
+            offs = [h.base_offset + d for d in od]
+        else:
+            if h.last_offset_delta != n - 1:
+                raise self._corrupt("dense batch with a gap in its header")
+            offs = list(range(h.base_offset, h.base_offset + n))
+        cols = []
+        for name, flag, minimum in (("key", ATTR_KEYS, -1), ("value", -1, -1),
+                                    ("header", ATTR_HEADERS, 0)):
+            if flag != -1 and not a & flag:
+                lists[name + "_lengths"] = lists[name + "_offsets"] = None
+                continue
+            lens = list(_ints("i", n).unpack_from(data, pos))
+            pos += 4 * n
+            if min(lens) < minimum:
+                raise self._corrupt(f"negative {name} length")
+            cols.append((name, lens))
+        start = fixed
+        for name, lens in cols:
+            starts = []
+            for ln in lens:
+                starts.append(start)
+                if ln > 0:
+                    start += ln
+            lists[name + "_lengths"] = lens
+            lists[name + "_offsets"] = starts
+        if start != len(data):
+            raise self._corrupt("record lengths do not add up to the payload length")
+        if max(ts) != h.max_timestamp:
+            raise self._corrupt("max timestamp does not match the records")
+        lists["offsets"] = offs
+        lists["timestamps"] = ts
+
+    def _parse_numpy(self) -> None:
         h = self.header
         n = h.record_count
         a = h.attributes
         data = self.data
-        raw_len = len(data)
+        fixed = self._layout()
+        arrays = self._arrays
         pos = 0
 
         def col(dtype: str, width: int) -> np.ndarray:
             nonlocal pos
-            if pos + n * width > raw_len:
-                raise self._corrupt("batch columns run past the payload")
             arr = np.frombuffer(data, dtype=dtype, count=n, offset=pos)
             pos += n * width
             return arr
 
         if a & ATTR_TIMESTAMPS:
-            self.timestamps = col("<i8", 8) + h.base_timestamp
+            arrays["timestamps"] = col("<i8", 8) + h.base_timestamp
         else:
-            self.timestamps = np.full(n, h.base_timestamp, dtype=np.int64)
+            arrays["timestamps"] = np.full(n, h.base_timestamp, dtype=np.int64)
         if a & ATTR_OFFSET_DELTAS:
             deltas = col("<i4", 4).astype(np.int64)
-            if deltas[0] < 0 or (n > 1 and not (np.diff(deltas) > 0).all()):
-                raise self._corrupt("offset deltas are not strictly increasing")
-            if int(deltas[-1]) != h.last_offset_delta:
-                raise self._corrupt("last offset delta does not match the header")
-            self.offsets = deltas + h.base_offset
+            self._check_offsets(int(deltas[0]), int(deltas[-1]), bool((np.diff(deltas) > 0).all()))
+            arrays["offsets"] = deltas + h.base_offset
         else:
             if h.last_offset_delta != n - 1:
                 raise self._corrupt("dense batch with a gap in its header")
-            self.offsets = np.arange(h.base_offset, h.base_offset + n, dtype=np.int64)
-        key_lens = col("<i4", 4) if a & ATTR_KEYS else None
-        value_lens = col("<i4", 4)
-        hdr_lens = col("<i4", 4) if a & ATTR_HEADERS else None
-
-        start = pos
-        total = 0
-        for name, lens, minimum in (("key", key_lens, -1), ("value", value_lens, -1),
-                                    ("header", hdr_lens, 0)):
+            arrays["offsets"] = np.arange(h.base_offset, h.base_offset + n, dtype=np.int64)
+        start = fixed
+        for name, flag, minimum in (("key", ATTR_KEYS, -1), ("value", -1, -1),
+                                    ("header", ATTR_HEADERS, 0)):
+            if flag != -1 and not a & flag:
+                arrays[name + "_lengths"] = arrays[name + "_offsets"] = None
+                continue
+            lens = col("<i4", 4)
+            if int(lens.min()) < minimum:
+                raise self._corrupt(f"negative {name} length")
+            arrays[name + "_lengths"] = lens
+        for name in ("key", "value", "header"):
+            lens = arrays[name + "_lengths"]
             if lens is None:
                 continue
-            if n and int(lens.min()) < minimum:
-                raise self._corrupt(f"negative {name} length")
-            total += int(np.maximum(lens, 0).sum())
-        if start + total != raw_len:
-            raise self._corrupt("record lengths do not add up to the payload length")
-        if n and int(self.timestamps.max()) != h.max_timestamp:
-            raise self._corrupt("max timestamp does not match the records")
-
-        def starts(lens: Optional[np.ndarray]) -> Optional[np.ndarray]:
-            nonlocal start
-            if lens is None:
-                return None
             sizes = np.maximum(lens, 0).astype(np.int64)
             ends = np.cumsum(sizes)
-            first = start
-            start += int(ends[-1]) if n else 0
-            return ends - sizes + first
+            arrays[name + "_offsets"] = ends - sizes + start
+            start += int(ends[-1])
+        if start != len(data):
+            raise self._corrupt("record lengths do not add up to the payload length")
+        if int(arrays["timestamps"].max()) != h.max_timestamp:
+            raise self._corrupt("max timestamp does not match the records")
 
-        self.key_lengths = key_lens
-        self.key_offsets = starts(key_lens)
-        self.value_lengths = value_lens
-        self.value_offsets = starts(value_lens)
-        self.header_lengths = hdr_lens
-        self.header_offsets = starts(hdr_lens)
+    def _column(self, name: str, start: int, stop: int) -> Optional[list]:
+        lst = self._lists.get(name, False)
+        if lst is False:
+            arr = self._arrays[name]
+            return None if arr is None else arr[start:stop].tolist()
+        return None if lst is None else lst[start:stop]
 
     # -- access ----------------------------------------------------------------------------
     @property
@@ -562,34 +711,44 @@ class DecodedBatch:
         return self.header.record_count
 
     def index_of(self, offset: int) -> int:
-        """Index of the first record with offset >= ``offset``."""
-        if not self.header.attributes & ATTR_OFFSET_DELTAS:
-            return max(0, min(offset - self.header.base_offset, self.header.record_count))
+        """Index of the first record with offset >= ``offset`` (``len(self)`` if none)."""
+        h = self.header
+        if not h.attributes & ATTR_OFFSET_DELTAS:
+            return max(0, min(offset - h.base_offset, h.record_count))
         return int(np.searchsorted(self.offsets, offset))
 
+    def offset_at(self, i: int) -> int:
+        h = self.header
+        if not h.attributes & ATTR_OFFSET_DELTAS:
+            return h.base_offset + i
+        return self._column("offsets", i, i + 1)[0]
+
     def value(self, i: int) -> Optional[bytes]:
-        n = int(self.value_lengths[i])
+        n = self._column("value_lengths", i, i + 1)[0]
         if n < 0:
             return None
-        s = int(self.value_offsets[i])
+        s = self._column("value_offsets", i, i + 1)[0]
         return bytes(self.data[s : s + n])
 
     def key(self, i: int) -> Optional[bytes]:
-        if self.key_lengths is None:
+        lens = self._column("key_lengths", i, i + 1)
+        if lens is None or lens[0] < 0:
             return None
-        n = int(self.key_lengths[i])
-        if n < 0:
-            return None
-        s = int(self.key_offsets[i])
-        return bytes(self.data[s : s + n])
+        s = self._column("key_offsets", i, i + 1)[0]
+        return bytes(self.data[s : s + lens[0]])
 
     def headers(self, i: int) -> Dict[str, bytes]:
-        if self.header_lengths is None:
+        lens = self._column("header_lengths", i, i + 1)
+        if lens is None:
             return {}
-        s = int(self.header_offsets[i])
-        return self._parse_headers(bytes(self.data[s : s + int(self.header_lengths[i])]))
+        s = self._column("header_offsets", i, i + 1)[0]
+        return self._parse_headers(bytes(self.data[s : s + lens[0]]))
 
     def _parse_headers(self, raw: bytes) -> Dict[str, bytes]:
+        return self._headers_from(raw, self._path, self.position)
+
+    @staticmethod
+    def _headers_from(raw: bytes, path: Optional[str], position: int) -> Dict[str, bytes]:
         out: Dict[str, bytes] = {}
         p = 0
         end = len(raw)
@@ -606,8 +765,26 @@ class DecodedBatch:
                 out[name] = raw[p : p + vl]
                 p += vl
         except (ValueError, struct.error, UnicodeDecodeError):
-            raise self._corrupt("malformed record headers") from None
+            raise CorruptLogError("malformed record headers", path, position) from None
         return out
+
+    def record_at(self, i: int) -> Record:
+        """The ``i``-th record of the batch."""
+        lists = self._lists
+        if lists and "value_lengths" in lists:
+            vl = lists["value_lengths"][i]
+            vs = lists["value_offsets"][i]
+            data = self.data
+            value = None if vl < 0 else bytes(data[vs : vs + vl])
+            kls = lists["key_lengths"]
+            key = None
+            if kls is not None and kls[i] >= 0:
+                ks = lists["key_offsets"][i]
+                key = bytes(data[ks : ks + kls[i]])
+            hdrs = self.headers(i) if lists["header_lengths"] is not None else {}
+            return Record(lists["offsets"][i], lists["timestamps"][i], key, value, hdrs)
+        return Record(self.offset_at(i), self._column("timestamps", i, i + 1)[0], self.key(i),
+                      self.value(i), self.headers(i))
 
     def records(self, start: int = 0, stop: Optional[int] = None) -> List[Record]:
         """Records ``[start, stop)`` of this batch as :class:`Record` objects (values as bytes)."""
@@ -615,31 +792,45 @@ class DecodedBatch:
         stop = n if stop is None else min(stop, n)
         if start >= stop:
             return []
-        # One copy of the region holding the wanted values, then cheap bytes slices.
+        # One copy of the payload, then cheap bytes slices (faster than slicing a memoryview).
         data = self.data
         if type(data) is not bytes:
             data = bytes(data)
-        offs = self.offsets[start:stop].tolist()
-        tss = self.timestamps[start:stop].tolist()
-        vl = self.value_lengths[start:stop].tolist()
-        vs = self.value_offsets[start:stop].tolist()
-        values = [None if l < 0 else data[s : s + l] for s, l in zip(vs, vl)]
-        if self.key_lengths is None:
-            keys: List[Optional[bytes]] = [None] * (stop - start)
+        count = stop - start
+        col = self._column
+        offs = col("offsets", start, stop)
+        tss = col("timestamps", start, stop)
+        vl = col("value_lengths", start, stop)
+        vs = col("value_offsets", start, stop)
+        if min(vl) >= 0:
+            values = [data[s : s + l] for s, l in zip(vs, vl)]
         else:
-            kl = self.key_lengths[start:stop].tolist()
-            ks = self.key_offsets[start:stop].tolist()
+            values = [None if l < 0 else data[s : s + l] for s, l in zip(vs, vl)]
+        kl = col("key_lengths", start, stop)
+        if kl is None:
+            keys: Any = repeat(None, count)
+        else:
+            ks = col("key_offsets", start, stop)
             keys = [None if l < 0 else data[s : s + l] for s, l in zip(ks, kl)]
-        if self.header_lengths is None:
-            return [Record(o, t, k, v, {}) for o, t, k, v in zip(offs, tss, keys, values)]
-        hl = self.header_lengths[start:stop].tolist()
-        hs = self.header_offsets[start:stop].tolist()
-        hdrs = [self._parse_headers(data[s : s + l]) if l else {} for s, l in zip(hs, hl)]
-        return [Record(*r) for r in zip(offs, tss, keys, values, hdrs)]
+        hl = col("header_lengths", start, stop)
+        if hl is None:
+            hdrs: Any = [{} for _ in range(count)]
+        else:
+            hs = col("header_offsets", start, stop)
+            hdrs = [self._parse_headers(data[s : s + l]) if l else {} for s, l in zip(hs, hl)]
+        return list(map(_make_record, zip(offs, tss, keys, values, hdrs)))
+
+
+_make_record = partial(tuple.__new__, Record)  # C-level, no per-record Python frame
 
 
 def decode(
-    buf: Any, pos: int, h: BatchHeader, path: Optional[str], file_pos: Optional[int] = None
+    buf: Any,
+    pos: int,
+    h: BatchHeader,
+    path: Optional[str],
+    file_pos: Optional[int] = None,
+    header_checked: bool = False,
 ) -> DecodedBatch:
     """Validate (CRC, structure) and decode the batch whose header ``h`` was read at ``pos``.
 
@@ -648,7 +839,8 @@ def decode(
     ``path`` and the file position for any inconsistency; never returns unvalidated data.
     """
     where = pos if file_pos is None else file_pos
-    check_header(h, path, where)
+    if not header_checked:
+        check_header(h, path, where)
     mv = memoryview(buf)
     if pos + h.length > len(mv):
         raise CorruptLogError("batch runs past the end of the file", path, where)
@@ -673,3 +865,86 @@ def decode(
 
 def codec_id(name: str) -> int:
     return CODEC_ZSTD if name == "zstd" else CODEC_NONE
+
+
+def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
+                   file_pos: int) -> Optional[Record]:
+    """The record at ``offset`` from the framed batch in ``buf`` (random-access ``get`` path).
+
+    Checks the CRC, then reads only the column entries it needs (struct, plus one numpy sum for
+    the position of the value), instead of decoding the whole batch. Returns None when the
+    record is absent (a compaction gap). Falls back to :func:`decode` for compressed batches and
+    batches with offset deltas.
+    """
+    a = h.attributes
+    if a & (CODEC_MASK | ATTR_OFFSET_DELTAS) or h.record_count <= 1:
+        batch = decode(buf, 0, h, path, file_pos, True)
+        j = batch.index_of(offset)
+        if j >= len(batch) or batch.offset_at(j) != offset:
+            return None
+        return batch.record_at(j)
+    mv = memoryview(buf)
+    if crc32c(mv[CRC_START : h.length]) != h.crc:
+        raise CorruptLogError("CRC32C mismatch", path, file_pos)
+    check_version(h, path, file_pos)
+    n = h.record_count
+    j = offset - h.base_offset
+    if not 0 <= j < n:
+        return None
+    if h.last_offset_delta != n - 1:
+        raise CorruptLogError("dense batch with a gap in its header", path, file_pos)
+    data = mv[HEADER_SIZE : HEADER_SIZE + h.payload_length]
+    size = len(data)
+    pos = 0
+    ts = h.base_timestamp
+    if a & ATTR_TIMESTAMPS:
+        ts += _I64.unpack_from(data, 8 * j)[0]
+        pos = 8 * n
+    kl_pos = vl_pos = hl_pos = -1
+    if a & ATTR_KEYS:
+        kl_pos, pos = pos, pos + 4 * n
+    vl_pos, pos = pos, pos + 4 * n
+    if a & ATTR_HEADERS:
+        hl_pos, pos = pos, pos + 4 * n
+    if pos > size:
+        raise CorruptLogError("batch columns run past the payload", path, file_pos)
+
+    def before(col: int, count: int) -> int:
+        # Sum of the non-negative lengths among the first `count` entries of a column
+        # (-1 marks null: add those back). struct beats numpy's call overhead for small counts.
+        if count == 0:
+            return 0
+        if count <= 2048:
+            t = _ints("i", count).unpack_from(data, col)
+            return sum(t) + t.count(-1)
+        arr = np.frombuffer(data, dtype="<i4", count=count, offset=col)
+        return int(arr.sum()) + int(np.count_nonzero(arr < 0))
+
+    start = pos
+    key = None
+    if kl_pos >= 0:
+        (kl,) = _I32.unpack_from(data, kl_pos + 4 * j)
+        ks = start + before(kl_pos, j)
+        if kl >= 0:
+            if ks + kl > size:
+                raise CorruptLogError("key runs past the payload", path, file_pos)
+            key = bytes(data[ks : ks + kl])
+        start += before(kl_pos, n)
+    (vl,) = _I32.unpack_from(data, vl_pos + 4 * j)
+    vs = start + before(vl_pos, j)
+    value = None
+    if vl >= 0:
+        if vs + vl > size:
+            raise CorruptLogError("value runs past the payload", path, file_pos)
+        value = bytes(data[vs : vs + vl])
+    headers: Dict[str, bytes] = {}
+    if hl_pos >= 0:
+        (hl,) = _I32.unpack_from(data, hl_pos + 4 * j)
+        hs = start + before(vl_pos, n) + before(hl_pos, j)
+        if hl < 0 or hs + hl > size:
+            raise CorruptLogError("headers run past the payload", path, file_pos)
+        if hl:
+            headers = DecodedBatch._headers_from(bytes(data[hs : hs + hl]), path, file_pos)
+    if vl < -1 or (kl_pos >= 0 and kl < -1) or not 0 <= ts <= h.max_timestamp:
+        raise CorruptLogError("impossible record fields", path, file_pos)
+    return Record(offset, ts, key, value, headers)

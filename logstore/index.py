@@ -17,10 +17,10 @@ import numpy as np
 
 from .fs import FileSystem
 
-# Offset index entry: one uint64 = (relative_offset << 32) | position, i.e. bytes
-# [position: u32 LE][relative offset: u32 LE]. Entries sorted by relative offset are then sorted
+# Offset index entry: one int64 = (relative_offset << 32) | position, i.e. bytes
+# [position: u32 LE][relative offset: u32 LE, < 2**31]. Entries sorted by relative offset are then sorted
 # as integers too, so one searchsorted on a contiguous array finds an offset.
-OFFSET_ENTRY = np.dtype("<u8")
+OFFSET_ENTRY = np.dtype("<i8")  # relative offsets are < 2**31, so the sign bit is never set
 TIME_ENTRY = np.dtype([("ts", "<i8"), ("rel", "<i4")])  # 12 bytes, packed
 
 
@@ -31,7 +31,9 @@ class _MappedArray:
 
     def __init__(self, path: Optional[str], arr: np.ndarray, n: int, writable: bool):
         self.path = path
-        self._arr = arr
+        self._map = arr if isinstance(arr, np.memmap) else None  # kept for flush()
+        # Searches go through a plain ndarray view: slicing an np.memmap costs microseconds.
+        self._arr = arr.view(np.ndarray) if isinstance(arr, np.memmap) else arr
         self.n = n
         self.writable = writable
 
@@ -95,11 +97,12 @@ class _MappedArray:
 
     def _grow_file(self) -> None:
         keep = np.array(self._arr[: self.n])
-        self._arr.flush()
-        self._arr = None  # unmap before resizing the file
+        self._map.flush()
+        self._arr = self._map = None  # unmap before resizing the file
         arr = np.memmap(self.path, dtype=self.dtype, mode="r+", shape=(2 * len(keep) + 16,))
         arr[: len(keep)] = keep
-        self._arr = arr
+        self._map = arr
+        self._arr = arr.view(np.ndarray)
 
     @property
     def entries(self) -> np.ndarray:
@@ -113,8 +116,8 @@ class _MappedArray:
         if not self.writable:
             return
         used = np.array(self._arr[: self.n])
-        self._arr.flush()
-        self._arr = None  # unmap before shrinking the file: never truncate under a live mapping
+        self._map.flush()
+        self._arr = self._map = None  # unmap before shrinking the file: never truncate under a live mapping
         fd = fs.open(self.path, os.O_RDWR)
         try:
             fs.truncate(fd, self.n * self.dtype.itemsize)
@@ -142,7 +145,8 @@ class OffsetIndex(_MappedArray):
         n = self.n
         if not n:
             return 0, 0
-        i = int(np.searchsorted(self._arr[:n], np.uint64((rel + 1) << 32))) - 1
+        # ndarray.searchsorted with a Python int on int64: ~0.6 us (np.searchsorted: ~3 us).
+        i = int(self._arr[:n].searchsorted((rel + 1) << 32)) - 1
         if i < 0:
             return 0, 0
         e = int(self._arr[i])

@@ -563,12 +563,12 @@ class Log:
                                       self._segments[-1].path)
             i, pos, h = loc
             seg = self._segments[i]
-            batch = seg.batch_at(pos, h)
-        j = batch.index_of(offset)
-        if j >= len(batch) or int(batch.offsets[j]) != offset:
-            self._gap(offset, int(batch.offsets[min(j, len(batch) - 1)]), seg, pos)
+            buf = seg.read_bytes(pos, h.length)
+        rec = codec.extract_record(buf, h, offset, seg.path, pos)
+        if rec is None:
+            self._gap(offset, h.base_offset if h.base_offset > offset else offset + 1, seg, pos)
             raise RecordRemovedError(f"offset {offset} was removed by compaction")
-        return batch.records(j, j + 1)[0]
+        return rec
 
     def read(
         self,
@@ -598,7 +598,7 @@ class Log:
         for batch in self._batches(offset, end):
             j = batch.index_of(offset) if not out else 0
             stop = min(len(batch), j + max_records - len(out))
-            stop = min(stop, int(np.searchsorted(batch.offsets, end)))
+            stop = min(stop, batch.index_of(end))
             if budget is not None:
                 sizes = np.maximum(batch.value_lengths[j:stop], 0).astype(np.int64)
                 if batch.key_lengths is not None:
@@ -627,8 +627,8 @@ class Log:
             j = batch.index_of(start) if first else 0
             first = False
             k = len(batch)
-            if int(batch.offsets[-1]) >= stop:
-                k = int(np.searchsorted(batch.offsets, stop))
+            if batch.header.last_offset >= stop:
+                k = batch.index_of(stop)
             yield from batch.records(j, k)
 
     def replay_batches(self, from_offset: int = 0, to_offset: Optional[int] = None
@@ -706,7 +706,7 @@ class Log:
                     batch = seg.batch_at(pos, h)
                     hits = np.flatnonzero(batch.timestamps >= ts)
                     if len(hits):
-                        return min(int(batch.offsets[hits[0]]), end)
+                        return min(batch.offset_at(int(hits[0])), end)
             return end
 
     # ------------------------------------------------------------------ introspection

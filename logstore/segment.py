@@ -220,10 +220,10 @@ class Segment:
         return h
 
     def batch_at(self, pos: int, h: Optional[BatchHeader] = None) -> DecodedBatch:
-        """Decode (CRC-checked) the batch at ``pos``."""
+        """Decode (CRC-checked) the batch at ``pos``; ``h`` must come from :meth:`header_at`."""
         if h is None:
-            h = self.header_at(pos)
-        return codec.decode(self.read_bytes(pos, h.length), 0, h, self.path, pos)
+            h = self.header_at(pos)  # validates the header and its bounds
+        return codec.decode(self.read_bytes(pos, h.length), 0, h, self.path, pos, True)
 
     # ------------------------------------------------------------------ indexes
     def offset_index(self) -> OffsetIndex:
@@ -298,25 +298,47 @@ class Segment:
         index = self.offset_index()
         rel_hint, pos = index.lookup(offset - self.base_offset)
         if pos:
-            h = None
-            if pos + HEADER_SIZE <= self.size:
+            # Spot-check the hint: the entry must point at the start of the batch it names.
+            ok = pos + HEADER_SIZE <= self.size
+            if ok and not self.use_pread:
+                magic, length, base, _ = codec.WALK.unpack_from(self._mapped(pos + HEADER_SIZE), pos)
+                ok = magic == codec.MAGIC and base == self.base_offset + rel_hint
+            elif ok:
                 try:
-                    h = self.header_at(pos)
+                    ok = self.header_at(pos).base_offset == self.base_offset + rel_hint
                 except CorruptLogError:
-                    h = None
-            if h is None or h.base_offset != self.base_offset + rel_hint:
-                # The index points at something that is not the batch it names: distrust it.
-                self._index_broken()
+                    ok = False
+            if not ok:
+                self._index_broken()  # the hint is wrong: rebuild it from the log
                 pos = 0
         return self.walk_to(offset, pos)
 
     def walk_to(self, offset: int, pos: int) -> Optional[Tuple[int, BatchHeader]]:
+        """Walk batch headers from ``pos`` to the batch reaching ``offset``.
+
+        Reads only the four fields it needs per step; anything odd falls back to the fully
+        validating :meth:`header_at`, which raises the precise error.
+        """
         size = self.size
+        if self.use_pread:
+            while pos < size:
+                h = self.header_at(pos)
+                if h.next_offset > offset:
+                    return pos, h
+                pos += h.length
+            return None
+        mm = self._mapped(size) if size else None
+        unpack = codec.WALK.unpack_from
+        magic_ok = codec.MAGIC
         while pos < size:
-            h = self.header_at(pos)
-            if h.next_offset > offset:
-                return pos, h
-            pos += h.length
+            if pos + HEADER_SIZE > size:
+                return pos, self.header_at(pos)  # raises
+            magic, length, base, last_delta = unpack(mm, pos)
+            if magic != magic_ok or length < HEADER_SIZE or length & 7 or pos + length > size:
+                return pos, self.header_at(pos)  # raises the precise error
+            if base + last_delta >= offset:
+                return pos, self.header_at(pos)
+            pos += length
         return None
 
     def _index_broken(self) -> None:
