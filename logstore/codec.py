@@ -372,6 +372,33 @@ def prepare_from_buffer(
     return _finish(0, n, n - 1, timestamp_ms, timestamp_ms, raw, compression, level, max_bytes)
 
 
+_HEADER_TAIL = struct.Struct("<IHHqqqIIII8x")  # the header from byte 8 on: what the CRC covers
+
+
+def frame_single(base_offset: int, timestamp_ms: int, value: bytes, key: Optional[bytes]) -> bytes:
+    """Frame a one-record, uncompressed, header-less batch in one go (``append`` hot path).
+
+    Produces exactly the bytes ``frame(prepare_one(...), base_offset)`` would.
+    """
+    if key is None:
+        raw_len = 4 + len(value)
+        attrs = 0
+        cols = _I32.pack(len(value))
+    else:
+        raw_len = 8 + len(key) + len(value)
+        attrs = ATTR_KEYS
+        cols = _I32.pack(len(key)) + _I32.pack(len(value)) + key
+    length = (HEADER_SIZE + raw_len + 7) & ~7
+    body = b"".join((
+        _HEADER_TAIL.pack(length, FORMAT_VERSION, attrs, base_offset, timestamp_ms, timestamp_ms,
+                          1, 0, raw_len, raw_len),
+        cols,
+        value,
+        _PAD[: length - HEADER_SIZE - raw_len],
+    ))
+    return b"".join((MAGIC, _U32.pack(crc32c(body)), body))
+
+
 def frame(batch: PreparedBatch, base_offset: int) -> bytearray:
     """Give a prepared batch its base offset, header, CRC32C and padding: the bytes to write."""
     length = _align(HEADER_SIZE + len(batch.payload))

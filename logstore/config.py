@@ -46,6 +46,12 @@ class LogConfig:
         One sparse offset-index (and time-index) entry per this many bytes of log.
     max_record_bytes:
         Largest encoded batch (uncompressed) accepted by ``append``/``append_batch``.
+    write_buffer_bytes:
+        0 (default): every append is written to the file before it returns, so a *process*
+        crash never loses an acknowledged append under any policy. N > 0 (only with
+        ``fsync="never"``/``"every"``): collect small batches in memory and write them N bytes
+        at a time (faster single appends); a process crash can then lose up to N bytes of
+        appends not yet written, and other processes see them only once written.
     """
 
     fsync: str = "always"
@@ -57,6 +63,7 @@ class LogConfig:
     segment_ms: int | None = None
     index_interval_bytes: int = 4 * KiB
     max_record_bytes: int = 8 * MiB
+    write_buffer_bytes: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("fsync", self.fsync, FSYNC_POLICIES)
@@ -78,6 +85,11 @@ class LogConfig:
         _check_int("segment_ms", self.segment_ms, minimum=1, optional=True)
         _check_int("index_interval_bytes", self.index_interval_bytes, 1, MAX_SEGMENT_BYTES)
         _check_int("max_record_bytes", self.max_record_bytes, 128, MAX_BATCH_BYTES)
+        _check_int("write_buffer_bytes", self.write_buffer_bytes, 0, 64 * MiB)
+        if self.write_buffer_bytes and self.fsync == "always":
+            raise ConfigError(
+                "write_buffer_bytes needs fsync='never' or 'every': with fsync='always' every "
+                "append is written and synced before it returns")
 
     @classmethod
     def option_names(cls) -> list[str]:

@@ -30,11 +30,13 @@ class FileSystem:
 
     def pwrite(self, fd: int, data, offset: int) -> None:
         """Write all of ``data`` at ``offset``; short writes are retried, errors raised."""
+        done = os.pwrite(fd, data, offset)
+        if done == len(data) and type(data) is bytes:
+            return
         view = memoryview(data)
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
         total = len(view)
-        done = os.pwrite(fd, view, offset)
         while done < total:
             n = os.pwrite(fd, view[done:], offset + done)
             if n <= 0:  # pragma: no cover - the kernel reports errors as exceptions

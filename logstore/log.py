@@ -41,6 +41,7 @@ from .errors import (
     OffsetOutOfRangeError,
     ReadOnlyError,
     RecordRemovedError,
+    RecordTooLargeError,
     StorageError,
 )
 from .fs import DEFAULT_FS, FileSystem
@@ -160,6 +161,7 @@ class Log:
         if not bases:
             seg = Segment.create(d, 0, fs, cfg.index_interval_bytes, self._index_capacity)
             fs.fsync_dir(d)
+            seg.buffer_limit = cfg.write_buffer_bytes
             self._segments = [seg]
             self._bases = [0]
             meta.remove_clean_shutdown(d, fs)
@@ -186,6 +188,7 @@ class Log:
         # From here on, the marker would lie: remove it (durably) before anything is written.
         meta.remove_clean_shutdown(d, fs)
         self._next_offset = self._durable_offset = active.next_offset
+        active.buffer_limit = cfg.write_buffer_bytes
 
     def _open_reader(self) -> None:
         d = self.path
@@ -318,6 +321,35 @@ class Log:
         """Append one record; return its offset. Durable on return under ``fsync="always"``."""
         ts = _now_ms() if timestamp_ms is None else codec._check_timestamp(timestamp_ms)
         cfg = self.config
+        if (headers is None and self._codec == codec.CODEC_NONE and type(value) is bytes
+                and (key is None or type(key) is bytes)):
+            # Hot path: frame the one-record batch directly under the lock (same bytes as below).
+            raw_len = 4 + len(value) + (0 if key is None else 4 + len(key))
+            if raw_len > cfg.max_record_bytes:
+                raise RecordTooLargeError(
+                    f"record encodes to {raw_len} bytes, above max_record_bytes="
+                    f"{cfg.max_record_bytes}; nothing was written")
+            framed = (codec.HEADER_SIZE + raw_len + 7) & ~7
+            with self._lock:
+                if self._closed or self.readonly or self._failed is not None:
+                    self._check_writable()
+                active = self._segments[-1]
+                base = self._next_offset
+                if active.size and (
+                    active.size + framed > cfg.segment_bytes
+                    or (cfg.segment_ms is not None
+                        and ts - (active.first_timestamp or 0) >= cfg.segment_ms)
+                    or base - active.base_offset >= MAX_RELATIVE_OFFSET
+                ):
+                    self._roll_locked()
+                    active = self._segments[-1]
+                active.append(codec.frame_single(base, ts, value, key), base, base + 1, ts, ts)
+                self._next_offset = nxt = base + 1
+            if self._always:
+                self._sync_to(nxt)
+            elif cfg.fsync_records is not None and nxt - self._durable_offset >= cfg.fsync_records:
+                self._sync_to(nxt)
+            return base
         prepared = codec.prepare_one(value, key, headers, ts, self._codec,
                                      cfg.compression_level, cfg.max_record_bytes)
         return self._append_prepared(prepared).start
@@ -394,6 +426,7 @@ class Log:
         except OSError as e:
             self._fail(e)
             raise StorageError(f"rolling to a new segment failed: {e}", e) from e
+        new.buffer_limit = self.config.write_buffer_bytes
         self._segments.append(new)
         self._bases.append(new.base_offset)
         try:
@@ -435,12 +468,13 @@ class Log:
                     if self._closed:
                         raise LogClosedError(f"log {self.path} is closed")
                     upto = self._next_offset
+                    self._segments[-1].flush_pending()
                     fd = self._fs.dup(self._segments[-1].fd)
                 try:
                     self._fs.fdatasync(fd)
                 finally:
                     self._fs.close(fd)
-            except OSError as e:
+            except OSError as e:  # includes StorageError from writing the buffer
                 error = e
             except LogClosedError:
                 with cond:

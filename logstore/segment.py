@@ -85,7 +85,9 @@ class Segment:
         self.index_path = os.path.join(directory, segment_name(base_offset, INDEX_SUFFIX))
         self.timeindex_path = os.path.join(directory, segment_name(base_offset, TIMEINDEX_SUFFIX))
         self.fd: Optional[int] = None  # writer fd (read/write) or reader fd (pread mode)
-        self.size = 0  # bytes of whole, valid batches
+        self.size = 0  # bytes of whole, valid batches (including any not yet written: pending)
+        self.pending = bytearray()  # write buffer (write_buffer_bytes > 0 only)
+        self.buffer_limit = 0
         self.next_offset = base_offset
         self.max_timestamp = -1
         self.first_timestamp: Optional[int] = None
@@ -185,6 +187,8 @@ class Segment:
         """A mapping covering at least ``[0, end)`` (``end`` <= valid size)."""
         if self._map is None or self._map_len < end:
             self._ensure_size()
+            if self.pending:
+                self.flush_pending()  # readers must see buffered appends: put them in the file
             length = max(end, self.size)
             if self.fd is not None:
                 self._map = mmap.mmap(self.fd, length, access=mmap.ACCESS_READ)
@@ -424,18 +428,54 @@ class Segment:
 
     # ------------------------------------------------------------------ writing
     def append(self, data, base_offset: int, next_offset: int, max_ts: int, first_ts: int) -> None:
-        """Write a framed batch at the end. On failure the file is cut back and StorageError raised."""
+        """Write a framed batch at the end. On failure the file is cut back and StorageError raised.
+
+        With a write buffer (``buffer_limit`` > 0) small batches are collected in memory and
+        written together; the buffer is written before it would overflow, before any read that
+        needs it, and by :meth:`sync`.
+        """
         pos = self.size
+        if self.buffer_limit:
+            if len(self.pending) + len(data) > self.buffer_limit:
+                self.flush_pending()
+            if len(data) < self.buffer_limit:
+                self.pending += data
+                # (inlined _appended: this is the hottest path of a buffered single append)
+                self.size = pos + len(data)
+                self.next_offset = next_offset
+                if self.first_timestamp is None:
+                    self.first_timestamp = first_ts
+                if pos - self._last_index_pos >= self.index_interval or max_ts > self.max_timestamp:
+                    self._note_batch(pos, base_offset, max_ts)
+                return
         try:
             self.fs.pwrite(self.fd, data, pos)
         except OSError as e:
             self._cut_back(pos, e)
             raise StorageError(f"write to {self.path} failed: {e}; nothing was appended", e) from e
-        self.size = pos + len(data)
+        self._appended(pos, len(data), base_offset, next_offset, max_ts, first_ts)
+
+    def _appended(self, pos: int, length: int, base_offset: int, next_offset: int, max_ts: int,
+                  first_ts: int) -> None:
+        self.size = pos + length
         self.next_offset = next_offset
         if self.first_timestamp is None:
             self.first_timestamp = first_ts
         self._note_batch(pos, base_offset, max_ts)
+
+    def flush_pending(self) -> None:
+        """Write the write buffer to the file (not fsync). On failure the buffer is kept."""
+        if not self.pending:
+            return
+        start = self.size - len(self.pending)
+        try:
+            self.fs.pwrite(self.fd, self.pending, start)
+        except OSError as e:
+            self._cut_back(start, e)
+            raise StorageError(
+                f"writing buffered records to {self.path} failed: {e}; they stay buffered "
+                f"and are retried by the next flush", e) from e
+        self.pending = bytearray()
 
     def _cut_back(self, pos: int, cause: OSError) -> None:
         try:
@@ -451,6 +491,7 @@ class Segment:
         self.fs.fdatasync(self.fd)
 
     def sync(self) -> None:
+        self.flush_pending()
         self.fs.fdatasync(self.fd)
 
     def seal(self) -> None:
