@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 import threading
 from functools import partial
-from itertools import repeat
+from itertools import accumulate, repeat
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import crc32c as _crc32c
@@ -47,6 +47,8 @@ MAX_BATCH_LENGTH = (1 << 30) + (1 << 20)
 
 # The fields a forward walk needs: magic, length, base offset, last offset delta.
 WALK = struct.Struct("<4s4xI4xq20xI")
+# Just length, base offset, last offset delta (the inner loop of a walk).
+STEP = struct.Struct("<8xI4xq20xI")
 crc32c = _crc32c.crc32c
 _I32 = struct.Struct("<i")
 _I64 = struct.Struct("<q")
@@ -483,7 +485,7 @@ def crc_ok(buf: Any, pos: int, h: BatchHeader) -> bool:
     return crc32c(memoryview(buf)[pos + CRC_START : pos + h.length]) == h.crc
 
 
-_SMALL_BATCH = 64  # up to this many records, columns are parsed with struct (no numpy calls)
+_SMALL_BATCH = 512  # up to this many records, columns are parsed with struct (no numpy calls)
 _COLUMNS = ("offsets", "timestamps", "key_lengths", "key_offsets", "value_lengths",
             "value_offsets", "header_lengths", "header_offsets")
 _int_structs: Dict[tuple, struct.Struct] = {}
@@ -650,11 +652,9 @@ class DecodedBatch:
             cols.append((name, lens))
         start = fixed
         for name, lens in cols:
-            starts = []
-            for ln in lens:
-                starts.append(start)
-                if ln > 0:
-                    start += ln
+            sizes = lens if min(lens) >= 0 else [ln if ln > 0 else 0 for ln in lens]
+            starts = list(accumulate(sizes, initial=start))
+            start = starts.pop()
             lists[name + "_lengths"] = lens
             lists[name + "_offsets"] = starts
         if start != len(data):
@@ -904,7 +904,7 @@ def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
     batches with offset deltas.
     """
     a = h.attributes
-    if a & (CODEC_MASK | ATTR_OFFSET_DELTAS) or h.record_count <= 1:
+    if a & (CODEC_MASK | ATTR_OFFSET_DELTAS):
         batch = decode(buf, 0, h, path, file_pos, True)
         j = batch.index_of(offset)
         if j >= len(batch) or batch.offset_at(j) != offset:

@@ -331,19 +331,24 @@ class Segment:
                     return pos, h
                 pos += h.length
             return None
-        mm = self._mapped(size) if size else None
-        unpack = codec.WALK.unpack_from
-        magic_ok = codec.MAGIC
-        while pos < size:
-            if pos + HEADER_SIZE > size:
-                return pos, self.header_at(pos)  # raises
-            magic, length, base, last_delta = unpack(mm, pos)
-            if magic != magic_ok or length < HEADER_SIZE or length & 7 or pos + length > size:
-                return pos, self.header_at(pos)  # raises the precise error
-            if base + last_delta >= offset:
+        if pos + HEADER_SIZE > size:
+            return None if pos >= size else (pos, self.header_at(pos))  # (the latter raises)
+        mm = self._mapped(size)
+        step = codec.STEP.unpack_from
+        # Tight loop: only the batch length and offsets are read. A damaged header met on the
+        # way cannot make this return garbage: the batch finally chosen is fully validated by
+        # header_at (magic, bounds) and by its CRC when decoded, and a nonsense length ends the
+        # walk early (at worst ending in a CorruptLogError for a damaged segment).
+        limit = size - HEADER_SIZE
+        while True:
+            length, base, last_delta = step(mm, pos)
+            if base + last_delta >= offset or length < HEADER_SIZE or length & 7:
                 return pos, self.header_at(pos)
             pos += length
-        return None
+            if pos > limit:
+                if pos >= size:
+                    return None
+                return pos, self.header_at(pos)  # a truncated header: raises
 
     def _index_broken(self) -> None:
         scan = self.scan(0, strict=True)
