@@ -1,0 +1,925 @@
+"""Read-only inspection of logs on disk: what ``logstore dump``, ``verify`` and ``stats`` use.
+
+Nothing here ever writes, creates, renames or deletes a file, or takes the writer's lock, so it is
+safe to run against a log that a writer is appending to, in another process:
+
+* Files are opened ``O_RDONLY`` and read with ``os.pread`` in chunks, never ``mmap``ed: a writer
+  that truncates a torn tail during its own recovery cannot kill us with ``SIGBUS``.
+* The size of a segment is snapshotted when it is opened; a growing active segment is read up to
+  that size. An incomplete batch at the end of the active segment while a writer is running (or
+  while the file is still growing) is re-read for a short while before it is called torn: it is
+  usually a write in progress.
+* The active segment's index files are read *before* its data (the writer writes a batch before
+  its index entry), and index entries beyond what was scanned are left unchecked.
+
+Paths are resolved in one place, :func:`resolve_targets`, which turns what the operator typed
+into a list of :class:`Target` (a log directory, or one ``.log`` segment file of one). Store roots
+(``store.meta``: topics of partitions) will be expanded there into one target per partition.
+
+The checks mirror the engine exactly: a batch is valid iff :class:`~logstore.segment.Segment`'s
+scan accepts it (header, bounds, CRC32C, structure, offsets not going back), and damage in the
+last segment is a torn tail iff no CRC-valid batch follows it at an 8-aligned position with a
+base offset at or above the expected one (:func:`logstore.recovery.valid_batch_after`), i.e.
+iff crash recovery would truncate it rather than refuse to open the log.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from . import codec, meta
+from .codec import ALIGN, HEADER_SIZE, MAGIC, BatchHeader, DecodedBatch
+from .errors import CorruptLogError, NotALogError
+from .lockfile import LOCK_NAME
+from .segment import (
+    INDEX_SUFFIX,
+    LOG_SUFFIX,
+    MAX_RELATIVE_OFFSET,
+    TIMEINDEX_SUFFIX,
+    parse_segment_name,
+)
+
+CHUNK = 4 << 20  # bytes read per pread when walking a segment
+STORE_META_NAME = "store.meta"
+LEFTOVER_SUFFIXES = (".tmp", ".cleaned", ".swap")
+OFFSET_ENTRY = np.dtype("<i8")
+TIME_ENTRY = np.dtype([("ts", "<i8"), ("rel", "<i4")])
+
+Progress = Optional[Callable[[int], None]]
+
+
+# ---------------------------------------------------------------------------------- targets
+@dataclass(frozen=True)
+class Target:
+    """One log to inspect: ``log_dir``, or only the segment file ``segment`` inside it."""
+
+    label: str  # how to name it to the operator (the path as given; "topic/partition" later)
+    log_dir: str  # absolute path of the log directory
+    segment: Optional[str] = None  # absolute path of a single .log file, or None for the log
+
+
+def resolve_targets(path: "str | os.PathLike[str]") -> List[Target]:
+    """Turn a command-line PATH into the logs it names.
+
+    A log directory (has ``logstore.meta``) is one target; a ``.log`` segment file is one target
+    limited to that segment. Raises :class:`NotALogError` (a usage error for the CLI) for a
+    missing path, a directory that is not a log, or a store root (not supported yet).
+    """
+    given = os.fspath(path)
+    p = os.path.abspath(given)
+    if not os.path.exists(p):
+        raise NotALogError(f"{given}: no such file or directory")
+    if os.path.isfile(p):
+        if not p.endswith(LOG_SUFFIX):
+            raise NotALogError(
+                f"{given} is neither a log directory nor a .log segment file")
+        return [Target(given, os.path.dirname(p), p)]
+    if not os.path.isdir(p):
+        raise NotALogError(f"{given} is neither a log directory nor a .log segment file")
+    if os.path.exists(os.path.join(p, STORE_META_NAME)):
+        raise NotALogError(
+            f"{given} is a store root; this command takes one log directory for now: pass a "
+            f"partition directory such as {os.path.join(given, 'topics', '<topic>', '0')}")
+    if meta.read_meta(p) is None:  # raises NotALogError/UnsupportedFormatError for bad files
+        raise NotALogError(f"{given} is not a log directory (no {meta.META_NAME})")
+    return [Target(given, p)]
+
+
+def require_log_dir(path: "str | os.PathLike[str]", what: str) -> Target:
+    """The single log directory named by ``path`` (commands that open the log through the API)."""
+    targets = resolve_targets(path)
+    if len(targets) != 1 or targets[0].segment is not None:
+        raise NotALogError(f"{what} needs a log directory, not a segment file: {os.fspath(path)}")
+    return targets[0]
+
+
+@dataclass(frozen=True)
+class SegmentFile:
+    """A segment file on disk, as listed when the inspection started."""
+
+    path: str
+    base_offset: Optional[int]  # from the file name; None for a file with a non-standard name
+    active: bool  # the last segment of its log: the only one crash recovery may cut
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    def sibling(self, suffix: str) -> str:
+        return self.path[: -len(LOG_SUFFIX)] + suffix
+
+
+def segment_files(target: Target) -> List[SegmentFile]:
+    """The target's segment files in offset order (a snapshot: a writer may add more later)."""
+    bases = sorted(b for b in map(parse_segment_name, os.listdir(target.log_dir)) if b is not None)
+    if target.segment is not None:
+        base = parse_segment_name(os.path.basename(target.segment))
+        in_log = base is not None and os.path.exists(os.path.join(target.log_dir, meta.META_NAME))
+        return [SegmentFile(target.segment, base, in_log and bool(bases) and bases[-1] == base)]
+    return [SegmentFile(os.path.join(target.log_dir, f"{b:020d}{LOG_SUFFIX}"), b, i == len(bases) - 1)
+            for i, b in enumerate(bases)]
+
+
+def writer_pid(log_dir: str) -> Optional[int]:
+    """Pid of the process holding the log's writer lock, or None (none, or unknown).
+
+    Read from ``/proc/locks`` (Linux), so the lock is never touched: even a shared ``flock``
+    probe could make a writer's open fail with LogLockedError.
+    """
+    try:
+        st = os.stat(os.path.join(log_dir, LOCK_NAME))
+        with open("/proc/locks", "r", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        parts = line.split()
+        # "3: FLOCK  ADVISORY  WRITE 7194 fe:00:2171887 0 EOF" ("->" marks a blocked waiter)
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[2] != "->" and parts[5] == ident:
+            try:
+                return int(parts[4])
+            except ValueError:
+                return -1
+    return None
+
+
+# ---------------------------------------------------------------------------------- reading
+class Reader:
+    """pread-based, chunk-buffered read access to one file (no mmap: see the module docstring)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd: Optional[int] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.size = self.opened_size = os.fstat(self.fd).st_size
+        self._buf = b""
+        self._start = 0
+
+    def refresh(self) -> int:
+        """Re-read the file size (the active segment grows) and drop cached bytes."""
+        self.size = os.fstat(self.fd).st_size
+        self._buf = b""
+        return self.size
+
+    def view(self, pos: int, n: int) -> Tuple[bytes, int]:
+        """(buffer, index) such that ``buffer[index:index+n]`` are bytes [pos, pos+n) (or fewer)."""
+        start = self._start
+        if start <= pos and pos + n <= start + len(self._buf):
+            return self._buf, pos - start
+        want = min(max(n, CHUNK), max(0, self.size - pos))
+        self._buf = os.pread(self.fd, want, pos)
+        self._start = pos
+        return self._buf, 0
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@dataclass
+class Item:
+    """One step of a segment walk: a valid batch (``error`` None) or the first invalid one."""
+
+    pos: int
+    header: Optional[BatchHeader]  # None if the header itself is unusable
+    batch: Optional[DecodedBatch]  # decoded (CRC-checked) batch when walking with decode=True
+    error: Optional[CorruptLogError]
+
+
+def _read_one(r: Reader, seg: SegmentFile, pos: int, expect: Optional[int], decode: bool) -> Item:
+    end = r.size
+    path = r.path
+    if end - pos < HEADER_SIZE:
+        return Item(pos, None, None, CorruptLogError("truncated batch header", path, pos))
+    buf, i = r.view(pos, HEADER_SIZE)
+    if len(buf) - i < HEADER_SIZE:
+        return Item(pos, None, None, CorruptLogError("truncated batch header", path, pos))
+    h = codec.parse_header(buf, i)
+    problem = codec.header_problem(h)
+    if problem:
+        return Item(pos, None, None, CorruptLogError(problem, path, pos))
+    if pos + h.length > end:
+        return Item(pos, h, None, CorruptLogError("truncated batch (torn write)", path, pos))
+    batch = None
+    if decode:
+        buf, i = r.view(pos, h.length)
+        if len(buf) - i < h.length:
+            return Item(pos, h, None, CorruptLogError("truncated batch (torn write)", path, pos))
+        try:
+            batch = codec.decode(buf, i, h, path, pos, True)
+        except CorruptLogError as e:
+            return Item(pos, h, None, e)
+    if expect is not None and h.base_offset < expect:
+        return Item(pos, h, None, CorruptLogError(
+            f"batch base offset {h.base_offset} goes back (expected >= {expect})", path, pos))
+    if seg.base_offset is not None and h.next_offset - 1 - seg.base_offset > MAX_RELATIVE_OFFSET:
+        return Item(pos, h, None, CorruptLogError(
+            "batch offsets too far from the segment base", path, pos))
+    return Item(pos, h, batch, None)
+
+
+def walk(r: Reader, seg: SegmentFile, pos: int = 0, expect: Optional[int] = None,
+         decode: bool = True, settle: float = 0.0, writer_running: bool = False
+         ) -> Iterator[Item]:
+    """Yield consecutive batches from ``pos``; the last item is the first invalid batch, if any.
+
+    ``decode`` checks CRC32C and structure (else only headers and bounds: ``stats``).
+    ``settle`` > 0 (active segment): an invalid batch is re-read for up to that many seconds if
+    a writer is running or the file has grown since it was opened: it may be being written.
+    """
+    while pos < r.size:
+        item = _read_one(r, seg, pos, expect, decode)
+        if item.error is not None and settle > 0 and (
+                writer_running or r.refresh() != r.opened_size):
+            deadline = time.monotonic() + settle
+            while item.error is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                r.refresh()
+                item = _read_one(r, seg, pos, expect, decode)
+        yield item
+        if item.error is not None:
+            return
+        pos += item.header.length
+        expect = item.header.next_offset
+
+
+def find_valid_batch(r: Reader, start: int, min_offset: Optional[int] = None) -> Optional[int]:
+    """Position of the first CRC-valid batch at an 8-aligned position >= ``start``, or None.
+
+    Same rule as :func:`logstore.recovery.valid_batch_after` (which uses an mmap).
+    """
+    end = r.size
+    pos = start + (-start % ALIGN)
+    while pos + HEADER_SIZE <= end:
+        n = min(CHUNK, end - pos)
+        data = os.pread(r.fd, n, pos)
+        if not data:
+            return None
+        i = 0
+        while True:
+            i = data.find(MAGIC, i)
+            if i < 0:
+                break
+            p = pos + i
+            if p % ALIGN == 0 and p + HEADER_SIZE <= end:
+                raw = data[i : i + HEADER_SIZE]
+                if len(raw) < HEADER_SIZE:
+                    raw = os.pread(r.fd, HEADER_SIZE, p)
+                h = codec.parse_header(raw, 0)
+                if (codec.header_problem(h) is None and p + h.length <= end
+                        and (min_offset is None or h.base_offset >= min_offset)):
+                    body = os.pread(r.fd, h.length, p)
+                    if len(body) == h.length and codec.crc_ok(body, 0, h):
+                        return p
+            i += 1
+        if len(data) < CHUNK:
+            return None
+        pos += len(data) - (len(MAGIC) - 1)  # overlap: a magic may straddle the chunk border
+    return None
+
+
+# ---------------------------------------------------------------------------------- scanning
+@dataclass
+class SegmentStart:
+    seg: SegmentFile
+    size: int  # bytes in the file when it was opened
+
+
+@dataclass
+class BatchEvent:
+    seg: SegmentFile
+    pos: int
+    header: BatchHeader
+    batch: Optional[DecodedBatch]
+
+
+@dataclass
+class ErrorEvent:
+    """Invalid data at ``pos``. ``torn_tail``: crash recovery would truncate it (the active
+    segment, and no valid batch follows); otherwise the data is damaged. ``resume``: position of
+    the next valid batch (None: none follows)."""
+
+    seg: SegmentFile
+    pos: int
+    error: CorruptLogError
+    header: Optional[BatchHeader]
+    torn_tail: bool
+    resume: Optional[int]
+    size: int  # file size when the error was classified
+
+
+@dataclass
+class SegmentEnd:
+    seg: SegmentFile
+    size: int
+
+
+def _index_start(seg: SegmentFile, r: Reader, offset: int) -> int:
+    """A position from which walking finds ``offset``: the sparse index hint, checked."""
+    if seg.base_offset is None:
+        return 0
+    entries = _load_entries(seg.sibling(INDEX_SUFFIX), OFFSET_ENTRY)
+    if entries is None or not len(entries):
+        return 0
+    rel = offset - seg.base_offset
+    i = int(np.searchsorted(entries, (rel + 1) << 32)) - 1
+    while i >= 0:
+        e = int(entries[i])
+        erel, pos = e >> 32, e & 0xFFFFFFFF
+        if 0 < pos and pos + HEADER_SIZE <= r.size:
+            buf, j = r.view(pos, HEADER_SIZE)
+            if len(buf) - j >= HEADER_SIZE:
+                h = codec.parse_header(buf, j)
+                if codec.header_problem(h) is None and h.base_offset == seg.base_offset + erel:
+                    return pos
+        i -= 1  # an index is only a hint: a wrong entry just means walking from further back
+    return 0
+
+
+def scan(target: Target, *, decode: bool = True, continue_on_error: bool = False,
+         from_offset: Optional[int] = None, progress: Progress = None,
+         settle: Optional[float] = None) -> Iterator[Any]:
+    """Walk every segment of ``target`` in order, yielding events.
+
+    :class:`SegmentStart`, then :class:`BatchEvent` per valid batch, :class:`ErrorEvent` for
+    invalid data, :class:`SegmentEnd`. After an error the walk stops (``continue_on_error``
+    False: nothing more is yielded) or resumes at the next valid batch of the segment.
+    ``from_offset`` skips segments and batches wholly below it. ``settle`` (default: 1 s when a
+    writer holds the lock, else 0.2 s) is how long an incomplete tail of the active segment is
+    watched for a write in progress while the file keeps changing.
+    """
+    segs = segment_files(target)
+    if from_offset is not None:
+        keep = [s for i, s in enumerate(segs) if i + 1 == len(segs)
+                or segs[i + 1].base_offset is None or segs[i + 1].base_offset > from_offset]
+        segs = keep
+    running = writer_pid(target.log_dir) is not None
+    for seg in segs:
+        try:
+            r = Reader(seg.path)
+        except FileNotFoundError:
+            # Removed since listing (retention, or a reader racing a rename): nothing to check.
+            continue
+        with r:
+            yield SegmentStart(seg, r.size)
+            pos = 0
+            expect = seg.base_offset
+            if from_offset is not None and seg.base_offset is not None \
+                    and from_offset > seg.base_offset:
+                pos = _index_start(seg, r, from_offset)
+                if pos:
+                    expect = None
+                    if progress:
+                        progress(pos)
+            wait = 0.0
+            if seg.active:
+                wait = settle if settle is not None else (1.0 if running else 0.2)
+            last_next = expect  # offset the next batch must reach (recovery's min_offset)
+            first_error = True
+            while True:
+                error_item = None
+                for item in walk(r, seg, pos, expect, decode, wait, running):
+                    if item.error is not None:
+                        error_item = item
+                        break
+                    h = item.header
+                    last_next = h.next_offset
+                    if progress:
+                        progress(h.length)
+                    if from_offset is None or h.next_offset > from_offset:
+                        yield BatchEvent(seg, item.pos, h, item.batch)
+                if error_item is None:
+                    break
+                epos = error_item.pos
+                resume = find_valid_batch(r, epos + 1, last_next)
+                torn = seg.active and first_error and resume is None
+                first_error = False
+                yield ErrorEvent(seg, epos, error_item.error, error_item.header, torn, resume,
+                                 r.size)
+                if not continue_on_error:
+                    return
+                if resume is None:
+                    if progress:
+                        progress(max(0, r.size - epos))
+                    break
+                if progress:
+                    progress(resume - epos)
+                pos, expect = resume, None
+            yield SegmentEnd(seg, r.size)
+
+
+# ---------------------------------------------------------------------------------- indexes
+def _load_entries(path: str, dtype: np.dtype) -> Optional[np.ndarray]:
+    """The entries of an index file (read, not mapped); None if it is missing."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    n = len(raw) // dtype.itemsize
+    return np.frombuffer(raw[: n * dtype.itemsize], dtype=dtype)
+
+
+@dataclass
+class IndexEntry:
+    """One index entry and whether it is right about the log."""
+
+    kind: str  # "offset" or "time"
+    number: int  # entry number in its file
+    offset: int  # absolute offset (segment base + relative offset)
+    position: Optional[int] = None  # offset index: byte position of the batch
+    timestamp: Optional[int] = None  # time index: max timestamp of the records before `offset`
+    status: str = "ok"  # "ok", "unchecked" (past the scanned end of the active segment) or why not
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "unchecked")
+
+
+@dataclass
+class IndexFiles:
+    """The two index files of a segment as found on disk (read before the segment's data)."""
+
+    offset_path: str
+    time_path: str
+    offset_raw: Optional[np.ndarray]
+    time_raw: Optional[np.ndarray]
+    offset_size: int
+    time_size: int
+
+
+def read_index_files(seg: SegmentFile) -> IndexFiles:
+    op, tp = seg.sibling(INDEX_SUFFIX), seg.sibling(TIMEINDEX_SUFFIX)
+    o = _load_entries(op, OFFSET_ENTRY)
+    t = _load_entries(tp, TIME_ENTRY)
+    osz = os.path.getsize(op) if o is not None else -1
+    tsz = os.path.getsize(tp) if t is not None else -1
+    return IndexFiles(op, tp, o, t, osz, tsz)
+
+
+class BatchTable:
+    """Compact per-segment table of valid batches (positions, offsets, max timestamps)."""
+
+    def __init__(self) -> None:
+        self._pos: List[int] = []
+        self._base: List[int] = []
+        self._next: List[int] = []
+        self._max: List[int] = []
+
+    def add(self, pos: int, h: BatchHeader) -> None:
+        self._pos.append(pos)
+        self._base.append(h.base_offset)
+        self._next.append(h.next_offset)
+        self._max.append(h.max_timestamp)
+
+    def arrays(self):
+        pos = np.array(self._pos, dtype=np.int64)
+        base = np.array(self._base, dtype=np.int64)
+        nxt = np.array(self._next, dtype=np.int64)
+        mx = np.array(self._max, dtype=np.int64)
+        return pos, base, nxt, mx
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+
+def check_indexes(seg: SegmentFile, files: IndexFiles, table: BatchTable, scanned_end: int,
+                  scanned_next: int) -> Tuple[List[IndexEntry], List[str], Dict[str, int]]:
+    """Check the segment's offset and time index against the batches actually found.
+
+    Returns (entries, file-level problems, number of preallocated empty entries skipped per
+    kind). Only meaningful for a segment whose data is undamaged up to ``scanned_end``.
+    """
+    base = seg.base_offset
+    assert base is not None
+    pos_a, base_a, next_a, max_a = table.arrays()
+    # prefix[i] = largest timestamp of the batches before batch i (-1 if none)
+    prefix = np.concatenate(([-1], np.maximum.accumulate(max_a))) if len(max_a) else np.array([-1])
+    seg_max = int(prefix[-1])
+    rel_end = scanned_next - base
+    entries: List[IndexEntry] = []
+    file_problems: List[str] = []
+    skipped = {"offset": 0, "time": 0}
+
+    # --- offset index
+    raw = files.offset_raw
+    if raw is None:
+        file_problems.append(f"{os.path.basename(files.offset_path)} is missing")
+    else:
+        if files.offset_size % OFFSET_ENTRY.itemsize:
+            file_problems.append(f"{os.path.basename(files.offset_path)} has {files.offset_size} "
+                                 f"bytes, not a multiple of {OFFSET_ENTRY.itemsize}")
+        values = [int(v) for v in raw]
+        if seg.active:  # preallocated, zero-filled tail of the active segment's index
+            while values and values[-1] == 0:
+                values.pop()
+                skipped["offset"] += 1
+        prev_rel = prev_pos = 0
+        for n, v in enumerate(values):
+            rel, pos = v >> 32, v & 0xFFFFFFFF
+            e = IndexEntry("offset", n, base + rel, position=pos)
+            if rel <= prev_rel or pos <= prev_pos:
+                e.status = ("entry at position 0 (position 0 is implicit, never stored)"
+                            if pos == 0 else "entries are not strictly increasing")
+            elif seg.active and pos >= scanned_end:
+                e.status = "unchecked"
+            else:
+                i = int(np.searchsorted(pos_a, pos))
+                if i >= len(pos_a) or int(pos_a[i]) != pos:
+                    e.status = f"no batch starts at byte {pos}"
+                elif int(base_a[i]) != base + rel:
+                    e.status = (f"the batch at byte {pos} starts at offset {int(base_a[i])}, "
+                                f"not {base + rel}")
+            prev_rel, prev_pos = max(prev_rel, rel), max(prev_pos, pos)
+            entries.append(e)
+
+    # --- time index
+    raw = files.time_raw
+    if raw is None:
+        file_problems.append(f"{os.path.basename(files.time_path)} is missing")
+    else:
+        if files.time_size % TIME_ENTRY.itemsize:
+            file_problems.append(f"{os.path.basename(files.time_path)} has {files.time_size} "
+                                 f"bytes, not a multiple of {TIME_ENTRY.itemsize}")
+        pairs = [(int(t), int(r)) for t, r in zip(raw["ts"], raw["rel"])]
+        if seg.active:
+            while pairs and pairs[-1] == (0, 0):
+                pairs.pop()
+                skipped["time"] += 1
+        prev_ts, prev_rel = -1, 0
+        for n, (ts, rel) in enumerate(pairs):
+            e = IndexEntry("time", n, base + rel, timestamp=ts)
+            if rel <= prev_rel or ts < prev_ts or ts < 0:
+                e.status = ("relative offsets must increase and timestamps must not decrease"
+                            if rel > 0 else "relative offset must be > 0")
+            elif seg.active and rel > rel_end:
+                e.status = "unchecked"
+            else:
+                off = base + rel
+                if off == scanned_next:
+                    need = seg_max
+                else:
+                    i = int(np.searchsorted(base_a, off))
+                    need = int(prefix[i]) if i < len(base_a) and int(base_a[i]) == off else None
+                if need is None:
+                    e.status = f"offset {off} is not the start of a batch"
+                elif ts < need:
+                    e.status = (f"says records before offset {off} have timestamps <= {ts}, "
+                                f"but one has {need}")
+            prev_ts, prev_rel = max(prev_ts, ts), max(prev_rel, rel)
+            entries.append(e)
+        if not seg.active:
+            want = (max(seg_max, 0), rel_end)
+            last = pairs[-1] if pairs else None
+            if last != want:
+                file_problems.append(
+                    f"{os.path.basename(files.time_path)} of a sealed segment must end with "
+                    f"(max timestamp {want[0]}, offset {scanned_next}); found "
+                    + ("no entry" if last is None else f"({last[0]}, offset {base + last[1]})"))
+    return entries, file_problems, skipped
+
+
+# ---------------------------------------------------------------------------------- reports
+@dataclass
+class Problem:
+    """Something wrong with a log, where it is, and what would fix it."""
+
+    kind: str  # "torn_tail", "damaged", "index", "marker"
+    file: str
+    position: Optional[int]
+    reason: str
+    repair: str
+    recoverable: bool  # `logstore recover --apply` fixes it without dropping any valid batch
+    details: Dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = {"kind": self.kind, "file": self.file, "position": self.position,
+             "reason": self.reason, "recoverable": self.recoverable, "repair": self.repair}
+        d.update(self.details)
+        return d
+
+
+@dataclass
+class SegmentReport:
+    name: str
+    path: str
+    base_offset: Optional[int]
+    active: bool
+    size: int = 0
+    first_offset: Optional[int] = None
+    next_offset: Optional[int] = None
+    records: int = 0
+    batches: int = 0
+    payload_bytes: int = 0
+    raw_bytes: int = 0
+    first_timestamp: Optional[int] = None
+    max_timestamp: Optional[int] = None
+    codecs: Dict[str, int] = field(default_factory=dict)
+    valid_end: int = 0  # end of the last valid batch before the first invalid byte
+    status: str = "ok"  # "ok", "torn tail", "damaged", "bad index"
+    index_entries: int = 0
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "segment": self.name, "base_offset": self.base_offset, "active": self.active,
+            "size": self.size, "first_offset": self.first_offset, "next_offset": self.next_offset,
+            "records": self.records, "batches": self.batches,
+            "payload_bytes": self.payload_bytes, "raw_bytes": self.raw_bytes,
+            "compression_ratio": ratio(self.raw_bytes, self.payload_bytes),
+            "first_timestamp": self.first_timestamp, "max_timestamp": self.max_timestamp,
+            "codecs": dict(sorted(self.codecs.items())), "valid_end": self.valid_end,
+            "status": self.status,
+        }
+
+
+def ratio(raw: int, stored: int) -> Optional[float]:
+    return round(raw / stored, 3) if stored else None
+
+
+@dataclass
+class LogReport:
+    label: str
+    log_dir: str
+    segment_only: bool
+    segments: List[SegmentReport] = field(default_factory=list)
+    problems: List[Problem] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    writer_pid: Optional[int] = None
+    checked: str = "full"  # "full" (verify) or "headers" (stats: no CRC check)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def totals(self) -> Dict[str, Any]:
+        segs = self.segments
+        firsts = [s.first_timestamp for s in segs if s.first_timestamp is not None]
+        maxes = [s.max_timestamp for s in segs if s.max_timestamp is not None]
+        codecs: Dict[str, int] = {}
+        for s in segs:
+            for k, v in s.codecs.items():
+                codecs[k] = codecs.get(k, 0) + v
+        nexts = [s.next_offset for s in segs if s.next_offset is not None]
+        bases = [s.base_offset for s in segs if s.base_offset is not None]
+        payload = sum(s.payload_bytes for s in segs)
+        raw = sum(s.raw_bytes for s in segs)
+        return {
+            "segments": len(segs),
+            "start_offset": bases[0] if bases else None,
+            "end_offset": nexts[-1] if nexts else (bases[-1] if bases else None),
+            "records": sum(s.records for s in segs),
+            "batches": sum(s.batches for s in segs),
+            "bytes": sum(s.size for s in segs),
+            "payload_bytes": payload,
+            "raw_bytes": raw,
+            "compression_ratio": ratio(raw, payload),
+            "first_timestamp": firsts[0] if firsts else None,
+            "max_timestamp": max(maxes) if maxes else None,
+            "codecs": dict(sorted(codecs.items())),
+        }
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "label": self.label, "log_dir": self.log_dir,
+            "segment": self.segments[0].name if self.segment_only and self.segments else None,
+            "ok": self.ok, "checked": self.checked, "writer_pid": self.writer_pid,
+            "totals": self.totals(),
+            "segments": [s.as_dict() for s in self.segments],
+            "problems": [p.as_dict() for p in self.problems],
+            "warnings": list(self.warnings),
+        }
+
+
+_RECOVER_HINT = "`logstore recover --apply`"
+
+
+def inspect_log(target: Target, *, verify: bool = True, progress: Progress = None,
+                settle: Optional[float] = None) -> LogReport:
+    """Scan every segment of ``target`` and report what is there and what is wrong.
+
+    ``verify``: check CRCs, structure, offset continuity, indexes, the clean-shutdown marker and
+    leftover files (``logstore verify``); else read batch headers only (``logstore stats``).
+    Never changes anything.
+    """
+    report = LogReport(target.label, target.log_dir, target.segment is not None,
+                       checked="full" if verify else "headers")
+    report.writer_pid = writer_pid(target.log_dir)
+    segs: Dict[str, SegmentReport] = {}
+    current: Optional[SegmentReport] = None
+    table = BatchTable()
+    files: Optional[IndexFiles] = None
+    expect: Optional[int] = None
+    damaged = False
+    prev: Optional[SegmentReport] = None
+
+    def problem(kind: str, path: str, pos: Optional[int], reason: str, repair: str,
+                recoverable: bool, **details: Any) -> None:
+        report.problems.append(Problem(kind, path, pos, reason, repair, recoverable, details))
+
+    for ev in scan(target, decode=verify, continue_on_error=True, progress=progress,
+                   settle=settle):
+        if isinstance(ev, SegmentStart):
+            seg = ev.seg
+            current = SegmentReport(seg.name, seg.path, seg.base_offset, seg.active, ev.size)
+            segs[seg.path] = current
+            report.segments.append(current)
+            table = BatchTable()
+            # The active segment's indexes are read before its data (see the module docstring).
+            files = read_index_files(seg) if verify and seg.base_offset is not None else None
+            expect = seg.base_offset
+            damaged = False
+        elif isinstance(ev, BatchEvent):
+            h = ev.header
+            s = current
+            if verify and expect is not None and h.base_offset > expect and not damaged:
+                problem("damaged", ev.seg.path, ev.pos,
+                        f"offsets {expect}..{h.base_offset - 1} are missing (the batch at this "
+                        f"position starts at offset {h.base_offset})",
+                        "data damaged: offsets of a log must be dense; restore the segment "
+                        "from a copy", False)
+                damaged = True
+            expect = h.next_offset
+            if s.first_offset is None:
+                s.first_offset = h.base_offset
+                s.first_timestamp = h.base_timestamp
+            s.next_offset = h.next_offset
+            s.records += h.record_count
+            s.batches += 1
+            s.payload_bytes += h.payload_length
+            s.raw_bytes += h.raw_length
+            s.max_timestamp = h.max_timestamp if s.max_timestamp is None \
+                else max(s.max_timestamp, h.max_timestamp)
+            s.codecs[h.codec] = s.codecs.get(h.codec, 0) + 1
+            if not damaged:
+                s.valid_end = ev.pos + h.length
+                table.add(ev.pos, h)
+            if verify and ev.batch is not None and h.attributes & codec.ATTR_HEADERS:
+                try:
+                    ev.batch.records()
+                except CorruptLogError as e:
+                    problem("damaged", ev.seg.path, ev.pos, e.reason,
+                            "the batch's CRC is valid but its record headers are malformed "
+                            "(written by a faulty writer): restore from a copy", False)
+                    damaged = True
+        elif isinstance(ev, ErrorEvent):
+            s = current
+            seg = ev.seg
+            lost = ev.size - ev.pos
+            if ev.torn_tail:
+                s.status = "torn tail"
+                problem("torn_tail", seg.path, ev.pos, ev.error.reason,
+                        f"torn tail of the active segment (nothing valid follows): crash "
+                        f"recovery truncates the last {lost} bytes. {_RECOVER_HINT} does it now "
+                        f"(so does opening the log for writing)", True,
+                        truncate_bytes=lost)
+            elif seg.active and not damaged:
+                s.status = "damaged"
+                problem("damaged", seg.path, ev.pos, ev.error.reason,
+                        f"data damaged: a valid batch follows at byte {ev.resume}, so this is not "
+                        f"a torn tail and a writer refuses to open the log. {_RECOVER_HINT} "
+                        f"cuts the segment here, dropping {lost} bytes including valid "
+                        f"batches; or restore the segment from a copy", False,
+                        next_valid=ev.resume, drop_bytes=lost)
+            else:
+                s.status = "damaged"
+                where = "active" if seg.active else "sealed"
+                tail = (f"; valid batches resume at byte {ev.resume}" if ev.resume is not None
+                        else "; nothing valid follows up to the end of the file")
+                problem("damaged", seg.path, ev.pos, ev.error.reason,
+                        f"data damaged in a {where} segment: `logstore recover` cannot repair "
+                        f"it; restore the segment from a copy" + tail, False,
+                        next_valid=ev.resume)
+            damaged = True
+            expect = None
+        elif isinstance(ev, SegmentEnd):
+            s = current
+            seg = ev.seg
+            s.size = ev.size
+            if damaged and s.status == "ok":
+                s.status = "damaged"
+            if not damaged:
+                s.valid_end = s.valid_end if s.batches else 0
+            if verify and not report.segment_only and prev is not None \
+                    and seg.base_offset is not None and prev.next_offset is not None \
+                    and prev.next_offset != seg.base_offset and prev.status == "ok":
+                if prev.next_offset < seg.base_offset:
+                    why = (f"offsets {prev.next_offset}..{seg.base_offset - 1} are missing "
+                           f"between {prev.name} and this segment")
+                else:
+                    why = (f"this segment starts at offset {seg.base_offset} but {prev.name} "
+                           f"already reaches offset {prev.next_offset - 1}")
+                problem("damaged", seg.path, 0, why,
+                        "data damaged: segments must continue each other's offsets; restore "
+                        "the missing segment from a copy", False)
+            if verify and not seg.active and s.batches == 0 and s.status == "ok":
+                problem("damaged", seg.path, 0, "sealed segment holds no batch",
+                        "data damaged: restore the segment from a copy", False)
+                s.status = "damaged"
+            if verify and files is not None and s.status in ("ok", "torn tail"):
+                nxt = s.next_offset if s.next_offset is not None else seg.base_offset
+                entries, file_problems, _ = check_indexes(seg, files, table, s.valid_end, nxt)
+                s.index_entries = sum(1 for e in entries if e.kind == "offset")
+                bad = [e for e in entries if not e.ok]
+                for why in file_problems:
+                    problem("index", seg.path, None, why, _INDEX_REPAIR, True)
+                for e in bad[:5]:
+                    what = (f"offset index entry {e.number} (offset {e.offset} -> byte "
+                            f"{e.position})" if e.kind == "offset" else
+                            f"time index entry {e.number} (timestamp {e.timestamp} -> offset "
+                            f"{e.offset})")
+                    problem("index", seg.path, e.position, f"{what}: {e.status}",
+                            _INDEX_REPAIR, True)
+                if len(bad) > 5:
+                    problem("index", seg.path, None,
+                            f"{len(bad) - 5} more bad index entries", _INDEX_REPAIR, True)
+                if (file_problems or bad) and s.status == "ok":
+                    s.status = "bad index"
+            prev = s
+    if verify:
+        if not report.segment_only:
+            _check_marker(report, problem)
+            _check_files(target, report)
+        if report.writer_pid is not None:
+            report.warnings.append(
+                f"a writer (pid {report.writer_pid}) has the log open: the active segment was "
+                f"checked up to the bytes written when it was read")
+    return report
+
+
+_INDEX_REPAIR = ("indexes are hints rebuilt from the log: readers rebuild a bad one in memory, "
+                 f"{_RECOVER_HINT} rewrites it; no data is affected")
+
+
+def _check_marker(report: LogReport, problem: Callable[..., None]) -> None:
+    marker = meta.read_clean_shutdown(report.log_dir)
+    if marker is None or not report.segments:
+        return
+    last = report.segments[-1]
+    name = meta.CLEAN_SHUTDOWN_NAME
+    if marker["segment"] != last.base_offset or marker["size"] != last.size:
+        report.warnings.append(
+            f"{name} names segment {marker['segment']} with {marker['size']} bytes but the "
+            f"active segment is {last.base_offset} with {last.size} bytes: it is stale and a "
+            f"writer ignores it")
+        return
+    end = last.next_offset if last.next_offset is not None else last.base_offset
+    max_ts = last.max_timestamp if last.max_timestamp is not None else -1
+    path = os.path.join(report.log_dir, name)
+    if last.status in ("torn tail", "damaged"):
+        problem("marker", path, None,
+                f"{name} matches the damaged active segment, so a writer would open the log "
+                f"without scanning it", f"{_RECOVER_HINT} removes the marker first", True)
+    elif marker["end_offset"] != end or marker["max_timestamp"] != max_ts:
+        problem("marker", path, None,
+                f"{name} says end offset {marker['end_offset']}, max timestamp "
+                f"{marker['max_timestamp']}; the active segment has {end}, {max_ts} (a writer "
+                f"would trust the marker)",
+                f"{_RECOVER_HINT} removes the marker and rescans the active segment", True)
+
+
+def _check_files(target: Target, report: LogReport) -> None:
+    names = sorted(os.listdir(target.log_dir))
+    logs = {n[: -len(LOG_SUFFIX)] for n in names if n.endswith(LOG_SUFFIX)}
+    for n in names:
+        if n.endswith(".tmp"):
+            report.warnings.append(
+                f"leftover {n}: an interrupted atomic write (the writer deletes it when it "
+                f"opens the log; it is not part of the log)")
+        elif n.endswith((".cleaned", ".swap")):
+            report.warnings.append(
+                f"leftover {n}: an interrupted compaction file (not part of the log)")
+        elif n.endswith((INDEX_SUFFIX, TIMEINDEX_SUFFIX)) and n.rsplit(".", 1)[0] not in logs:
+            report.warnings.append(f"orphan index file {n} (its segment does not exist)")
+
+
+def index_report(target: Target) -> Iterator[Tuple[SegmentFile, List[IndexEntry], List[str],
+                                                    Dict[str, int]]]:
+    """Per segment: every index entry with its check, file problems, preallocated entries skipped.
+
+    Batches are located by walking headers (no CRC check): what ``dump --index`` prints.
+    """
+    for seg in segment_files(target):
+        if seg.base_offset is None:
+            continue
+        files = read_index_files(seg)
+        table = BatchTable()
+        end, nxt = 0, seg.base_offset
+        with Reader(seg.path) as r:
+            for item in walk(r, seg, 0, seg.base_offset, decode=False):
+                if item.error is not None:
+                    break
+                table.add(item.pos, item.header)
+                end, nxt = item.pos + item.header.length, item.header.next_offset
+        yield (seg,) + check_indexes(seg, files, table, end, nxt)
