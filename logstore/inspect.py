@@ -628,6 +628,7 @@ class SegmentReport:
     max_timestamp: Optional[int] = None
     codecs: Dict[str, int] = field(default_factory=dict)
     valid_end: int = 0  # end of the last valid batch before the first invalid byte
+    records_after_damage: int = 0  # records in valid batches found after the first damage
     status: str = "ok"  # "ok", "torn tail", "damaged", "bad index"
     index_entries: int = 0
 
@@ -640,7 +641,7 @@ class SegmentReport:
             "compression_ratio": ratio(self.raw_bytes, self.payload_bytes),
             "first_timestamp": self.first_timestamp, "max_timestamp": self.max_timestamp,
             "codecs": dict(sorted(self.codecs.items())), "valid_end": self.valid_end,
-            "status": self.status,
+            "records_after_damage": self.records_after_damage, "status": self.status,
         }
 
 
@@ -765,6 +766,8 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
             if not damaged:
                 s.valid_end = ev.pos + h.length
                 table.add(ev.pos, h)
+            else:
+                s.records_after_damage += h.record_count
             if verify and ev.batch is not None and h.attributes & codec.ATTR_HEADERS:
                 try:
                     ev.batch.records()
@@ -835,12 +838,13 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
                 for why in file_problems:
                     problem("index", seg.path, None, why, _INDEX_REPAIR, True)
                 for e in bad[:5]:
-                    what = (f"offset index entry {e.number} (offset {e.offset} -> byte "
-                            f"{e.position})" if e.kind == "offset" else
-                            f"time index entry {e.number} (timestamp {e.timestamp} -> offset "
-                            f"{e.offset})")
-                    problem("index", seg.path, e.position, f"{what}: {e.status}",
-                            _INDEX_REPAIR, True)
+                    if e.kind == "offset":
+                        ipath, at = files.offset_path, e.number * OFFSET_ENTRY.itemsize
+                        what = f"entry {e.number} (offset {e.offset} -> log byte {e.position})"
+                    else:
+                        ipath, at = files.time_path, e.number * TIME_ENTRY.itemsize
+                        what = f"entry {e.number} (timestamp {e.timestamp} -> offset {e.offset})"
+                    problem("index", ipath, at, f"{what}: {e.status}", _INDEX_REPAIR, True)
                 if len(bad) > 5:
                     problem("index", seg.path, None,
                             f"{len(bad) - 5} more bad index entries", _INDEX_REPAIR, True)
