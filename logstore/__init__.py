@@ -10,6 +10,8 @@ See README.md for the API, the durability guarantees and ``segments/FORMAT.md`` 
 
 from .config import LogConfig
 from .errors import (
+    AckError,
+    QueueFullError,
     ConfigError,
     CorruptLogError,
     LogClosedError,
@@ -21,9 +23,11 @@ from .errors import (
     RecordRemovedError,
     RecordTooLargeError,
     StorageError,
+    UnknownTopicError,
     UnsupportedFormatError,
 )
 from .log import Log
+from .store import Store, Topic
 from .record import Record
 
 __version__ = "0.1.0"
@@ -44,4 +48,9 @@ __all__ = [
     "RecordTooLargeError",
     "CorruptLogError",
     "StorageError",
+    "AckError",
+    "QueueFullError",
+    "UnknownTopicError",
+    "Store",
+    "Topic",
 ]

@@ -813,7 +813,8 @@ class DecodedBatch:
         return Record(self.offset_at(i), self._column("timestamps", i, i + 1)[0], self.key(i),
                       self.value(i), self.headers(i))
 
-    def records(self, start: int = 0, stop: Optional[int] = None) -> List[Record]:
+    def records(self, start: int = 0, stop: Optional[int] = None,
+                partition: Optional[int] = None) -> List[Record]:
         """Records ``[start, stop)`` of this batch as :class:`Record` objects (values as bytes)."""
         n = self.header.record_count
         stop = n if stop is None else min(stop, n)
@@ -845,7 +846,7 @@ class DecodedBatch:
         else:
             hs = col("header_offsets", start, stop)
             hdrs = [self._parse_headers(data[s : s + l]) if l else {} for s, l in zip(hs, hl)]
-        return list(map(_make_record, zip(offs, tss, keys, values, hdrs)))
+        return list(map(_make_record, zip(offs, tss, keys, values, hdrs, repeat(partition))))
 
 
 _make_record = partial(tuple.__new__, Record)  # C-level, no per-record Python frame

@@ -101,3 +101,24 @@ __all__ = [
     "CorruptLogError",
     "StorageError",
 ]
+
+
+class AckError(LogstoreError):
+    """ack/nack/extend of a message that is unknown, already acked, or whose delivery expired.
+
+    The queue's state is unchanged; an expired message will be (or was) delivered again.
+    """
+
+
+class QueueFullError(LogstoreError):
+    """``put`` on a queue at ``max_depth`` with ``overflow="reject"`` (or a blocking put timed out)."""
+
+
+class UnknownTopicError(LogstoreError, KeyError):
+    """No such topic (read-only store, ``get_topic``) or no such partition in a topic."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes
+        return str(self.args[0]) if self.args else ""
+
+
+__all__ += ["AckError", "QueueFullError", "UnknownTopicError"]

@@ -615,6 +615,10 @@ class Log:
         ``max_bytes`` bounds the sum of key and value sizes; the first record is always returned
         when one exists, even if it alone is larger (so a reader can always make progress).
         """
+        return self._read(offset, max_records, max_bytes, None)
+
+    def _read(self, offset: int, max_records: int, max_bytes: Optional[int],
+              partition: Optional[int]) -> List[Record]:
         offset = _check_offset("offset", offset)
         if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
             raise ValueError(f"max_records must be an int >= 1, got {max_records!r}")
@@ -642,7 +646,7 @@ class Log:
                     fits = 1  # always return at least one record
                 stop = j + fits
                 budget -= int(sizes[:fits].sum())
-            out.extend(batch.records(j, stop))
+            out.extend(batch.records(j, stop, partition))
             if len(out) >= max_records or stop < len(batch) or (budget is not None and budget <= 0):
                 break
         return out

@@ -1,0 +1,488 @@
+"""A store: named topics of N partitions (each an ordinary :class:`Log`), committed offsets, and
+the views over them (consumer groups, work queues, pub/sub subscriptions).
+
+Directory layout (see README "Store")::
+
+    <root>/store.meta                  {"format": "logstore-store", "version": 1, "id": ...}
+    <root>/.lock                       the store's single-writer lock
+    <root>/topics/<name>/topic.json    {"partitions": N}
+    <root>/topics/<name>/<p>/          partition p: a log directory
+    <root>/internal/offsets/           committed offsets (an internal log)
+    <root>/internal/queues/<name>/     a work queue's ack/delivery events (an internal log)
+
+Every view reads the topic's own logs: nothing is copied into per-consumer storage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import crc32c as _crc32c
+
+from .config import LogConfig
+from .errors import (
+    ConfigError,
+    LogClosedError,
+    NotALogError,
+    ReadOnlyError,
+    UnknownTopicError,
+    UnsupportedFormatError,
+)
+from .fs import DEFAULT_FS, FileSystem
+from .lockfile import DirectoryLock
+from .log import Log, _now_ms
+from .offsets import OffsetStore
+from .record import Record
+
+STORE_META = "store.meta"
+STORE_FORMAT = "logstore-store"
+STORE_VERSION = 1
+MSG_ID_HEADER = "x-msg-id"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+MAX_PARTITIONS = 4096
+
+
+def validate_name(kind: str, name: Any) -> str:
+    """Topic/queue/subscription names: 1-200 of [A-Za-z0-9._-], not starting with '.', '_' or '-'.
+
+    This excludes path tricks ('..', '/', NUL), empty and overlong names, and the reserved
+    internal namespace.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} name must be a str, got {type(name).__name__}")
+    if not _NAME.match(name) or ".." in name:
+        raise ConfigError(
+            f"invalid {kind} name {name!r}: use 1-200 characters from A-Z a-z 0-9 . _ -, "
+            f"starting with a letter or digit, without '..'")
+    return name
+
+
+def partition_for_key(key: bytes, partitions: int) -> int:
+    """The partition of a keyed message: CRC32C of the key modulo the partition count.
+
+    Stable across processes, machines and Python versions (unlike ``hash()``).
+    """
+    return _crc32c.crc32c(key) % partitions
+
+
+class Topic:
+    """A named set of partitions. ``publish`` appends to one of them."""
+
+    def __init__(self, store: "Store", name: str, logs: List[Log]):
+        self.store = store
+        self.name = name
+        self.partitions = logs
+        self._rr = itertools.count()
+        self._dedup_lock = threading.Lock()
+        self._dedup: Dict[str, Tuple[int, int, int]] = {}  # msg_id -> (partition, offset, ts)
+        self._listeners: List[Callable[[Record], None]] = []
+        if store.dedup_window_s > 0:
+            self._load_dedup()
+
+    @property
+    def partition_count(self) -> int:
+        return len(self.partitions)
+
+    def _load_dedup(self) -> None:
+        """Rebuild the msg-id window from the records published within it (survives reopen)."""
+        since = max(0, _now_ms() - int(self.store.dedup_window_s * 1000))
+        found = []
+        for p, log in enumerate(self.partitions):
+            for rec in log.replay(log.offset_for_time(since)):
+                mid = rec.headers.get(MSG_ID_HEADER)
+                if mid is not None:
+                    found.append((rec.timestamp_ms, mid.decode("utf-8", "replace"), p, rec.offset))
+        for ts, mid, p, off in sorted(found):
+            self._dedup[mid] = (p, off, ts)
+
+    def _expire_dedup(self, now: int) -> None:
+        horizon = now - int(self.store.dedup_window_s * 1000)
+        while self._dedup:
+            mid, (_, _, ts) = next(iter(self._dedup.items()))
+            if ts >= horizon:
+                break
+            del self._dedup[mid]
+
+    def partition_of(self, key: Optional[bytes]) -> int:
+        n = len(self.partitions)
+        if key is None:
+            return next(self._rr) % n
+        if not isinstance(key, (bytes, bytearray, memoryview)):
+            raise TypeError(f"key must be bytes-like or None, got {type(key).__name__}"
+                            + (" (encode it first)" if isinstance(key, str) else ""))
+        return partition_for_key(bytes(key), n)
+
+    def publish(
+        self,
+        value: Optional[bytes],
+        key: Optional[bytes] = None,
+        headers: Optional[Dict[str, bytes]] = None,
+        *,
+        msg_id: Optional[str] = None,
+        partition: Optional[int] = None,
+        timestamp_ms: Optional[int] = None,
+    ) -> Tuple[int, int]:
+        """Append one message; return ``(partition, offset)``.
+
+        Keyed messages go to ``partition_for_key(key, N)`` (per-key order is preserved);
+        unkeyed ones round-robin. There is no order across partitions. With ``msg_id``, a second
+        publish of the same id within ``dedup_window_s`` returns the first one's position and
+        appends nothing.
+        """
+        self.store._check_writable()
+        if partition is None:
+            partition = self.partition_of(key)
+        elif not isinstance(partition, int) or not 0 <= partition < len(self.partitions):
+            raise UnknownTopicError(f"topic {self.name!r} has no partition {partition!r}")
+        ts = _now_ms() if timestamp_ms is None else timestamp_ms
+        log = self.partitions[partition]
+        if msg_id is not None:
+            if not isinstance(msg_id, str) or not msg_id:
+                raise TypeError("msg_id must be a non-empty str")
+            with self._dedup_lock:
+                self._expire_dedup(_now_ms())
+                seen = self._dedup.get(msg_id)
+                if seen is not None:
+                    return seen[0], seen[1]
+                headers = dict(headers or {})
+                headers[MSG_ID_HEADER] = msg_id.encode("utf-8")
+                offset = log.append(value, key=key, headers=headers, timestamp_ms=ts)
+                self._dedup[msg_id] = (partition, offset, ts)
+        else:
+            offset = log.append(value, key=key, headers=headers, timestamp_ms=ts)
+        self.store._published(self, partition, offset, ts, key, value, headers)
+        return partition, offset
+
+    def end_offsets(self) -> Dict[int, int]:
+        return {p: log.end_offset for p, log in enumerate(self.partitions)}
+
+    def start_offsets(self) -> Dict[int, int]:
+        return {p: log.start_offset for p, log in enumerate(self.partitions)}
+
+    def __repr__(self) -> str:
+        return f"<logstore.Topic {self.name!r} partitions={len(self.partitions)}>"
+
+
+class Store:
+    """Topics, committed offsets and views in one directory. Open with :meth:`Store.open`.
+
+    One process opens a store for writing (a second gets ``LogLockedError``); other processes may
+    open it with ``readonly=True`` to read topics and committed offsets.
+    """
+
+    def __init__(self, root: str, config: LogConfig, fs: FileSystem, readonly: bool,
+                 dedup_window_s: float, log_options: Dict[str, Any]):
+        self.root = root
+        self.config = config
+        self.readonly = readonly
+        self.dedup_window_s = dedup_window_s
+        self._fs = fs
+        self._log_options = log_options
+        self._lock = threading.RLock()
+        self._data = threading.Condition(threading.Lock())  # notified on every publish
+        self._waiters = 0
+        self._topics: Dict[str, Topic] = {}
+        self._queues: Dict[str, Any] = {}
+        self._groups: Dict[Tuple[str, str], Any] = {}
+        self._closed = False
+        self._dir_lock: Optional[DirectoryLock] = None
+        self.offsets: OffsetStore
+        self.meta: Dict[str, Any] = {}
+
+    @classmethod
+    def open(cls, root: "str | os.PathLike[str]", *, readonly: bool = False,
+             dedup_window_s: float = 120.0, fs: Optional[FileSystem] = None,
+             **log_options: Any) -> "Store":
+        """Open (creating unless ``readonly``) the store at ``root``.
+
+        ``log_options`` (``fsync``, ``compression``, ``segment_bytes``...) apply to every
+        partition and internal log; see :class:`~logstore.config.LogConfig`.
+        """
+        config = LogConfig.from_options(log_options)
+        if not isinstance(dedup_window_s, (int, float)) or dedup_window_s < 0:
+            raise ConfigError(f"dedup_window_s must be a number >= 0 (got {dedup_window_s!r})")
+        root = os.path.abspath(os.fspath(root))
+        store = cls(root, config, fs or DEFAULT_FS, readonly, float(dedup_window_s), log_options)
+        store._open()
+        return store
+
+    def _open(self) -> None:
+        root = self.root
+        meta_path = os.path.join(root, STORE_META)
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise NotALogError(f"{root} exists and is not a directory")
+        meta = self._read_meta(meta_path)
+        if meta is None:
+            if self.readonly:
+                raise NotALogError(f"{root} is not a logstore store (no {STORE_META})")
+            if os.path.isdir(root) and [n for n in os.listdir(root) if n != ".lock"]:
+                raise NotALogError(f"{root} is not empty and has no {STORE_META}: not a store")
+        if not self.readonly:
+            self._fs.makedirs(root)
+            self._dir_lock = DirectoryLock(root).acquire()
+        try:
+            if meta is None:
+                meta = {"format": STORE_FORMAT, "version": STORE_VERSION, "id": uuid.uuid4().hex}
+                self._fs.makedirs(os.path.join(root, "topics"))
+                self._fs.makedirs(os.path.join(root, "internal"))
+                self._fs.write_file_atomic(meta_path, json.dumps(meta).encode())
+            self.meta = meta
+            self.offsets = OffsetStore(self._open_log(os.path.join(root, "internal", "offsets")))
+        except BaseException:
+            if self._dir_lock is not None:
+                self._dir_lock.release()
+            raise
+
+    @staticmethod
+    def _read_meta(path: str) -> Optional[Dict[str, Any]]:
+        try:
+            with open(path, "rb") as f:
+                meta = json.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            raise NotALogError(f"{path} is not a logstore store metadata file") from None
+        if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+            raise NotALogError(f"{path} is not a logstore store metadata file")
+        if int(meta.get("version", 0)) > STORE_VERSION:
+            raise UnsupportedFormatError(
+                f"{os.path.dirname(path)} uses store format {meta['version']}; this logstore "
+                f"supports up to {STORE_VERSION}")
+        return meta
+
+    @property
+    def id(self) -> str:
+        return self.meta["id"]
+
+    def _open_log(self, path: str, **extra: Any) -> Log:
+        options = dict(self._log_options)
+        options.update(extra)
+        return Log.open(path, readonly=self.readonly, fs=self._fs, **options)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"store {self.root} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise ReadOnlyError(f"store {self.root} was opened with readonly=True")
+
+    # ------------------------------------------------------------------ topics
+    def topic(self, name: str, partitions: Optional[int] = None) -> Topic:
+        """Open topic ``name``, creating it (with ``partitions``, default 1) if it is new."""
+        validate_name("topic", name)
+        if partitions is not None and (isinstance(partitions, bool) or not isinstance(
+                partitions, int) or not 1 <= partitions <= MAX_PARTITIONS):
+            raise ConfigError(f"partitions must be an int in [1, {MAX_PARTITIONS}], "
+                              f"got {partitions!r}")
+        with self._lock:
+            self._check_open()
+            topic = self._topics.get(name)
+            if topic is None:
+                topic = self._open_topic(name, partitions)
+                self._topics[name] = topic
+            elif partitions is not None and partitions != topic.partition_count:
+                raise ConfigError(f"topic {name!r} has {topic.partition_count} partitions, "
+                                  f"not {partitions} (the count cannot change)")
+            return topic
+
+    def _open_topic(self, name: str, partitions: Optional[int]) -> Topic:
+        tdir = os.path.join(self.root, "topics", name)
+        meta_path = os.path.join(tdir, "topic.json")
+        try:
+            with open(meta_path, "rb") as f:
+                existing = int(json.loads(f.read())["partitions"])
+        except FileNotFoundError:
+            existing = None
+        except (ValueError, KeyError, TypeError, OSError):
+            raise NotALogError(f"{meta_path} is not a topic metadata file") from None
+        if existing is None:
+            if self.readonly:
+                raise UnknownTopicError(f"no topic {name!r} in {self.root}")
+            existing = partitions or 1
+            self._fs.makedirs(tdir)
+            for p in range(existing):
+                self._open_log(os.path.join(tdir, str(p))).close()
+            self._fs.write_file_atomic(meta_path, json.dumps({"partitions": existing}).encode())
+        elif partitions is not None and partitions != existing:
+            raise ConfigError(f"topic {name!r} has {existing} partitions, not {partitions} "
+                              f"(the count cannot change)")
+        logs = [self._open_log(os.path.join(tdir, str(p))) for p in range(existing)]
+        return Topic(self, name, logs)
+
+    def topics(self) -> List[str]:
+        """Names of every topic in the store."""
+        tdir = os.path.join(self.root, "topics")
+        if not os.path.isdir(tdir):
+            return []
+        return sorted(n for n in os.listdir(tdir)
+                      if os.path.exists(os.path.join(tdir, n, "topic.json")))
+
+    def get_topic(self, name: str) -> Topic:
+        """An existing topic; :class:`UnknownTopicError` if there is none."""
+        validate_name("topic", name)
+        if name not in self._topics and name not in self.topics():
+            raise UnknownTopicError(f"no topic {name!r} in {self.root}")
+        return self.topic(name)
+
+    def publish(self, topic: str, value: Optional[bytes], key: Optional[bytes] = None,
+                headers: Optional[Dict[str, bytes]] = None, **kw: Any) -> Tuple[int, int]:
+        """Shortcut for ``store.topic(topic).publish(...)``."""
+        return self.topic(topic).publish(value, key, headers, **kw)
+
+    # ------------------------------------------------------------------ notifications
+    def _published(self, topic: Topic, partition: int, offset: int, ts: int,
+                   key: Optional[bytes], value: Optional[bytes],
+                   headers: Optional[Dict[str, bytes]]) -> None:
+        if self._waiters:
+            with self._data:
+                self._data.notify_all()
+        if topic._listeners:
+            rec = Record(offset, ts, None if key is None else bytes(key),
+                         None if value is None else bytes(value), dict(headers or {}), partition)
+            for callback in list(topic._listeners):
+                try:
+                    callback(rec)
+                except Exception:  # an ephemeral subscriber must not break publishers
+                    import logging
+
+                    logging.getLogger("logstore").exception("subscriber callback failed")
+
+    def wait_for_data(self, timeout: float) -> None:
+        """Block until something is published (in this process) or ``timeout`` passes."""
+        if timeout <= 0:
+            return
+        with self._data:
+            self._waiters += 1
+            try:
+                self._data.wait(timeout)
+            finally:
+                self._waiters -= 1
+
+    def _notify(self) -> None:
+        with self._data:
+            self._data.notify_all()
+
+    # ------------------------------------------------------------------ views
+    def consumer(self, group_id: str, topic: str, start: str = "earliest"):
+        """A member of consumer group ``group_id`` on ``topic`` (Kafka-style stream view)."""
+        from .consumer import Consumer
+
+        return Consumer(self, group_id, self.topic(topic), start)
+
+    def subscribe(self, topic: str, name: str, start: str = "latest"):
+        """A durable subscription: it receives every message published after it was created
+        (``start="latest"``, the default) or all retained ones (``"earliest"``)."""
+        from .consumer import Subscription
+
+        return Subscription(self, name, self.topic(topic), start)
+
+    def unsubscribe(self, topic: str, name: str) -> None:
+        """Remove a durable subscription and its committed position."""
+        from .consumer import SUBSCRIPTION_PREFIX, _group_state_key
+
+        validate_name("subscription", name)
+        self._check_writable()
+        group = SUBSCRIPTION_PREFIX + name
+        self.offsets.delete_group(group, topic)
+        with self._lock:
+            state = self._groups.pop(_group_state_key(group, topic), None)
+        if state is not None:
+            state.closed = True
+
+    def subscriptions(self, topic: str) -> List[str]:
+        from .consumer import SUBSCRIPTION_PREFIX
+
+        return sorted({g[len(SUBSCRIPTION_PREFIX):] for (g, t, _), _o in self.offsets.items()
+                       if t == topic and g.startswith(SUBSCRIPTION_PREFIX)})
+
+    def groups(self) -> Dict[str, Dict[str, Dict[int, int]]]:
+        """Committed offsets: ``{group: {topic: {partition: next offset}}}`` (user groups)."""
+        out: Dict[str, Dict[str, Dict[int, int]]] = {}
+        for (g, t, p), o in self.offsets.items():
+            out.setdefault(g, {}).setdefault(t, {})[p] = o
+        return out
+
+    def on(self, topic: str, callback: Callable[[Record], None]) -> Callable[[], None]:
+        """Register an ephemeral (not durable) subscriber called with each Record published in this
+        process, in the publisher's thread. Returns a function that removes it."""
+        t = self.topic(topic)
+        t._listeners.append(callback)
+
+        def remove() -> None:
+            if callback in t._listeners:
+                t._listeners.remove(callback)
+
+        return remove
+
+    def queue(self, name: str, *, visibility_timeout: float = 30.0, max_deliveries: int = 5,
+              dead_letter: Optional[str] = None, max_depth: Optional[int] = None,
+              overflow: str = "reject", partitions: Optional[int] = None,
+              backoff: Tuple[float, float] = (1.0, 60.0)):
+        """A work queue over topic ``name`` (SQS-like: get, ack, redelivery, dead letters)."""
+        from .workqueue import WorkQueue
+
+        validate_name("queue", name)
+        with self._lock:
+            self._check_writable()
+            q = self._queues.get(name)
+            if q is None or q.closed:
+                q = WorkQueue(self, name, visibility_timeout=visibility_timeout,
+                              max_deliveries=max_deliveries,
+                              dead_letter=dead_letter if dead_letter is not None else f"{name}.dlq",
+                              max_depth=max_depth, overflow=overflow, partitions=partitions,
+                              backoff=backoff)
+                self._queues[name] = q
+            return q
+
+    # ------------------------------------------------------------------ lifecycle
+    def flush(self) -> None:
+        for t in list(self._topics.values()):
+            for log in t.partitions:
+                log.flush()
+        self.offsets.log.flush()
+
+    def close(self) -> None:
+        """Close every view, topic and internal log, and release the store lock. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            for q in list(self._queues.values()):
+                q.close()
+            self._closed = True
+            with self._data:
+                self._data.notify_all()
+            for t in self._topics.values():
+                for log in t.partitions:
+                    log.close()
+            self.offsets.log.close()
+            if self._dir_lock is not None:
+                self._dir_lock.release()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<logstore.Store {self.root!r}{' closed' if self._closed else ''}>"
+
+
+def wait_until(deadline: Optional[float]) -> float:
+    """Seconds left until ``deadline`` (monotonic), or a long time for None."""
+    if deadline is None:
+        return 3600.0
+    return max(0.0, deadline - time.monotonic())
