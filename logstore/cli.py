@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import click
 
 from . import __version__
+from . import inspect as insp
 from .errors import (
     CorruptLogError,
     LogLockedError,
@@ -188,7 +189,7 @@ def _silence_stdout() -> None:
         fd = os.open(os.devnull, os.O_WRONLY)
         os.dup2(fd, sys.stdout.fileno())
         os.close(fd)
-    except (OSError, ValueError, AttributeError, Exception):  # e.g. CliRunner's fake stdout
+    except Exception:  # e.g. CliRunner's stdout has no file descriptor
         pass
 
 
@@ -372,7 +373,7 @@ def _iso(ms: Optional[int]) -> str:
 def _parse_time(text: str) -> int:
     """ISO 8601 (naive = UTC; a trailing Z is accepted) or integer milliseconds -> ms."""
     t = text.strip()
-    if t.lstrip("-").isdigit():
+    if t.isdigit():
         return int(t)
     try:
         d = _dt.datetime.fromisoformat(t[:-1] + "+00:00" if t.endswith(("Z", "z")) else t)
@@ -381,7 +382,20 @@ def _parse_time(text: str) -> int:
                                  f"epoch (e.g. 2024-05-01T12:00:00Z)", param_hint="--from-time")
     if d.tzinfo is None:
         d = d.replace(tzinfo=_dt.timezone.utc)
-    return int(d.timestamp() * 1000)
+    ms = int(d.timestamp() * 1000)
+    if ms < 0:
+        raise click.BadParameter(f"{text!r} is before 1970", param_hint="--from-time")
+    return ms
+
+
+def _total_bytes(target: Any) -> int:
+    total = 0
+    for s in insp.segment_files(target):
+        try:
+            total += os.path.getsize(s.path)
+        except OSError:
+            pass
+    return total
 
 
 def _quiet_option(f: Callable) -> Callable:
@@ -404,8 +418,6 @@ def _seg_label(report_or_target: Any, path: str) -> str:
 
 
 def _open_reader(path: str) -> Log:
-    from . import inspect as insp
-
     insp.require_log_dir(path, "this command")
     return Log.open(path, readonly=True)
 
@@ -456,8 +468,6 @@ def dump(path: str, from_offset: Optional[int], max_items: Optional[int], values
     Exit 1 if corrupt data is met: its file and byte position are printed on stderr, and
     whether `logstore recover` would repair it (a torn tail of the active segment).
     """
-    from . import inspect as insp
-
     targets = insp.resolve_targets(path)
     out = _Out()
     if show_index:
@@ -466,8 +476,7 @@ def dump(path: str, from_offset: Optional[int], max_items: Optional[int], values
     bad = False
     count = 0
     for target in targets:
-        total = sum(os.path.getsize(s.path) for s in insp.segment_files(target))
-        with _Progress(total, "dump", quiet, output_is_stdout=True) as progress:
+        with _Progress(_total_bytes(target), "dump", quiet, output_is_stdout=True) as progress:
             for ev in insp.scan(target, decode=True, continue_on_error=continue_on_error,
                                 from_offset=from_offset, progress=progress):
                 if isinstance(ev, insp.SegmentStart):
@@ -556,8 +565,6 @@ def _batch_line(out: _Out, seg: Any, pos: int, h: Any, crc: str, as_json: bool) 
 
 
 def _dump_index(targets: List[Any], out: _Out, as_json: bool) -> None:
-    from . import inspect as insp
-
     bad = False
     for target in targets:
         for seg, entries, file_problems, skipped in insp.index_report(target):
@@ -617,8 +624,6 @@ def verify(path: str, as_json: bool, quiet: bool) -> None:
 
     Exit 0: no problem (warnings allowed); 1: problems found; 2: usage error.
     """
-    from . import inspect as insp
-
     targets = insp.resolve_targets(path)
     reports = [_inspect_with_progress(t, True, quiet) for t in targets]
     out = _Out()
@@ -634,21 +639,17 @@ def verify(path: str, as_json: bool, quiet: bool) -> None:
 
 
 def _inspect_with_progress(target: Any, verify: bool, quiet: bool):
-    from . import inspect as insp
-
-    total = sum(os.path.getsize(s.path) for s in insp.segment_files(target)
-                if os.path.exists(s.path))
-    with _Progress(total, "verify" if verify else "stats", quiet) as progress:
+    with _Progress(_total_bytes(target), "verify" if verify else "stats", quiet) as progress:
         return insp.inspect_log(target, verify=verify, progress=progress)
 
 
 def _print_verify(out: _Out, r: Any, quiet: bool) -> None:
     t = r.totals()
     if not quiet:
-        end = t["end_offset"]
+        rng = (f"offsets [{t['start_offset']}, {t['end_offset']})"
+               if t["start_offset"] is not None else "no offsets")
         out.line(f"{r.label}: {t['segments']} segment{'s' if t['segments'] != 1 else ''}, "
-                 f"offsets [{t['start_offset']}, {end}), {t['records']} records in "
-                 f"{t['batches']} batches, {t['bytes']} bytes")
+                 f"{rng}, {t['records']} records in {t['batches']} batches, {t['bytes']} bytes")
         for s in r.segments:
             rng = (f"{s.first_offset}..{s.next_offset - 1}" if s.next_offset is not None
                    else "empty")
@@ -686,8 +687,6 @@ def stats(path: str, as_json: bool, quiet: bool) -> None:
     The compression ratio is raw_length / payload_length summed over the batch headers.
     Timestamps: the first record's and the largest, in UTC. Exit 1 if a header is unreadable.
     """
-    from . import inspect as insp
-
     targets = insp.resolve_targets(path)
     reports = [_inspect_with_progress(t, False, quiet) for t in targets]
     out = _Out()
@@ -773,19 +772,18 @@ def tail(path: str, n: int, follow: bool, values: str, as_json: bool, interval: 
             emit(recs)
             nxt = recs[-1].offset + 1
         out.flush()
+        while follow:
+            recs = log.read(nxt, max_records=1000)
+            if recs:
+                emit(recs)
+                out.flush()
+                nxt = recs[-1].offset + 1
+            else:
+                time.sleep(interval)
+    except KeyboardInterrupt:
         if not follow:
-            return
-        try:
-            while True:
-                recs = log.read(nxt, max_records=1000)
-                if recs:
-                    emit(recs)
-                    out.flush()
-                    nxt = recs[-1].offset + 1
-                else:
-                    time.sleep(interval)
-        except KeyboardInterrupt:
-            return  # Ctrl-C is how --follow ends: exit 0, quietly
+            raise
+        # Ctrl-C is how --follow ends: exit 0, quietly
     finally:
         log.close()
 
@@ -916,8 +914,6 @@ def produce(path: str, src: Optional[str], key: Optional[str], batch_size: int, 
     Takes the writer's lock: fails with exit status 3 if another writer has the log open.
     Prints a summary on stderr (not with --quiet).
     """
-    from . import inspect as insp
-
     opts: Dict[str, Any] = {}
     for item in options:
         name, eq, value = item.partition("=")
@@ -989,8 +985,6 @@ def recover(path: str, do_apply: bool, as_json: bool, quiet: bool) -> None:
     then verifies again. Exit 0 if the log is now clean, 1 if damage remains (damage in
     sealed segments or missing offsets: restore those segments from a copy).
     """
-    from . import inspect as insp
-
     target = insp.require_log_dir(path, "recover")
     report = _inspect_with_progress(target, True, quiet)
     plan = _recovery_plan(target, report)
@@ -1135,6 +1129,9 @@ def _recovery_plan(target: Any, report: Any) -> Dict[str, Any]:
     for w in report.warnings:
         if ".cleaned" in w or ".swap" in w:
             notes.append(w + "; recover leaves it alone")
+    if report.writer_pid is not None:
+        notes.append(f"a writer (pid {report.writer_pid}) has the log open, so its active segment "
+                     f"may be mid-write; --apply fails (exit 3) until that writer closes the log")
     # A plain rebuild after an unclean shutdown is routine, not work that makes the dry run fail.
     if actions and all(a["action"] == "rebuild_active_indexes" for a in actions) and report.ok:
         notes.append(actions[0]["text"])
@@ -1180,6 +1177,7 @@ def _apply_recovery(target: Any, report: Any, plan: Dict[str, Any]) -> Dict[str,
                 forced = recovery.recover_active(seg, capacity, force_truncate=True)
             finally:
                 seg.close()
+                seg._offset_index = seg._time_index = None  # unmap before Log.open rewrites them
             result["forced"] = forced.summary()
     finally:
         lock.release()

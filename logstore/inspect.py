@@ -105,6 +105,7 @@ class SegmentFile:
     path: str
     base_offset: Optional[int]  # from the file name; None for a file with a non-standard name
     active: bool  # the last segment of its log: the only one crash recovery may cut
+    in_log: bool = True  # False: a segment file outside any log directory (a copy)
 
     @property
     def name(self) -> str:
@@ -120,7 +121,8 @@ def segment_files(target: Target) -> List[SegmentFile]:
     if target.segment is not None:
         base = parse_segment_name(os.path.basename(target.segment))
         in_log = base is not None and os.path.exists(os.path.join(target.log_dir, meta.META_NAME))
-        return [SegmentFile(target.segment, base, in_log and bool(bases) and bases[-1] == base)]
+        return [SegmentFile(target.segment, base, in_log and bool(bases) and bases[-1] == base,
+                            in_log)]
     return [SegmentFile(os.path.join(target.log_dir, f"{b:020d}{LOG_SUFFIX}"), b, i == len(bases) - 1)
             for i, b in enumerate(bases)]
 
@@ -338,7 +340,9 @@ def _index_start(seg: SegmentFile, r: Reader, offset: int) -> int:
     while i >= 0:
         e = int(entries[i])
         erel, pos = e >> 32, e & 0xFFFFFFFF
-        if 0 < pos and pos + HEADER_SIZE <= r.size:
+        # (The active segment's file ends in zero entries, so the search may land anywhere:
+        # only an entry at or below the target, naming the batch found there, is used.)
+        if erel <= rel and 0 < pos and pos + HEADER_SIZE <= r.size:
             buf, j = r.view(pos, HEADER_SIZE)
             if len(buf) - j >= HEADER_SIZE:
                 h = codec.parse_header(buf, j)
@@ -673,7 +677,9 @@ class LogReport:
             for k, v in s.codecs.items():
                 codecs[k] = codecs.get(k, 0) + v
         nexts = [s.next_offset for s in segs if s.next_offset is not None]
-        bases = [s.base_offset for s in segs if s.base_offset is not None]
+        bases = [s.base_offset if s.base_offset is not None else s.first_offset
+                 for s in segs]
+        bases = [b for b in bases if b is not None]
         payload = sum(s.payload_bytes for s in segs)
         raw = sum(s.raw_bytes for s in segs)
         return {
@@ -739,6 +745,11 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
             table = BatchTable()
             # The active segment's indexes are read before its data (see the module docstring).
             files = read_index_files(seg) if verify and seg.base_offset is not None else None
+            if files is not None and not seg.in_log and (
+                    files.offset_raw is None or files.time_raw is None):
+                report.warnings.append(f"{seg.name} is not inside a log directory and has no "
+                                       f"index files: indexes not checked")
+                files = None
             expect = seg.base_offset
             damaged = False
         elif isinstance(ev, BatchEvent):
