@@ -17,6 +17,7 @@ from .errors import (
     LogClosedError,
     LogLockedError,
     LogstoreError,
+    MissingKeyError,
     NotALogError,
     OffsetOutOfRangeError,
     ReadOnlyError,
@@ -51,6 +52,7 @@ __all__ = [
     "AckError",
     "QueueFullError",
     "UnknownTopicError",
+    "MissingKeyError",
     "Store",
     "Topic",
 ]

@@ -53,7 +53,9 @@ while True:
 """
 
 
-@click.group()
+@click.group(epilog="Exit status: 0 ok; 1 corrupt data found; 2 usage error (bad option, "
+                    "missing path, not a log); 3 locked by a writer; 4 other error "
+                    "(I/O, unsupported format); 130 interrupted.")
 @click.version_option(__version__, prog_name="logstore")
 def main() -> None:
     """logstore: a durable, segmented append-only log. See README.md."""

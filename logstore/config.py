@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from .errors import ConfigError
 
 FSYNC_POLICIES = ("always", "every", "never")
+CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
 COMPRESSIONS = ("none", "zstd")
 
 MIN_SEGMENT_BYTES = 1024
@@ -52,6 +53,20 @@ class LogConfig:
         ``fsync="never"``/``"every"``): collect small batches in memory and write them N bytes
         at a time (faster single appends); a process crash can then lose up to N bytes of
         appends not yet written, and other processes see them only once written.
+    retention_ms / retention_bytes:
+        Delete whole sealed segments whose largest timestamp is older than this / while the log
+        is larger than this (never the active segment). None (default) = unlimited.
+    cleanup_policy:
+        ``"delete"`` (retention only), ``"compact"`` (keep the latest record per key in sealed
+        segments; every record needs a key) or ``"compact,delete"`` (both).
+    delete_retention_ms:
+        A tombstone (value None) is removed by compaction once this long past its timestamp.
+    retention_check_interval_s:
+        Seconds between background retention/compaction passes (a daemon thread, started only
+        when a retention limit or compaction is configured); 0 disables the thread.
+    compaction_buffer_bytes:
+        Memory budget of one compaction pass's key map (24 bytes per record); a log with more
+        records is compacted in several passes.
     """
 
     fsync: str = "always"
@@ -64,6 +79,12 @@ class LogConfig:
     index_interval_bytes: int = 4 * KiB
     max_record_bytes: int = 8 * MiB
     write_buffer_bytes: int = 0
+    retention_ms: int | None = None
+    retention_bytes: int | None = None
+    cleanup_policy: str = "delete"
+    delete_retention_ms: int = 24 * 3600 * 1000
+    retention_check_interval_s: float = 60.0
+    compaction_buffer_bytes: int = 64 * MiB
 
     def __post_init__(self) -> None:
         _check_choice("fsync", self.fsync, FSYNC_POLICIES)
@@ -86,6 +107,15 @@ class LogConfig:
         _check_int("index_interval_bytes", self.index_interval_bytes, 1, MAX_SEGMENT_BYTES)
         _check_int("max_record_bytes", self.max_record_bytes, 128, MAX_BATCH_BYTES)
         _check_int("write_buffer_bytes", self.write_buffer_bytes, 0, 64 * MiB)
+        _check_int("retention_ms", self.retention_ms, minimum=0, optional=True)
+        _check_int("retention_bytes", self.retention_bytes, minimum=0, optional=True)
+        _check_choice("cleanup_policy", self.cleanup_policy, CLEANUP_POLICIES)
+        _check_int("delete_retention_ms", self.delete_retention_ms, minimum=0)
+        interval = self.retention_check_interval_s
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
+            raise ConfigError(f"retention_check_interval_s must be a number of seconds >= 0 "
+                              f"(got {interval!r})")
+        _check_int("compaction_buffer_bytes", self.compaction_buffer_bytes, 1024, 1 << 40)
         if self.write_buffer_bytes and self.fsync == "always":
             raise ConfigError(
                 "write_buffer_bytes needs fsync='never' or 'every': with fsync='always' every "
@@ -108,6 +138,15 @@ class LogConfig:
         if base is None:
             return cls(**options)
         return dataclasses.replace(base, **options)
+
+    @property
+    def compacted(self) -> bool:
+        return "compact" in self.cleanup_policy
+
+    @property
+    def has_cleanup(self) -> bool:
+        return (self.retention_ms is not None or self.retention_bytes is not None
+                or self.compacted)
 
     def replace(self, **options: Any) -> "LogConfig":
         return self.from_options(options, base=self)

@@ -121,4 +121,8 @@ class UnknownTopicError(LogstoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-__all__ += ["AckError", "QueueFullError", "UnknownTopicError"]
+class MissingKeyError(LogstoreError, ValueError):
+    """A record without a key in a compacted log (``cleanup_policy`` includes ``"compact"``)."""
+
+
+__all__ += ["AckError", "QueueFullError", "UnknownTopicError", "MissingKeyError"]

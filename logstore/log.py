@@ -37,6 +37,7 @@ from .errors import (
     ConfigError,
     CorruptLogError,
     LogClosedError,
+    MissingKeyError,
     NotALogError,
     OffsetOutOfRangeError,
     ReadOnlyError,
@@ -91,7 +92,10 @@ class Log:
         self._always = config.fsync == "always" and not readonly
         self._flusher: Optional[threading.Thread] = None
         self._stop = threading.Event()
-        self._allow_gaps = False
+        self._allow_gaps = config.compacted
+        self._allow_keyless = not config.compacted
+        self._cleaner_lock = threading.Lock()  # one retention/compaction pass at a time
+        self._cleaner: Optional[threading.Thread] = None
         self.meta: Dict[str, Any] = {}
         self.recovery_report: Optional[recovery.RecoveryReport] = None
         self._index_capacity = min(
@@ -148,6 +152,10 @@ class Log:
                 seg.close()
             self._dir_lock.release()
             raise
+        if self.config.has_cleanup and self.config.retention_check_interval_s > 0:
+            self._cleaner = threading.Thread(
+                target=self._cleanup_loop, name=f"logstore-cleaner:{d}", daemon=True)
+            self._cleaner.start()
         if self.config.fsync == "every" and self.config.fsync_ms:
             self._flusher = threading.Thread(
                 target=self._flush_loop, name=f"logstore-flusher:{d}", daemon=True)
@@ -155,8 +163,9 @@ class Log:
 
     def _recover(self) -> None:
         d, fs, cfg = self.path, self._fs, self.config
-        for name in recovery.leftover_temp_files(d):
-            fs.unlink(os.path.join(d, name))
+        recovery.finish_interrupted_cleanups(d, fs)
+        if self.meta.get("settings", {}).get("compacted"):
+            self._allow_gaps = True
         bases = recovery.list_segments(d)
         if not bases:
             seg = Segment.create(d, 0, fs, cfg.index_interval_bytes, self._index_capacity)
@@ -199,6 +208,8 @@ class Log:
         if found is None:
             raise NotALogError(f"{d} has no {meta.META_NAME}: not a logstore log")
         self.meta = found
+        if found.get("settings", {}).get("compacted"):
+            self._allow_gaps = True
         bases = recovery.list_segments(d)
         cfg = self.config
         for base, nxt in zip(bases, bases[1:]):
@@ -229,6 +240,15 @@ class Log:
             active.open_reader_active()
             self._segments.append(active)
             self._bases.append(active.base_offset)
+        if len(self._segments) > 1 and not os.path.exists(self._segments[0].path):
+            # The writer's retention removed old segments: forget them.
+            bases = set(recovery.list_segments(self.path))
+            keep = [seg for seg in self._segments[:-1] if seg.base_offset in bases]
+            for seg in self._segments[:-1]:
+                if seg.base_offset not in bases:
+                    seg.retired = True
+            self._segments = keep + [self._segments[-1]]
+            self._bases = [seg.base_offset for seg in self._segments]
         while True:
             active = self._segments[-1]
             self._walk_active(active)
@@ -321,6 +341,9 @@ class Log:
         """Append one record; return its offset. Durable on return under ``fsync="always"``."""
         ts = _now_ms() if timestamp_ms is None else codec._check_timestamp(timestamp_ms)
         cfg = self.config
+        if key is None and self._allow_keyless is False:
+            raise MissingKeyError("this log is compacted (cleanup_policy includes 'compact'): "
+                                  "every record needs a key")
         if (headers is None and self._codec == codec.CODEC_NONE and type(value) is bytes
                 and (key is None or type(key) is bytes)):
             # Hot path: frame the one-record batch directly under the lock (same bytes as below).
@@ -374,6 +397,10 @@ class Log:
                 self._check_writable()
                 end = self._visible_end()
             return range(end, end)
+        if not self._allow_keyless and (keys is None or any(k is None for k in keys)):
+            i = 0 if keys is None else [k is None for k in keys].index(True)
+            raise MissingKeyError(f"this log is compacted: every record needs a key (values[{i}] "
+                                  f"has none); nothing was written")
         cfg = self.config
         prepared = codec.prepare_batch(values, keys, headers, timestamps_ms, _now_ms(),
                                        self._codec, cfg.compression_level, cfg.max_record_bytes)
@@ -385,6 +412,9 @@ class Log:
         ``lengths`` is a 1-D integer array (numpy or list); all records get ``timestamp_ms``
         (default now) and no key or headers. One batch, atomic.
         """
+        if not self._allow_keyless:
+            raise MissingKeyError("this log is compacted: append_buffer writes records without "
+                                  "keys; use append_batch with keys")
         ts = _now_ms() if timestamp_ms is None else codec._check_timestamp(timestamp_ms)
         cfg = self.config
         prepared = codec.prepare_from_buffer(data, lengths, ts, self._codec,
@@ -515,6 +545,8 @@ class Log:
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join()
+        if self._cleaner is not None:
+            self._cleaner.join()
         clean = False
         if not self.readonly and self._failed is None:
             try:
@@ -697,21 +729,31 @@ class Log:
         return from_offset, min(to_offset, end)
 
     def _batches(self, start: int, stop: int) -> Iterator[DecodedBatch]:
-        """Decoded batches covering ``[start, stop)``, each read under the lock, yielded outside."""
+        """Decoded batches covering ``[start, stop)``, each read under the lock, yielded outside.
+
+        The cursor is an offset; the (segment, position) pair is only a shortcut, dropped when
+        the segment was retired by compaction or retention (the new layout is found by offset).
+        """
         cursor = start
-        seg_i = -1
+        seg: Optional[Segment] = None
         pos = 0
         while cursor < stop:
             with self._lock:
                 self._check_open()
-                seg = self._segments[seg_i] if 0 <= seg_i < len(self._segments) else None
-                if seg is None or seg.size >= 0 and pos >= seg.size:
+                if self.readonly and (seg is None or pos >= seg.size):
+                    self._refresh_locked()
+                if seg is None or seg.retired or pos >= seg.size:
+                    if cursor < (self._bases[0] if self._bases else 0):
+                        raise OffsetOutOfRangeError(
+                            f"offset {cursor} was removed by retention while reading")
                     loc = self._locate_locked(cursor)
                     if loc is None:
+                        if self._allow_gaps:
+                            return  # the rest of the range was compacted away
                         raise CorruptLogError(f"offset {cursor} should exist but no batch holds it",
                                               self._segments[-1].path)
-                    seg_i, pos, h = loc
-                    seg = self._segments[seg_i]
+                    i, pos, h = loc
+                    seg = self._segments[i]
                 else:
                     h = seg.header_at(pos)
                 batch = seg.batch_at(pos, h)
@@ -746,6 +788,116 @@ class Log:
                     if len(hits):
                         return min(batch.offset_at(int(hits[0])), end)
             return end
+
+    # ------------------------------------------------------------------ retention, compaction
+    def enforce_retention(self, keep_from: Optional[int] = None,
+                          protect_from: Optional[int] = None) -> Dict[str, Any]:
+        """Delete the oldest sealed segments that ``retention_ms`` / ``retention_bytes`` (or
+        ``keep_from``: every offset below it may go) allow, but never one holding an offset
+        >= ``protect_from``. Never the active segment; only whole segments, oldest first.
+        Returns ``{"segments_removed", "bytes_freed", "start_offset"}``.
+        """
+        cfg = self.config
+        removed: List[Segment] = []
+        with self._cleaner_lock, self._lock:
+            self._check_writable()
+            now = _now_ms()
+            sealed = self._segments[:-1]
+            for seg in sealed:
+                seg._ensure_size()
+            total = sum(seg.size for seg in sealed) + self._segments[-1].size
+            for seg in sealed:
+                expired = False
+                if cfg.retention_ms is not None:
+                    seg.time_index()  # loads the segment's max timestamp
+                    expired = seg.max_timestamp < now - cfg.retention_ms
+                too_big = cfg.retention_bytes is not None and total > cfg.retention_bytes
+                consumed = keep_from is not None and seg.next_offset <= keep_from
+                protected = protect_from is not None and seg.next_offset > protect_from
+                if protected or not (expired or too_big or consumed):
+                    break
+                removed.append(seg)
+                total -= seg.size
+            if removed:
+                self._delete_segments_locked(removed)
+            start = self._bases[0]
+        return {"segments_removed": len(removed),
+                "bytes_freed": sum(seg.size for seg in removed), "start_offset": start}
+
+    def _delete_segments_locked(self, victims: List[Segment]) -> None:
+        """Take segments out of the log, then rename them ``.deleted`` and unlink them.
+
+        Renaming the ``.log`` first makes the removal atomic for a crash: at open, a missing
+        ``.log`` means the segment is gone, and leftover ``.deleted``/index files are swept.
+        """
+        fs = self._fs
+        gone = {id(v) for v in victims}
+        self._segments = [seg for seg in self._segments if id(seg) not in gone]
+        self._bases = [seg.base_offset for seg in self._segments]
+        try:
+            for seg in victims:
+                seg.retired = True
+                for path in (seg.path, seg.index_path, seg.timeindex_path):
+                    try:
+                        fs.replace(path, path + recovery.DELETED)
+                    except FileNotFoundError:
+                        pass
+            fs.fsync_dir(self.path)
+            for seg in victims:
+                for path in (seg.path, seg.index_path, seg.timeindex_path):
+                    try:
+                        fs.unlink(path + recovery.DELETED)
+                    except FileNotFoundError:
+                        pass
+        except OSError as e:
+            raise StorageError(f"deleting segments of {self.path} failed: {e}", e) from e
+
+    def compact(self, now_ms: Optional[int] = None) -> Dict[str, Any]:
+        """Run compaction now: keep the latest record per key in sealed segments (see
+        :mod:`logstore.cleaner`). Returns a report dict. Needs ``cleanup_policy`` with compact."""
+        from . import cleaner
+
+        if not self.config.compacted:
+            raise ConfigError(f"log {self.path} has cleanup_policy={self.config.cleanup_policy!r};"
+                              f" open it with cleanup_policy='compact' (or 'compact,delete')")
+        with self._cleaner_lock:
+            try:
+                return cleaner.compact(self, now_ms).as_dict()
+            except OSError as e:
+                if isinstance(e, StorageError):
+                    raise
+                raise StorageError(f"compaction of {self.path} failed: {e}", e) from e
+
+    def _replace_segment(self, old: Segment) -> None:
+        """(lock held) Swap in the new file of a compacted segment; readers of ``old`` relocate."""
+        new = Segment.open_sealed(self.path, old.base_offset, old.next_offset, self._fs,
+                                  self.config.index_interval_bytes, writable=True)
+        self._segments = [new if seg is old else seg for seg in self._segments]
+        old.retired = True
+
+    def _mark_compacted(self) -> None:
+        """Record in the metadata that offsets may now have gaps (read-only openers need it)."""
+        self._allow_gaps = True
+        settings = self.meta.setdefault("settings", {})
+        if not settings.get("compacted"):
+            settings["compacted"] = True
+            meta.rewrite_meta(self.path, self._fs, self.meta)
+
+    def _cleanup_loop(self) -> None:
+        import logging
+
+        interval = self.config.retention_check_interval_s
+        while not self._stop.wait(interval):
+            try:
+                if self.config.retention_ms is not None or self.config.retention_bytes is not None:
+                    self.enforce_retention()
+                if self.config.compacted:
+                    self.compact()
+            except (LogClosedError, StorageError):
+                return
+            except Exception:  # keep the thread alive; the next pass retries
+                logging.getLogger("logstore").exception("background cleanup of %s failed",
+                                                        self.path)
 
     # ------------------------------------------------------------------ introspection
     def segments(self) -> List[Dict[str, Any]]:

@@ -89,3 +89,8 @@ def remove_clean_shutdown(directory: str, fs: FileSystem) -> None:
     except FileNotFoundError:
         return
     fs.fsync_dir(directory)
+
+
+def rewrite_meta(directory: str, fs: FileSystem, meta: Dict[str, Any]) -> None:
+    """Atomically replace the metadata (same format and id; settings updated)."""
+    fs.write_file_atomic(os.path.join(directory, META_NAME), json.dumps(meta, indent=1).encode())

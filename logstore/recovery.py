@@ -42,6 +42,48 @@ def list_segments(directory: str) -> List[int]:
     return bases
 
 
+DELETED = ".deleted"
+
+
+def finish_interrupted_cleanups(directory: str, fs) -> List[str]:
+    """Complete or undo what a crash interrupted; return what was done (for reports).
+
+    * ``*.tmp`` (interrupted atomic writes) and ``*.cleaned`` are deleted.
+    * ``*.swap``: if ``compaction.commit`` exists the pass was committed and they are renamed
+      over their ``.log`` (the log is as after that pass); otherwise they are deleted (as before).
+    * ``*.deleted`` (retention) and index files without their ``.log`` are deleted.
+    """
+    from .cleaner import CLEANED, COMMIT, SWAP, finish_swap
+
+    done = []
+    committed = os.path.exists(os.path.join(directory, COMMIT))
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if name.endswith(".tmp") or name.endswith(CLEANED) or name.endswith(DELETED):
+            fs.unlink(path)
+            done.append(f"removed {name}")
+        elif name.endswith(SWAP):
+            if committed:
+                finish_swap(fs, path)
+                done.append(f"completed compaction swap {name}")
+            else:
+                fs.unlink(path)
+                done.append(f"removed uncommitted {name}")
+    if committed:
+        fs.fsync_dir(directory)
+        fs.unlink(os.path.join(directory, COMMIT))
+        done.append(f"removed {COMMIT}")
+    for name in os.listdir(directory):
+        stem, dot, ext = name.partition(".")
+        if ext in ("index", "timeindex") and parse_segment_name(stem + ".log") is not None \
+                and not os.path.exists(os.path.join(directory, stem + ".log")):
+            fs.unlink(os.path.join(directory, name))
+            done.append(f"removed orphan {name}")
+    if done:
+        fs.fsync_dir(directory)
+    return done
+
+
 def leftover_temp_files(directory: str) -> List[str]:
     """Interrupted atomic writes (``*.tmp``): never part of the log, safe to delete."""
     return sorted(n for n in os.listdir(directory) if n.endswith(".tmp"))

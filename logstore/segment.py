@@ -20,7 +20,7 @@ from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 from . import codec
 from .codec import HEADER_SIZE, BatchHeader, DecodedBatch
-from .errors import CorruptLogError, StorageError
+from .errors import CorruptLogError, OffsetOutOfRangeError, StorageError
 from .fs import FileSystem
 from .index import OffsetIndex, TimeIndex
 
@@ -92,6 +92,7 @@ class Segment:
         self.max_timestamp = -1
         self.first_timestamp: Optional[int] = None
         self.sealed = False
+        self.retired = False  # replaced (compaction) or deleted (retention): readers relocate
         self.use_pread = False
         self._map: Optional[mmap.mmap] = None
         self._map_len = 0
@@ -123,11 +124,25 @@ class Segment:
         return seg
 
     def _ensure_size(self) -> None:
+        """First use of a sealed segment: open it, take its size and map it in one step.
+
+        Doing both on one file descriptor means a segment swapped by compaction (same name, new
+        file) is seen either entirely old or entirely new by this object, never mixed.
+        """
         if self.size < 0:
             try:
-                self.size = os.path.getsize(self.path)
+                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             except FileNotFoundError:
-                raise CorruptLogError("segment file is missing", self.path) from None
+                raise OffsetOutOfRangeError(
+                    f"segment {self.path} no longer exists (removed by retention)") from None
+            try:
+                size = os.fstat(fd).st_size
+                if size:
+                    self._map = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+                    self._map_len = size
+            finally:
+                os.close(fd)
+            self.size = size
 
     def open_active(self, size: int, next_offset: int, max_timestamp: int,
                     index_capacity: int, trust_indexes: bool) -> None:
@@ -381,8 +396,12 @@ class Segment:
         Stops at the first invalid batch (bad header, short, CRC, structure, offsets going back)
         and returns what was valid before it. ``strict`` raises that error instead.
         """
+        frozen = self.sealed and self.fd is None and not self.use_pread
         if self.use_pread:
             file_size = os.fstat(self.fd).st_size
+        elif frozen:
+            self._ensure_size()  # scan exactly the file this object mapped
+            file_size = self.size
         else:
             file_size = self.file_size()
         end = file_size if end is None else min(end, file_size)
@@ -391,7 +410,7 @@ class Segment:
         expect = self.base_offset if prev_next is None else prev_next
         error: Optional[CorruptLogError] = None
         if end > 0 and not self.use_pread:
-            buf = self._scan_map(end)
+            buf = self._map if frozen else self._scan_map(end)
         else:
             buf = None
         while pos < end:

@@ -83,6 +83,7 @@ class Topic:
         self._dedup_lock = threading.Lock()
         self._dedup: Dict[str, Tuple[int, int, int]] = {}  # msg_id -> (partition, offset, ts)
         self._listeners: List[Callable[[Record], None]] = []
+        self.retention = "limits"
         if store.dedup_window_s > 0:
             self._load_dedup()
 
@@ -193,6 +194,8 @@ class Store:
         self._groups: Dict[Tuple[str, str], Any] = {}
         self._closed = False
         self._dir_lock: Optional[DirectoryLock] = None
+        self._cleaner: Optional[threading.Thread] = None
+        self._stop = threading.Event()
         self.offsets: OffsetStore
         self.meta: Dict[str, Any] = {}
 
@@ -234,7 +237,13 @@ class Store:
                 self._fs.makedirs(os.path.join(root, "internal"))
                 self._fs.write_file_atomic(meta_path, json.dumps(meta).encode())
             self.meta = meta
-            self.offsets = OffsetStore(self._open_log(os.path.join(root, "internal", "offsets")))
+            self.offsets = OffsetStore(
+                self._open_internal_log(os.path.join(root, "internal", "offsets"), True))
+            interval = self.config.retention_check_interval_s
+            if not self.readonly and interval > 0:
+                self._cleaner = threading.Thread(target=self._cleanup_loop, daemon=True,
+                                                 name=f"logstore-store-cleaner:{root}")
+                self._cleaner.start()
         except BaseException:
             if self._dir_lock is not None:
                 self._dir_lock.release()
@@ -263,8 +272,16 @@ class Store:
 
     def _open_log(self, path: str, **extra: Any) -> Log:
         options = dict(self._log_options)
+        options["retention_check_interval_s"] = 0  # the store runs one cleanup thread for all
         options.update(extra)
         return Log.open(path, readonly=self.readonly, fs=self._fs, **options)
+
+    def _open_internal_log(self, path: str, compacted: bool) -> Log:
+        # Internal logs never inherit user retention limits: losing commits or acks is not an
+        # option. The offsets log is compacted (latest commit per key); event logs are trimmed
+        # below their last checkpoint.
+        return self._open_log(path, retention_ms=None, retention_bytes=None,
+                              cleanup_policy="compact" if compacted else "delete")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -276,9 +293,17 @@ class Store:
             raise ReadOnlyError(f"store {self.root} was opened with readonly=True")
 
     # ------------------------------------------------------------------ topics
-    def topic(self, name: str, partitions: Optional[int] = None) -> Topic:
-        """Open topic ``name``, creating it (with ``partitions``, default 1) if it is new."""
+    def topic(self, name: str, partitions: Optional[int] = None,
+              retention: Optional[str] = None) -> Topic:
+        """Open topic ``name``, creating it (with ``partitions``, default 1) if it is new.
+
+        ``retention="interest"`` (fixed at creation, default ``"limits"``): segments every
+        consumer group and subscription of the topic has committed past are deleted, on top of
+        the store's ``retention_ms``/``retention_bytes`` limits.
+        """
         validate_name("topic", name)
+        if retention not in (None, "limits", "interest"):
+            raise ConfigError(f"retention must be 'limits' or 'interest' (got {retention!r})")
         if partitions is not None and (isinstance(partitions, bool) or not isinstance(
                 partitions, int) or not 1 <= partitions <= MAX_PARTITIONS):
             raise ConfigError(f"partitions must be an int in [1, {MAX_PARTITIONS}], "
@@ -287,19 +312,22 @@ class Store:
             self._check_open()
             topic = self._topics.get(name)
             if topic is None:
-                topic = self._open_topic(name, partitions)
+                topic = self._open_topic(name, partitions, retention)
                 self._topics[name] = topic
             elif partitions is not None and partitions != topic.partition_count:
                 raise ConfigError(f"topic {name!r} has {topic.partition_count} partitions, "
                                   f"not {partitions} (the count cannot change)")
             return topic
 
-    def _open_topic(self, name: str, partitions: Optional[int]) -> Topic:
+    def _open_topic(self, name: str, partitions: Optional[int],
+                    retention: Optional[str] = None) -> Topic:
         tdir = os.path.join(self.root, "topics", name)
         meta_path = os.path.join(tdir, "topic.json")
         try:
             with open(meta_path, "rb") as f:
-                existing = int(json.loads(f.read())["partitions"])
+                tmeta = json.loads(f.read())
+            existing = int(tmeta["partitions"])
+            policy = tmeta.get("retention", "limits")
         except FileNotFoundError:
             existing = None
         except (ValueError, KeyError, TypeError, OSError):
@@ -308,15 +336,21 @@ class Store:
             if self.readonly:
                 raise UnknownTopicError(f"no topic {name!r} in {self.root}")
             existing = partitions or 1
+            policy = retention or "limits"
             self._fs.makedirs(tdir)
             for p in range(existing):
                 self._open_log(os.path.join(tdir, str(p))).close()
-            self._fs.write_file_atomic(meta_path, json.dumps({"partitions": existing}).encode())
+            self._fs.write_file_atomic(meta_path, json.dumps(
+                {"partitions": existing, "retention": policy}).encode())
+        elif retention is not None and retention != policy:
+            raise ConfigError(f"topic {name!r} has retention={policy!r}, not {retention!r}")
         elif partitions is not None and partitions != existing:
             raise ConfigError(f"topic {name!r} has {existing} partitions, not {partitions} "
                               f"(the count cannot change)")
         logs = [self._open_log(os.path.join(tdir, str(p))) for p in range(existing)]
-        return Topic(self, name, logs)
+        topic = Topic(self, name, logs)
+        topic.retention = policy
+        return topic
 
     def topics(self) -> List[str]:
         """Names of every topic in the store."""
@@ -443,6 +477,59 @@ class Store:
                 self._queues[name] = q
             return q
 
+    # ------------------------------------------------------------------ retention
+    def enforce_retention(self) -> Dict[str, Any]:
+        """One retention pass over every open topic and internal log. Returns what was removed.
+
+        Per partition: the store's ``retention_ms``/``retention_bytes``; for an ``"interest"``
+        topic, everything all its groups and subscriptions committed past; for a queue's topic,
+        never a message that is not yet acked (below the queue's low watermark only). Queue event
+        logs are trimmed below their last checkpoint; the offsets log is compacted.
+        """
+        self._check_writable()
+        report: Dict[str, Any] = {}
+        with self._lock:
+            topics = list(self._topics.values())
+            queues = {q.name: q for q in self._queues.values() if not q.closed}
+        for topic in topics:
+            committed: Dict[int, List[int]] = {}
+            for (g, t, p), off in self.offsets.items():
+                if t == topic.name and not g.startswith("__queue__"):
+                    committed.setdefault(p, []).append(off)
+            queue = queues.get(topic.name)
+            lows = queue.low_watermarks() if queue is not None else {}
+            for p, log in enumerate(topic.partitions):
+                keep_from: Optional[int] = None
+                if topic.retention == "interest" and committed.get(p):
+                    keep_from = min(committed[p])
+                if queue is not None:
+                    # A queue's acked prefix may go; time/size limits never delete unacked ones.
+                    low = lows.get(p, 0)
+                    r = log.enforce_retention(low, protect_from=low)
+                else:
+                    r = log.enforce_retention(keep_from)
+                if r["segments_removed"]:
+                    report[f"{topic.name}/{p}"] = r
+        for q in queues.values():
+            r = q.trim_events()
+            if r and r["segments_removed"]:
+                report[f"queue-events/{q.name}"] = r
+        if len(self.offsets.log.segments()) > 1:
+            report["offsets"] = self.offsets.log.compact()
+        return report
+
+    def _cleanup_loop(self) -> None:
+        import logging
+
+        interval = self.config.retention_check_interval_s
+        while not self._stop.wait(interval):
+            try:
+                self.enforce_retention()
+            except (LogClosedError, ReadOnlyError):
+                return
+            except Exception:
+                logging.getLogger("logstore").exception("store cleanup of %s failed", self.root)
+
     # ------------------------------------------------------------------ lifecycle
     def flush(self) -> None:
         for t in list(self._topics.values()):
@@ -452,6 +539,9 @@ class Store:
 
     def close(self) -> None:
         """Close every view, topic and internal log, and release the store lock. Idempotent."""
+        self._stop.set()
+        if self._cleaner is not None:
+            self._cleaner.join()
         with self._lock:
             if self._closed:
                 return

@@ -140,7 +140,9 @@ class WorkQueue:
         self.dead_letter = store.topic(dead_letter, 1) if dead_letter else None
         self.closed = False
         self._cond = threading.Condition(threading.Lock())
-        self._events = store._open_log(os.path.join(store.root, "internal", "queues", name))
+        self._events = store._open_internal_log(
+            os.path.join(store.root, "internal", "queues", name), False)
+        self._checkpoint_offset: Optional[int] = None
         self._since_checkpoint = 0
         self._parts = [_Partition(0) for _ in self.topic.partitions]
         self._rr = 0
@@ -197,6 +199,13 @@ class WorkQueue:
             self._since_checkpoint = 0
             off = self._events.append(b"C" + json.dumps(snap).encode())
         self.store.offsets.commit(_QUEUE_GROUP + self.name, _EVENTS_TOPIC, {0: off})
+        self._checkpoint_offset = off
+
+    def trim_events(self) -> Optional[Dict[str, Any]]:
+        """Delete event-log segments wholly before the last committed checkpoint."""
+        if self._checkpoint_offset is None or self.closed:
+            return None
+        return self._events.enforce_retention(self._checkpoint_offset)
 
     # ------------------------------------------------------------------ bookkeeping
     def _check(self) -> None:

@@ -1,0 +1,292 @@
+"""Key-based compaction ("log cleaning") of a log's sealed segments, crash-safe.
+
+One pass:
+
+1. **Map.** For a range of sealed segments holding at most ``compaction_buffer_bytes / 24``
+   records, hash every key (BLAKE2b-128: a 64-bit probe and a 64-bit check) and keep, per key, the
+   offset of its latest record. The map is three numpy arrays (probe, check, offset), sorted by
+   probe: memory is bounded by the budget, not by the number of distinct keys or value sizes.
+   Two different keys sharing a probe are detected by the check half and then all their records
+   are kept (a collision can only keep an extra record, never drop a live one).
+2. **Clean.** Every sealed segment from the start of the log up to the end of the mapped range is
+   copied to ``<base>.log.cleaned`` keeping a record only if it is its key's latest (and, for a
+   tombstone, only until ``delete_retention_ms`` after its timestamp). Batches that lose nothing
+   are copied byte for byte; others are re-encoded with an offset-delta column (offsets are
+   preserved, gaps allowed) and the same codec.
+3. **Swap.** Each ``.cleaned`` is fsynced and renamed ``.swap``; the directory is fsynced; the
+   commit file is written atomically (the commit point); then each ``.swap`` is renamed over its
+   ``.log``, stale index files removed (rebuilt on demand), the directory fsynced and the commit
+   file removed.
+
+The commit point is the atomic creation of ``compaction.commit`` after every ``.swap`` is durable.
+Recovery (``Log`` open): without that file, ``*.cleaned`` and ``*.swap`` are deleted (the log is
+exactly the pre-compaction log); with it, every ``*.swap`` is renamed into place (exactly the
+post-compaction log) and the file removed. Readers keep the segment files they mapped (Linux keeps replaced files
+alive while mapped); in-process readers switch to the new segments by offset.
+
+A log with more records than fit the budget is compacted in several passes, each mapping the next
+range and cleaning everything before its end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, List, Optional, Tuple
+
+import numpy as np
+
+from . import codec
+from .codec import CODEC_MASK
+from .errors import MissingKeyError
+from .segment import Segment
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .log import Log
+
+CLEANED = ".cleaned"
+SWAP = ".swap"
+_ENTRY_BYTES = 24
+
+
+@dataclass
+class CompactionReport:
+    passes: int = 0
+    segments_cleaned: int = 0
+    records_before: int = 0
+    records_after: int = 0
+    tombstones_dropped: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _key_hashes(batch: codec.DecodedBatch) -> np.ndarray:
+    """(n, 2) uint64: BLAKE2b-128 of each record's key."""
+    data = bytes(batch.data)
+    starts = batch.key_offsets.tolist()
+    lens = batch.key_lengths.tolist()
+    digest = b"".join(hashlib.blake2b(data[s:s + n], digest_size=16).digest()
+                      for s, n in zip(starts, lens))
+    return np.frombuffer(digest, dtype="<u8").reshape(-1, 2)
+
+
+def _batches(seg: Segment):
+    seg._ensure_size()
+    for pos, h in seg.iter_headers(0):
+        yield pos, h, seg.batch_at(pos, h)
+
+
+def check_keys(segments: List[Segment]) -> None:
+    """Raise MissingKeyError naming the first record without a key (nothing is changed)."""
+    for seg in segments:
+        for _pos, _h, batch in _batches(seg):
+            kl = batch.key_lengths
+            if kl is None or int(kl.min()) < 0:
+                i = 0 if kl is None else int(np.flatnonzero(kl < 0)[0])
+                raise MissingKeyError(
+                    f"cannot compact {os.path.dirname(seg.path)}: the record at offset "
+                    f"{batch.offset_at(i)} has no key (every record of a compacted log needs "
+                    f"one); nothing was changed")
+
+
+class _KeyMap:
+    """Latest offset per key hash, in sorted numpy arrays."""
+
+    def __init__(self, probes: np.ndarray, checks: np.ndarray, offsets: np.ndarray):
+        order = np.lexsort((offsets, checks, probes))
+        probes, checks, offsets = probes[order], checks[order], offsets[order]
+        # last row of each (probe, check) group = latest offset of that key
+        last = np.ones(len(probes), dtype=bool)
+        if len(probes) > 1:
+            last[:-1] = (probes[1:] != probes[:-1]) | (checks[1:] != checks[:-1])
+        probes, checks, offsets = probes[last], checks[last], offsets[last]
+        # a probe value shared by two different keys: keep every record of those keys
+        collided = np.zeros(len(probes), dtype=bool)
+        if len(probes) > 1:
+            dup = probes[1:] == probes[:-1]
+            collided[1:] |= dup
+            collided[:-1] |= dup
+        self.probes, self.checks, self.offsets, self.collided = probes, checks, offsets, collided
+
+    def keep(self, hashes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Boolean mask: records that are not superseded by a later record of the same key."""
+        probes = hashes[:, 0]
+        idx = np.searchsorted(self.probes, probes)
+        idx_c = np.minimum(idx, max(len(self.probes) - 1, 0))
+        if not len(self.probes):
+            return np.ones(len(probes), dtype=bool)
+        found = (idx < len(self.probes)) & (self.probes[idx_c] == probes)
+        superseded = found & ~self.collided[idx_c] & (self.checks[idx_c] == hashes[:, 1]) & \
+            (self.offsets[idx_c] > offsets)
+        return ~superseded
+
+
+def _build_map(segments: List[Segment]) -> _KeyMap:
+    probes, checks, offsets = [], [], []
+    for seg in segments:
+        for _pos, _h, batch in _batches(seg):
+            hs = _key_hashes(batch)
+            probes.append(hs[:, 0])
+            checks.append(hs[:, 1])
+            offsets.append(np.asarray(batch.offsets, dtype=np.int64))
+    if not probes:
+        empty = np.empty(0, dtype=np.uint64)
+        return _KeyMap(empty, empty, np.empty(0, dtype=np.int64))
+    return _KeyMap(np.concatenate(probes), np.concatenate(checks), np.concatenate(offsets))
+
+
+def _clean_segment(log: "Log", seg: Segment, keymap: _KeyMap, horizon_ms: int,
+                   report: CompactionReport) -> Tuple[str, bool]:
+    """Write the cleaned copy of ``seg`` to ``<log>.cleaned``; return (path, anything dropped)."""
+    fs = log._fs
+    out_path = seg.path + CLEANED
+    fd = fs.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    pos = 0
+    dropped = False
+    try:
+        for bpos, h, batch in _batches(seg):
+            offsets = np.asarray(batch.offsets, dtype=np.int64)
+            keep = keymap.keep(_key_hashes(batch), offsets)
+            vl = np.asarray(batch.value_lengths)
+            ts = np.asarray(batch.timestamps, dtype=np.int64)
+            old_tombstones = keep & (vl < 0) & (ts < horizon_ms)
+            report.tombstones_dropped += int(old_tombstones.sum())
+            keep &= ~old_tombstones
+            report.records_before += len(batch)
+            n_keep = int(keep.sum())
+            report.records_after += n_keep
+            dropped |= n_keep < len(batch)
+            if n_keep == 0:
+                continue
+            if n_keep == len(batch):
+                data = seg.read_bytes(bpos, h.length)  # unchanged: copy the batch as is
+            else:
+                idx = np.flatnonzero(keep).tolist()
+                values = [batch.value(i) for i in idx]
+                keys = [batch.key(i) for i in idx]
+                headers = ([batch.headers(i) for i in idx]
+                           if batch.header_lengths is not None else None)
+                base = int(offsets[idx[0]])
+                prepared = codec.prepare_batch(
+                    values, keys, headers, ts[idx], 0,
+                    compression=h.attributes & CODEC_MASK, max_bytes=codec.MAX_BATCH_LENGTH,
+                    offset_deltas=offsets[idx] - base)
+                data = codec.frame(prepared, base)
+            fs.pwrite(fd, data, pos)
+            pos += len(data)
+        fs.fsync(fd)
+    finally:
+        fs.close(fd)
+    report.bytes_after += pos
+    return out_path, dropped
+
+
+def compact(log: "Log", now_ms: Optional[int] = None) -> CompactionReport:
+    """Run compaction passes over ``log``'s sealed segments (the caller holds the cleaner lock)."""
+    t0 = time.perf_counter()
+    report = CompactionReport()
+    cfg = log.config
+    with log._lock:
+        log._check_writable()
+        sealed = list(log._segments[:-1])
+    if not sealed:
+        return report
+    check_keys(sealed)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    horizon = now_ms - cfg.delete_retention_ms
+    budget = max(1, cfg.compaction_buffer_bytes // _ENTRY_BYTES)
+    report.bytes_before = sum(seg.size for seg in sealed)
+    report.records_before = _count(sealed)
+    start = 0
+    while start < len(sealed):
+        # Map as many segments as the budget allows (at least one).
+        end, count = start, 0
+        while end < len(sealed):
+            n = _count(sealed[end:end + 1])
+            if end > start and count + n > budget:
+                break
+            count += n
+            end += 1
+        keymap = _build_map(sealed[start:end])
+        pass_report = CompactionReport()
+        changed_segs, cleaned = [], []
+        for seg in sealed[:end]:
+            path, dropped = _clean_segment(log, seg, keymap, horizon, pass_report)
+            if dropped:
+                changed_segs.append(seg)
+                cleaned.append(path)
+            else:  # nothing to remove here: keep the original file
+                log._fs.unlink(path)
+        if cleaned:
+            _swap_in(log, changed_segs, cleaned)
+        sealed = _refresh_list(log, sealed)
+        report.passes += 1
+        report.segments_cleaned += end
+        report.tombstones_dropped += pass_report.tombstones_dropped
+        start = end
+    report.records_after = _count(sealed)
+    report.bytes_after = sum(seg.size for seg in sealed)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _count(segments: List[Segment]) -> int:
+    total = 0
+    for seg in segments:
+        seg._ensure_size()
+        total += sum(h.record_count for _p, h in seg.iter_headers(0))
+    return total
+
+
+def _refresh_list(log: "Log", sealed: List[Segment]) -> List[Segment]:
+    with log._lock:
+        by_base = {s.base_offset: s for s in log._segments}
+    return [by_base.get(s.base_offset, s) for s in sealed]
+
+
+COMMIT = "compaction.commit"
+
+
+def _swap_in(log: "Log", old: List[Segment], cleaned: List[str]) -> None:
+    """Put cleaned segments in place with one atomic commit point.
+
+    ``.cleaned`` -> ``.swap`` (all of them, directory fsynced), then the commit file is written
+    atomically: before it exists recovery deletes every ``.cleaned``/``.swap`` (pre-compaction
+    log); once it exists recovery renames every ``.swap`` into place (post-compaction log).
+    """
+    fs = log._fs
+    d = log.path
+    swaps = []
+    for path in cleaned:
+        swap = path[: -len(CLEANED)] + SWAP
+        fs.replace(path, swap)
+        swaps.append(swap)
+    fs.fsync_dir(d)
+    fs.write_file_atomic(os.path.join(d, COMMIT), "\n".join(
+        os.path.basename(p) for p in swaps).encode())  # the commit point
+    with log._lock:
+        for seg, swap in zip(old, swaps):
+            finish_swap(fs, swap)
+            log._replace_segment(seg)
+        fs.fsync_dir(d)
+        fs.unlink(os.path.join(d, COMMIT))
+        fs.fsync_dir(d)
+        log._mark_compacted()
+
+
+def finish_swap(fs, swap_path: str) -> None:
+    """Rename ``<base>.log.swap`` over ``<base>.log`` and drop its stale index files."""
+    log_path = swap_path[: -len(SWAP)]
+    fs.replace(swap_path, log_path)
+    stem = log_path[: -len(".log")]
+    for suffix in (".index", ".timeindex"):
+        try:
+            fs.unlink(stem + suffix)
+        except FileNotFoundError:
+            pass
