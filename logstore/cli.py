@@ -569,7 +569,7 @@ def _batch_line(out: _Out, seg: Any, pos: int, h: Any, crc: str, as_json: bool) 
 def _dump_index(targets: List[Any], out: _Out, as_json: bool) -> None:
     bad = False
     for target in targets:
-        for seg, entries, file_problems, skipped in insp.index_report(target):
+        for seg, entries, file_problems, skipped, notes in insp.index_report(target):
             label = _seg_label(target, seg.path)
             if not as_json:
                 out.line(f"# {label} ({'active' if seg.active else 'sealed'})")
@@ -597,6 +597,8 @@ def _dump_index(targets: List[Any], out: _Out, as_json: bool) -> None:
                 else:
                     out.line(f"BAD: {why}")
             if not as_json:
+                for note in notes:
+                    out.line(f"# {note}")
                 for kind, n in skipped.items():
                     if n:
                         name = "index" if kind == "offset" else "timeindex"
@@ -1092,7 +1094,15 @@ def _recovery_plan(target: Any, report: Any) -> Dict[str, Any]:
                             "text": f"remove the clean-shutdown marker "
                                     f"({meta.CLEAN_SHUTDOWN_NAME}) so that the active segment "
                                     f"is scanned"})
-        if rr.problem and rr.data_after_problem:
+        if rr.problem and rr.data_after_problem and insp.zero_hole_in_file(
+                seg.path, rr.problem_position or 0, rr.file_bytes):
+            actions.append({"action": "truncate", "segment": name, "position": rr.valid_bytes,
+                            "drop_bytes": rr.truncated_bytes,
+                            "text": f"truncate {name} at byte {rr.valid_bytes} "
+                                    f"({rr.truncated_bytes} bytes): a zero-filled sector after "
+                                    f"the damage marks data never synced before a power "
+                                    f"failure, so recovery treats it as a torn tail"})
+        elif rr.problem and rr.data_after_problem:
             lost = sum(s.records_after_damage for s in report.segments if s.path == seg.path)
             actions.append({"action": "force_truncate", "segment": name,
                             "position": rr.valid_bytes, "drop_bytes": rr.truncated_bytes,
@@ -1125,12 +1135,10 @@ def _recovery_plan(target: Any, report: Any) -> Dict[str, Any]:
             unrepairable.append(f"{os.path.basename(p.file)}"
                                 + (f" at byte {p.position}" if p.position is not None else "")
                                 + f": {p.reason}")
-    for name in recovery.leftover_temp_files(target.log_dir):
-        actions.append({"action": "delete_tmp", "file": name,
-                        "text": f"delete leftover {name} (an interrupted atomic write)"})
-    for w in report.warnings:
-        if ".cleaned" in w or ".swap" in w:
-            notes.append(w + "; recover leaves it alone")
+    for name, what, fate in insp.leftover_files(target.log_dir):
+        # (done by the writer's open: recovery.finish_interrupted_cleanups)
+        actions.append({"action": "leftover", "file": name,
+                        "text": f"leftover {name} ({what}): {fate}"})
     if report.writer_pid is not None:
         notes.append(f"a writer (pid {report.writer_pid}) has the log open, so its active segment "
                      f"may be mid-write; --apply fails (exit 3) until that writer closes the log")

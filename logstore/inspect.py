@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from . import codec, meta
+from . import codec, meta, recovery
 from .codec import ALIGN, HEADER_SIZE, MAGIC, BatchHeader, DecodedBatch
 from .errors import CorruptLogError, NotALogError
 from .lockfile import LOCK_NAME
@@ -106,6 +106,7 @@ class SegmentFile:
     base_offset: Optional[int]  # from the file name; None for a file with a non-standard name
     active: bool  # the last segment of its log: the only one crash recovery may cut
     in_log: bool = True  # False: a segment file outside any log directory (a copy)
+    end_offset: Optional[int] = None  # sealed: the next segment's base offset (its offset end)
 
     @property
     def name(self) -> str:
@@ -118,12 +119,14 @@ class SegmentFile:
 def segment_files(target: Target) -> List[SegmentFile]:
     """The target's segment files in offset order (a snapshot: a writer may add more later)."""
     bases = sorted(b for b in map(parse_segment_name, os.listdir(target.log_dir)) if b is not None)
+    ends = dict(zip(bases, bases[1:]))
     if target.segment is not None:
         base = parse_segment_name(os.path.basename(target.segment))
         in_log = base is not None and os.path.exists(os.path.join(target.log_dir, meta.META_NAME))
         return [SegmentFile(target.segment, base, in_log and bool(bases) and bases[-1] == base,
-                            in_log)]
-    return [SegmentFile(os.path.join(target.log_dir, f"{b:020d}{LOG_SUFFIX}"), b, i == len(bases) - 1)
+                            in_log, ends.get(base) if in_log else None)]
+    return [SegmentFile(os.path.join(target.log_dir, f"{b:020d}{LOG_SUFFIX}"), b,
+                        i == len(bases) - 1, True, ends.get(b))
             for i, b in enumerate(bases)]
 
 
@@ -292,6 +295,37 @@ def find_valid_batch(r: Reader, start: int, min_offset: Optional[int] = None) ->
     return None
 
 
+SECTOR = 512
+# Crash recovery calls damage followed by valid batches a torn tail after all when a zero-filled
+# 512-byte sector lies in it (a power loss with out-of-order write-back). Mirror that rule
+# exactly when the installed recovery module has it, so verify and recovery always agree.
+ZERO_HOLE_RULE = hasattr(recovery, "_zero_sector_in")
+
+
+def zero_sector_in(r: Reader, start: int, end: int) -> bool:
+    """Whether some 512-byte-aligned sector in [start, end) of the file is all zero bytes."""
+    pos = (start + SECTOR - 1) // SECTOR * SECTOR
+    zero = bytes(SECTOR)
+    while pos + SECTOR <= end:
+        n = min(CHUNK, (end - pos) // SECTOR * SECTOR)
+        data = os.pread(r.fd, n, pos)
+        mv = memoryview(data)
+        for i in range(0, len(data) - SECTOR + 1, SECTOR):
+            if mv[i : i + SECTOR] == zero:
+                return True
+        if len(data) < n:
+            return False
+        pos += n
+    return False
+
+
+def zero_hole_in_file(path: str, start: int, end: int) -> bool:
+    if not ZERO_HOLE_RULE:
+        return False
+    with Reader(path) as r:
+        return zero_sector_in(r, start, min(end, r.size))
+
+
 # ---------------------------------------------------------------------------------- scanning
 @dataclass
 class SegmentStart:
@@ -320,6 +354,7 @@ class ErrorEvent:
     torn_tail: bool
     resume: Optional[int]
     size: int  # file size when the error was classified
+    zero_hole: bool = False  # torn tail although valid batches follow: a zero-filled sector
 
 
 @dataclass
@@ -409,9 +444,11 @@ def scan(target: Target, *, decode: bool = True, continue_on_error: bool = False
                 epos = error_item.pos
                 resume = find_valid_batch(r, epos + 1, last_next)
                 torn = seg.active and first_error and resume is None
+                hole = (seg.active and first_error and resume is not None and ZERO_HOLE_RULE
+                        and zero_sector_in(r, epos, r.size))
                 first_error = False
-                yield ErrorEvent(seg, epos, error_item.error, error_item.header, torn, resume,
-                                 r.size)
+                yield ErrorEvent(seg, epos, error_item.error, error_item.header, torn or hole,
+                                 resume, r.size, hole)
                 if not continue_on_error:
                     return
                 if resume is None:
@@ -500,19 +537,27 @@ class BatchTable:
 
 
 def check_indexes(seg: SegmentFile, files: IndexFiles, table: BatchTable, scanned_end: int,
-                  scanned_next: int) -> Tuple[List[IndexEntry], List[str], Dict[str, int]]:
+                  scanned_next: int
+                  ) -> Tuple[List[IndexEntry], List[str], Dict[str, int], List[str]]:
     """Check the segment's offset and time index against the batches actually found.
 
     Returns (entries, file-level problems, number of preallocated empty entries skipped per
-    kind). Only meaningful for a segment whose data is undamaged up to ``scanned_end``.
+    kind, notes). A missing index file is a note, not a problem: readers rebuild it from the
+    log (and compaction deletes stale ones on purpose). Only meaningful for a segment whose data
+    is undamaged up to ``scanned_end``. A sealed segment ends at ``seg.end_offset`` (the next
+    segment's base), which is past its last batch when compaction removed its last records.
     """
     base = seg.base_offset
     assert base is not None
+    notes: List[str] = []
+    seg_end = scanned_next
+    if not seg.active and seg.end_offset is not None and seg.end_offset >= scanned_next:
+        seg_end = seg.end_offset
     pos_a, base_a, next_a, max_a = table.arrays()
     # prefix[i] = largest timestamp of the batches before batch i (-1 if none)
     prefix = np.concatenate(([-1], np.maximum.accumulate(max_a))) if len(max_a) else np.array([-1])
     seg_max = int(prefix[-1])
-    rel_end = scanned_next - base
+    rel_end = seg_end - base
     entries: List[IndexEntry] = []
     file_problems: List[str] = []
     skipped = {"offset": 0, "time": 0}
@@ -520,7 +565,8 @@ def check_indexes(seg: SegmentFile, files: IndexFiles, table: BatchTable, scanne
     # --- offset index
     raw = files.offset_raw
     if raw is None:
-        file_problems.append(f"{os.path.basename(files.offset_path)} is missing")
+        notes.append(f"{os.path.basename(files.offset_path)} is missing (readers rebuild it from "
+                     f"the log)")
     else:
         if files.offset_size % OFFSET_ENTRY.itemsize:
             file_problems.append(f"{os.path.basename(files.offset_path)} has {files.offset_size} "
@@ -552,7 +598,8 @@ def check_indexes(seg: SegmentFile, files: IndexFiles, table: BatchTable, scanne
     # --- time index
     raw = files.time_raw
     if raw is None:
-        file_problems.append(f"{os.path.basename(files.time_path)} is missing")
+        notes.append(f"{os.path.basename(files.time_path)} is missing (readers rebuild it from "
+                     f"the log)")
     else:
         if files.time_size % TIME_ENTRY.itemsize:
             file_problems.append(f"{os.path.basename(files.time_path)} has {files.time_size} "
@@ -572,7 +619,7 @@ def check_indexes(seg: SegmentFile, files: IndexFiles, table: BatchTable, scanne
                 e.status = "unchecked"
             else:
                 off = base + rel
-                if off == scanned_next:
+                if off in (scanned_next, seg_end):
                     need = seg_max
                 else:
                     i = int(np.searchsorted(base_a, off))
@@ -590,9 +637,9 @@ def check_indexes(seg: SegmentFile, files: IndexFiles, table: BatchTable, scanne
             if last != want:
                 file_problems.append(
                     f"{os.path.basename(files.time_path)} of a sealed segment must end with "
-                    f"(max timestamp {want[0]}, offset {scanned_next}); found "
+                    f"(max timestamp {want[0]}, offset {seg_end}); found "
                     + ("no entry" if last is None else f"({last[0]}, offset {base + last[1]})"))
-    return entries, file_problems, skipped
+    return entries, file_problems, skipped, notes
 
 
 # ---------------------------------------------------------------------------------- reports
@@ -663,6 +710,7 @@ class LogReport:
     warnings: List[str] = field(default_factory=list)
     writer_pid: Optional[int] = None
     checked: str = "full"  # "full" (verify) or "headers" (stats: no CRC check)
+    compacted: bool = False  # the log has been compacted: offset gaps are expected
 
     @property
     def ok(self) -> bool:
@@ -702,6 +750,7 @@ class LogReport:
             "label": self.label, "log_dir": self.log_dir,
             "segment": self.segments[0].name if self.segment_only and self.segments else None,
             "ok": self.ok, "checked": self.checked, "writer_pid": self.writer_pid,
+            "compacted": self.compacted,
             "totals": self.totals(),
             "segments": [s.as_dict() for s in self.segments],
             "problems": [p.as_dict() for p in self.problems],
@@ -723,13 +772,23 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
     report = LogReport(target.label, target.log_dir, target.segment is not None,
                        checked="full" if verify else "headers")
     report.writer_pid = writer_pid(target.log_dir)
+    # A compacted log (settings.compacted in logstore.meta) legitimately has offset gaps and
+    # sealed segments emptied by compaction.
+    try:
+        found = meta.read_meta(target.log_dir)
+    except NotALogError:
+        found = None
+    compacted = bool(found and (found.get("settings") or {}).get("compacted"))
+    report.compacted = compacted
     segs: Dict[str, SegmentReport] = {}
     current: Optional[SegmentReport] = None
     table = BatchTable()
     files: Optional[IndexFiles] = None
     expect: Optional[int] = None
     damaged = False
+    valid_next: Optional[int] = None  # next offset after the undamaged prefix of the segment
     prev: Optional[SegmentReport] = None
+    missing_indexes: List[str] = []
 
     def problem(kind: str, path: str, pos: Optional[int], reason: str, repair: str,
                 recoverable: bool, **details: Any) -> None:
@@ -750,12 +809,13 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
                 report.warnings.append(f"{seg.name} is not inside a log directory and has no "
                                        f"index files: indexes not checked")
                 files = None
-            expect = seg.base_offset
+            expect = valid_next = seg.base_offset
             damaged = False
         elif isinstance(ev, BatchEvent):
             h = ev.header
             s = current
-            if verify and expect is not None and h.base_offset > expect and not damaged:
+            if verify and expect is not None and h.base_offset > expect and not damaged \
+                    and not compacted:
                 problem("damaged", ev.seg.path, ev.pos,
                         f"offsets {expect}..{h.base_offset - 1} are missing (the batch at this "
                         f"position starts at offset {h.base_offset})",
@@ -776,6 +836,7 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
             s.codecs[h.codec] = s.codecs.get(h.codec, 0) + 1
             if not damaged:
                 s.valid_end = ev.pos + h.length
+                valid_next = h.next_offset
                 table.add(ev.pos, h)
             else:
                 s.records_after_damage += h.record_count
@@ -793,11 +854,12 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
             lost = ev.size - ev.pos
             if ev.torn_tail:
                 s.status = "torn tail"
+                why = ("a zero-filled sector follows: unsynced data lost to a power failure"
+                       if ev.zero_hole else "nothing valid follows")
                 problem("torn_tail", seg.path, ev.pos, ev.error.reason,
-                        f"torn tail of the active segment (nothing valid follows): crash "
-                        f"recovery truncates the last {lost} bytes. {_RECOVER_HINT} does it now "
-                        f"(so does opening the log for writing)", True,
-                        truncate_bytes=lost)
+                        f"torn tail of the active segment ({why}): crash recovery truncates the "
+                        f"last {lost} bytes. {_RECOVER_HINT} does it now (so does opening the "
+                        f"log for writing)", True, truncate_bytes=lost)
             elif seg.active and not damaged:
                 s.status = "damaged"
                 problem("damaged", seg.path, ev.pos, ev.error.reason,
@@ -827,7 +889,9 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
                 s.valid_end = s.valid_end if s.batches else 0
             if verify and not report.segment_only and prev is not None \
                     and seg.base_offset is not None and prev.next_offset is not None \
-                    and prev.next_offset != seg.base_offset and prev.status == "ok":
+                    and (prev.next_offset > seg.base_offset
+                         or prev.next_offset < seg.base_offset and not compacted) \
+                    and prev.status == "ok":
                 if prev.next_offset < seg.base_offset:
                     why = (f"offsets {prev.next_offset}..{seg.base_offset - 1} are missing "
                            f"between {prev.name} and this segment")
@@ -837,13 +901,15 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
                 problem("damaged", seg.path, 0, why,
                         "data damaged: segments must continue each other's offsets; restore "
                         "the missing segment from a copy", False)
-            if verify and not seg.active and s.batches == 0 and s.status == "ok":
+            if verify and not seg.active and s.batches == 0 and s.status == "ok" \
+                    and not compacted:
                 problem("damaged", seg.path, 0, "sealed segment holds no batch",
                         "data damaged: restore the segment from a copy", False)
                 s.status = "damaged"
             if verify and files is not None and s.status in ("ok", "torn tail"):
-                nxt = s.next_offset if s.next_offset is not None else seg.base_offset
-                entries, file_problems, _ = check_indexes(seg, files, table, s.valid_end, nxt)
+                entries, file_problems, _, notes = check_indexes(seg, files, table,
+                                                                 s.valid_end, valid_next)
+                missing_indexes.extend(n.split()[0] for n in notes)
                 s.index_entries = sum(1 for e in entries if e.kind == "offset")
                 bad = [e for e in entries if not e.ok]
                 for why in file_problems:
@@ -862,6 +928,12 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
                 if (file_problems or bad) and s.status == "ok":
                     s.status = "bad index"
             prev = s
+    if missing_indexes:
+        shown = ", ".join(missing_indexes[:4]) + (", ..." if len(missing_indexes) > 4 else "")
+        report.warnings.append(
+            f"{len(missing_indexes)} index file{'s are' if len(missing_indexes) > 1 else ' is'} "
+            f"missing ({shown}): readers rebuild them from the log (compaction removes stale "
+            f"ones on purpose)")
     if verify:
         if not report.segment_only:
             _check_marker(report, problem)
@@ -904,19 +976,43 @@ def _check_marker(report: LogReport, problem: Callable[..., None]) -> None:
                 f"{_RECOVER_HINT} removes the marker and rescans the active segment", True)
 
 
-def _check_files(target: Target, report: LogReport) -> None:
-    names = sorted(os.listdir(target.log_dir))
+COMMIT_NAME = "compaction.commit"  # logstore.cleaner's commit point
+
+
+def leftover_files(log_dir: str) -> List[Tuple[str, str, str]]:
+    """Files that are not part of the log: (name, what it is, what a writer's open does with it).
+
+    Mirrors :func:`logstore.recovery.finish_interrupted_cleanups`, which a writer's open runs.
+    """
+    names = sorted(os.listdir(log_dir))
     logs = {n[: -len(LOG_SUFFIX)] for n in names if n.endswith(LOG_SUFFIX)}
+    committed = COMMIT_NAME in names
+    out = []
     for n in names:
         if n.endswith(".tmp"):
-            report.warnings.append(
-                f"leftover {n}: an interrupted atomic write (the writer deletes it when it "
-                f"opens the log; it is not part of the log)")
-        elif n.endswith((".cleaned", ".swap")):
-            report.warnings.append(
-                f"leftover {n}: an interrupted compaction file (not part of the log)")
-        elif n.endswith((INDEX_SUFFIX, TIMEINDEX_SUFFIX)) and n.rsplit(".", 1)[0] not in logs:
-            report.warnings.append(f"orphan index file {n} (its segment does not exist)")
+            out.append((n, "an interrupted atomic write", "deleted"))
+        elif n.endswith(".cleaned"):
+            out.append((n, "an unfinished compaction output", "deleted"))
+        elif n.endswith(".deleted"):
+            out.append((n, "a segment being deleted by retention", "deleted"))
+        elif n.endswith(".swap"):
+            if committed:
+                out.append((n, "a committed compaction swap", "renamed over its .log"))
+            else:
+                out.append((n, "an uncommitted compaction swap", "deleted"))
+        elif n == COMMIT_NAME:
+            out.append((n, "the commit point of an interrupted compaction",
+                        "removed once its swaps are completed"))
+        elif n.endswith((INDEX_SUFFIX, TIMEINDEX_SUFFIX)) and n.rsplit(".", 1)[0] not in logs \
+                and parse_segment_name(n.split(".", 1)[0] + LOG_SUFFIX) is not None:
+            out.append((n, "an index file whose segment does not exist", "deleted"))
+    return out
+
+
+def _check_files(target: Target, report: LogReport) -> None:
+    for name, what, fate in leftover_files(target.log_dir):
+        report.warnings.append(f"leftover {name}: {what}, not part of the log (a writer's open "
+                               f"finds it {fate})")
 
 
 def index_report(target: Target) -> Iterator[Tuple[SegmentFile, List[IndexEntry], List[str],

@@ -245,6 +245,36 @@ def test_verify_index_problems_and_leftovers(tmp_path):
     assert r.exit_code == 0 and "WARNING leftover 00000000000000000000.log.cleaned" in r.stdout
 
 
+def test_verify_compacted_log_and_compaction_leftovers(tmp_path):
+    d = str(tmp_path / "compacted")
+    with logstore.Log.open(d, cleanup_policy="compact", segment_bytes=1024) as log:
+        for i in range(120):
+            log.append(b"v%d" % i, key=b"k%d" % (i % 5), timestamp_ms=1700000000000 + i)
+        log.compact()
+    r = run("verify", d)
+    assert r.exit_code == 0, r.stdout  # gaps and emptied segments are expected after compaction
+    doc = json.loads(run("verify", d, "--json").stdout)["logs"][0]
+    assert doc["compacted"] and doc["totals"]["records"] < 120
+    r = run("replay", d, "--values", "text")
+    with logstore.Log.open(d, readonly=True) as log:
+        assert [json.loads(x)["offset"] for x in lines(r)] == [x.offset for x in log.replay()]
+    # Files an interrupted compaction or retention pass leaves behind are warnings, and a dry
+    # run of recover says what the writer's open will do with them.
+    for name in ("00000000000000000000.log.cleaned", "00000000000000000000.log.swap",
+                 "00000000000000000099.log.deleted"):
+        open(os.path.join(d, name), "wb").close()
+    r = run("verify", d)
+    assert r.exit_code == 0
+    assert ("WARNING leftover 00000000000000000000.log.swap: an uncommitted compaction swap, "
+            "not part of the log (a writer's open finds it deleted)") in r.stdout
+    r = run("recover", d)
+    assert "would: leftover 00000000000000000099.log.deleted (a segment being deleted by " \
+        "retention): deleted" in r.stdout
+    r = run("recover", d, "--apply")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert not [n for n in os.listdir(d) if n.endswith((".cleaned", ".swap", ".deleted"))]
+
+
 def test_read_only_commands_change_nothing(tmp_path):
     clean = copy_golden(tmp_path)
     torn = copy_golden(tmp_path, "zstd")
