@@ -365,6 +365,21 @@ def verify_directory(directory: str) -> List[str]:
     return problems
 
 
+def inspect_problems(directory: str) -> List[str]:
+    """Problems ``logstore.inspect`` (``logstore verify``) reports, if that module exists."""
+    try:
+        from logstore import inspect as ls_inspect
+        targets = ls_inspect.resolve_targets(directory)
+    except ImportError:
+        return []
+    out = []
+    for target in targets:
+        report = ls_inspect.inspect_log(target, verify=True, settle=0)
+        out += [f"{p.kind} {os.path.basename(p.file)}@{p.position}: {p.reason}"
+                for p in report.problems]
+    return out
+
+
 def _check_sealed_indexes(seg: Segment, scan, nxt: int) -> List[str]:
     name = os.path.basename(seg.path)
     out = []
@@ -602,6 +617,8 @@ def run_round(directory: str, state: TortureState, rng: random.Random, gen: int,
         state.stats["writable_checks"] += 1
         for p in verify_directory(directory):
             problems.append(f"verify: {p}")
+        for p in inspect_problems(directory):
+            problems.append(f"logstore.inspect: {p}")
     # Acknowledged records that were allowed to go (buffered, torn) are forgotten: their offsets
     # will be reused by the next writer.
     if end is None:
@@ -666,6 +683,7 @@ def final_check(log_dir: str, state: TortureState) -> None:
                 state.stats["truncated_bytes"] += rep.truncated_bytes
             CoreWorkload.check_records(log, state, problems, "final reopen")
         problems += [f"verify: {p}" for p in verify_directory(log_dir)]
+        problems += [f"logstore.inspect: {p}" for p in inspect_problems(log_dir)]
         with logstore.Log.open(log_dir) as log:
             if not log.recovery_report.clean:
                 problems.append("final: a clean close was followed by a recovery")
