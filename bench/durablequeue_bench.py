@@ -19,6 +19,11 @@ logstore row that promises the same thing:
                   ``SQLiteAckQueue`` as shipped (WAL, ``synchronous`` as reported in the table,
                   FULL = WAL fsync per commit; put, get and ack are one commit each).
 
+Note on ``SQLiteAckQueue``: acked rows stay in its table until ``clear_acked_data()`` is called,
+and each ``get`` walks past them (``WHERE id > 0 AND status < unack ORDER BY id``), so its
+get rate falls as N grows; it is measured as shipped, without calling ``clear_acked_data``.
+logstore's rates do not depend on N (reads start at the queue's low watermark).
+
 ``persist-queue`` is optional: ``pip install persist-queue``; its rows are skipped with a note
 when it is missing. Durable rows use fewer items (``--durable-items``): each costs a few fsyncs.
 "vs logstore" is the peer's items/s divided by the logstore row of the same durability (above 1
