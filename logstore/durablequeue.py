@@ -61,8 +61,11 @@ any object with ``dumps(obj) -> bytes`` and ``loads(bytes) -> obj`` works. An it
 fails is not stored (the error propagates from ``put``); an item whose decoding fails stays at the
 head of the queue and the error propagates from ``get``.
 
-Disk space: done items are not removed from the files (the log is append-only), so the directory
-grows with the total volume ever put; it is a queue for durability, not for unbounded streams.
+Disk space: the files are append-only; the store's cleanup thread (every
+``retention_check_interval_s``, 60 s by default, a store option) deletes each whole segment
+(``segment_bytes``, 64 MiB by default) whose items are all done, and trims the delivery/ack
+records below the last checkpoint. Items not yet done are never deleted, whatever the store's
+``retention_ms`` / ``retention_bytes``.
 """
 
 from __future__ import annotations

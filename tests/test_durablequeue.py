@@ -673,6 +673,28 @@ def test_maxsize_must_be_an_int(qdir):
             q.maxsize = 1.5
 
 
+def test_done_segments_are_reclaimed_by_the_store_cleaner(qdir):
+    def items_bytes():
+        top = os.path.join(qdir, "topics", "items")
+        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(top) for f in fs)
+
+    with DurableQueue(qdir, fsync="never", segment_bytes=16 * 1024,
+                      retention_check_interval_s=0.05) as q:
+        for i in range(3000):
+            q.put(i)
+        full = items_bytes()
+        for _ in range(2900):
+            q.get()
+            q.task_done()
+        deadline = time.monotonic() + 10
+        while items_bytes() > full // 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert items_bytes() <= full // 4
+        assert q.get() == 2900  # the not-done items are intact
+    with DurableQueue(qdir, fsync="never") as q:
+        assert [q.get_nowait() for _ in range(q.qsize())] == list(range(2900, 3000))
+
+
 # --------------------------------------------------------------------------- closing, locking
 def test_closed_queue_raises_and_wakes_blocked_calls(qdir):
     q = DurableQueue(qdir, maxsize=1, fsync="never")
