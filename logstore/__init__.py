@@ -29,6 +29,7 @@ from .errors import (
 )
 from .log import Log
 from .store import Store, Topic
+from .durablequeue import DurableQueue, DurableSimpleQueue
 from .record import Record
 
 __version__ = "0.1.0"
@@ -55,4 +56,6 @@ __all__ = [
     "MissingKeyError",
     "Store",
     "Topic",
+    "DurableQueue",
+    "DurableSimpleQueue",
 ]

@@ -879,6 +879,12 @@ def decode(
     codec = h.attributes & CODEC_MASK
     if codec == CODEC_ZSTD:
         try:
+            # python-zstandard allocates the frame's declared content size up front: check it
+            # against the header before decompressing (a crafted frame must not cost 1 TiB).
+            declared = zstandard.get_frame_parameters(payload).content_size
+            if declared not in (h.raw_length, zstandard.CONTENTSIZE_UNKNOWN):
+                raise CorruptLogError(f"zstd frame declares {declared} bytes, header says "
+                                      f"{h.raw_length}", path, where)
             data: Any = _decompressor().decompress(payload, max_output_size=h.raw_length)
         except zstandard.ZstdError as e:
             raise CorruptLogError(f"zstd payload does not decompress: {e}", path, where) from None

@@ -299,7 +299,7 @@ SECTOR = 512
 # Crash recovery calls damage followed by valid batches a torn tail after all when a zero-filled
 # 512-byte sector lies in it (a power loss with out-of-order write-back). Mirror that rule
 # exactly when the installed recovery module has it, so verify and recovery always agree.
-ZERO_HOLE_RULE = hasattr(recovery, "_zero_sector_in")
+ZERO_HOLE_RULE = hasattr(recovery, "zero_sector_in")
 
 
 def zero_sector_in(r: Reader, start: int, end: int) -> bool:

@@ -37,6 +37,7 @@ from .errors import (
     ConfigError,
     CorruptLogError,
     LogClosedError,
+    LogLockedError,
     MissingKeyError,
     NotALogError,
     OffsetOutOfRangeError,
@@ -120,10 +121,15 @@ class Log:
         config = LogConfig.from_options(options)
         directory = os.path.abspath(os.fspath(path))
         log = cls(directory, config, fs or DEFAULT_FS, readonly)
-        if readonly:
-            log._open_reader()
-        else:
-            log._open_writer()
+        try:
+            if readonly:
+                log._open_reader()
+            else:
+                log._open_writer()
+        except (StorageError, LogLockedError):
+            raise
+        except OSError as e:
+            raise StorageError(f"opening {directory} failed: {e}", e) from e
         return log
 
     def _open_writer(self) -> None:
@@ -498,7 +504,15 @@ class Log:
                     if self._closed:
                         raise LogClosedError(f"log {self.path} is closed")
                     upto = self._next_offset
-                    self._segments[-1].flush_pending()
+                    try:
+                        self._segments[-1].flush_pending()
+                    except StorageError:
+                        # A failed *write* of the buffer: the buffer is kept and retried later;
+                        # the log is not poisoned (nothing was reported durable).
+                        with cond:
+                            self._syncing = False
+                            cond.notify_all()
+                        raise
                     fd = self._fs.dup(self._segments[-1].fd)
                 try:
                     self._fs.fdatasync(fd)
@@ -539,7 +553,12 @@ class Log:
         self._sync_to(target)
 
     def close(self) -> None:
-        """Flush, write the clean-shutdown marker and release the directory lock. Idempotent."""
+        """Flush, write the clean-shutdown marker and release the directory lock. Idempotent.
+
+        Resources are always released. If the final write/fsync (or the marker) failed, it
+        raises :class:`StorageError` afterwards: with ``fsync="never"``/``"every"`` the close is
+        the durability point, so its failure must not pass silently. The next open recovers.
+        """
         if self._closed:
             return
         self._stop.set()
@@ -547,13 +566,15 @@ class Log:
             self._flusher.join()
         if self._cleaner is not None:
             self._cleaner.join()
-        clean = False
-        if not self.readonly and self._failed is None:
-            try:
-                self.flush()
-                clean = True
-            except StorageError:
-                clean = False
+        problem: Optional[BaseException] = None
+        if not self.readonly:
+            if self._failed is not None:
+                problem = self._failed
+            else:
+                try:
+                    self.flush()
+                except StorageError as e:
+                    problem = e
         with self._lock:
             if self._closed:
                 return
@@ -561,19 +582,35 @@ class Log:
             try:
                 if not self.readonly:
                     active = self._segments[-1]
-                    if clean and self._failed is None:
-                        active.close_active()
-                        meta.write_clean_shutdown(self.path, self._fs, {
-                            "segment": active.base_offset,
-                            "size": active.size,
-                            "end_offset": self._next_offset,
-                            "max_timestamp": active.max_timestamp,
-                        })
+                    if active.pending and problem is None:
+                        problem = StorageError(f"{len(active.pending)} buffered bytes of "
+                                               f"{self.path} could not be written")
+                    if problem is None:
+                        try:
+                            active.close_active()
+                            meta.write_clean_shutdown(self.path, self._fs, {
+                                "segment": active.base_offset,
+                                "size": active.size,
+                                "end_offset": self._next_offset,
+                                "max_timestamp": active.max_timestamp,
+                            })
+                        except OSError as e:
+                            problem = e
             finally:
                 for seg in self._segments:
-                    seg.close()
+                    try:
+                        seg.close()
+                    except OSError:
+                        pass
                 if self._dir_lock is not None:
                     self._dir_lock.release()
+        if problem is not None:
+            if problem is self._failed:
+                return  # already reported by the write/fsync that failed (the log was poisoned)
+            if isinstance(problem, StorageError):
+                raise problem
+            raise StorageError(f"closing {self.path} failed: {problem}; the next open will "
+                               f"recover the log", problem) from problem
 
     def __enter__(self) -> "Log":
         return self
@@ -673,7 +710,12 @@ class Log:
                 sizes = np.maximum(batch.value_lengths[j:stop], 0).astype(np.int64)
                 if batch.key_lengths is not None:
                     sizes += np.maximum(batch.key_lengths[j:stop], 0)
-                fits = int(np.searchsorted(np.cumsum(sizes), budget, side="right"))
+                # Take records while the total stays <= max_bytes and the budget is not yet used
+                # up (so zero-size records after an exactly spent budget are not taken, whatever
+                # the batching).
+                ends = np.cumsum(sizes)
+                fits = min(int(np.searchsorted(ends, budget, side="right")),
+                           int(np.searchsorted(ends - sizes, budget, side="left")))
                 if not out and fits == 0:
                     fits = 1  # always return at least one record
                 stop = j + fits

@@ -103,6 +103,7 @@ class RecoveryReport:
     problem: Optional[str] = None
     problem_position: Optional[int] = None
     data_after_problem: bool = False
+    zero_hole: bool = False
     indexes_rebuilt: bool = False
     removed_files: List[str] = field(default_factory=list)
 
@@ -116,6 +117,9 @@ class RecoveryReport:
             lines.append(f"  torn tail: {self.truncated_bytes} bytes after byte {self.valid_bytes}")
         if self.data_after_problem:
             lines.append("  valid batches follow the damage: corruption, not a torn tail")
+        if self.zero_hole:
+            lines.append("  a zero-filled sector precedes later batches: unsynced data lost to a "
+                         "power failure; truncated as a torn tail")
         if self.indexes_rebuilt:
             lines.append("  indexes rebuilt")
         for name in self.removed_files:
@@ -144,6 +148,22 @@ def valid_batch_after(segment: Segment, start: int, end: int, min_offset: int) -
         pos += 1
 
 
+SECTOR = 512
+
+
+def zero_sector_in(segment: Segment, start: int, end: int) -> bool:
+    """Whether some 512-byte-aligned sector in [start, end) of the file is all zero bytes."""
+    first = (start + SECTOR - 1) // SECTOR * SECTOR
+    if first + SECTOR > end:
+        return False
+    buf = segment._scan_map(end)
+    zero = bytes(SECTOR)
+    for pos in range(first, end - SECTOR + 1, SECTOR):
+        if buf[pos:pos + SECTOR] == zero:
+            return True
+    return False
+
+
 def inspect_active(segment: Segment) -> tuple:
     """Scan the active segment; return (ScanResult, RecoveryReport) without changing anything."""
     scan: ScanResult = segment.scan(0)
@@ -161,6 +181,12 @@ def inspect_active(segment: Segment) -> tuple:
         nxt = scan.next_offset if scan.batches else segment.base_offset
         report.data_after_problem = (
             valid_batch_after(segment, scan.valid_end + 1, scan.file_size, nxt) is not None)
+        if report.data_after_problem and zero_sector_in(segment, scan.valid_end, scan.file_size):
+            # A zero-filled sector inside the damage is the mark of a power loss with
+            # out-of-order write-back: no fsync ever completed over it, hence over anything after
+            # it either, so nothing from the damage on was acknowledged as durable: a torn tail.
+            report.data_after_problem = False
+            report.zero_hole = True
     report.truncated_bytes = scan.file_size - scan.valid_end
     return scan, report
 
@@ -180,9 +206,13 @@ def recover_active(segment: Segment, index_capacity: int, force_truncate: bool =
             f"--apply {os.path.dirname(segment.path)}` to cut the segment at this point "
             f"(dropping {report.truncated_bytes} bytes), or restore it from a copy",
             segment.path, report.problem_position)
+    segment._map = None  # never truncate under our own mapping
     if report.truncated_bytes:
-        segment._map = None  # never truncate under our own mapping
         segment.truncate_to(scan.valid_end)
+    else:
+        # What survived a process crash may still sit unsynced in the page cache: make it
+        # durable before the log calls it durable (and lets readers see it).
+        segment.sync()
     segment.size = scan.valid_end
     segment.next_offset = scan.next_offset if scan.batches else segment.base_offset
     segment.sealed = False

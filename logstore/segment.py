@@ -202,9 +202,11 @@ class Segment:
         """A mapping covering at least ``[0, end)`` (``end`` <= valid size)."""
         if self._map is None or self._map_len < end:
             self._ensure_size()
-            if self.pending:
+            written = self.size - len(self.pending)
+            if end > written:
                 self.flush_pending()  # readers must see buffered appends: put them in the file
-            length = max(end, self.size)
+                written = self.size
+            length = max(end, written)
             if self.fd is not None:
                 self._map = mmap.mmap(self.fd, length, access=mmap.ACCESS_READ)
             else:
