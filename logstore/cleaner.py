@@ -33,6 +33,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from functools import partial
+from operator import methodcaller
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
@@ -66,13 +68,18 @@ class CompactionReport:
         return dict(self.__dict__)
 
 
+_blake16 = partial(hashlib.blake2b, digest_size=16)
+_digest = methodcaller("digest")
+
+
 def _key_hashes(batch: codec.DecodedBatch) -> np.ndarray:
-    """(n, 2) uint64: BLAKE2b-128 of each record's key."""
+    """(n, 2) uint64: BLAKE2b-128 of each record's key (C-level map calls: no Python frame per
+    key)."""
     data = bytes(batch.data)
     starts = batch.key_offsets.tolist()
-    lens = batch.key_lengths.tolist()
-    digest = b"".join(hashlib.blake2b(data[s:s + n], digest_size=16).digest()
-                      for s, n in zip(starts, lens))
+    ends = (batch.key_offsets + np.maximum(batch.key_lengths, 0)).tolist()
+    keys = map(data.__getitem__, map(slice, starts, ends))
+    digest = b"".join(map(_digest, map(_blake16, keys)))
     return np.frombuffer(digest, dtype="<u8").reshape(-1, 2)
 
 
@@ -127,11 +134,14 @@ class _KeyMap:
         return ~superseded
 
 
-def _build_map(segments: List[Segment]) -> _KeyMap:
+def _build_map(segments: List[Segment], cache: dict) -> _KeyMap:
+    """The key map of ``segments``; each batch's hashes are kept in ``cache`` for the clean
+    phase of the same pass (bounded by the same budget as the map)."""
     probes, checks, offsets = [], [], []
     for seg in segments:
-        for _pos, _h, batch in _batches(seg):
+        for pos, _h, batch in _batches(seg):
             hs = _key_hashes(batch)
+            cache[(seg.base_offset, pos)] = hs
             probes.append(hs[:, 0])
             checks.append(hs[:, 1])
             offsets.append(np.asarray(batch.offsets, dtype=np.int64))
@@ -142,7 +152,7 @@ def _build_map(segments: List[Segment]) -> _KeyMap:
 
 
 def _clean_segment(log: "Log", seg: Segment, keymap: _KeyMap, horizon_ms: int,
-                   report: CompactionReport) -> Tuple[str, bool]:
+                   report: CompactionReport, cache: dict) -> Tuple[str, bool]:
     """Write the cleaned copy of ``seg`` to ``<log>.cleaned``; return (path, anything dropped)."""
     fs = log._fs
     out_path = seg.path + CLEANED
@@ -152,7 +162,10 @@ def _clean_segment(log: "Log", seg: Segment, keymap: _KeyMap, horizon_ms: int,
     try:
         for bpos, h, batch in _batches(seg):
             offsets = np.asarray(batch.offsets, dtype=np.int64)
-            keep = keymap.keep(_key_hashes(batch), offsets)
+            hashes = cache.pop((seg.base_offset, bpos), None)
+            if hashes is None:
+                hashes = _key_hashes(batch)
+            keep = keymap.keep(hashes, offsets)
             vl = np.asarray(batch.value_lengths)
             ts = np.asarray(batch.timestamps, dtype=np.int64)
             old_tombstones = keep & (vl < 0) & (ts < horizon_ms)
@@ -213,11 +226,12 @@ def compact(log: "Log", now_ms: Optional[int] = None) -> CompactionReport:
                 break
             count += n
             end += 1
-        keymap = _build_map(sealed[start:end])
+        cache: dict = {}
+        keymap = _build_map(sealed[start:end], cache)
         pass_report = CompactionReport()
         changed_segs, cleaned = [], []
         for seg in sealed[:end]:
-            path, dropped = _clean_segment(log, seg, keymap, horizon, pass_report)
+            path, dropped = _clean_segment(log, seg, keymap, horizon, pass_report, cache)
             if dropped:
                 changed_segs.append(seg)
                 cleaned.append(path)
