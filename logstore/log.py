@@ -427,7 +427,14 @@ class Log:
                                              cfg.compression_level, cfg.max_record_bytes)
         return self._append_prepared(prepared)
 
-    def _append_prepared(self, p: codec.PreparedBatch) -> range:
+    def _append_nowait(self, value: bytes, key: Optional[bytes] = None) -> int:
+        """Append without waiting for the fsync policy (internal bookkeeping that may be lost in a
+        power failure, e.g. queue delivery counts); the next sync covers it."""
+        prepared = codec.prepare_one(value, key, None, _now_ms(), self._codec,
+                                     self.config.compression_level, self.config.max_record_bytes)
+        return self._append_prepared(prepared, wait=False).start
+
+    def _append_prepared(self, p: codec.PreparedBatch, wait: bool = True) -> range:
         cfg = self.config
         with self._lock:
             self._check_writable()
@@ -445,7 +452,9 @@ class Log:
             nxt = base + p.last_offset_delta + 1
             active.append(data, base, nxt, p.max_timestamp, p.base_timestamp)
             self._next_offset = nxt
-        if self._always:
+        if not wait:
+            pass
+        elif self._always:
             self._sync_to(nxt)
         elif cfg.fsync_records is not None and nxt - self._durable_offset >= cfg.fsync_records:
             self._sync_to(nxt)

@@ -17,7 +17,9 @@ delivered again. Delivery counts are in the log too, so a poison message that ki
 still reaches the dead-letter topic after ``max_deliveries``.
 
 Durability: ``ack``/``nack``/dead-lettering return after their event is durable under the store's
-fsync policy. Delivery events are appended with the same policy.
+fsync policy. Delivery events are written before ``get`` returns (so they survive a process
+crash) but ``get`` does not wait for their fsync: after a power failure a delivery count may be
+one lower, which costs at most an extra redelivery.
 """
 
 from __future__ import annotations
@@ -187,7 +189,12 @@ class WorkQueue:
             part.scan = part.low
 
     def _event(self, kind: bytes, p: int, off: int, count: int, t: int = 0) -> None:
-        self._events.append(_EVENT.pack(kind, p, off, count, t))
+        if kind == b"G":
+            # Delivery counts only bound redeliveries: written at once (they survive a process
+            # crash) but not waited on for fsync; the next ack's fsync covers them.
+            self._events._append_nowait(_EVENT.pack(kind, p, off, count, t))
+        else:
+            self._events.append(_EVENT.pack(kind, p, off, count, t))
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self.checkpoint()
