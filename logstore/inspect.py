@@ -13,8 +13,10 @@ safe to run against a log that a writer is appending to, in another process:
   its index entry), and index entries beyond what was scanned are left unchecked.
 
 Paths are resolved in one place, :func:`resolve_targets`, which turns what the operator typed
-into a list of :class:`Target` (a log directory, or one ``.log`` segment file of one). Store roots
-(``store.meta``: topics of partitions) will be expanded there into one target per partition.
+into a list of :class:`Target` (a log directory, or one ``.log`` segment file of one). A store
+root (``store.meta``: topics of partitions) is expanded there into one target per partition (and
+the internal logs, for ``verify``). :func:`store_stats` and :func:`queue_state` read a store's
+committed offsets and work-queue state, read-only, for ``logstore stats``.
 
 The checks mirror the engine exactly: a batch is valid iff :class:`~logstore.segment.Segment`'s
 scan accepts it (header, bounds, CRC32C, structure, offsets not going back), and damage in the
@@ -46,6 +48,7 @@ from .segment import (
 
 CHUNK = 4 << 20  # bytes read per pread when walking a segment
 STORE_META_NAME = "store.meta"
+TOPIC_META_NAME = "topic.json"
 LEFTOVER_SUFFIXES = (".tmp", ".cleaned", ".swap")
 OFFSET_ENTRY = np.dtype("<i8")
 TIME_ENTRY = np.dtype([("ts", "<i8"), ("rel", "<i4")])
@@ -56,24 +59,118 @@ Progress = Optional[Callable[[int], None]]
 # ---------------------------------------------------------------------------------- targets
 @dataclass(frozen=True)
 class Target:
-    """One log to inspect: ``log_dir``, or only the segment file ``segment`` inside it."""
+    """One log to inspect: ``log_dir``, or only the segment file ``segment`` inside it.
 
-    label: str  # how to name it to the operator (the path as given; "topic/partition" later)
+    Logs of a store carry where they belong: ``topic`` and ``partition`` for a topic partition,
+    ``internal`` for the store's own logs (``internal/offsets``, ``internal/queues/<name>``).
+    ``expanded``: the operator named a store root (or a topic directory) and this target is one
+    of the logs it was expanded into; its ``label`` is then ``"<topic>/<partition>"`` (or
+    ``"internal/..."``) and ``dir_label`` the directory under the path as typed.
+    """
+
+    label: str  # how to name it to the operator (the path as given, or "topic/partition")
     log_dir: str  # absolute path of the log directory
     segment: Optional[str] = None  # absolute path of a single .log file, or None for the log
+    topic: Optional[str] = None
+    partition: Optional[int] = None
+    internal: bool = False
+    expanded: bool = False
+    dir_label: Optional[str] = None  # the log directory as the operator would type it
+    store_root: Optional[str] = None  # absolute path of the store holding this log, if any
+
+    @property
+    def files_label(self) -> str:
+        """How to name the log directory when naming a file in it."""
+        return self.dir_label or self.label
 
 
-def resolve_targets(path: "str | os.PathLike[str]") -> List[Target]:
+def is_store_root(path: "str | os.PathLike[str]") -> bool:
+    """Whether ``path`` is a store root (a directory with ``store.meta``)."""
+    p = os.fspath(path)
+    return os.path.isdir(p) and os.path.exists(os.path.join(p, STORE_META_NAME))
+
+
+def store_topics(root: str) -> List[Tuple[str, int]]:
+    """``(topic, partition count)`` of every topic of the store at ``root``, by name.
+
+    Read from ``topics/<name>/topic.json`` (a directory without one is not a topic).
+    """
+    tdir = os.path.join(root, "topics")
+    if not os.path.isdir(tdir):
+        return []
+    out = []
+    for name in sorted(os.listdir(tdir)):
+        meta_path = os.path.join(tdir, name, TOPIC_META_NAME)
+        if not os.path.isfile(meta_path):
+            continue
+        out.append((name, _topic_partitions(meta_path)))
+    return out
+
+
+def _topic_partitions(meta_path: str) -> int:
+    import json
+
+    try:
+        with open(meta_path, "rb") as f:
+            n = int(json.loads(f.read())["partitions"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise NotALogError(f"{meta_path} is not a topic metadata file") from None
+    if n < 1:
+        raise NotALogError(f"{meta_path} is not a topic metadata file (partitions={n})")
+    return n
+
+
+def store_queues(root: str) -> List[str]:
+    """Names of the store's work queues (``internal/queues/<name>`` event logs)."""
+    qdir = os.path.join(root, "internal", "queues")
+    if not os.path.isdir(qdir):
+        return []
+    return sorted(n for n in os.listdir(qdir) if os.path.isdir(os.path.join(qdir, n)))
+
+
+def _store_of_partition(p: str) -> Optional[Tuple[str, str, int]]:
+    """(store root, topic, partition) if directory ``p`` is a topic partition of a store."""
+    tdir = os.path.dirname(p)
+    root = os.path.dirname(os.path.dirname(tdir))
+    base = os.path.basename(p)
+    if (base.isdigit() and os.path.basename(os.path.dirname(tdir)) == "topics"
+            and os.path.isfile(os.path.join(tdir, TOPIC_META_NAME)) and is_store_root(root)):
+        return root, os.path.basename(tdir), int(base)
+    return None
+
+
+def resolve_targets(path: "str | os.PathLike[str]", topic: Optional[str] = None,
+                    partition: Optional[int] = None, internal: bool = False) -> List[Target]:
     """Turn a command-line PATH into the logs it names.
 
     A log directory (has ``logstore.meta``) is one target; a ``.log`` segment file is one target
-    limited to that segment. Raises :class:`NotALogError` (a usage error for the CLI) for a
-    missing path, a directory that is not a log, or a store root (not supported yet).
+    limited to that segment. A store root (has ``store.meta``) is every partition of every topic,
+    in topic-name then partition order, or only those of ``topic`` (and only ``partition``);
+    with ``internal`` (and no ``topic``) also the store's internal logs. A topic directory of a
+    store (``<root>/topics/<name>``) is that topic of the store. Raises :class:`NotALogError`
+    (a usage error for the CLI) for a missing path, a directory that is neither a log nor a
+    store, an unknown topic or partition, or ``topic``/``partition`` with a plain log.
     """
     given = os.fspath(path)
     p = os.path.abspath(given)
+    if partition is not None and topic is None:
+        raise NotALogError("--partition needs --topic (partition numbers are per topic)")
     if not os.path.exists(p):
         raise NotALogError(f"{given}: no such file or directory")
+    if os.path.isdir(p) and os.path.isfile(os.path.join(p, TOPIC_META_NAME)) \
+            and os.path.basename(os.path.dirname(p)) == "topics" \
+            and is_store_root(os.path.dirname(os.path.dirname(p))):
+        name = os.path.basename(p)
+        if topic is not None and topic != name:
+            raise NotALogError(f"{given} is the directory of topic {name!r}, not {topic!r}")
+        root_given = os.path.dirname(os.path.dirname(given.rstrip(os.sep))) or "."
+        return _store_targets(root_given, os.path.dirname(os.path.dirname(p)), name,
+                              partition, False)
+    if is_store_root(p):
+        return _store_targets(given, p, topic, partition, internal)
+    if topic is not None:
+        raise NotALogError(f"--topic and --partition need a store root (a directory with "
+                           f"{STORE_META_NAME}); {given} is not one")
     if os.path.isfile(p):
         if not p.endswith(LOG_SUFFIX):
             raise NotALogError(
@@ -81,13 +178,44 @@ def resolve_targets(path: "str | os.PathLike[str]") -> List[Target]:
         return [Target(given, os.path.dirname(p), p)]
     if not os.path.isdir(p):
         raise NotALogError(f"{given} is neither a log directory nor a .log segment file")
-    if os.path.exists(os.path.join(p, STORE_META_NAME)):
-        raise NotALogError(
-            f"{given} is a store root; this command takes one log directory for now: pass a "
-            f"partition directory such as {os.path.join(given, 'topics', '<topic>', '0')}")
     if meta.read_meta(p) is None:  # raises NotALogError/UnsupportedFormatError for bad files
         raise NotALogError(f"{given} is not a log directory (no {meta.META_NAME})")
+    owner = _store_of_partition(p)
+    if owner is not None:
+        return [Target(given, p, topic=owner[1], partition=owner[2], store_root=owner[0])]
     return [Target(given, p)]
+
+
+def _store_targets(given: str, root: str, topic: Optional[str], partition: Optional[int],
+                   internal: bool) -> List[Target]:
+    topics = store_topics(root)
+    if topic is not None:
+        found = [t for t in topics if t[0] == topic]
+        if not found:
+            names = ", ".join(t[0] for t in topics) or "none"
+            raise NotALogError(f"no topic {topic!r} in store {given} (topics: {names})")
+        topics = found
+        if partition is not None and not 0 <= partition < found[0][1]:
+            raise NotALogError(f"topic {topic!r} has no partition {partition} (it has "
+                               f"{found[0][1]}: 0..{found[0][1] - 1})")
+    out = []
+    for name, n in topics:
+        for part in range(n):
+            if partition is not None and part != partition:
+                continue
+            out.append(Target(f"{name}/{part}", os.path.join(root, "topics", name, str(part)),
+                              topic=name, partition=part, expanded=True,
+                              dir_label=os.path.join(given, "topics", name, str(part)),
+                              store_root=root))
+    if internal and topic is None:
+        logs = [("internal/offsets", os.path.join(root, "internal", "offsets"))]
+        logs += [(f"internal/queues/{q}", os.path.join(root, "internal", "queues", q))
+                 for q in store_queues(root)]
+        for label, d in logs:
+            if os.path.isdir(d):
+                out.append(Target(label, d, internal=True, expanded=True,
+                                  dir_label=os.path.join(given, label), store_root=root))
+    return out
 
 
 def require_log_dir(path: "str | os.PathLike[str]", what: str) -> Target:
@@ -96,6 +224,16 @@ def require_log_dir(path: "str | os.PathLike[str]", what: str) -> Target:
     if len(targets) != 1 or targets[0].segment is not None:
         raise NotALogError(f"{what} needs a log directory, not a segment file: {os.fspath(path)}")
     return targets[0]
+
+
+def require_log_dirs(path: "str | os.PathLike[str]", what: str, topic: Optional[str] = None,
+                     partition: Optional[int] = None) -> List[Target]:
+    """The log directories named by ``path`` (a log, a store root or a topic directory)."""
+    targets = resolve_targets(path, topic, partition)
+    if any(t.segment is not None for t in targets):
+        raise NotALogError(f"{what} needs a log directory or a store, not a segment file: "
+                           f"{os.fspath(path)}")
+    return targets
 
 
 @dataclass(frozen=True)
@@ -711,6 +849,14 @@ class LogReport:
     writer_pid: Optional[int] = None
     checked: str = "full"  # "full" (verify) or "headers" (stats: no CRC check)
     compacted: bool = False  # the log has been compacted: offset gaps are expected
+    dir_label: Optional[str] = None  # the log directory as typed (store logs: under the root)
+    topic: Optional[str] = None  # a topic partition of a store: its topic and partition
+    partition: Optional[int] = None
+    internal: bool = False  # an internal log of a store
+
+    @property
+    def files_label(self) -> str:
+        return self.dir_label or self.label
 
     @property
     def ok(self) -> bool:
@@ -746,8 +892,13 @@ class LogReport:
         }
 
     def as_dict(self) -> Dict[str, Any]:
+        where: Dict[str, Any] = {}
+        if self.topic is not None:
+            where = {"topic": self.topic, "partition": self.partition}
+        elif self.internal:
+            where = {"internal": True}
         return {
-            "label": self.label, "log_dir": self.log_dir,
+            "label": self.label, **where, "log_dir": self.log_dir,
             "segment": self.segments[0].name if self.segment_only and self.segments else None,
             "ok": self.ok, "checked": self.checked, "writer_pid": self.writer_pid,
             "compacted": self.compacted,
@@ -770,7 +921,17 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
     Never changes anything.
     """
     report = LogReport(target.label, target.log_dir, target.segment is not None,
-                       checked="full" if verify else "headers")
+                       checked="full" if verify else "headers", dir_label=target.dir_label,
+                       topic=target.topic, partition=target.partition,
+                       internal=target.internal)
+    if target.expanded and (not os.path.isdir(target.log_dir)
+                            or not os.path.exists(os.path.join(target.log_dir, meta.META_NAME))):
+        # A store's topic.json promises this partition (or the store an internal log).
+        report.problems.append(Problem(
+            "damaged", target.log_dir, None,
+            f"{target.label}: the log directory is missing or has no {meta.META_NAME}",
+            "data damaged: restore the directory from a copy", False))
+        return report
     report.writer_pid = writer_pid(target.log_dir)
     # A compacted log (settings.compacted in logstore.meta) legitimately has offset gaps and
     # sealed segments emptied by compaction.

@@ -352,33 +352,7 @@ class Log:
                                   "every record needs a key")
         if (headers is None and self._codec == codec.CODEC_NONE and type(value) is bytes
                 and (key is None or type(key) is bytes)):
-            # Hot path: frame the one-record batch directly under the lock (same bytes as below).
-            raw_len = 4 + len(value) + (0 if key is None else 4 + len(key))
-            if raw_len > cfg.max_record_bytes:
-                raise RecordTooLargeError(
-                    f"record encodes to {raw_len} bytes, above max_record_bytes="
-                    f"{cfg.max_record_bytes}; nothing was written")
-            framed = (codec.HEADER_SIZE + raw_len + 7) & ~7
-            with self._lock:
-                if self._closed or self.readonly or self._failed is not None:
-                    self._check_writable()
-                active = self._segments[-1]
-                base = self._next_offset
-                if active.size and (
-                    active.size + framed > cfg.segment_bytes
-                    or (cfg.segment_ms is not None
-                        and ts - (active.first_timestamp or 0) >= cfg.segment_ms)
-                    or base - active.base_offset >= MAX_RELATIVE_OFFSET
-                ):
-                    self._roll_locked()
-                    active = self._segments[-1]
-                active.append(codec.frame_single(base, ts, value, key), base, base + 1, ts, ts)
-                self._next_offset = nxt = base + 1
-            if self._always:
-                self._sync_to(nxt)
-            elif cfg.fsync_records is not None and nxt - self._durable_offset >= cfg.fsync_records:
-                self._sync_to(nxt)
-            return base
+            return self._append_one(value, key, ts, True)
         prepared = codec.prepare_one(value, key, headers, ts, self._codec,
                                      cfg.compression_level, cfg.max_record_bytes)
         return self._append_prepared(prepared).start
@@ -427,9 +401,44 @@ class Log:
                                              cfg.compression_level, cfg.max_record_bytes)
         return self._append_prepared(prepared)
 
+    def _append_one(self, value: bytes, key: Optional[bytes], ts: int, wait: bool) -> int:
+        """Hot path of ``append``: frame a one-record batch directly under the lock."""
+        cfg = self.config
+        # Hot path: frame the one-record batch directly under the lock (same bytes as below).
+        raw_len = 4 + len(value) + (0 if key is None else 4 + len(key))
+        if raw_len > cfg.max_record_bytes:
+            raise RecordTooLargeError(
+                f"record encodes to {raw_len} bytes, above max_record_bytes="
+                f"{cfg.max_record_bytes}; nothing was written")
+        framed = (codec.HEADER_SIZE + raw_len + 7) & ~7
+        with self._lock:
+            if self._closed or self.readonly or self._failed is not None:
+                self._check_writable()
+            active = self._segments[-1]
+            base = self._next_offset
+            if active.size and (
+                active.size + framed > cfg.segment_bytes
+                or (cfg.segment_ms is not None
+                    and ts - (active.first_timestamp or 0) >= cfg.segment_ms)
+                or base - active.base_offset >= MAX_RELATIVE_OFFSET
+            ):
+                self._roll_locked()
+                active = self._segments[-1]
+            active.append(codec.frame_single(base, ts, value, key), base, base + 1, ts, ts)
+            self._next_offset = nxt = base + 1
+        if not wait:
+            pass
+        elif self._always:
+            self._sync_to(nxt)
+        elif cfg.fsync_records is not None and nxt - self._durable_offset >= cfg.fsync_records:
+            self._sync_to(nxt)
+        return base
+
     def _append_nowait(self, value: bytes, key: Optional[bytes] = None) -> int:
         """Append without waiting for the fsync policy (internal bookkeeping that may be lost in a
         power failure, e.g. queue delivery counts); the next sync covers it."""
+        if self._codec == codec.CODEC_NONE:
+            return self._append_one(value, key, _now_ms(), False)
         prepared = codec.prepare_one(value, key, None, _now_ms(), self._codec,
                                      self.config.compression_level, self.config.max_record_bytes)
         return self._append_prepared(prepared, wait=False).start

@@ -81,7 +81,6 @@ __all__ = [
 log = logging.getLogger("logstore.mirror")
 
 # NATS header names written on every mirrored message.
-H_TOPIC = "Logstore-Topic"
 H_PARTITION = "Logstore-Partition"
 H_OFFSET = "Logstore-Offset"
 H_TIMESTAMP = "Logstore-Timestamp"
@@ -140,7 +139,6 @@ def encode_headers(topic: str, partition: int, rec: Record, store_id: str) -> Di
     """The NATS headers the mirror writes for ``rec`` (without the sequence-chain header)."""
     h = {
         H_MSG_ID: f"{store_id}:{topic}:{partition}:{rec.offset}",
-        H_TOPIC: topic,
         H_PARTITION: str(partition),
         H_OFFSET: str(rec.offset),
         H_TIMESTAMP: str(rec.timestamp_ms),
@@ -566,6 +564,9 @@ class JetStreamMirror:
         opts: Dict[str, Any] = dict(
             servers=self.servers,
             allow_reconnect=False,
+            # Initial connect: try each server (twice, at once); our own loop backs off.
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0,
             connect_timeout=self.connect_timeout_s,
             name=f"logstore-mirror {self.topic_name}->{self.stream}",
             disconnected_cb=on_disconnect,

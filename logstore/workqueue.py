@@ -303,11 +303,26 @@ class WorkQueue:
                         raise QueueFullError(f"queue {self.name!r} stayed full for {timeout} s")
                     self._cond.wait(0.05 if left is None else min(left, 0.05))
                     self._check()
+        not_before = None
         if delay:
             headers = dict(headers or {})
-            headers[NOT_BEFORE_HEADER] = str(_now_ms() + int(delay * 1000)).encode()
-        p, off = self.topic.publish(value, key, headers)
+            not_before = _now_ms() + int(delay * 1000)
+            headers[NOT_BEFORE_HEADER] = str(not_before).encode()
+        ts = _now_ms()
+        p, off = self.topic.publish(value, key, headers, timestamp_ms=ts)
         with self._cond:
+            part = self._parts[p]
+            if part.scan == off:
+                # Our own put, next in line: queue it from memory instead of reading it back.
+                part.scan = off + 1
+                part.cache[off] = Record(off, ts, None if key is None else bytes(key),
+                                         None if value is None else bytes(value),
+                                         dict(headers or {}), p)
+                if not_before is not None:
+                    part.not_before[off] = not_before
+                    heapq.heappush(part.delayed, (not_before, off))
+                else:
+                    heapq.heappush(part.ready, off)
             self._cond.notify_all()
         return f"{p}:{off}"
 
