@@ -234,7 +234,7 @@ def test_crash_at_every_compaction_step_gives_pre_or_post(tmp_path):
         d = str(tmp_path / f"c{n}")
         build(d)
         fs = CrashingFS(n)
-        log = logstore.Log.open(d, cleanup_policy="compact", fs=fs)
+        log = logstore.Log.open(d, cleanup_policy="compact", fs=fs, retention_check_interval_s=0)
         fs.armed = True
         try:
             log.compact()

@@ -278,7 +278,9 @@ def test_sigkill_consumer_at_least_once_and_acks_durable(tmp_path):
     for round_ in range(4):
         proc = subprocess.Popen([sys.executable, "-c", CONSUMER, root, repo],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + rng.uniform(0.3, 1.0)
+        first = proc.stdout.readline()  # the consumer is up and working
+        note(first)
+        deadline = time.time() + rng.uniform(0.1, 0.6)
         while time.time() < deadline:
             line = proc.stdout.readline()
             if not line:
