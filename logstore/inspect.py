@@ -37,6 +37,7 @@ import numpy as np
 from . import codec, meta, recovery
 from .codec import ALIGN, HEADER_SIZE, MAGIC, BatchHeader, DecodedBatch
 from .errors import CorruptLogError, NotALogError
+from .errors import LogstoreError as LogstoreErrorBase
 from .lockfile import LOCK_NAME
 from .segment import (
     INDEX_SUFFIX,
@@ -82,6 +83,24 @@ class Target:
     def files_label(self) -> str:
         """How to name the log directory when naming a file in it."""
         return self.dir_label or self.label
+
+
+def store_path(path: "str | os.PathLike[str]") -> Optional[Tuple[str, Optional[str]]]:
+    """``(store root, None)`` for a store root, ``(store root, topic)`` for a topic directory
+    of a store (``<root>/topics/<name>``), else None. Roots are absolute."""
+    p = os.path.abspath(os.fspath(path))
+    if is_store_root(p):
+        return p, None
+    root = os.path.dirname(os.path.dirname(p))
+    if (os.path.isfile(os.path.join(p, TOPIC_META_NAME))
+            and os.path.basename(os.path.dirname(p)) == "topics" and is_store_root(root)):
+        return root, os.path.basename(p)
+    return None
+
+
+def partition_of_store(path: "str | os.PathLike[str]") -> Optional[Tuple[str, str, int]]:
+    """``(store root, topic, partition)`` if ``path`` is a topic partition directory."""
+    return _store_of_partition(os.path.abspath(os.fspath(path)))
 
 
 def is_store_root(path: "str | os.PathLike[str]") -> bool:
@@ -1195,3 +1214,286 @@ def index_report(target: Target) -> Iterator[Tuple[SegmentFile, List[IndexEntry]
                 table.add(item.pos, item.header)
                 end, nxt = item.pos + item.header.length, item.header.next_offset
         yield (seg,) + check_indexes(seg, files, table, end, nxt)
+
+
+# ---------------------------------------------------------------------------------- stores
+SUBSCRIPTION_PREFIX = "__sub__"  # logstore.consumer's prefix of durable subscriptions
+QUEUE_GROUP_PREFIX = "__queue__"  # logstore.workqueue: a queue's committed checkpoint
+REDRIVE_GROUP_PREFIX = "__redrive__"  # logstore.workqueue: a queue's dead-letter redrive cursor
+QUEUE_EVENTS_TOPIC = "__events__"
+
+
+def group_kind(group: str) -> str:
+    """``"group"`` (a user consumer group), ``"subscription"`` or ``"internal"``."""
+    if group.startswith(SUBSCRIPTION_PREFIX):
+        return "subscription"
+    if group.startswith("__"):
+        return "internal"
+    return "group"
+
+
+def queue_state(events_dir: str, checkpoint: Optional[int], bounds: List[Tuple[int, int]],
+                now_ms: Optional[int] = None) -> Dict[str, Any]:
+    """A work queue's state rebuilt read-only, exactly as ``WorkQueue._load`` rebuilds it.
+
+    ``events_dir``: the queue's event log (``internal/queues/<name>``); ``checkpoint``: the
+    committed offset of its last checkpoint (``store.offsets`` entry ``("__queue__<name>",
+    "__events__", 0)``, or None); ``bounds``: ``(start_offset, end_offset)`` of each partition
+    of the queue's topic. The event log is replayed from the checkpoint (read-only open: nothing
+    is written, no lock is taken, safe beside the writing process).
+
+    Per partition: ``low`` (every offset below is done), ``done_above`` (done offsets at or above
+    ``low``), ``not_done`` = ``end_offset - low - done_above`` (what ``len(queue)`` counts: ready,
+    in flight, delayed or not yet looked at), ``unacked`` (delivered at least once and not done:
+    in flight, or waiting for redelivery), ``delayed`` (nacked with a retry time still in the
+    future; messages put with ``delay=`` are counted in ``not_done`` only).
+    """
+    from .log import Log
+    from .workqueue import _EVENT, _Partition
+
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    parts = [_Partition(start) for start, _ in bounds]
+    replayed = 0
+    with Log.open(events_dir, readonly=True) as events:
+        start = checkpoint
+        if start is None or start < events.start_offset:
+            start = events.start_offset
+        start = min(start, events.end_offset)
+        for rec in events.replay(start):
+            v = rec.value
+            replayed += 1
+            if v is None:
+                continue
+            if v[:1] == b"C":
+                import json
+
+                snap = json.loads(v[1:])
+                for p, st in enumerate(snap["partitions"]):
+                    part = _Partition(int(st["low"]))
+                    part.done = set(st["done"])
+                    part.counts = {int(k): c for k, c in st["counts"].items()}
+                    part.not_before = {int(k): t for k, t in st["not_before"].items()}
+                    if p < len(parts):
+                        parts[p] = part
+                continue
+            try:
+                kind, p, off, count, t = _EVENT.unpack(v)
+            except Exception:
+                raise CorruptLogError(f"bad queue event at offset {rec.offset}",
+                                      events_dir) from None
+            if p >= len(parts):
+                continue
+            part = parts[p]
+            if kind in (b"A", b"D"):
+                part.mark_done(off)
+            elif off >= part.low and off not in part.done:
+                part.counts[off] = max(part.counts.get(off, 0), count)
+                if kind == b"N":
+                    part.not_before[off] = t
+    out = []
+    for p, (part, (start_off, end_off)) in enumerate(zip(parts, bounds)):
+        if part.low < start_off:  # retention removed them: nothing left to deliver
+            part.done = {o for o in part.done if o >= start_off}
+            part.low = start_off
+            while part.low in part.done:
+                part.done.discard(part.low)
+                part.low += 1
+        done_above = sum(1 for o in part.done if part.low <= o < end_off)
+        pending = {o for o in part.counts if part.low <= o < end_off and o not in part.done}
+        delayed = sum(1 for o, nb in part.not_before.items()
+                      if o in pending and nb > now)
+        out.append({"partition": p, "start_offset": start_off, "end_offset": end_off,
+                    "low": part.low, "done_above": done_above,
+                    "not_done": max(0, end_off - part.low - done_above),
+                    "unacked": len(pending), "delayed": delayed})
+    return {
+        "checkpoint_offset": checkpoint,
+        "events_replayed": replayed,
+        "not_done": sum(x["not_done"] for x in out),
+        "unacked": sum(x["unacked"] for x in out),
+        "delayed": sum(x["delayed"] for x in out),
+        "partitions": out,
+    }
+
+
+def _lag_rows(offsets: Dict[int, int], bounds: Dict[int, Tuple[int, int]],
+              partition: Optional[int]) -> List[Dict[str, Any]]:
+    rows = []
+    for p in sorted(offsets):
+        if partition is not None and p != partition:
+            continue
+        committed = offsets[p]
+        start, end = bounds.get(p, (None, None))
+        lag = None if end is None else max(0, end - max(committed, start))
+        rows.append({"partition": p, "committed": committed, "end_offset": end, "lag": lag})
+    return rows
+
+
+def store_stats(path: "str | os.PathLike[str]", topic: Optional[str] = None,
+                partition: Optional[int] = None, progress: Optional[Callable[[Target], Progress]]
+                = None, now_ms: Optional[int] = None) -> Dict[str, Any]:
+    """What ``logstore stats`` prints for a store root: every topic partition (segments,
+    offsets, sizes, records, from the batch headers), consumer groups and subscriptions with
+    their committed offsets and lag, work queues with their depth, and the internal logs and
+    groups. Read-only throughout: the store is opened with ``readonly=True`` (committed offsets
+    from ``store.offsets``), queue state comes from :func:`queue_state`.
+
+    ``topic``/``partition`` narrow everything to one topic (partition). ``progress(target)``
+    returns the progress callback for the header scan of one log (or None).
+    """
+    from .store import Store
+
+    given = os.fspath(path)
+    targets = resolve_targets(given, topic, partition, internal=True)
+    root = next((t.store_root for t in targets if t.store_root), None)
+    if root is None:
+        p = os.path.abspath(given)
+        if is_store_root(p):
+            root = p
+        else:  # a topic directory of a store
+            root = os.path.dirname(os.path.dirname(p))
+    if topic is None and not is_store_root(os.path.abspath(given)):
+        topic = targets[0].topic if targets else None
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    reports: Dict[str, LogReport] = {}
+    for t in targets:
+        reports[t.label] = inspect_log(t, verify=False,
+                                       progress=progress(t) if progress else None)
+    result: Dict[str, Any] = {"path": given, "store": root, "topic": topic,
+                              "partition": partition, "topics": [], "groups": [],
+                              "subscriptions": [], "queues": [],
+                              "internal": {"groups": [], "logs": []}, "problems": []}
+    for rep in reports.values():
+        for pr in rep.problems:
+            result["problems"].append({"label": rep.label, "file": pr.file,
+                                       "position": pr.position, "reason": pr.reason})
+    store = Store.open(root, readonly=True, dedup_window_s=0)
+    try:
+        result["id"] = store.id
+        bounds: Dict[str, Dict[int, Tuple[int, int]]] = {}
+        topic_names = store.topics()
+        for name, n in store_topics(root):
+            try:
+                logs = store.topic(name).partitions
+                bounds[name] = {p: (log.start_offset, log.end_offset) for p, log in enumerate(logs)}
+                retention = store.topic(name).retention
+            except LogstoreErrorBase:
+                bounds[name] = {}
+                retention = None
+            if topic is not None and name != topic:
+                continue
+            rows = []
+            for p in range(n):
+                if partition is not None and p != partition:
+                    continue
+                rep = reports.get(f"{name}/{p}")
+                tot = rep.totals() if rep is not None else {}
+                start, end = bounds[name].get(p, (tot.get("start_offset"), tot.get("end_offset")))
+                rows.append({"partition": p, "label": f"{name}/{p}",
+                             "segments": tot.get("segments", 0),
+                             "start_offset": start, "end_offset": end,
+                             "records": tot.get("records", 0), "batches": tot.get("batches", 0),
+                             "bytes": tot.get("bytes", 0),
+                             "payload_bytes": tot.get("payload_bytes", 0),
+                             "raw_bytes": tot.get("raw_bytes", 0),
+                             "first_timestamp": tot.get("first_timestamp"),
+                             "max_timestamp": tot.get("max_timestamp"),
+                             "status": "ok" if rep is not None and rep.ok else "problems"})
+            firsts = [r["first_timestamp"] for r in rows if r["first_timestamp"] is not None]
+            maxes = [r["max_timestamp"] for r in rows if r["max_timestamp"] is not None]
+            result["topics"].append({
+                "topic": name, "partitions": n, "retention": retention,
+                "queue": name in store_queues(root),
+                "partition_stats": rows,
+                "totals": {
+                    "segments": sum(r["segments"] for r in rows),
+                    "records": sum(r["records"] for r in rows),
+                    "batches": sum(r["batches"] for r in rows),
+                    "bytes": sum(r["bytes"] for r in rows),
+                    "first_timestamp": min(firsts) if firsts else None,
+                    "max_timestamp": max(maxes) if maxes else None,
+                    "status": "ok" if all(r["status"] == "ok" for r in rows) else "problems",
+                },
+            })
+        for group, by_topic in sorted(store.groups().items()):
+            kind = group_kind(group)
+            for tname, offsets in sorted(by_topic.items()):
+                if topic is not None and tname != topic and group not in (
+                        QUEUE_GROUP_PREFIX + topic, REDRIVE_GROUP_PREFIX + topic):
+                    continue
+                rows = _lag_rows(offsets, bounds.get(tname, {}),
+                                 partition if tname == topic else None)
+                if not rows:
+                    continue
+                lags = [r["lag"] for r in rows if r["lag"] is not None]
+                entry: Dict[str, Any] = {"topic": tname, "partitions": rows,
+                                         "lag": sum(lags) if lags else None}
+                if kind == "subscription":
+                    entry = {"subscription": group[len(SUBSCRIPTION_PREFIX):], **entry}
+                    result["subscriptions"].append(entry)
+                elif kind == "group":
+                    result["groups"].append({"group": group, **entry})
+                else:
+                    if tname not in topic_names:
+                        for r in rows:
+                            r["lag"] = None
+                        entry["lag"] = None
+                    result["internal"]["groups"].append({"group": group, **entry})
+        groups = store.groups()
+        for q in store_queues(root):
+            if topic is not None and q != topic:
+                continue
+            result["queues"].append(_queue_stats(store, root, q, groups, bounds, now,
+                                                 topic_names))
+    finally:
+        store.close()
+    for t in targets:
+        if t.internal:
+            rep = reports[t.label]
+            tot = rep.totals()
+            result["internal"]["logs"].append({
+                "log": t.label, "segments": tot["segments"], "start_offset": tot["start_offset"],
+                "end_offset": tot["end_offset"], "records": tot["records"],
+                "bytes": tot["bytes"], "status": "ok" if rep.ok else "problems"})
+    return result
+
+
+def _queue_stats(store: Any, root: str, name: str, groups: Dict[str, Any],
+                 bounds: Dict[str, Dict[int, Tuple[int, int]]], now: int,
+                 topic_names: List[str]) -> Dict[str, Any]:
+    entry: Dict[str, Any] = {"queue": name}
+    if name not in topic_names:
+        entry["error"] = f"the queue's topic {name!r} does not exist"
+        return entry
+    tb = bounds.get(name, {})
+    parts = store.topic(name).partitions
+    checkpoint = groups.get(QUEUE_GROUP_PREFIX + name, {}).get(QUEUE_EVENTS_TOPIC, {}).get(0)
+    state = queue_state(os.path.join(root, "internal", "queues", name), checkpoint,
+                        [tb.get(p, (0, 0)) for p in range(len(parts))], now)
+    oldest = None
+    for row in state["partitions"]:
+        if row["not_done"] and row["low"] < row["end_offset"]:
+            try:
+                ts = parts[row["partition"]].get(row["low"]).timestamp_ms
+            except LogstoreErrorBase:
+                continue
+            oldest = ts if oldest is None else min(oldest, ts)
+    redrive = groups.get(REDRIVE_GROUP_PREFIX + name, {})
+    dlq = next(iter(redrive), None)
+    if dlq is None and f"{name}.dlq" in topic_names:
+        dlq = f"{name}.dlq"
+    dead = None
+    if dlq is not None and dlq in bounds and 0 in bounds[dlq]:
+        start, end = bounds[dlq][0]
+        pos = redrive.get(dlq, {}).get(0) or 0
+        dead = max(0, end - max(pos, start))
+    entry.update({
+        "partitions": len(parts),
+        "not_done": state["not_done"], "unacked": state["unacked"],
+        "delayed": state["delayed"],
+        "dead_letter_topic": dlq, "dead_lettered": dead,
+        "oldest_age_s": None if oldest is None else max(0.0, (now - oldest) / 1000.0),
+        "checkpoint_offset": checkpoint, "events_replayed": state["events_replayed"],
+        "partition_state": state["partitions"],
+    })
+    return entry
