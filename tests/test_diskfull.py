@@ -177,10 +177,9 @@ def test_file_size_limit_hit_by_index_preallocation_during_roll(tmp_path):
     assert [tuple(r) for r in out["replay_after_failure"]] == before
     assert out["retry"].startswith("StorageError")  # poisoned: refuses writes until reopened
     assert out["close"] == "ok"
-    # Under the limit the reopen cannot preallocate the active segment's index either:
-    # observed OSError(EFBIG) (see test_failure_during_open_raises_storage_error).
-    assert out["reopen_under_limit"] in ("ok", f"StorageError {errno.EFBIG}",
-                                         f"OSError {errno.EFBIG}")
+    # Under the limit the reopen cannot preallocate the active segment's index either: it
+    # reports StorageError(EFBIG) (a raw OSError before 23530b6).
+    assert out["reopen_under_limit"] in ("ok", f"StorageError {errno.EFBIG}")
     assert out["after_raise"][0] == len(before)
     with logstore.Log.open(d) as log:
         assert [(r.offset, r.value.decode()) for r in log.replay()] == acked
@@ -358,9 +357,10 @@ def test_write_buffer_overflow_failure_keeps_buffered_records(tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "BUG: with write_buffer_bytes > 0, while the disk is full every read (get/read/replay, even "
-    "of records written long ago) raises StorageError, because reads first try to write the "
-    "buffer out; the README says the log stays usable after a failed write"))
+    "BUG: with write_buffer_bytes > 0, while the disk is full get/read/replay of records written "
+    "long ago raise StorageError: Segment.walk_to maps the whole segment size, buffer included, "
+    "so _mapped() first tries to write the buffer out (still so after 23530b6, whose _mapped "
+    "change only helps reads that stop below the buffer); README: the log stays usable"))
 def test_reads_work_while_the_disk_is_full_with_a_write_buffer(tmp_path):
     fs, path, log = _setup(tmp_path, fsync="never", write_buffer_bytes=4096)
     log.append(b"in-the-buffer")
@@ -468,8 +468,8 @@ def test_failure_during_close_releases_the_log_and_loses_nothing(tmp_path, name)
     fs.arm(op, code, suffix)
     try:
         log.close()
-    except OSError:
-        pass  # what is raised is pinned by test_failure_during_close_raises_storage_error
+    except StorageError:
+        pass  # pinned by test_failure_during_close_raises_storage_error
     assert fs.injected, "the fault was not reached"
     assert log.closed
     with pytest.raises(logstore.LogClosedError):
@@ -478,11 +478,9 @@ def test_failure_during_close_releases_the_log_and_loses_nothing(tmp_path, name)
     assert values == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a write/fsync failure inside close() (index trim/fsync, clean-shutdown marker) "
-    "escapes as a raw OSError, not StorageError/LogstoreError as README 'Errors' documents"))
 @pytest.mark.parametrize("name", list(CLOSE_FAULTS))
 def test_failure_during_close_raises_storage_error(tmp_path, name):
+    """Regression (found by this suite, fixed in 23530b6): these escaped as raw OSError."""
     op, code, suffix = CLOSE_FAULTS[name]
     fs, path, log = _setup(tmp_path)
     fs.arm(op, code, suffix)
@@ -490,11 +488,10 @@ def test_failure_during_close_raises_storage_error(tmp_path, name):
         log.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: close() swallows a failed fsync: Log.close() catches the StorageError of its final "
-    "flush() and returns normally, so with fsync='never'/'every' (where close() is the "
-    "durability point) the caller is told nothing while the data may not be durable"))
 def test_close_reports_failed_final_fsync(tmp_path):
+    """Regression (found by this suite, fixed in 23530b6): close() caught the StorageError of its
+    final flush() and returned normally, although with fsync="never"/"every" close() is the
+    durability point."""
     fs, path, log = _setup(tmp_path, fsync="never")
     log.append(b"only durable if close() says so")
     fs.arm("fdatasync", E.EIO, ".log")
@@ -503,9 +500,10 @@ def test_close_reports_failed_final_fsync(tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "BUG: with write_buffer_bytes, a failed buffer write in flush() poisons the log and the next "
-    "close() returns normally while silently discarding acknowledged buffered appends (no crash "
-    "involved; README says buffered appends are lost only 'with the process')"))
+    "BUG: with write_buffer_bytes, a failed buffer write inside flush() (Log._sync_to catches it "
+    "as an OSError) still poisons the log, and the next close() skips the flush, returns "
+    "normally and discards the acknowledged buffered appends (no crash involved; README: "
+    "buffered appends are lost only 'with the process'); still so after 23530b6"))
 def test_close_after_failed_buffer_flush_does_not_silently_drop_records(tmp_path):
     fs, path, log = _setup(tmp_path, fsync="never", write_buffer_bytes=4096)
     log.append(b"acknowledged-into-the-buffer")
@@ -567,7 +565,7 @@ def test_failure_during_open_then_reopen_works(tmp_path, name):
             before = _values(ro)
     fs = FaultFS()
     fs.arm(op, code, suffix)
-    with pytest.raises(OSError) as e:
+    with pytest.raises(StorageError) as e:
         logstore.Log.open(path, fs=fs)
     assert fs.injected and e.value.errno == code
     with logstore.Log.open(path) as log:  # the lock was released; recovery runs again
@@ -575,11 +573,9 @@ def test_failure_during_open_then_reopen_works(tmp_path, name):
         assert log.append(b"y") == len(before or [])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a write/fsync failure inside Log.open (metadata, clean-shutdown removal, index "
-    "preallocation, torn-tail truncation) escapes as a raw OSError, not StorageError"))
 @pytest.mark.parametrize("name", list(OPEN_FAULTS))
 def test_failure_during_open_raises_storage_error(tmp_path, name):
+    """Regression (found by this suite, fixed in 23530b6): these escaped as raw OSError."""
     prepare, op, code, suffix = OPEN_FAULTS[name]
     path = str(tmp_path / "log")
     prepare(path)

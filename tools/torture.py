@@ -27,8 +27,21 @@ Prints rounds, records acknowledged, records lost (must be 0), corrupt records r
 0), recoveries performed (writable opens whose ``recovery_report.clean`` is False) and torn tails
 truncated (those with ``truncated_bytes > 0``). Exit status 1 if any invariant failed.
 
-Workloads are pluggable (``WORKLOADS``): each supplies a random configuration, the writer loop run
-in the subprocess, and the checks. Only ``core`` (the plain log) exists so far.
+Workloads are pluggable: a class registered in ``WORKLOADS`` provides
+
+* ``random_config(rng, quick) -> dict`` with at least ``"workload"`` (its name) and ``"options"``
+  (``Log.open`` keyword arguments), plus anything its writer needs;
+* ``writer(directory, cfg, emit, control)``, run in the subprocess: open, then append forever,
+  calling ``emit("A <offset> <digest> <durable 0|1>\n")`` after each acknowledged record,
+  ``emit("D <durable_offset>\n")`` when the engine promises more durability, ``emit("O <clean>
+  <truncated>\n")`` after its open, ``emit("C\n")`` after a clean close and ``emit("E ...")`` for
+  a wrong read-back; ``control("ready")`` once open;
+* ``check_records(log, state, problems, label) -> end_offset``: read the reopened log back
+  against ``state.acked`` (offset -> (digest, required)), adding to ``state.stats["lost"]`` and
+  ``["corrupt"]`` and to ``problems``.
+
+Only ``core`` (the plain log) exists so far; queue views and compaction will add their own (a
+compacting workload's check must accept offset gaps).
 """
 
 from __future__ import annotations
@@ -645,7 +658,7 @@ def torture(rounds: int, directory: str, seed: int, quick: bool, tear_prob: floa
         if log_dir is None or r % rounds_per_log == 0:
             # A fresh log every few rounds keeps verification time bounded.
             if log_dir is not None:
-                final_check(log_dir, state)
+                final_check(log_dir, state, workload)
             gen += 1
             log_dir = os.path.join(directory, f"log-{gen:04d}")
             if os.path.exists(log_dir):
@@ -667,12 +680,13 @@ def torture(rounds: int, directory: str, seed: int, quick: bool, tear_prob: floa
             print(f"round {r}: +{new} acknowledged, {len(problems)} problems "
                   f"({time.monotonic() - started:.1f}s)", file=out)
     if log_dir is not None:
-        final_check(log_dir, state)
+        final_check(log_dir, state, workload)
     return state
 
 
-def final_check(log_dir: str, state: TortureState) -> None:
+def final_check(log_dir: str, state: TortureState, workload: str = "core") -> None:
     problems: List[str] = []
+    checker = WORKLOADS[workload]
     try:
         with logstore.Log.open(log_dir) as log:
             rep = log.recovery_report
@@ -681,7 +695,7 @@ def final_check(log_dir: str, state: TortureState) -> None:
             if rep is not None and rep.truncated_bytes:
                 state.stats["torn_tails"] += 1
                 state.stats["truncated_bytes"] += rep.truncated_bytes
-            CoreWorkload.check_records(log, state, problems, "final reopen")
+            checker.check_records(log, state, problems, "final reopen")
         problems += [f"verify: {p}" for p in verify_directory(log_dir)]
         problems += [f"logstore.inspect: {p}" for p in inspect_problems(log_dir)]
         with logstore.Log.open(log_dir) as log:
