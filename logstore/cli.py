@@ -289,7 +289,11 @@ def _parse_time(text: str) -> int:
 
 def _total_bytes(target: Any) -> int:
     total = 0
-    for s in insp.segment_files(target):
+    try:
+        segs = insp.segment_files(target)
+    except OSError:  # a missing log directory of a store: verify reports it
+        return 0
+    for s in segs:
         try:
             total += os.path.getsize(s.path)
         except OSError:
@@ -873,10 +877,10 @@ def print_store_stats(out: Any, doc: Dict[str, Any], show_internal: bool = False
         for n in notes:
             out.line(n)
     if show_internal:
-        out.line("")
         internal = doc["internal"]
         logs = internal["logs"]
         if logs:
+            out.line("")
             out.line("internal logs:")
             rows = [["log", "segments", "start", "end", "records", "bytes", "status"]]
             for lg in logs:

@@ -1443,8 +1443,11 @@ def store_stats(path: "str | os.PathLike[str]", topic: Optional[str] = None,
         for q in store_queues(root):
             if topic is not None and q != topic:
                 continue
-            result["queues"].append(_queue_stats(store, root, q, groups, bounds, now,
-                                                 topic_names))
+            try:
+                result["queues"].append(_queue_stats(store, root, q, groups, bounds, now,
+                                                     topic_names))
+            except LogstoreErrorBase as e:  # e.g. a missing partition or event log
+                result["queues"].append({"queue": q, "error": str(e)})
     finally:
         store.close()
     for t in targets:
