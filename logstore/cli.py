@@ -1,9 +1,13 @@
 """The ``logstore`` command line (click).
 
 Commands: ``demo`` (the README's main job) and the operator tools ``dump``, ``verify``,
-``stats``, ``tail``, ``replay``, ``produce``, ``consume`` and ``recover``. The read-only
-inspection logic lives in :mod:`logstore.inspect`; reading records goes through the public
-:class:`~logstore.log.Log` API (``readonly=True``), writing through a normal writer open.
+``stats``, ``tail``, ``replay``, ``produce``, ``consume``, ``recover``, ``compact`` and
+``retention``. Every PATH is a log directory or a store root (``store.meta``: every topic
+partition, or ``--topic NAME [--partition P]``); paths are resolved by
+:func:`logstore.inspect.resolve_targets`. The read-only inspection logic lives in
+:mod:`logstore.inspect`; reading records goes through the public :class:`~logstore.log.Log` API
+(``readonly=True``) and read-only :class:`~logstore.store.Store` opens, writing through a normal
+writer open of the log or the store.
 
 Exit codes: 0 success; 1 corrupt data found (or a recover dry run that has work to do);
 2 usage error (bad option, missing path, not a log, offset out of range); 3 the log is locked
@@ -47,7 +51,11 @@ from .log import Log
                     "(I/O, unsupported format); 130 interrupted.")
 @click.version_option(__version__, prog_name="logstore")
 def main() -> None:
-    """logstore: a durable, segmented append-only log. See README.md."""
+    """logstore: a durable, segmented append-only log and store. See README.md.
+
+    PATH is a log directory, or a store root (a directory with store.meta): then every
+    topic partition (labelled topic/partition), or only --topic NAME [--partition P].
+    """
 
 
 # ==================================================================================== operator
@@ -1641,6 +1649,10 @@ def demo(directory: str, records: int) -> None:
     """
     from .store import Store
 
+    if os.path.isdir(directory) and os.listdir(directory) and not insp.is_store_root(directory):
+        raise NotALogError(f"{directory} is not empty and is not a store (no "
+                           f"{insp.STORE_META_NAME}; an older demo wrote a plain log there?): "
+                           f"pass a new directory")
     click.echo(f"logstore {__version__} demo: a store in {os.path.abspath(directory)}")
     rng = random.Random(7)
     users = [f"user-{i}" for i in range(200)]

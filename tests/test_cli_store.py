@@ -559,3 +559,56 @@ def test_demo_end_to_end_in_a_process(tmp_path):
     assert [t["topic"] for t in doc["topics"]] == ["orders", "payments", "payments.dlq"]
     assert {s["subscription"] for s in doc["subscriptions"]} == {"audit", "analytics", "email"}
     assert doc["queues"][0]["dead_lettered"] == 1 and doc["queues"][0]["not_done"] == 0
+
+
+STORE_WRITER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[2])
+import logstore
+store = logstore.Store.open(sys.argv[1], segment_bytes=1024, retention_check_interval_s=0,
+                            dedup_window_s=0)
+t = store.topic("t", partitions=3)
+print("ready", flush=True)
+i = 0
+while True:
+    t.publish(b"m%d" % i, key=b"k%d" % (i % 5))
+    i += 1
+    time.sleep(0.005)
+"""
+
+
+def test_tail_follow_and_stats_beside_a_store_writer_process(tmp_path):
+    import signal
+
+    root = str(tmp_path / "s")
+    w = subprocess.Popen([sys.executable, "-c", STORE_WRITER, root, ROOT],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    try:
+        assert w.stdout.readline() == b"ready\n"
+        t = subprocess.Popen([sys.executable, "-m", "logstore.cli", "tail", root, "--topic", "t",
+                              "-n", "0", "--follow", "--interval", "0.02"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+        got = [t.stdout.readline().decode().split() for _ in range(60)]  # crosses rolls
+        t.send_signal(signal.SIGINT)
+        _, err = t.communicate(timeout=20)
+        assert t.returncode == 0 and err == b"", err
+        per_part = {}
+        for label, off, *_rest, value in got:
+            per_part.setdefault(label, []).append((int(off[7:]), int(value[8:-1])))
+        assert set(per_part) <= {"t/0", "t/1", "t/2"} and len(per_part) >= 2
+        for seq in per_part.values():
+            offs = [o for o, _ in seq]
+            assert offs == list(range(offs[0], offs[0] + len(offs)))  # nothing skipped
+            assert [v for _, v in seq] == sorted(v for _, v in seq)
+        # stats and verify read beside the writer (which holds the store's lock).
+        r = subprocess.run([sys.executable, "-m", "logstore.cli", "stats", root, "--json"],
+                           capture_output=True, env=ENV, timeout=60)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["topics"][0]["totals"]["records"] >= 60
+        r = subprocess.run([sys.executable, "-m", "logstore.cli", "compact", root],
+                           capture_output=True, env=ENV, timeout=60)
+        assert r.returncode == 3 and b"already open for writing" in r.stderr
+    finally:
+        w.kill()
+        w.wait()
