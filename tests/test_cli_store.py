@@ -535,7 +535,7 @@ def test_demo_end_to_end_in_a_process(tmp_path):
     for text in ('1. published 50,000 orders keyed by user into topic "orders" (4 partitions)',
                  "2. pub/sub: 3 durable subscriptions each received every order",
                  '3. consumer group "billing" polled',
-                 '4. work queue "payments": 200 payment jobs put, a consumer acked 199',
+                 '4. work queue "payments": 200 payment jobs put, 4 consumer threads acked 199',
                  "delivered 3 times (max_deliveries=3), then dead-lettered",
                  "headers: x-dead-letter-reason=max_deliveries  x-dead-letter-source=payments:0:",
                  "x-delivery-count=3",
