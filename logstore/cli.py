@@ -1039,10 +1039,10 @@ def replay(path: str, from_offset: Optional[int], to_offset: Optional[int],
             stop = to_offset
             if stop is not None and stop < start:
                 stop = start
-            if len(readers) > 1:
-                start = min(start, log.end_offset)
+            if len(readers) > 1:  # offsets apply to every partition: clamp to each one
+                start = min(max(start, log.start_offset), log.end_offset)
                 if stop is not None:
-                    stop = min(stop, log.end_offset)
+                    stop = min(max(stop, start), log.end_offset)
             for rec in log.replay(start, stop):
                 if fmt == "raw":
                     if rec.value is not None:
@@ -1090,6 +1090,8 @@ def consume(path: str, from_offset: Optional[int], max_records: Optional[int], v
                     raise OffsetOutOfRangeError(
                         f"offset {nxt} is past the end of the log (end_offset {end})")
                 continue
+            if len(readers) > 1:
+                nxt = max(nxt, log.start_offset)
             while nxt < end and (left is None or left > 0):
                 want = min(1000, end - nxt) if left is None else min(1000, end - nxt, left)
                 recs = log.read(nxt, max_records=want)
@@ -1687,8 +1689,8 @@ def demo(directory: str, records: int) -> None:
         dt = time.perf_counter() - t0
         click.echo(f"1. published {records:,} orders keyed by user into topic \"orders\" "
                    f"({DEMO_PARTITIONS} partitions): {records / dt:,.0f} records/s")
-        click.echo(f"   (batches of ~500 per partition, fsync=always: one fdatasync per batch; "
-                   f"zstd)")
+        click.echo("   (batches of ~500 per partition, fsync=always: one fdatasync per batch; "
+                   "zstd)")
         t0 = time.perf_counter()
         for i in range(200):
             user = rng.choice(users)
@@ -1799,7 +1801,7 @@ def demo(directory: str, records: int) -> None:
                              for k, v in sorted(dead.headers.items()))
             click.echo(f"   payments.dlq offset {dead.offset}: {dead.value.decode()}")
             click.echo(f"     headers: {hdrs}")
-        click.echo(f"   queue stats: " + "  ".join(
+        click.echo("   queue stats: " + "  ".join(
             f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in st.items()))
     finally:
         store.close()

@@ -372,7 +372,7 @@ def test_produce_into_a_store_topic(tmp_path):
     recs = api_records(root, "events")
     assert [(o, v) for o, _, v in recs[p]] == [(0, b"a"), (1, b"b"), (2, b"c")]
     assert [(o, k, v) for o, k, v in recs[1 - p]] == [(0, None, b"x"), (1, None, b"y")]
-    with logstore.Store.open(root, retention_check_interval_s=0) as store:
+    with logstore.Store.open(root, retention_check_interval_s=0):
         r = run("produce", root, "--topic", "events", input="z\n")
         assert r.exit_code == 3 and "already open for writing" in r.stderr
 
@@ -518,6 +518,13 @@ def test_retention_plain_log_and_store(tmp_path):
             got.add(m.offset)
             q.ack(m)
         assert got == set(range(50, 100))  # every unacked message is still there
+    # Offsets given to a store root apply to every partition, clamped to what is left.
+    r = run("replay", root, "--from-offset", 0, "--to-offset", 1000)
+    assert r.exit_code == 0, r.stderr
+    assert {g["topic"] for g in jsonl(r)} == {"events", "jobs"}
+    assert min(g["offset"] for g in jsonl(r) if g["topic"] == "events") > 0
+    r = run("consume", root, "--from-offset", 0, "--max", 1)
+    assert r.exit_code == 0 and jsonl(r)[0]["offset"] > 0
     r = run("retention", root, "--topic", "events", "--json")
     assert r.exit_code == 0 and [x["label"] for x in json.loads(r.stdout)["logs"]][:1] == \
         ["events/0"]
