@@ -839,11 +839,14 @@ class Log:
                     continue
                 seg._ensure_size()
                 for pos, h in seg.iter_headers(seg.position_for_time(ts)):
+                    if h.max_timestamp < ts:
+                        # Skipping on the header's word: make sure that word is not damaged.
+                        if not codec.crc_ok(seg.read_bytes(pos, h.length), 0, h):
+                            raise CorruptLogError("CRC32C mismatch", seg.path, pos)
+                        continue
+                    batch = seg.batch_at(pos, h)  # CRC-checked: its header can be trusted now
                     if h.base_offset >= end:
                         return end
-                    if h.max_timestamp < ts:
-                        continue
-                    batch = seg.batch_at(pos, h)
                     hits = np.flatnonzero(batch.timestamps >= ts)
                     if len(hits):
                         return min(batch.offset_at(int(hits[0])), end)

@@ -164,6 +164,24 @@ def zero_sector_in(segment: Segment, start: int, end: int) -> bool:
     return False
 
 
+def _looks_like_lost_writeback(segment: Segment, start: int, next_valid: int) -> bool:
+    """Whether the damage in [start, next_valid) is a write-back hole rather than corruption.
+
+    It must contain an all-zero sector *and* the damaged batch must be structurally broken: a
+    batch whose header is intact and whose length ends exactly where the next valid batch starts
+    is a complete batch with a CRC mismatch (bit rot), even if its records hold runs of zeros,
+    and its loss would drop acknowledged data: that stays an error.
+    """
+    if not zero_sector_in(segment, start, next_valid):
+        return False
+    buf = segment._scan_map(next_valid)
+    if start + codec.HEADER_SIZE <= next_valid:
+        h = codec.parse_header(buf, start)
+        if codec.header_problem(h) is None and start + h.length == next_valid:
+            return False
+    return True
+
+
 def inspect_active(segment: Segment) -> tuple:
     """Scan the active segment; return (ScanResult, RecoveryReport) without changing anything."""
     scan: ScanResult = segment.scan(0)
@@ -179,12 +197,12 @@ def inspect_active(segment: Segment) -> tuple:
         report.problem = scan.error.reason
         report.problem_position = scan.error.position
         nxt = scan.next_offset if scan.batches else segment.base_offset
-        report.data_after_problem = (
-            valid_batch_after(segment, scan.valid_end + 1, scan.file_size, nxt) is not None)
-        if report.data_after_problem and zero_sector_in(segment, scan.valid_end, scan.file_size):
-            # A zero-filled sector inside the damage is the mark of a power loss with
-            # out-of-order write-back: no fsync ever completed over it, hence over anything after
-            # it either, so nothing from the damage on was acknowledged as durable: a torn tail.
+        after = valid_batch_after(segment, scan.valid_end + 1, scan.file_size, nxt)
+        report.data_after_problem = after is not None
+        if after is not None and _looks_like_lost_writeback(segment, scan.valid_end, after):
+            # A zero-filled sector that breaks the batch structure is the mark of a power loss
+            # with out-of-order write-back: no fsync ever completed over it, hence over
+            # anything after it either, so nothing from there on was acknowledged: a torn tail.
             report.data_after_problem = False
             report.zero_hole = True
     report.truncated_bytes = scan.file_size - scan.valid_end

@@ -163,6 +163,7 @@ class Segment:
             oi = OffsetIndex.in_memory(off_entries)
             ti = TimeIndex.in_memory(time_entries)
             ok = oi.valid_prefix(rel_end, size) == oi.n and ti.valid_prefix(rel_end) == ti.n
+            ok = ok and self._time_index_agrees(oi, ti)
         if ok:
             self._offset_index = OffsetIndex.create(self.index_path, index_capacity, self.fs,
                                                     off_entries)
@@ -272,12 +273,47 @@ class Segment:
             and ti.last()[1] == rel_end
         )
         if good:
+            good = self._time_index_agrees(oi, ti)
+        if good:
             self._offset_index, self._time_index = oi, ti
             self.max_timestamp = ti.last()[0]
             return
-        self.rebuild_indexes(self.scan(0, strict=True), None)
+        self._rebuild_sealed()
 
-    def rebuild_indexes(self, scan: ScanResult, capacity: Optional[int]) -> None:
+    def _rebuild_sealed(self) -> None:
+        """Rebuild a sealed segment's indexes from its valid batches. If the segment is damaged,
+        only the part before the damage is indexed (so it stays readable), the damaged index is
+        not saved, and the segment's max timestamp is taken as unknown (never skipped by time:
+        reading into the damage raises CorruptLogError)."""
+        scan = self.scan(0)
+        self.rebuild_indexes(scan, None, persist=scan.error is None)
+        if scan.error is not None:
+            self.max_timestamp = codec.MAX_TIMESTAMP
+
+    def _time_index_agrees(self, oi: OffsetIndex, ti: TimeIndex) -> bool:
+        """Check the time index against the log: entry i+1 promises that every record before
+        it is <= its timestamp, so it must be >= the max timestamp (from its header) of the batch
+        that entry i points at. One header read per entry, on first use of the segment."""
+        entries = ti.entries
+        n = len(entries)
+        if n < 2:
+            return True
+        rels = entries["rel"].tolist()
+        tss = entries["ts"].tolist()
+        mm = self._mapped(self.size) if self.size and not self.use_pread else None
+        for i in range(n - 1):
+            rel, pos = oi.lookup(rels[i])
+            if rel != rels[i] or pos + HEADER_SIZE > self.size:
+                return False
+            h = codec.parse_header(mm, pos) if mm is not None else \
+                codec.parse_header(self.read_bytes(pos, HEADER_SIZE), 0)
+            if codec.header_problem(h) or h.base_offset != self.base_offset + rel \
+                    or tss[i + 1] < h.max_timestamp:
+                return False
+        return True
+
+    def rebuild_indexes(self, scan: ScanResult, capacity: Optional[int],
+                        persist: bool = True) -> None:
         """Recreate both indexes from a scan. Writers persist them; read-only opens keep them in RAM.
 
         ``capacity`` given: this is the active segment, indexes are preallocated for appends.
@@ -293,8 +329,10 @@ class Segment:
         for b in scan.batches:
             self._note_batch(b.position, b.base_offset, b.max_timestamp)
         if self.sealed:
-            self._time_index.append(max(self.max_timestamp, 0), self.next_offset - self.base_offset)
-            if self.writable:  # persist the rebuilt hints atomically; readers never write
+            # A damaged segment's later timestamps are unknown: promise nothing about them.
+            final_ts = max(self.max_timestamp, 0) if scan.error is None else codec.MAX_TIMESTAMP
+            self._time_index.append(final_ts, self.next_offset - self.base_offset)
+            if self.writable and persist:  # save the rebuilt hints atomically; readers never write
                 try:
                     self._offset_index.write_file(self.index_path, self.fs)
                     self._time_index.write_file(self.timeindex_path, self.fs)
@@ -351,24 +389,50 @@ class Segment:
         if pos + HEADER_SIZE > size:
             return None if pos >= size else (pos, self.header_at(pos))  # (the latter raises)
         mm = self._mapped(size)
-        step = codec.STEP.unpack_from
-        # Tight loop: only the batch length and offsets are read. A damaged header met on the
-        # way cannot make this return garbage: the batch finally chosen is fully validated by
-        # header_at (magic, bounds) and by its CRC when decoded, and a nonsense length ends the
-        # walk early (at worst ending in a CorruptLogError for a damaged segment).
+        walk = codec.WALK.unpack_from
+        magic_ok = codec.MAGIC
+        # Tight loop: only magic, length and offsets are read. The batch finally chosen is fully
+        # validated (header_at, then its CRC when decoded). When a header on the way looks odd
+        # (bad magic or length, offsets not continuing the previous batch) the batches around it
+        # are CRC-checked so that damage is reported at the batch that is really damaged.
         limit = size - HEADER_SIZE
+        prev_pos = -1
+        expect = -1
         while True:
-            length, base, last_delta = step(mm, pos)
-            if base + last_delta >= offset or length < HEADER_SIZE or length & 7:
+            magic, length, base, last_delta = walk(mm, pos)
+            odd = magic != magic_ok or length < HEADER_SIZE or length & 7 or pos + length > size
+            if odd or (expect >= 0 and base != expect):
+                self._check_walked(prev_pos)
+                if odd:
+                    return pos, self.header_at(pos)  # raises the precise error
+                if base < expect:
+                    self._check_walked(pos)
+                    raise CorruptLogError(f"batch base offset {base} goes back (expected "
+                                          f">= {expect})", self.path, pos)
+                self._check_walked(pos)  # a gap: fine only if this batch is intact
+            if base + last_delta >= offset:
                 return pos, self.header_at(pos)
+            prev_pos, expect = pos, base + last_delta + 1
             pos += length
             if pos > limit:
                 if pos >= size:
                     return None
+                self._check_walked(prev_pos)
                 return pos, self.header_at(pos)  # a truncated header: raises
 
+    def _check_walked(self, pos: int) -> None:
+        """Raise CorruptLogError if the batch at ``pos`` (if any) fails its CRC."""
+        if pos < 0:
+            return
+        h = self.header_at(pos)
+        if not codec.crc_ok(self._mapped(pos + h.length), pos, h):
+            raise CorruptLogError("CRC32C mismatch", self.path, pos)
+
     def _index_broken(self) -> None:
-        scan = self.scan(0, strict=True)
+        if self.sealed and not self.use_pread:
+            self._rebuild_sealed()
+            return
+        scan = self.scan(0)
         capacity = None if (self.sealed or not self.writable) else max(
             16, self._offset_index.n * 2 + 16)
         if self.use_pread:

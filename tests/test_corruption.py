@@ -320,7 +320,8 @@ def unindexed_source(tmp_path_factory):
     return path, expected, segs
 
 
-WALK_BUG = pytest.mark.xfail(strict=True, reason=(
+WALK_BUG_FIXED = (  # regression test for a fixed bug:
+    (
     "BUG: when no index entry points at the damaged batch, the header walk (Segment.walk_to) "
     "steps over it trusting its unvalidated length / base offset: a base offset damaged to a "
     "lower (or negative) value, or a length damaged to a larger multiple of 8, makes "
@@ -331,7 +332,7 @@ WALKED_OVER = {"length_byte1", "length_high", "base_offset_high"}
 
 
 SEALED_CASES = [pytest.param(src, name, spot, id=f"{src}-{name}",
-                             marks=[WALK_BUG] if src == "unindexed_source" and name in WALKED_OVER
+                             marks=[] if src == "unindexed_source" and name in WALKED_OVER
                              else [])
                 for src in ("sealed_source", "unindexed_source") for name, spot in SPOTS]
 
@@ -374,12 +375,13 @@ def test_flipped_byte_in_sealed_segment_is_reported_not_skipped(tmp_path, reques
                 assert e.path == damaged
 
 
-OFT_BUG = pytest.mark.xfail(strict=True, reason=(
+OFT_BUG_FIXED = (  # regression test for a fixed bug:
+    (
     "BUG: offset_for_time skips a batch when its header's max_timestamp is below the target "
     "(Log.offset_for_time: `if h.max_timestamp < ts: continue`) without checking the CRC, so a "
     "damaged max_timestamp field makes it silently return a later offset instead of raising "
     "CorruptLogError"))
-OFT_SPOTS = [pytest.param(name, spot, id=name, marks=[OFT_BUG] if name == "max_timestamp" else [])
+OFT_SPOTS = [pytest.param(name, spot, id=name, marks=[] if name == "max_timestamp" else [])
              for name, spot in SPOTS]
 
 
@@ -405,7 +407,7 @@ def test_offset_for_time_never_skips_a_damaged_batch(tmp_path, sealed_source, sp
 
 @pytest.mark.parametrize("where", ["middle", "last_of_segment"])
 @pytest.mark.parametrize("source", [
-    "sealed_source", pytest.param("unindexed_source", marks=WALK_BUG)])
+    "sealed_source", "unindexed_source"])
 def test_sealed_batch_whose_base_offset_went_down(tmp_path, request, source, where):
     """A damaged base offset that points *back* must be reported at the damaged batch too."""
     src, expected, segs = request.getfixturevalue(source)
@@ -500,12 +502,9 @@ def test_flipped_byte_inside_active_segment_after_clean_close_is_reported_on_rea
             log.get(batch.base_offset)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (recovery.recover_active's zero-sector heuristic, _zero_sector_in): a flipped byte in the "
-    "active segment followed by valid, fsynced batches is treated as a torn tail - and the "
-    "acknowledged records after it are truncated away - whenever a 512-byte-aligned all-zero "
-    "sector lies after the damage, which any record with a zero-filled value of >= 1023 bytes "
-    "produces"))
+# Regression test for a fixed bug: a flipped byte in the active segment followed by valid,
+# fsynced batches was treated as a torn tail (and the acknowledged records after it truncated
+# away) whenever a 512-byte-aligned all-zero sector lay after the damage.
 def test_mid_segment_corruption_followed_by_zero_filled_record_is_not_truncated(tmp_path):
     path = tmp_path / "log"
     log = Log.open(path, fsync="always", segment_bytes=64 * 1024)
@@ -676,11 +675,8 @@ def test_damaged_time_index_is_never_trusted(tmp_path, indexed_source, which, ho
         check_all_lookups(log, expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: time-index entries are trusted without any check against the log: a plausible but "
-    "wrong .timeindex (timestamps too low, still non-decreasing) makes offset_for_time skip "
-    "records - or whole sealed segments, since a sealed segment's max timestamp is taken from "
-    "the last entry - and silently return a later offset"))
+# Regression test for a fixed bug: time-index entries were trusted without any check against
+# the log, so a plausible but wrong .timeindex made offset_for_time skip records.
 @pytest.mark.parametrize("which", ["sealed", "active"])
 def test_plausible_but_wrong_time_index_does_not_change_offset_for_time(tmp_path, indexed_source,
                                                                          which):
