@@ -280,6 +280,7 @@ class CoreWorkload:
             control("failed")
             while True:
                 time.sleep(1)
+        emit("S\n")  # closing: from here on everything may be fsynced (no power-loss tear)
         log.close()
         emit("C\n")
         control("closed")
@@ -435,6 +436,7 @@ def _parse_acks(path: str):
     durable = 0
     opens: List[Tuple[bool, int]] = []
     closed = False
+    closing = False
     errors: List[str] = []
     try:
         with open(path, "rb") as f:
@@ -456,9 +458,11 @@ def _parse_acks(path: str):
             opens.append((parts[1] == "1", int(parts[2])))
         elif kind == "C":
             closed = True
+        elif kind == "S":
+            closing = True
         elif kind in ("E", "X"):
             errors.append(line)
-    return acks, durable, opens, closed, errors
+    return acks, durable, opens, closed, closing, errors
 
 
 def _wait_line(proc: subprocess.Popen, want: str, timeout: float) -> Optional[str]:
@@ -555,7 +559,7 @@ def run_round(directory: str, state: TortureState, rng: random.Random, gen: int,
         problems.append(f"writer exited with {proc.returncode} before the kill: "
                         f"{err.decode()[-3000:]}")
         state.stats["writer_errors"] += 1
-    acks, durable, opens, closed, errors = _parse_acks(ack_path)
+    acks, durable, opens, closed, closing, errors = _parse_acks(ack_path)
     problems += [f"writer: {e}" for e in errors]
     state.stats["corrupt"] += sum(1 for e in errors if e.startswith("E"))
     state.stats["writer_errors"] += sum(1 for e in errors if e.startswith("X"))
@@ -569,8 +573,13 @@ def run_round(directory: str, state: TortureState, rng: random.Random, gen: int,
         state.stats["clean_closes"] += 1
     opts = cfg["options"]
     buffered = bool(opts.get("write_buffer_bytes"))
-    # Power loss of the unsynced tail (not after a clean close: everything was synced).
-    tear = not closed and rng.random() < tear_prob
+    # Power loss of the unsynced tail. Not once close() has started (it fsyncs everything; the
+    # kill may come between its return and the "C" line), nor while a clean-shutdown marker is
+    # on disk (a writer killed while opening, before removing it): the marker vouches for the
+    # active segment's bytes, which were fsynced; tearing them would be media damage, not a
+    # power loss.
+    marker = os.path.exists(os.path.join(directory, "clean-shutdown"))
+    tear = not (closed or closing or marker) and rng.random() < tear_prob
     # Everything already required (earlier rounds) stays: the tear models losing only what this
     # writer left unsynced.
     durable_below = max((o + 1 for o, (_, req) in state.acked.items() if req), default=0)
@@ -593,6 +602,11 @@ def run_round(directory: str, state: TortureState, rng: random.Random, gen: int,
         if verbose:
             print(f"  tear: {mode} {nbytes} bytes")
 
+    # Keep the crashed state (before any recovery) in case this round fails.
+    before = directory.rstrip("/") + ".before-recovery"
+    shutil.rmtree(before, ignore_errors=True)
+    if os.path.isdir(directory):
+        shutil.copytree(directory, before)
     # Read-only look first: it must see only whole, valid records, without changing anything.
     try:
         ro = logstore.Log.open(directory, readonly=True)
@@ -671,7 +685,9 @@ def torture(rounds: int, directory: str, seed: int, quick: bool, tear_prob: floa
             state.stats["failures"] += 1
             keep = os.path.join(directory, f"failure-round-{r}")
             shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(log_dir, keep)
+            shutil.copytree(log_dir, keep)  # after the checks
+            if os.path.isdir(log_dir + ".before-recovery"):  # as the crash left it
+                shutil.copytree(log_dir + ".before-recovery", keep + "-before-recovery")
             state.problems += [f"round {r}: {p}" for p in problems]
             for p in problems[:20]:
                 print(f"round {r}: FAIL {p}", file=out)
