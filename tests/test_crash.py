@@ -42,7 +42,9 @@ def run_and_kill(directory, seed, threads, options, rng):
         pytest.fail(f"writer did not start: {first!r} {proc.communicate()[1].decode()}")
     time.sleep(rng.uniform(0.05, 0.6))
     os.kill(proc.pid, signal.SIGKILL)
-    out, err = proc.communicate()
+    # Read through the same file objects: communicate() would skip what readline() buffered.
+    out, err = proc.stdout.read(), proc.stderr.read()
+    proc.wait()
     acked = {}
     for line in out.decode().splitlines():
         parts = line.split()
