@@ -200,6 +200,13 @@ def _jitter(delay: float) -> float:
     return delay * random.uniform(0.5, 1.0)
 
 
+def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) -> None:
+    """The mirror's private loop: nats-py's internal tasks of a dead connection (flusher, reader)
+    end with connection errors nobody awaits; the mirror already handled the disconnect."""
+    log.debug("logstore mirror: asyncio: %s", context.get("message"),
+              exc_info=context.get("exception"))
+
+
 class _Entry:
     __slots__ = ("partition", "offset", "seq", "sent", "state", "error")
 
@@ -447,8 +454,17 @@ class JetStreamMirror:
         self.stop()
         loop = self._loop
         if loop is not None and not loop.is_closed() and not loop.is_running():
-            loop.run_until_complete(self._disconnect())
-            loop.close()
+            try:
+                loop.run_until_complete(self._disconnect())
+                # Like asyncio.run: end the client's leftover tasks before closing the loop.
+                tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for t in tasks:
+                    t.cancel()
+                if tasks:
+                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
         self._loop = None
         if self._executor is not None:
             self._executor.shutdown(wait=False)
@@ -475,6 +491,7 @@ class JetStreamMirror:
         try:
             if self._loop is None or self._loop.is_closed():
                 self._loop = asyncio.new_event_loop()
+                self._loop.set_exception_handler(_quiet_exception_handler)
             return self._loop.run_until_complete(coro)
         finally:
             with self._lock:

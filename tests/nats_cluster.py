@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -50,6 +51,16 @@ def nats_server_version(binary: str) -> Optional[tuple]:
         return tuple(int(x) for x in word.split("-")[0].split(".")[:3])
     except ValueError:
         return None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: SIGKILL this nats-server if the test process dies (no leaked servers)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
 
 
 def free_ports(n: int) -> List[int]:
@@ -135,7 +146,9 @@ class NatsCluster:
         self.logs[i] = log
         self.procs[i] = subprocess.Popen([self.binary, "-c", self.config_path(i)],
                                          stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent if sys.platform.startswith(
+                                             "linux") else None)
 
     def start_all(self, wait: bool = True, timeout: float = 30.0) -> "NatsCluster":
         for i in range(self.size):

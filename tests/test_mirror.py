@@ -75,7 +75,7 @@ needs_server = pytest.mark.skipif(nats is None or _SERVER_SKIP is not None,
 
 N = 50_000
 PARTITIONS = 4
-FAST = dict(ack_timeout_s=2.0, max_backoff_s=1.0, backoff_initial_s=0.05)
+FAST = dict(ack_timeout_s=1.5, max_backoff_s=1.0, backoff_initial_s=0.05)
 
 
 def _env():
@@ -114,43 +114,85 @@ def make_store(path, n=N, partitions=PARTITIONS):
 async def _with_js(urls, fn):
     nc = await nats.connect(servers=urls, connect_timeout=2, max_reconnect_attempts=5)
     try:
-        return await fn(nc.jetstream(timeout=5))
+        return await fn(nc, nc.jetstream(timeout=5))
     finally:
         await nc.close()
 
 
+def stream_info(urls, stream):
+    async def fn(nc, js):
+        return await js.stream_info(stream)
+    return asyncio.run(_with_js(urls, fn))
+
+
 def stream_count(urls, stream):
-    async def fn(js):
-        return (await js.stream_info(stream)).state.messages
     try:
-        return asyncio.run(_with_js(urls, fn))
+        return stream_info(urls, stream).state.messages
     except Exception:
         return None
 
 
 def stream_leader(urls, stream):
-    async def fn(js):
-        return (await js.stream_info(stream)).cluster.leader
-    return asyncio.run(_with_js(urls, fn))
+    return stream_info(urls, stream).cluster.leader
+
+
+def wait_stream_current(urls, stream, timeout=60):
+    """Until every replica of the stream is current (a restarted node has caught up)."""
+    def current():
+        try:
+            info = stream_info(urls, stream)
+        except Exception:
+            return False
+        cl = info.cluster
+        return cl is not None and cl.leader and all(
+            r.current and not r.offline and not r.lag for r in (cl.replicas or []))
+    wait_for(current, timeout, f"the replicas of {stream} to be current", interval=0.2)
 
 
 def read_stream(urls, stream):
-    """Every message of the stream, in stream order: [(subject, headers, data)]."""
+    """Every message of the stream, in stream order: [(subject, headers, data)], through a push
+    consumer without acks (much faster than pull fetches in nats-py). If delivery stalls, a new
+    consumer continues after the last stream sequence received."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-    async def fn(js):
-        total = (await js.stream_info(stream)).state.messages
-        sub = await js.pull_subscribe(">", stream=stream, config=ConsumerConfig(
-            ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
-            inactive_threshold=30.0))
+    async def fn(nc, js):
+        info = await js.stream_info(stream)
+        total, last_seq = info.state.messages, info.state.last_seq
         out = []
-        deadline = time.monotonic() + 60
-        while len(out) < total and time.monotonic() < deadline:
+        seen = [0]
+        progress = asyncio.Event()
+
+        async def cb(m):
+            seq = m.metadata.sequence.stream
+            if seq <= seen[0]:
+                return  # redelivered by a replacement consumer
+            seen[0] = seq
+            out.append((m.subject, m.headers or {}, m.data))
+            progress.set()
+
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=cb, pending_msgs_limit=total + 10,
+                                 pending_bytes_limit=1 << 30)
+        deadline = time.monotonic() + 90
+        while seen[0] < last_seq and total:
+            assert time.monotonic() < deadline, f"read {len(out)} of {total} messages"
+            start = seen[0] + 1
+            cinfo = await js.add_consumer(stream, ConsumerConfig(
+                deliver_subject=inbox, ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
+                inactive_threshold=30.0))
             try:
-                msgs = await sub.fetch(batch=2000, timeout=2)
-            except nats.errors.TimeoutError:
-                continue
-            out.extend((m.subject, m.headers or {}, m.data) for m in msgs)
+                while seen[0] < last_seq:
+                    progress.clear()
+                    try:
+                        await asyncio.wait_for(progress.wait(), 5)
+                    except asyncio.TimeoutError:
+                        break  # stalled: replace the consumer
+            finally:
+                try:
+                    await js.delete_consumer(stream, cinfo.name)
+                except Exception:
+                    pass
         await sub.unsubscribe()
         return total, out
 
@@ -162,12 +204,15 @@ def read_stream(urls, stream):
 def check_stream(urls, stream, counts, store_path=None):
     """Exactly sum(counts) messages; per partition subject the offsets 0..n-1 in order."""
     msgs = read_stream(urls, stream)
-    assert len(msgs) == sum(counts.values())
     offsets = {p: [] for p in counts}
     for subject, headers, _data in msgs:
         p = int(subject.rsplit(".", 1)[1])
         assert int(headers["Logstore-Partition"]) == p
         offsets[p].append(int(headers["Logstore-Offset"]))
+    assert len(msgs) == sum(counts.values()), (
+        f"{len(msgs)} messages in the stream, expected {sum(counts.values())}: per partition "
+        f"{ {p: len(o) for p, o in offsets.items()} } vs {counts}, distinct "
+        f"{ {p: len(set(o)) for p, o in offsets.items()} }")
     for p, n in counts.items():
         got = offsets[p]
         assert got == list(range(n)), (
@@ -294,7 +339,7 @@ MIRROR_PROC = textwrap.dedent("""
     import sys
     from logstore.mirror import run_mirror_cli
     sys.exit(run_mirror_cli(sys.argv[1], "orders", sys.argv[2], sys.argv[3], until_caught_up=True,
-                            subject_prefix=sys.argv[3].lower(), fsync="never", ack_timeout_s=2.0, max_backoff_s=1.0,
+                            subject_prefix=sys.argv[3].lower(), fsync="never", ack_timeout_s=1.5, max_backoff_s=1.0,
                             status_interval_s=60))
 """)
 
@@ -356,6 +401,7 @@ def test_node_sigkilled_and_restarted_during_mirroring(cluster, tmp_path):
           f"{s['connects']} connects, {s['resyncs']} resyncs, last error: {s['last_error']}")
     assert acked_at_kill < N
     cluster.wait_ready(60)
+    wait_stream_current(cluster.urls, "NODEKILL")
     check_stream(cluster.urls, "NODEKILL", counts)
     assert committed(path, "NODEKILL") == counts
 
@@ -390,13 +436,14 @@ def test_whole_cluster_down_then_back(cluster, tmp_path):
             m.close()
     print(f"\noutage: lag {during['lag']} while down ({during['last_error']}); "
           f"{s['connects']} connects, {s['resyncs']} resyncs")
+    wait_stream_current(cluster.urls, "OUTAGE")
     check_stream(cluster.urls, "OUTAGE", counts)
     assert committed(path, "OUTAGE") == counts
 
 
 @needs_server
 def test_existing_stream_with_short_dedup_window_is_refused(cluster, tmp_path):
-    async def make(js):
+    async def make(nc, js):
         await js.add_stream(name="SHORTDUP", subjects=["short.orders.>"], num_replicas=1,
                             duplicate_window=2.0)
     asyncio.run(_with_js(cluster.urls, make))
