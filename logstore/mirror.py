@@ -506,6 +506,14 @@ class JetStreamMirror:
 
     async def _main(self, until_caught_up: bool, once: bool) -> int:
         self._wake = asyncio.Event()
+        if self._nc is not None:
+            # A connection kept from an earlier run_once: check it (it may have been closed as
+            # stale while the loop was idle) and re-read the stream's position.
+            try:
+                await self._nc.flush(timeout=self.api_timeout_s)
+            except Exception:
+                self._conn_broken = "the connection was lost while idle"
+            self._synced = False
         acked_before = self._stats["acked"]
         backoff = self.backoff_initial_s
         try:
@@ -982,17 +990,20 @@ def run_mirror_cli(
     def say(text: str) -> None:
         (echo or (lambda s: print(s, file=sys.stderr, flush=True)))(text)
 
+    def error(text: str) -> None:
+        say(f"logstore: error: {text}")
+
     if not os.path.exists(os.path.join(store_path, STORE_META)):
-        say(f"error: {store_path} is not a logstore store (no {STORE_META})")
+        error(f"{store_path} is not a logstore store (no {STORE_META})")
         return 2
     opts = {} if fsync is None else {"fsync": fsync}
     try:
         store = Store.open(store_path, **opts)
     except LogLockedError as e:
-        say(f"error: {e}")
+        error(f"{e}")
         return 3
     except (NotALogError, ConfigError) as e:
-        say(f"error: {e}")
+        error(f"{e}")
         return 2
     try:
         try:
@@ -1001,12 +1012,9 @@ def run_mirror_cli(
                                      max_in_flight=max_in_flight, dedup_window_s=dedup_window_s,
                                      ack_timeout_s=ack_timeout_s, max_backoff_s=max_backoff_s)
         except (ConfigError, UnknownTopicError) as e:
-            say(f"error: {e}")
+            error(f"{e}")
             return 2
-        stopping = {"signal": None}
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            stopping["signal"] = signum
+        def on_signal(_signum: int, _frame: Any) -> None:
             mirror.stop()
 
         old = {}
@@ -1014,12 +1022,13 @@ def run_mirror_cli(
             for s in (signal.SIGINT, signal.SIGTERM):
                 old[s] = signal.signal(s, on_signal)
 
-        def report() -> str:
+        def report(final: bool = False) -> str:
             st = mirror.status()
-            line = (f"mirror {topic} -> {stream}: lag {st['lag']}, acked {st['acked']}, "
-                    f"{'connected' if st['connected'] else 'NOT connected'}")
+            state = "stopped" if final else "connected" if st["connected"] else "NOT connected"
+            line = f"mirror {topic} -> {stream}: {state}, lag {st['lag']}, acked {st['acked']}"
             if st["last_error"]:
-                line += f", last error: {st['last_error']}"
+                age = time.time() - (st["last_error_at"] or time.time())
+                line += f", last error {age:.0f} s ago: {st['last_error']}"
             return line
 
         ticker_stop = threading.Event()
@@ -1035,17 +1044,17 @@ def run_mirror_cli(
                 f"(subjects {subject_prefix}.{topic}.>) via {', '.join(mirror.servers)}")
             mirror.run(until_caught_up=until_caught_up)
         except ConfigError as e:
-            say(f"error: {e}")
+            error(f"{e}")
             return 2
         except MirrorError as e:
-            say(f"error: {e}")
+            error(f"{e}")
             return 4
         finally:
             ticker_stop.set()
             for s, h in old.items():
                 signal.signal(s, h)
             mirror.close()
-        say(report())
+        say(report(final=True))
         return 0
     finally:
         store.close()

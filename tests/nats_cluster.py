@@ -34,7 +34,8 @@ def find_nats_server() -> Optional[str]:
     found = shutil.which("nats-server")
     if found:
         return found
-    for cand in ("/usr/sbin/nats-server", "/usr/local/sbin/nats-server", "/usr/local/bin/nats-server"):
+    for cand in ("/usr/sbin/nats-server", "/usr/local/sbin/nats-server",
+                 "/usr/local/bin/nats-server"):
         if os.access(cand, os.X_OK):
             return cand
     return None
@@ -42,7 +43,8 @@ def find_nats_server() -> Optional[str]:
 
 def nats_server_version(binary: str) -> Optional[tuple]:
     try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                             timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     # "nats-server: v2.9.10"

@@ -338,8 +338,9 @@ def test_mirror_50k_exactly_once_in_order(cluster, tmp_path):
 MIRROR_PROC = textwrap.dedent("""
     import sys
     from logstore.mirror import run_mirror_cli
-    sys.exit(run_mirror_cli(sys.argv[1], "orders", sys.argv[2], sys.argv[3], until_caught_up=True,
-                            subject_prefix=sys.argv[3].lower(), fsync="never", ack_timeout_s=1.5, max_backoff_s=1.0,
+    sys.exit(run_mirror_cli(sys.argv[1], "orders", sys.argv[2], sys.argv[3],
+                            until_caught_up=True, subject_prefix=sys.argv[3].lower(),
+                            fsync="never", ack_timeout_s=1.5, max_backoff_s=1.0,
                             status_interval_s=60))
 """)
 
