@@ -26,7 +26,7 @@ from .record import Record
 
 MAGIC = b"LSTB"
 FORMAT_VERSION = 1
-HEADER = struct.Struct("<4sIIHHqqqIIII8x")
+HEADER = struct.Struct("<4sIIHHqqqIIIIQ")
 HEADER_SIZE = HEADER.size  # 64
 ALIGN = 8
 CRC_START = 8  # the CRC covers bytes [8, batch_length) of the batch: everything after itself
@@ -72,6 +72,7 @@ class BatchHeader(NamedTuple):
     last_offset_delta: int
     payload_length: int
     raw_length: int
+    synced_before: int  # bytes of the segment known durable when this batch was written
 
     @property
     def last_offset(self) -> int:
@@ -374,10 +375,11 @@ def prepare_from_buffer(
     return _finish(0, n, n - 1, timestamp_ms, timestamp_ms, raw, compression, level, max_bytes)
 
 
-_HEADER_TAIL = struct.Struct("<IHHqqqIIII8x")  # the header from byte 8 on: what the CRC covers
+_HEADER_TAIL = struct.Struct("<IHHqqqIIIIQ")  # the header from byte 8 on: what the CRC covers
 
 
-def frame_single(base_offset: int, timestamp_ms: int, value: bytes, key: Optional[bytes]) -> bytes:
+def frame_single(base_offset: int, timestamp_ms: int, value: bytes, key: Optional[bytes],
+                 synced_before: int = 0) -> bytes:
     """Frame a one-record, uncompressed, header-less batch in one go (``append`` hot path).
 
     Produces exactly the bytes ``frame(prepare_one(...), base_offset)`` would.
@@ -393,7 +395,7 @@ def frame_single(base_offset: int, timestamp_ms: int, value: bytes, key: Optiona
     length = (HEADER_SIZE + raw_len + 7) & ~7
     body = b"".join((
         _HEADER_TAIL.pack(length, FORMAT_VERSION, attrs, base_offset, timestamp_ms, timestamp_ms,
-                          1, 0, raw_len, raw_len),
+                          1, 0, raw_len, raw_len, synced_before),
         cols,
         value,
         _PAD[: length - HEADER_SIZE - raw_len],
@@ -401,7 +403,7 @@ def frame_single(base_offset: int, timestamp_ms: int, value: bytes, key: Optiona
     return b"".join((MAGIC, _U32.pack(crc32c(body)), body))
 
 
-def frame(batch: PreparedBatch, base_offset: int) -> bytearray:
+def frame(batch: PreparedBatch, base_offset: int, synced_before: int = 0) -> bytearray:
     """Give a prepared batch its base offset, header, CRC32C and padding: the bytes to write."""
     length = _align(HEADER_SIZE + len(batch.payload))
     buf = bytearray(length)
@@ -420,6 +422,7 @@ def frame(batch: PreparedBatch, base_offset: int) -> bytearray:
         batch.last_offset_delta,
         len(batch.payload),
         batch.raw_length,
+        synced_before,
     )
     buf[HEADER_SIZE : HEADER_SIZE + len(batch.payload)] = batch.payload
     _U32.pack_into(buf, 4, crc32c(memoryview(buf)[CRC_START:]))

@@ -476,6 +476,19 @@ def zero_sector_in(r: Reader, start: int, end: int) -> bool:
     return False
 
 
+def unsynced_damage(r: Reader, epos: int, resume: int) -> bool:
+    """Recovery's rule (logstore.recovery.synced_before_of_later_batches): damage at ``epos``
+    followed by valid batches is a torn tail when no later valid batch records (in its
+    ``synced_before`` header field) that the damaged bytes had been fsynced."""
+    best = 0
+    pos: Optional[int] = resume
+    while pos is not None:
+        h = codec.parse_header(os.pread(r.fd, HEADER_SIZE, pos), 0)
+        best = max(best, h.synced_before)
+        pos = find_valid_batch(r, pos + h.length, h.next_offset)
+    return best <= epos
+
+
 def zero_hole_in_file(path: str, start: int, end: int) -> bool:
     if not ZERO_HOLE_RULE:
         return False
@@ -601,8 +614,8 @@ def scan(target: Target, *, decode: bool = True, continue_on_error: bool = False
                 epos = error_item.pos
                 resume = find_valid_batch(r, epos + 1, last_next)
                 torn = seg.active and first_error and resume is None
-                hole = (seg.active and first_error and resume is not None and ZERO_HOLE_RULE
-                        and zero_sector_in(r, epos, r.size))
+                hole = (seg.active and first_error and resume is not None
+                        and unsynced_damage(r, epos, resume))
                 first_error = False
                 yield ErrorEvent(seg, epos, error_item.error, error_item.header, torn or hole,
                                  resume, r.size, hole)

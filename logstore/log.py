@@ -424,7 +424,8 @@ class Log:
             ):
                 self._roll_locked()
                 active = self._segments[-1]
-            active.append(codec.frame_single(base, ts, value, key), base, base + 1, ts, ts)
+            active.append(codec.frame_single(base, ts, value, key, active.synced_size),
+                          base, base + 1, ts, ts)
             self._next_offset = nxt = base + 1
         if not wait:
             pass
@@ -457,7 +458,7 @@ class Log:
             ):
                 self._roll_locked()
                 active = self._segments[-1]
-            data = codec.frame(p, base)
+            data = codec.frame(p, base, active.synced_size)
             nxt = base + p.last_offset_delta + 1
             active.append(data, base, nxt, p.max_timestamp, p.base_timestamp)
             self._next_offset = nxt
@@ -531,11 +532,15 @@ class Log:
                             self._syncing = False
                             cond.notify_all()
                         raise
-                    fd = self._fs.dup(self._segments[-1].fd)
+                    synced_seg = self._segments[-1]
+                    synced_pos = synced_seg.size
+                    fd = self._fs.dup(synced_seg.fd)
                 try:
                     self._fs.fdatasync(fd)
                 finally:
                     self._fs.close(fd)
+                if synced_pos > synced_seg.synced_size:
+                    synced_seg.synced_size = synced_pos  # later batches record it (recovery)
             except OSError as e:  # includes StorageError from writing the buffer
                 error = e
             except LogClosedError:

@@ -118,8 +118,8 @@ class RecoveryReport:
         if self.data_after_problem:
             lines.append("  valid batches follow the damage: corruption, not a torn tail")
         if self.zero_hole:
-            lines.append("  a zero-filled sector precedes later batches: unsynced data lost to a "
-                         "power failure; truncated as a torn tail")
+            lines.append("  the damage lies in bytes never fsynced (later batches say so): "
+                         "unsynced data lost to a power failure; a torn tail")
         if self.indexes_rebuilt:
             lines.append("  indexes rebuilt")
         for name in self.removed_files:
@@ -148,38 +148,20 @@ def valid_batch_after(segment: Segment, start: int, end: int, min_offset: int) -
         pos += 1
 
 
-SECTOR = 512
+def synced_before_of_later_batches(segment: Segment, first: int, end: int) -> int:
+    """The largest ``synced_before`` among the CRC-valid batches from ``first`` on.
 
-
-def zero_sector_in(segment: Segment, start: int, end: int) -> bool:
-    """Whether some 512-byte-aligned sector in [start, end) of the file is all zero bytes."""
-    first = (start + SECTOR - 1) // SECTOR * SECTOR
-    if first + SECTOR > end:
-        return False
-    buf = segment._scan_map(end)
-    zero = bytes(SECTOR)
-    for pos in range(first, end - SECTOR + 1, SECTOR):
-        if buf[pos:pos + SECTOR] == zero:
-            return True
-    return False
-
-
-def _looks_like_lost_writeback(segment: Segment, start: int, next_valid: int) -> bool:
-    """Whether the damage in [start, next_valid) is a write-back hole rather than corruption.
-
-    It must contain an all-zero sector *and* the damaged batch must be structurally broken: a
-    batch whose header is intact and whose length ends exactly where the next valid batch starts
-    is a complete batch with a CRC mismatch (bit rot), even if its records hold runs of zeros,
-    and its loss would drop acknowledged data: that stays an error.
+    If it exceeds the position of some damage, that damage lies in bytes an fsync had already
+    made durable before a later batch was written: real corruption, never truncated.
     """
-    if not zero_sector_in(segment, start, next_valid):
-        return False
-    buf = segment._scan_map(next_valid)
-    if start + codec.HEADER_SIZE <= next_valid:
-        h = codec.parse_header(buf, start)
-        if codec.header_problem(h) is None and start + h.length == next_valid:
-            return False
-    return True
+    buf = segment._scan_map(end)
+    best = 0
+    pos: Optional[int] = first
+    while pos is not None:
+        h = codec.parse_header(buf, pos)
+        best = max(best, h.synced_before)
+        pos = valid_batch_after(segment, pos + h.length, end, h.next_offset)
+    return best
 
 
 def inspect_active(segment: Segment) -> tuple:
@@ -199,10 +181,12 @@ def inspect_active(segment: Segment) -> tuple:
         nxt = scan.next_offset if scan.batches else segment.base_offset
         after = valid_batch_after(segment, scan.valid_end + 1, scan.file_size, nxt)
         report.data_after_problem = after is not None
-        if after is not None and _looks_like_lost_writeback(segment, scan.valid_end, after):
-            # A zero-filled sector that breaks the batch structure is the mark of a power loss
-            # with out-of-order write-back: no fsync ever completed over it, hence over
-            # anything after it either, so nothing from there on was acknowledged: a torn tail.
+        if after is not None and synced_before_of_later_batches(
+                segment, after, scan.file_size) <= scan.valid_end:
+            # Every valid batch after the damage was written while the damaged bytes were not
+            # yet known durable (its synced_before field says so), and no later batch vouches
+            # for them: they were never fsynced, so never acknowledged under any policy. A power
+            # loss with out-of-order write-back can leave exactly this: a torn tail.
             report.data_after_problem = False
             report.zero_hole = True
     report.truncated_bytes = scan.file_size - scan.valid_end

@@ -87,6 +87,10 @@ class Segment:
         self.fd: Optional[int] = None  # writer fd (read/write) or reader fd (pread mode)
         self.size = 0  # bytes of whole, valid batches (including any not yet written: pending)
         self.pending = bytearray()  # write buffer (write_buffer_bytes > 0 only)
+        # Bytes of this segment known to be on stable storage; every batch written records the
+        # value current at its writing (header field synced_before), which lets recovery tell
+        # damage in never-synced bytes (a torn tail) from damage in synced ones (corruption).
+        self.synced_size = 0
         self.buffer_limit = 0
         self.next_offset = base_offset
         self.max_timestamp = -1
@@ -149,6 +153,7 @@ class Segment:
         """Open this (writable) segment as the active one, ``size`` bytes valid."""
         self.fd = self.fs.open(self.path, os.O_RDWR)
         self.size = size
+        self.synced_size = size  # a clean close fsynced everything
         self.next_offset = next_offset
         self.max_timestamp = max_timestamp
         self.sealed = False
@@ -579,10 +584,12 @@ class Segment:
         """Cut the file at ``size`` (recovery of a torn tail) and make that durable."""
         self.fs.truncate(self.fd, size)
         self.fs.fdatasync(self.fd)
+        self.synced_size = size
 
     def sync(self) -> None:
         self.flush_pending()
         self.fs.fdatasync(self.fd)
+        self.synced_size = self.size
 
     def seal(self) -> None:
         """Make the segment read-only: final time-index entry, trim and fsync indexes."""

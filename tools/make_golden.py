@@ -50,7 +50,7 @@ def _finish(path: str) -> None:
 
 
 def make_plain(path: str) -> None:
-    with logstore.Log.open(path, fsync="never", segment_bytes=1024,
+    with logstore.Log.open(path, fsync="always", segment_bytes=1024,
                            index_interval_bytes=128) as log:
         t = T0
         for i in range(6):
