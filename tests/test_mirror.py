@@ -335,6 +335,28 @@ def test_mirror_50k_exactly_once_in_order(cluster, tmp_path):
     assert committed(path, "BASIC") == counts
 
 
+@needs_server
+def test_acked_but_not_committed_is_not_published_again(cluster, tmp_path):
+    """A crash between JetStream's ack and the local commit: the restarted mirror reads the
+    stream's last offset per partition and resumes after it (no duplicate, even past the
+    dedup window)."""
+    with logstore.Store.open(tmp_path / "s", fsync="never") as st:
+        topic = st.topic("orders", partitions=3)
+        for i in range(3000):
+            topic.publish(b"v%d" % i, key=b"k%d" % (i % 17))
+        kw = dict(servers=cluster.urls, stream="RESUME", subject_prefix="resume", replicas=1)
+        with JetStreamMirror(st, "orders", **kw, **FAST) as m:
+            assert m.run_once() == 3000
+        group = "__mirror__RESUME"
+        st.offsets.commit(group, "orders", {0: 0, 1: 5})   # as if those commits were lost
+        with JetStreamMirror(st, "orders", **kw, **FAST) as m:
+            assert m.run_once() == 0
+            s = m.status()
+            assert s["published"] == 0 and s["lag"] == 0
+            assert {p: v["committed"] for p, v in s["partitions"].items()} == topic.end_offsets()
+        assert stream_count(cluster.urls, "RESUME") == 3000
+
+
 MIRROR_PROC = textwrap.dedent("""
     import sys
     from logstore.mirror import run_mirror_cli
