@@ -193,6 +193,7 @@ class Log:
             and marker["segment"] == active.base_offset
             and os.path.getsize(active.path) == marker["size"]
             and marker["end_offset"] >= active.base_offset
+            and recovery.marker_matches_segment(active.path, marker)
         )
         if clean:
             active.open_active(marker["size"], marker["end_offset"], marker["max_timestamp"],
@@ -610,12 +611,14 @@ class Log:
                                                f"{self.path} could not be written")
                     if problem is None:
                         try:
+                            last = active.find(self._next_offset - 1) if active.size else None
                             active.close_active()
                             meta.write_clean_shutdown(self.path, self._fs, {
                                 "segment": active.base_offset,
                                 "size": active.size,
                                 "end_offset": self._next_offset,
                                 "max_timestamp": active.max_timestamp,
+                                "last_batch": last[0] if last else -1,
                             })
                         except OSError as e:
                             problem = e

@@ -69,17 +69,33 @@ def create_meta(directory: str, fs: FileSystem, settings: Dict[str, Any]) -> Dic
     return meta
 
 
+_MARKER_FIELDS = ("segment", "size", "end_offset", "max_timestamp", "last_batch")
+
+
+def _marker_crc(info: Dict[str, int]) -> int:
+    import crc32c
+
+    return crc32c.crc32c(json.dumps([info[k] for k in _MARKER_FIELDS]).encode())
+
+
 def read_clean_shutdown(directory: str) -> Optional[Dict[str, int]]:
+    """The marker's fields, or None if absent, unreadable or failing its checksum (then the
+    log is recovered as after a crash: a marker is only ever a shortcut)."""
     try:
         with open(os.path.join(directory, CLEAN_SHUTDOWN_NAME), "rb") as f:
             data = json.loads(f.read())
-        return {k: int(data[k]) for k in ("segment", "size", "end_offset", "max_timestamp")}
+        info = {k: int(data[k]) for k in _MARKER_FIELDS}
+        if int(data["crc"]) != _marker_crc(info):
+            return None
+        return info
     except (OSError, ValueError, KeyError, TypeError):
         return None  # absent or unreadable: recover as after a crash
 
 
 def write_clean_shutdown(directory: str, fs: FileSystem, info: Dict[str, int]) -> None:
-    fs.write_file_atomic(os.path.join(directory, CLEAN_SHUTDOWN_NAME), json.dumps(info).encode())
+    data = {k: int(info[k]) for k in _MARKER_FIELDS}
+    data["crc"] = _marker_crc(data)
+    fs.write_file_atomic(os.path.join(directory, CLEAN_SHUTDOWN_NAME), json.dumps(data).encode())
 
 
 def remove_clean_shutdown(directory: str, fs: FileSystem) -> None:

@@ -31,6 +31,27 @@ from .errors import CorruptLogError
 from .segment import Segment, ScanResult, parse_segment_name
 
 
+def marker_matches_segment(path: str, marker: dict) -> bool:
+    """O(1) check of a clean-shutdown marker against the active segment it describes: the batch
+    it names as last must be whole, CRC-valid, end exactly at the recorded size and end offset."""
+    size, last, end = marker["size"], marker["last_batch"], marker["end_offset"]
+    if size == 0:
+        return last == -1 and end == int(os.path.basename(path).split(".")[0])
+    if not 0 <= last <= size - codec.HEADER_SIZE:
+        return False
+    try:
+        with open(path, "rb") as f:
+            f.seek(last)
+            raw = f.read(size - last)
+    except OSError:
+        return False
+    if len(raw) < codec.HEADER_SIZE:
+        return False
+    h = codec.parse_header(raw, 0)
+    return (codec.header_problem(h) is None and last + h.length == size
+            and h.next_offset == end and codec.crc_ok(raw, 0, h))
+
+
 def list_segments(directory: str) -> List[int]:
     """Base offsets of the segment files in ``directory``, ascending."""
     bases = []

@@ -381,9 +381,21 @@ class Segment:
         """Walk batch headers from ``pos`` to the batch reaching ``offset``.
 
         Reads only the four fields it needs per step; anything odd falls back to the fully
-        validating :meth:`header_at`, which raises the precise error.
+        validating :meth:`header_at`, which raises the precise error. With a write buffer, the
+        written part is walked first: the buffer is written out only if the target is in it (so
+        reads of older records keep working while the disk is full).
         """
-        size = self.size
+        if self.pending:
+            written = self.size - len(self.pending)
+            if pos < written:
+                found = self._walk(offset, pos, written)
+                if found is not None:
+                    return found
+                pos = written
+            self.flush_pending()
+        return self._walk(offset, pos, self.size)
+
+    def _walk(self, offset: int, pos: int, size: int) -> Optional[Tuple[int, BatchHeader]]:
         if self.use_pread:
             while pos < size:
                 h = self.header_at(pos)

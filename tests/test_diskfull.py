@@ -356,11 +356,6 @@ def test_write_buffer_overflow_failure_keeps_buffered_records(tmp_path):
     assert values == before + [b"after"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: with write_buffer_bytes > 0, while the disk is full get/read/replay of records written "
-    "long ago raise StorageError: Segment.walk_to maps the whole segment size, buffer included, "
-    "so _mapped() first tries to write the buffer out (still so after 23530b6, whose _mapped "
-    "change only helps reads that stop below the buffer); README: the log stays usable"))
 def test_reads_work_while_the_disk_is_full_with_a_write_buffer(tmp_path):
     fs, path, log = _setup(tmp_path, fsync="never", write_buffer_bytes=4096)
     log.append(b"in-the-buffer")

@@ -543,12 +543,6 @@ def test_zstd_frame_declaring_huge_content_does_not_allocate():
 
 
 # ------------------------------------------------------------------------------ the marker
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the clean-shutdown marker is trusted without a checksum or a cross-check: if its "
-    "end_offset is off (one changed digit, still valid JSON, size unchanged) the next open "
-    "believes it; with a smaller end_offset append() acknowledges an offset that already holds "
-    "an older record and get() returns the old one; with a larger one the log has phantom "
-    "offsets and replay/reopen fail with CorruptLogError"))
 @pytest.mark.parametrize("delta", [-2, 2])
 def test_damaged_clean_shutdown_marker_is_not_trusted(tmp_path, delta):
     d = str(tmp_path / "log")

@@ -379,14 +379,6 @@ def test_power_loss_hole_in_unsynced_tail_never_policy(tmp_path):
         assert after.get(0).value == b"synced"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (fixed in 23530b6, regressed by 3e90108's 'zero-sector rule only for structurally "
-    "broken batches'): under the default fsync='always', two appenders in one group-commit "
-    "window, power lost before the shared fdatasync; write-back reached pages 0 and 2 but not "
-    "page 1, the middle of the first (unacknowledged) batch, whose header and length are intact. "
-    "3e90108 calls that bit rot, so Log.open refuses with CorruptLogError although nothing after "
-    "the hole was ever fsynced. The bytes cannot tell this from "
-    "test_zeroed_sector_in_fsynced_data_is_not_truncated_silently"))
 def test_power_loss_hole_between_concurrent_durable_appends(tmp_path):
     """The same under the default fsync="always": two appenders in one group-commit window."""
     root = str(tmp_path / "log")
@@ -444,16 +436,6 @@ def test_power_loss_hole_between_concurrent_durable_appends(tmp_path):
         assert after.get(0).value == b"acknowledged"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (introduced by the zero-hole rule of 23530b6, still so after 3e90108): a zero-filled "
-    "512-byte sector inside *fsynced* data of the active segment (a media error, not a power "
-    "loss; the sector spans several small batches, so 3e90108 sees a 'structurally broken' "
-    "batch) is classified as a torn tail and everything after it is truncated silently at "
-    "open: 74 of 100 acknowledged fsync='always' records dropped, while README 'Recovery' and "
-    "FORMAT.md promise CorruptLogError 'instead of silently dropping the records after it'. "
-    "The bytes alone cannot tell this from a write-back hole; e.g. a (reserved) batch header "
-    "field recording the file size at the last completed fsync would: a hole below it is "
-    "damage to synced data, a hole above it a power loss"))
 def test_zeroed_sector_in_fsynced_data_is_not_truncated_silently(tmp_path):
     root = str(tmp_path / "log")
     log = logstore.Log.open(root, fsync="always")
