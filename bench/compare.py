@@ -1214,7 +1214,10 @@ def strace_fsyncs(path: str) -> Optional[int]:
     return total
 
 
-def run_plan(plan: List[dict], root: str, profile: bool) -> List[dict]:
+DURABLE_WORKLOADS = ("w2", "w6x4", "w6x1")
+
+
+def run_plan(plan: List[dict], root: str, profile: bool, repeat: int = 1) -> List[dict]:
     results: List[dict] = []
     written: Dict[Tuple[str, str], str] = {}
     runnable = [r for r in plan if not r.get("filtered") or r.get("keep")]
@@ -1232,9 +1235,24 @@ def run_plan(plan: List[dict], root: str, profile: bool) -> List[dict]:
             row["path"] = os.path.join(root, f"{spec['store']}-{spec['workload']}")
         label = f"{STORES[spec['store']]:<28} {spec['workload']}"
         print(f"  [{i + 1:2}/{len(runnable)}] {label} ...", end="", flush=True, file=sys.stderr)
-        row.update(run_row(row, root, i))
-        print(f" {'FAILED' if 'error' in row else format(row['seconds'], '.2f') + 's'}",
-              file=sys.stderr)
+        repeats = repeat if spec["workload"] in DURABLE_WORKLOADS else 1
+        runs = []
+        for k in range(repeats):
+            if k:
+                shutil.rmtree(row["path"], ignore_errors=True)
+            runs.append(run_row(row, root, i))
+            if "error" in runs[-1]:
+                break
+        ok = [r for r in runs if "error" not in r]
+        if len(ok) == len(runs) and len(runs) > 1:
+            ok.sort(key=lambda r: r["records"] / r["seconds"])
+            best = dict(ok[len(ok) // 2])  # the median run by records/s
+            best["runs_records_per_s"] = [r["records"] / r["seconds"] for r in runs]
+            row.update(best)
+        else:
+            row.update(runs[-1])
+        print(f" {'FAILED' if 'error' in row else format(row['seconds'], '.2f') + 's'}"
+              + (f" (median of {len(runs)})" if len(runs) > 1 else ""), file=sys.stderr)
         if spec.get("keep") and "error" not in row:
             written[(spec["store"], spec["workload"])] = row["path"]
         elif not source:
@@ -1251,7 +1269,7 @@ def run_plan(plan: List[dict], root: str, profile: bool) -> List[dict]:
 def count_fsyncs(results: List[dict], root: str) -> None:
     """Re-run every durable row under ``strace -f -c`` (untimed figures kept from the first
     run) to count fsync-family calls, the server's included for Redis."""
-    rows = [r for r in results if r["workload"] in ("w2", "w6x4", "w6x1") and "error" not in r]
+    rows = [r for r in results if r["workload"] in DURABLE_WORKLOADS and "error" not in r]
     for i, r in enumerate(rows):
         spec = {k: v for k, v in r.items() if k in (
             "workload", "store", "records", "threads", "per_thread", "fn", "big")}
@@ -1509,6 +1527,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         s for s in STORES if s != "logstore-batches"))
     p.add_argument("--only", help="comma-separated workloads to report (w1,w1b,w2,w3,w4,w5a,"
                    "w5b,w6x4,w6x1); the writers that readers need still run")
+    p.add_argument("--repeat-durable", type=int, default=1, metavar="K",
+                   help="run each fsync-bound row (W2, W6) K times and keep the median run "
+                        "(their figures swing with other processes' disk traffic)")
     p.add_argument("--no-strace", action="store_true",
                    help="do not re-run the durable rows under strace to count sync calls")
     p.add_argument("--profile", action="store_true",
@@ -1525,6 +1546,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--records must be a multiple of {BATCH}, at least {10 * BATCH}")
     if args.gets is None:
         args.gets = QUICK_GETS if args.quick else DEFAULT_GETS
+    if args.repeat_durable < 1:
+        p.error("--repeat-durable must be >= 1")
     args.stores = set(args.stores.split(",")) if args.stores else None
     args.only = set(args.only.split(",")) if args.only else None
     return args
@@ -1559,7 +1582,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"gets; W5: {max(BATCH, n // 10 // BATCH * BATCH):,} x {BIG_VALUE_SIZE} B; "
               f"load average {load0[0]:.2f}", flush=True)
         started = time.perf_counter()
-        results = run_plan(plan, root, args.profile)
+        results = run_plan(plan, root, args.profile, args.repeat_durable)
         if not args.no_strace and shutil.which("strace"):
             count_fsyncs(results, root)
         elif not args.no_strace:
@@ -1596,7 +1619,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "config": {
                 "records": args.records, "gets": args.gets, "quick": args.quick,
-                "value_bytes": VALUE_SIZE, "big_value_bytes": BIG_VALUE_SIZE, "batch": BATCH,
+                "repeat_durable": args.repeat_durable, "value_bytes": VALUE_SIZE,
+                "big_value_bytes": BIG_VALUE_SIZE, "batch": BATCH,
                 "seed": SEED}, "results": results, "notes": notes + NOTES,
                 "load_average": [load0[0], load1[0]], "wall_s": elapsed}, f, indent=2)
         print(f"wrote {args.json}")

@@ -34,6 +34,15 @@ from .record import Record
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # logstore.JetStreamMirror without importing nats-py at `import logstore` time.
+    if name in ("JetStreamMirror", "MirrorError"):
+        from . import mirror
+
+        return getattr(mirror, name)
+    raise AttributeError(f"module 'logstore' has no attribute {name!r}")
+
 __all__ = [
     "Log",
     "LogConfig",
