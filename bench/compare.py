@@ -1527,9 +1527,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         s for s in STORES if s != "logstore-batches"))
     p.add_argument("--only", help="comma-separated workloads to report (w1,w1b,w2,w3,w4,w5a,"
                    "w5b,w6x4,w6x1); the writers that readers need still run")
-    p.add_argument("--repeat-durable", type=int, default=1, metavar="K",
+    p.add_argument("--repeat-durable", type=int, metavar="K",
                    help="run each fsync-bound row (W2, W6) K times and keep the median run "
-                        "(their figures swing with other processes' disk traffic)")
+                        "(their figures swing with other processes' disk traffic; default 3, "
+                        "1 with --quick)")
     p.add_argument("--no-strace", action="store_true",
                    help="do not re-run the durable rows under strace to count sync calls")
     p.add_argument("--profile", action="store_true",
@@ -1546,6 +1547,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--records must be a multiple of {BATCH}, at least {10 * BATCH}")
     if args.gets is None:
         args.gets = QUICK_GETS if args.quick else DEFAULT_GETS
+    if args.repeat_durable is None:
+        args.repeat_durable = 1 if args.quick else 3
     if args.repeat_durable < 1:
         p.error("--repeat-durable must be >= 1")
     args.stores = set(args.stores.split(",")) if args.stores else None
