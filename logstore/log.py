@@ -518,6 +518,7 @@ class Log:
                     cond.wait()
             # This thread syncs for everyone waiting; others wait on the condition.
             error: Optional[BaseException] = None
+            write_failure: Optional[StorageError] = None
             upto = self._durable_offset
             try:
                 with self._lock:
@@ -526,12 +527,8 @@ class Log:
                     upto = self._next_offset
                     try:
                         self._segments[-1].flush_pending()
-                    except StorageError:
-                        # A failed *write* of the buffer: the buffer is kept and retried later;
-                        # the log is not poisoned (nothing was reported durable).
-                        with cond:
-                            self._syncing = False
-                            cond.notify_all()
+                    except StorageError as e:
+                        write_failure = e
                         raise
                     synced_seg = self._segments[-1]
                     synced_pos = synced_seg.size
@@ -542,7 +539,14 @@ class Log:
                     self._fs.close(fd)
                 if synced_pos > synced_seg.synced_size:
                     synced_seg.synced_size = synced_pos  # later batches record it (recovery)
-            except OSError as e:  # includes StorageError from writing the buffer
+            except OSError as e:
+                if write_failure is not None:
+                    # A failed *write* of the buffer: the buffer is kept and retried later; the
+                    # log is not poisoned (nothing was reported durable). Only fsync failures are.
+                    with cond:
+                        self._syncing = False
+                        cond.notify_all()
+                    raise
                 error = e
             except LogClosedError:
                 with cond:

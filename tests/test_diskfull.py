@@ -494,11 +494,8 @@ def test_close_reports_failed_final_fsync(tmp_path):
         log.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: with write_buffer_bytes, a failed buffer write inside flush() (Log._sync_to catches it "
-    "as an OSError) still poisons the log, and the next close() skips the flush, returns "
-    "normally and discards the acknowledged buffered appends (no crash involved; README: "
-    "buffered appends are lost only 'with the process'); still so after 23530b6"))
+# Regression test for a fixed bug: a failed buffer write in flush() poisoned the log and the
+# next close() silently discarded the acknowledged buffered appends.
 def test_close_after_failed_buffer_flush_does_not_silently_drop_records(tmp_path):
     fs, path, log = _setup(tmp_path, fsync="never", write_buffer_bytes=4096)
     log.append(b"acknowledged-into-the-buffer")
