@@ -31,6 +31,7 @@ range and cleaning everything before its end.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import time
 from functools import partial
@@ -87,6 +88,18 @@ def _batches(seg: Segment):
     seg._ensure_size()
     for pos, h in seg.iter_headers(0):
         yield pos, h, seg.batch_at(pos, h)
+    _release_pages(seg)
+
+
+def _release_pages(seg: Segment) -> None:
+    """Drop the segment's mapped pages from this process's RSS once a pass has read it (they
+    stay in the page cache): compaction memory is the key map, not the size of the log."""
+    mapping = seg._map
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
 
 
 def check_keys(segments: List[Segment]) -> None:
