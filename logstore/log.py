@@ -683,8 +683,8 @@ class Log:
         offset = _check_offset("offset", offset)
         with self._lock:
             self._check_open()
-            if self.readonly:
-                self._refresh_locked()
+            if self.readonly and offset >= self._next_offset:
+                self._refresh_locked()  # only needed for records this reader has not seen yet
             end = self._visible_end()
             if offset == end:
                 raise OffsetOutOfRangeError(
