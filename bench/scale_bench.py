@@ -463,7 +463,8 @@ NOTES = [
     "len(batch).",
     "warm: right after building, the log's pages are mostly in the page cache. cold: "
     "posix_fadvise(DONTNEED) on every file of the log first (only this log's pages are "
-    "dropped), so gets and replay read from the disk.",
+    "dropped), so gets and replay read from the disk (a virtual disk may still be cached by "
+    "its host: a small log's cold figures can equal its warm ones).",
     "RSS open: VmRSS right after Log.open (interpreter + numpy + what open keeps: indexes, "
     "maps). anon end: RssAnon (private memory: heap, index copies) after the gets and the "
     "replay. peak RSS: ru_maxrss of the read process, which includes the mapped file pages the "
