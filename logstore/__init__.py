@@ -8,6 +8,7 @@
 See README.md for the API, the durability guarantees and ``segments/FORMAT.md`` for the format.
 """
 
+from . import errors as _errors
 from .config import LogConfig
 from .errors import (
     AckError,
@@ -47,24 +48,9 @@ __all__ = [
     "Log",
     "LogConfig",
     "Record",
-    "LogstoreError",
-    "ConfigError",
-    "LogLockedError",
-    "LogClosedError",
-    "ReadOnlyError",
-    "NotALogError",
-    "UnsupportedFormatError",
-    "OffsetOutOfRangeError",
-    "RecordRemovedError",
-    "RecordTooLargeError",
-    "CorruptLogError",
-    "StorageError",
-    "AckError",
-    "QueueFullError",
-    "UnknownTopicError",
-    "MissingKeyError",
     "Store",
     "Topic",
     "DurableQueue",
     "DurableSimpleQueue",
+    *_errors.__all__,  # every public exception, listed once in logstore.errors
 ]

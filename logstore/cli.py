@@ -1480,15 +1480,7 @@ def _recovery_plan(target: Any, report: Any) -> Dict[str, Any]:
                             "text": f"remove the clean-shutdown marker "
                                     f"({meta.CLEAN_SHUTDOWN_NAME}) so that the active segment "
                                     f"is scanned"})
-        if rr.problem and rr.data_after_problem and insp.zero_hole_in_file(
-                seg.path, rr.problem_position or 0, rr.file_bytes):
-            actions.append({"action": "truncate", "segment": name, "position": rr.valid_bytes,
-                            "drop_bytes": rr.truncated_bytes,
-                            "text": f"truncate {name} at byte {rr.valid_bytes} "
-                                    f"({rr.truncated_bytes} bytes): a zero-filled sector after "
-                                    f"the damage marks data never synced before a power "
-                                    f"failure, so recovery treats it as a torn tail"})
-        elif rr.problem and rr.data_after_problem:
+        if rr.problem and rr.data_after_problem:
             lost = sum(s.records_after_damage for s in report.segments if s.path == seg.path)
             actions.append({"action": "force_truncate", "segment": name,
                             "position": rr.valid_bytes, "drop_bytes": rr.truncated_bytes,

@@ -108,9 +108,6 @@ class _MappedArray:
     def entries(self) -> np.ndarray:
         return self._arr[: self.n]
 
-    def truncate_entries(self, n: int) -> None:
-        self.n = min(self.n, n)
-
     def seal(self, fs: FileSystem) -> None:
         """Trim the file to the used entries and make it durable. The index becomes read-only."""
         if not self.writable:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from . import codec, meta, recovery
+from . import codec, meta
 from .codec import ALIGN, HEADER_SIZE, MAGIC, BatchHeader, DecodedBatch
 from .errors import CorruptLogError, NotALogError
 from .errors import LogstoreError as LogstoreErrorBase
@@ -452,30 +452,6 @@ def find_valid_batch(r: Reader, start: int, min_offset: Optional[int] = None) ->
     return None
 
 
-SECTOR = 512
-# Crash recovery calls damage followed by valid batches a torn tail after all when a zero-filled
-# 512-byte sector lies in it (a power loss with out-of-order write-back). Mirror that rule
-# exactly when the installed recovery module has it, so verify and recovery always agree.
-ZERO_HOLE_RULE = hasattr(recovery, "zero_sector_in")
-
-
-def zero_sector_in(r: Reader, start: int, end: int) -> bool:
-    """Whether some 512-byte-aligned sector in [start, end) of the file is all zero bytes."""
-    pos = (start + SECTOR - 1) // SECTOR * SECTOR
-    zero = bytes(SECTOR)
-    while pos + SECTOR <= end:
-        n = min(CHUNK, (end - pos) // SECTOR * SECTOR)
-        data = os.pread(r.fd, n, pos)
-        mv = memoryview(data)
-        for i in range(0, len(data) - SECTOR + 1, SECTOR):
-            if mv[i : i + SECTOR] == zero:
-                return True
-        if len(data) < n:
-            return False
-        pos += n
-    return False
-
-
 def unsynced_damage(r: Reader, epos: int, resume: int) -> bool:
     """Recovery's rule (logstore.recovery.synced_before_of_later_batches): damage at ``epos``
     followed by valid batches is a torn tail when no later valid batch records (in its
@@ -487,13 +463,6 @@ def unsynced_damage(r: Reader, epos: int, resume: int) -> bool:
         best = max(best, h.synced_before)
         pos = find_valid_batch(r, pos + h.length, h.next_offset)
     return best <= epos
-
-
-def zero_hole_in_file(path: str, start: int, end: int) -> bool:
-    if not ZERO_HOLE_RULE:
-        return False
-    with Reader(path) as r:
-        return zero_sector_in(r, start, min(end, r.size))
 
 
 # ---------------------------------------------------------------------------------- scanning

@@ -415,25 +415,13 @@ class Log:
         with self._lock:
             if self._closed or self.readonly or self._failed is not None:
                 self._check_writable()
-            active = self._segments[-1]
             base = self._next_offset
-            if active.size and (
-                active.size + framed > cfg.segment_bytes
-                or (cfg.segment_ms is not None
-                    and ts - (active.first_timestamp or 0) >= cfg.segment_ms)
-                or base - active.base_offset >= MAX_RELATIVE_OFFSET
-            ):
-                self._roll_locked()
-                active = self._segments[-1]
+            active = self._active_for_locked(framed, ts, 0)
             active.append(codec.frame_single(base, ts, value, key, active.synced_size),
                           base, base + 1, ts, ts)
             self._next_offset = nxt = base + 1
-        if not wait:
-            pass
-        elif self._always:
-            self._sync_to(nxt)
-        elif cfg.fsync_records is not None and nxt - self._durable_offset >= cfg.fsync_records:
-            self._sync_to(nxt)
+        if wait:
+            self._sync_per_policy(nxt)
         return base
 
     def _append_nowait(self, value: bytes, key: Optional[bytes] = None) -> int:
@@ -446,30 +434,41 @@ class Log:
         return self._append_prepared(prepared, wait=False).start
 
     def _append_prepared(self, p: codec.PreparedBatch, wait: bool = True) -> range:
-        cfg = self.config
         with self._lock:
             self._check_writable()
-            active = self._segments[-1]
             base = self._next_offset
-            if active.size and (
-                active.size + p.framed_length > cfg.segment_bytes
-                or (cfg.segment_ms is not None
-                    and p.max_timestamp - (active.first_timestamp or 0) >= cfg.segment_ms)
-                or base + p.last_offset_delta - active.base_offset > MAX_RELATIVE_OFFSET
-            ):
-                self._roll_locked()
-                active = self._segments[-1]
+            active = self._active_for_locked(p.framed_length, p.max_timestamp, p.last_offset_delta)
             data = codec.frame(p, base, active.synced_size)
             nxt = base + p.last_offset_delta + 1
             active.append(data, base, nxt, p.max_timestamp, p.base_timestamp)
             self._next_offset = nxt
-        if not wait:
-            pass
-        elif self._always:
-            self._sync_to(nxt)
-        elif cfg.fsync_records is not None and nxt - self._durable_offset >= cfg.fsync_records:
-            self._sync_to(nxt)
+        if wait:
+            self._sync_per_policy(nxt)
         return range(base, nxt)
+
+    def _active_for_locked(self, length: int, max_ts: int, last_delta: int) -> Segment:
+        """(lock held) The segment the next batch goes to, rolling first if the batch would pass
+        segment_bytes, is segment_ms newer than the active segment's first batch, or would
+        overflow the index's relative offsets. A batch alone in a segment always fits."""
+        cfg = self.config
+        active = self._segments[-1]
+        if active.size and (
+            active.size + length > cfg.segment_bytes
+            or (cfg.segment_ms is not None
+                and max_ts - (active.first_timestamp or 0) >= cfg.segment_ms)
+            or self._next_offset + last_delta - active.base_offset >= MAX_RELATIVE_OFFSET
+        ):
+            self._roll_locked()
+            active = self._segments[-1]
+        return active
+
+    def _sync_per_policy(self, nxt: int) -> None:
+        """After an append up to ``nxt``: wait for durability as the fsync policy says."""
+        if self._always:
+            self._sync_to(nxt)
+        elif (self.config.fsync_records is not None
+              and nxt - self._durable_offset >= self.config.fsync_records):
+            self._sync_to(nxt)
 
     def _roll_locked(self) -> None:
         """Seal the active segment (durably) and start a new one at ``_next_offset``."""

@@ -105,11 +105,6 @@ def finish_interrupted_cleanups(directory: str, fs) -> List[str]:
     return done
 
 
-def leftover_temp_files(directory: str) -> List[str]:
-    """Interrupted atomic writes (``*.tmp``): never part of the log, safe to delete."""
-    return sorted(n for n in os.listdir(directory) if n.endswith(".tmp"))
-
-
 @dataclass
 class RecoveryReport:
     """What recovery found (and did, unless it was a dry run) for the active segment."""

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import threading
-import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -401,10 +400,6 @@ class Store:
             finally:
                 self._waiters -= 1
 
-    def _notify(self) -> None:
-        with self._data:
-            self._data.notify_all()
-
     # ------------------------------------------------------------------ views
     def consumer(self, group_id: str, topic: str, start: str = "earliest"):
         """A member of consumer group ``group_id`` on ``topic`` (Kafka-style stream view)."""
@@ -570,9 +565,3 @@ class Store:
     def __repr__(self) -> str:
         return f"<logstore.Store {self.root!r}{' closed' if self._closed else ''}>"
 
-
-def wait_until(deadline: Optional[float]) -> float:
-    """Seconds left until ``deadline`` (monotonic), or a long time for None."""
-    if deadline is None:
-        return 3600.0
-    return max(0.0, deadline - time.monotonic())
