@@ -65,7 +65,10 @@ class _MappedArray:
             return None
         if size == 0:
             return np.empty(0, dtype=cls.dtype)
-        return np.fromfile(path, dtype=cls.dtype)
+        try:
+            return np.fromfile(path, dtype=cls.dtype)
+        except OSError:  # removed meanwhile (retention, compaction): rebuilt from the log
+            return None
 
     @classmethod
     def map_readonly(cls, path: str) -> Optional["_MappedArray"]:
@@ -76,7 +79,11 @@ class _MappedArray:
         if size % cls.dtype.itemsize:
             return None
         n = size // cls.dtype.itemsize
-        arr = np.memmap(path, dtype=cls.dtype, mode="r", shape=(n,)) if n else np.empty(0, cls.dtype)
+        try:
+            arr = np.memmap(path, dtype=cls.dtype, mode="r", shape=(n,)) if n else \
+                np.empty(0, cls.dtype)
+        except (OSError, ValueError):  # removed or shrunk meanwhile: rebuilt from the log
+            return None
         return cls(path, arr, n, False)
 
     @classmethod
