@@ -671,8 +671,15 @@ class Log:
             raise OffsetOutOfRangeError(
                 f"offset {offset} is outside the log [{start}, {end}] (start_offset, end_offset)")
 
+    def _gaps_allowed(self) -> bool:
+        if not self._allow_gaps and self.readonly:
+            # The writer may have compacted since this reader opened: its metadata says so.
+            found_meta = meta.read_meta(self.path) or {}
+            self._allow_gaps = bool(found_meta.get("settings", {}).get("compacted"))
+        return self._allow_gaps
+
     def _gap(self, expected: int, found: int, seg: Segment, pos: int) -> None:
-        if not self._allow_gaps and found > expected:
+        if found > expected and not self._gaps_allowed():
             raise CorruptLogError(
                 f"offsets {expected}..{found - 1} are missing (the log is not compacted, so "
                 f"offsets must be dense)", seg.path, pos)
@@ -819,7 +826,7 @@ class Log:
                             f"offset {cursor} was removed by retention while reading")
                     loc = self._locate_locked(cursor)
                     if loc is None:
-                        if self._allow_gaps:
+                        if self._gaps_allowed():
                             return  # the rest of the range was compacted away
                         raise CorruptLogError(f"offset {cursor} should exist but no batch holds it",
                                               self._segments[-1].path)
