@@ -375,7 +375,11 @@ def prepare_from_buffer(
     return _finish(0, n, n - 1, timestamp_ms, timestamp_ms, raw, compression, level, max_bytes)
 
 
-_HEADER_TAIL = struct.Struct("<IHHqqqIIIIQ")  # the header from byte 8 on: what the CRC covers
+# The header from byte 8 on (what the CRC covers) followed by the first column entries of a
+# one-record batch: its value length, or its key and value lengths.
+_TAIL_VALUE = struct.Struct("<IHHqqqIIIIQi")
+_TAIL_KEY_VALUE = struct.Struct("<IHHqqqIIIIQii")
+_MAGIC_CRC = struct.Struct("<4sI")
 
 
 def frame_single(base_offset: int, timestamp_ms: int, value: bytes, key: Optional[bytes],
@@ -386,21 +390,25 @@ def frame_single(base_offset: int, timestamp_ms: int, value: bytes, key: Optiona
     """
     if key is None:
         raw_len = 4 + len(value)
-        attrs = 0
-        cols = _I32.pack(len(value))
+        length = (HEADER_SIZE + raw_len + 7) & ~7
+        body = b"".join((
+            _TAIL_VALUE.pack(length, FORMAT_VERSION, 0, base_offset, timestamp_ms, timestamp_ms,
+                             1, 0, raw_len, raw_len, synced_before, len(value)),
+            value,
+            _PAD[: length - HEADER_SIZE - raw_len],
+        ))
     else:
         raw_len = 8 + len(key) + len(value)
-        attrs = ATTR_KEYS
-        cols = _I32.pack(len(key)) + _I32.pack(len(value)) + key
-    length = (HEADER_SIZE + raw_len + 7) & ~7
-    body = b"".join((
-        _HEADER_TAIL.pack(length, FORMAT_VERSION, attrs, base_offset, timestamp_ms, timestamp_ms,
-                          1, 0, raw_len, raw_len, synced_before),
-        cols,
-        value,
-        _PAD[: length - HEADER_SIZE - raw_len],
-    ))
-    return b"".join((MAGIC, _U32.pack(crc32c(body)), body))
+        length = (HEADER_SIZE + raw_len + 7) & ~7
+        body = b"".join((
+            _TAIL_KEY_VALUE.pack(length, FORMAT_VERSION, ATTR_KEYS, base_offset, timestamp_ms,
+                                 timestamp_ms, 1, 0, raw_len, raw_len, synced_before, len(key),
+                                 len(value)),
+            key,
+            value,
+            _PAD[: length - HEADER_SIZE - raw_len],
+        ))
+    return b"".join((_MAGIC_CRC.pack(MAGIC, crc32c(body)), body))
 
 
 def frame(batch: PreparedBatch, base_offset: int, synced_before: int = 0) -> bytearray:
@@ -904,84 +912,100 @@ def codec_id(name: str) -> int:
     return CODEC_ZSTD if name == "zstd" else CODEC_NONE
 
 
-def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
-                   file_pos: int) -> Optional[Record]:
-    """The record at ``offset`` from the framed batch in ``buf`` (random-access ``get`` path).
+_NEGATIVE_INT32 = b"\xff\xff\xff\xff"
 
-    Checks the CRC, then reads only the column entries it needs (struct, plus one numpy sum for
-    the position of the value), instead of decoding the whole batch. Returns None when the
-    record is absent (a compaction gap). Falls back to :func:`decode` for compressed batches and
-    batches with offset deltas.
+
+def _lengths_before(buf: Any, col: int, count: int) -> int:
+    """Sum of the non-negative int32 lengths among the first ``count`` entries at ``col``
+    (-1 marks null: add those back). ``buf`` is bytes or an mmap. struct beats numpy's call
+    overhead for small counts."""
+    if count == 0:
+        return 0
+    if count <= 2048:
+        t = _ints("i", count).unpack_from(buf, col)
+        # Lengths are < 2**30, so four 0xff bytes anywhere in the column mean a negative
+        # entry (a null): a C-speed search instead of comparing every entry with -1.
+        if buf.find(_NEGATIVE_INT32, col, col + 4 * count) < 0:
+            return sum(t)
+        return sum(t) + t.count(-1)
+    arr = np.frombuffer(buf, dtype="<i4", count=count, offset=col)
+    return int(arr.sum()) + int(np.count_nonzero(arr < 0))
+
+
+_new_record = partial(tuple.__new__, Record)
+
+
+def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
+                   file_pos: int, at: int = 0) -> Optional[Record]:
+    """The record at ``offset`` from the framed batch at ``buf[at:]`` (random-access ``get``).
+
+    ``buf`` is bytes or an mmap (not a memoryview: column sums search it). ``h`` is the batch's header, already checked by :func:`header_problem` and known to fit in
+    ``buf``. Checks the CRC, then reads only the column entries it needs (struct) instead of
+    decoding the whole batch. Returns None when the record is absent (a compaction gap). Falls
+    back to :func:`decode` for compressed batches and batches with offset deltas.
     """
-    a = h.attributes
+    a = h[4]  # attributes (tuple indexing: this is the hottest read path)
     if a & (CODEC_MASK | ATTR_OFFSET_DELTAS):
-        batch = decode(buf, 0, h, path, file_pos, True)
+        batch = decode(buf[at : at + h.length], 0, h, path, file_pos, True)
         j = batch.index_of(offset)
         if j >= len(batch) or batch.offset_at(j) != offset:
             return None
         return batch.record_at(j)
-    mv = memoryview(buf)
-    if crc32c(mv[CRC_START : h.length]) != h.crc:
+    if crc32c(memoryview(buf)[at + CRC_START : at + h[2]]) != h[1]:
         raise CorruptLogError("CRC32C mismatch", path, file_pos)
-    check_version(h, path, file_pos)
-    n = h.record_count
-    j = offset - h.base_offset
+    if h[3] != FORMAT_VERSION or a & ~KNOWN_ATTRS:
+        check_version(h, path, file_pos)
+    n = h[8]
+    j = offset - h[5]
     if not 0 <= j < n:
         return None
-    if h.last_offset_delta != n - 1:
+    if h[9] != n - 1:
         raise CorruptLogError("dense batch with a gap in its header", path, file_pos)
-    data = mv[HEADER_SIZE : HEADER_SIZE + h.payload_length]
-    size = len(data)
-    pos = 0
-    ts = h.base_timestamp
+    col = at + HEADER_SIZE  # columns and data are addressed directly in buf
+    end = col + h[10]  # payload end
+    ts = h[6]
     if a & ATTR_TIMESTAMPS:
-        ts += _I64.unpack_from(data, 8 * j)[0]
-        pos = 8 * n
-    kl_pos = vl_pos = hl_pos = -1
+        ts += _I64.unpack_from(buf, col + 8 * j)[0]
+        col += 8 * n
+    kl_pos = -1
     if a & ATTR_KEYS:
-        kl_pos, pos = pos, pos + 4 * n
-    vl_pos, pos = pos, pos + 4 * n
+        kl_pos = col
+        col += 4 * n
+    vl_pos = col
+    col += 4 * n
+    hl_pos = -1
     if a & ATTR_HEADERS:
-        hl_pos, pos = pos, pos + 4 * n
-    if pos > size:
+        hl_pos = col
+        col += 4 * n
+    if col > end:
         raise CorruptLogError("batch columns run past the payload", path, file_pos)
-
-    def before(col: int, count: int) -> int:
-        # Sum of the non-negative lengths among the first `count` entries of a column
-        # (-1 marks null: add those back). struct beats numpy's call overhead for small counts.
-        if count == 0:
-            return 0
-        if count <= 2048:
-            t = _ints("i", count).unpack_from(data, col)
-            return sum(t) + t.count(-1)
-        arr = np.frombuffer(data, dtype="<i4", count=count, offset=col)
-        return int(arr.sum()) + int(np.count_nonzero(arr < 0))
-
-    start = pos
     key = None
+    kl = 0
     if kl_pos >= 0:
-        (kl,) = _I32.unpack_from(data, kl_pos + 4 * j)
-        ks = start + before(kl_pos, j)
+        (kl,) = _I32.unpack_from(buf, kl_pos + 4 * j)
         if kl >= 0:
-            if ks + kl > size:
+            ks = col + _lengths_before(buf, kl_pos, j)
+            if ks + kl > end:
                 raise CorruptLogError("key runs past the payload", path, file_pos)
-            key = bytes(data[ks : ks + kl])
-        start += before(kl_pos, n)
-    (vl,) = _I32.unpack_from(data, vl_pos + 4 * j)
-    vs = start + before(vl_pos, j)
+            key = bytes(buf[ks : ks + kl])
+        col += _lengths_before(buf, kl_pos, n)
+    (vl,) = _I32.unpack_from(buf, vl_pos + 4 * j)
     value = None
     if vl >= 0:
-        if vs + vl > size:
+        vs = col + _lengths_before(buf, vl_pos, j)
+        if vs + vl > end:
             raise CorruptLogError("value runs past the payload", path, file_pos)
-        value = bytes(data[vs : vs + vl])
+        value = buf[vs : vs + vl]
+        if type(value) is not bytes:
+            value = bytes(value)
     headers: Dict[str, bytes] = {}
     if hl_pos >= 0:
-        (hl,) = _I32.unpack_from(data, hl_pos + 4 * j)
-        hs = start + before(vl_pos, n) + before(hl_pos, j)
-        if hl < 0 or hs + hl > size:
+        (hl,) = _I32.unpack_from(buf, hl_pos + 4 * j)
+        hs = col + _lengths_before(buf, vl_pos, n) + _lengths_before(buf, hl_pos, j)
+        if hl < 0 or hs + hl > end:
             raise CorruptLogError("headers run past the payload", path, file_pos)
         if hl:
-            headers = DecodedBatch._headers_from(bytes(data[hs : hs + hl]), path, file_pos)
-    if vl < -1 or (kl_pos >= 0 and kl < -1) or not 0 <= ts <= h.max_timestamp:
+            headers = DecodedBatch._headers_from(bytes(buf[hs : hs + hl]), path, file_pos)
+    if vl < -1 or kl < -1 or not 0 <= ts <= h[7]:
         raise CorruptLogError("impossible record fields", path, file_pos)
-    return Record(offset, ts, key, value, headers)
+    return _new_record((offset, ts, key, value, headers, None))

@@ -99,6 +99,11 @@ class Log:
         self._cleaner: Optional[threading.Thread] = None
         self.meta: Dict[str, Any] = {}
         self.recovery_report: Optional[recovery.RecoveryReport] = None
+        # Copies of settings read on every append (attribute lookups on the hot path).
+        self._max_record_bytes = config.max_record_bytes
+        self._segment_bytes = config.segment_bytes
+        self._segment_ms = config.segment_ms
+        self._fsync_records = config.fsync_records
         self._index_capacity = min(
             _MAX_INDEX_CAPACITY, config.segment_bytes // config.index_interval_bytes + 2)
 
@@ -346,14 +351,15 @@ class Log:
         timestamp_ms: Optional[int] = None,
     ) -> int:
         """Append one record; return its offset. Durable on return under ``fsync="always"``."""
-        ts = _now_ms() if timestamp_ms is None else codec._check_timestamp(timestamp_ms)
-        cfg = self.config
+        ts = time.time_ns() // 1_000_000 if timestamp_ms is None else codec._check_timestamp(
+            timestamp_ms)
         if key is None and self._allow_keyless is False:
             raise MissingKeyError("this log is compacted (cleanup_policy includes 'compact'): "
                                   "every record needs a key")
         if (headers is None and self._codec == codec.CODEC_NONE and type(value) is bytes
                 and (key is None or type(key) is bytes)):
             return self._append_one(value, key, ts, True)
+        cfg = self.config
         prepared = codec.prepare_one(value, key, headers, ts, self._codec,
                                      cfg.compression_level, cfg.max_record_bytes)
         return self._append_prepared(prepared).start
@@ -403,35 +409,42 @@ class Log:
         return self._append_prepared(prepared)
 
     def _append_one(self, value: bytes, key: Optional[bytes], ts: int, wait: bool) -> int:
-        """Hot path of ``append``: frame a one-record batch directly under the lock."""
-        cfg = self.config
-        # Hot path: frame the one-record batch directly under the lock (same bytes as below).
-        raw_len = 4 + len(value) + (0 if key is None else 4 + len(key))
-        if raw_len > cfg.max_record_bytes:
+        """Hot path of ``append``: frame a one-record batch directly under the lock.
+
+        Same bytes and bookkeeping as the general path (``_append_prepared``), with the roll
+        check and the sync-policy check inlined: this is the per-record cost of the engine.
+        """
+        raw_len = 4 + len(value) if key is None else 8 + len(key) + len(value)
+        if raw_len > self._max_record_bytes:
             raise RecordTooLargeError(
                 f"record encodes to {raw_len} bytes, above max_record_bytes="
-                f"{cfg.max_record_bytes}; nothing was written")
+                f"{self._max_record_bytes}; nothing was written")
         framed = (codec.HEADER_SIZE + raw_len + 7) & ~7
         with self._lock:
             if self._closed or self.readonly or self._failed is not None:
                 self._check_writable()
             base = self._next_offset
-            active = self._active_for_locked(framed, ts, 0)
-            active.append(codec.frame_single(base, ts, value, key, active.synced_size),
-                          base, base + 1, ts, ts)
+            active = self._segments[-1]
+            if (active.size + framed > self._segment_bytes or self._segment_ms is not None
+                    or base - active.base_offset >= MAX_RELATIVE_OFFSET):
+                active = self._active_for_locked(framed, ts, 0)
+            active.append_one(codec.frame_single(base, ts, value, key, active.synced_size),
+                              base, ts)
             self._next_offset = nxt = base + 1
-        if wait:
+        if wait and (self._always or self._fsync_records is not None):
             self._sync_per_policy(nxt)
         return base
 
-    def _append_nowait(self, value: bytes, key: Optional[bytes] = None) -> int:
-        """Append without waiting for the fsync policy (internal bookkeeping that may be lost in a
-        power failure, e.g. queue delivery counts); the next sync covers it."""
+    def _append_internal(self, value: bytes, wait: bool) -> int:
+        """Append a keyless, header-less record for the engine's own bookkeeping. ``wait=False``
+        does not wait for the fsync policy (bookkeeping that may be lost in a power failure,
+        e.g. queue delivery counts); the next sync covers it."""
+        ts = time.time_ns() // 1_000_000
         if self._codec == codec.CODEC_NONE:
-            return self._append_one(value, key, _now_ms(), False)
-        prepared = codec.prepare_one(value, key, None, _now_ms(), self._codec,
+            return self._append_one(value, None, ts, wait)
+        prepared = codec.prepare_one(value, None, None, ts, self._codec,
                                      self.config.compression_level, self.config.max_record_bytes)
-        return self._append_prepared(prepared, wait=False).start
+        return self._append_prepared(prepared, wait).start
 
     def _append_prepared(self, p: codec.PreparedBatch, wait: bool = True) -> range:
         with self._lock:
@@ -686,13 +699,20 @@ class Log:
 
     def get(self, offset: int) -> Record:
         """The record at ``offset``. Raises OffsetOutOfRangeError outside [start, end)."""
-        offset = _check_offset("offset", offset)
+        if type(offset) is not int:
+            offset = _check_offset("offset", offset)
         with self._lock:
-            self._check_open()
+            if self._closed:
+                self._check_open()
             if self.readonly and offset >= self._next_offset:
                 self._refresh_locked()  # only needed for records this reader has not seen yet
-            end = self._visible_end()
-            if offset == end:
+            end = self._durable_offset if self._always else self._next_offset
+            bases = self._bases
+            if bases and bases[0] <= offset < end:
+                rec = self._segments[bisect.bisect_right(bases, offset) - 1].quick_get(offset)
+                if rec is not None:
+                    return rec
+            elif offset == end:
                 raise OffsetOutOfRangeError(
                     f"offset {offset} is end_offset: no record there yet (use read() to poll)")
             self._check_range(offset, end)
@@ -702,8 +722,11 @@ class Log:
                                       self._segments[-1].path)
             i, pos, h = loc
             seg = self._segments[i]
-            buf = seg.read_bytes(pos, h.length)
-        rec = codec.extract_record(buf, h, offset, seg.path, pos)
+            if seg.use_pread:
+                buf, at = seg.read_bytes(pos, h.length), 0
+            else:
+                buf, at = seg._mapped(pos + h.length), pos
+            rec = codec.extract_record(buf, h, offset, seg.path, pos, at)
         if rec is None:
             self._gap(offset, h.base_offset if h.base_offset > offset else offset + 1, seg, pos)
             raise RecordRemovedError(f"offset {offset} was removed by compaction")

@@ -24,6 +24,7 @@ from . import codec
 from .codec import HEADER_SIZE, BatchHeader, DecodedBatch
 from .errors import CorruptLogError, OffsetOutOfRangeError, StorageError
 from .fs import FileSystem
+from .record import Record
 from .index import OffsetIndex, TimeIndex
 
 LOG_SUFFIX = ".log"
@@ -43,6 +44,10 @@ def parse_segment_name(name: str) -> Optional[int]:
     if dot and "." + ext == LOG_SUFFIX and len(stem) == NAME_DIGITS and stem.isdigit():
         return int(stem)
     return None
+
+
+# Batches quick_get leaves to the general path: compressed, with offset deltas, unknown flags.
+_NOT_QUICK = codec.CODEC_MASK | codec.ATTR_OFFSET_DELTAS | ~codec.KNOWN_ATTRS
 
 
 class ScannedBatch(NamedTuple):
@@ -386,6 +391,51 @@ class Segment:
                 pos = 0
         return self.walk_to(offset, pos)
 
+    def quick_get(self, offset: int) -> Optional[Record]:
+        """The record at ``offset`` by the common route, or None: "ask :meth:`find`".
+
+        The common route is a mapped segment, a loaded index whose hint checks out, and intact,
+        dense, uncompressed batches from the hint to the target: one index search, one header
+        unpack per step, the CRC of the target batch and the few column entries the record
+        needs, with no intermediate objects. Anything else (write buffer, pread mode, a hint
+        that does not match, a gap, compression, any odd header) returns None, and the caller
+        takes the general path, which handles and reports every case. Both give the same
+        record for the same bytes.
+        """
+        oi = self._offset_index
+        size = self.size
+        if oi is None or self.pending or self.use_pread or size <= 0 or offset >= self.next_offset:
+            return None
+        mm = self._map if self._map_len >= size else self._mapped(size)
+        base_offset = self.base_offset
+        pos = 0
+        expect = base_offset
+        n = oi.n
+        if n:
+            arr = oi._arr
+            k = int(arr[:n].searchsorted((offset - base_offset + 1) << 32)) - 1
+            if k >= 0:
+                e = int(arr[k])
+                pos = e & 0xFFFFFFFF
+                expect = base_offset + (e >> 32)
+        unpack = codec.HEADER.unpack_from
+        limit = size - HEADER_SIZE
+        while pos <= limit:
+            h = unpack(mm, pos)
+            length = h[2]
+            if (h[0] != codec.MAGIC or h[5] != expect or length < HEADER_SIZE or length & 7
+                    or pos + length > size or length > codec.MAX_BATCH_LENGTH
+                    or h[9] != h[8] - 1 or h[8] < 1 or h[4] & _NOT_QUICK
+                    or h[3] != codec.FORMAT_VERSION
+                    or not length - codec.ALIGN < HEADER_SIZE + h[10] <= length
+                    or h[6] < 0 or h[7] < 0):
+                return None  # odd, a gap or compressed: the general path decides
+            expect += h[8]
+            if expect > offset:
+                return codec.extract_record(mm, h, offset, self.path, pos, pos)
+            pos += length
+        return None
+
     def walk_to(self, offset: int, pos: int) -> Optional[Tuple[int, BatchHeader]]:
         """Walk batch headers from ``pos`` to the batch reaching ``offset``.
 
@@ -570,6 +620,25 @@ class Segment:
             self._cut_back(pos, e)
             raise StorageError(f"write to {self.path} failed: {e}; nothing was appended", e) from e
         self._appended(pos, len(data), base_offset, next_offset, max_ts, first_ts)
+
+    def append_one(self, data: bytes, offset: int, ts: int) -> None:
+        """:meth:`append` of a one-record batch (offset ``offset``, timestamp ``ts``), inlined:
+        the per-record hot path of ``Log.append``."""
+        if self.buffer_limit:
+            self.append(data, offset, offset + 1, ts, ts)
+            return
+        pos = self.size
+        try:
+            self.fs.pwrite(self.fd, data, pos)
+        except OSError as e:
+            self._cut_back(pos, e)
+            raise StorageError(f"write to {self.path} failed: {e}; nothing was appended", e) from e
+        self.size = pos + len(data)
+        self.next_offset = offset + 1
+        if self.first_timestamp is None:
+            self.first_timestamp = ts
+        if pos - self._last_index_pos >= self.index_interval or ts > self.max_timestamp:
+            self._note_batch(pos, offset, ts)
 
     def _appended(self, pos: int, length: int, base_offset: int, next_offset: int, max_ts: int,
                   first_ts: int) -> None:

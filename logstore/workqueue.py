@@ -141,7 +141,10 @@ class WorkQueue:
         self.topic = store.topic(name, partitions)
         self.dead_letter = store.topic(dead_letter, 1) if dead_letter else None
         self.closed = False
-        self._cond = threading.Condition(threading.Lock())
+        # Held through the plain lock (a C-level context manager); the condition shares it.
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        self._sleepers = 0  # threads in self._cond.wait(): notify only when someone waits
         self._events = store._open_internal_log(
             os.path.join(store.root, "internal", "queues", name), False)
         self._checkpoint_offset: Optional[int] = None
@@ -189,19 +192,16 @@ class WorkQueue:
             part.scan = part.low
 
     def _event(self, kind: bytes, p: int, off: int, count: int, t: int = 0) -> None:
-        if kind == b"G":
-            # Delivery counts only bound redeliveries: written at once (they survive a process
-            # crash) but not waited on for fsync; the next ack's fsync covers them.
-            self._events._append_nowait(_EVENT.pack(kind, p, off, count, t))
-        else:
-            self._events.append(_EVENT.pack(kind, p, off, count, t))
+        # Delivery counts (G) only bound redeliveries: written at once (they survive a process
+        # crash) but not waited on for fsync; the next ack's fsync covers them.
+        self._events._append_internal(_EVENT.pack(kind, p, off, count, t), kind != b"G")
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self.checkpoint()
 
     def checkpoint(self) -> None:
         """Write the whole state as one event and commit its offset, so reopen replays from it."""
-        with self._cond:
+        with self._mutex:
             snap = {"partitions": [part.snapshot() for part in self._parts]}
             self._since_checkpoint = 0
             off = self._events.append(b"C" + json.dumps(snap).encode())
@@ -215,6 +215,19 @@ class WorkQueue:
         return self._events.enforce_retention(self._checkpoint_offset)
 
     # ------------------------------------------------------------------ bookkeeping
+    def _sleep(self, seconds: float) -> None:
+        """(self._cond held) Wait for a wake-up or ``seconds``."""
+        self._sleepers += 1
+        try:
+            self._cond.wait(seconds)
+        finally:
+            self._sleepers -= 1
+
+    def _wake(self) -> None:
+        """(self._cond held) Wake every waiting getter/putter, if there is one."""
+        if self._sleepers:
+            self._cond.notify_all()
+
     def _check(self) -> None:
         if self.closed:
             raise LogClosedError(f"queue {self.name!r} is closed")
@@ -286,14 +299,15 @@ class WorkQueue:
         With ``max_depth`` reached: ``overflow="reject"`` raises :class:`QueueFullError`;
         ``"block"`` waits (up to ``timeout`` seconds, then QueueFullError).
         """
-        self._check()
+        if self.closed or self.store._closed:
+            self._check()
         if not isinstance(delay, (int, float)) or delay < 0:
             raise ValueError(f"delay must be a number of seconds >= 0, got {delay!r}")
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be >= 0 or None")
         if self.max_depth is not None:
             deadline = None if timeout is None else time.monotonic() + timeout
-            with self._cond:
+            with self._mutex:
                 while self._depth_total() >= self.max_depth:
                     if self.overflow == "reject":
                         raise QueueFullError(f"queue {self.name!r} holds max_depth="
@@ -301,16 +315,16 @@ class WorkQueue:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise QueueFullError(f"queue {self.name!r} stayed full for {timeout} s")
-                    self._cond.wait(0.05 if left is None else min(left, 0.05))
+                    self._sleep(0.05 if left is None else min(left, 0.05))
                     self._check()
         not_before = None
         if delay:
             headers = dict(headers or {})
             not_before = _now_ms() + int(delay * 1000)
             headers[NOT_BEFORE_HEADER] = str(not_before).encode()
-        ts = _now_ms()
+        ts = time.time_ns() // 1_000_000
         p, off = self.topic.publish(value, key, headers, timestamp_ms=ts)
-        with self._cond:
+        with self._mutex:
             part = self._parts[p]
             if part.scan == off:
                 # Our own put, next in line: queue it from memory instead of reading it back.
@@ -323,7 +337,7 @@ class WorkQueue:
                     heapq.heappush(part.delayed, (not_before, off))
                 else:
                     heapq.heappush(part.ready, off)
-            self._cond.notify_all()
+            self._wake()
         return f"{p}:{off}"
 
     # ------------------------------------------------------------------ consuming
@@ -335,17 +349,18 @@ class WorkQueue:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             doomed: List[Tuple[int, int, int]] = []
-            with self._cond:
-                self._check()
+            with self._mutex:
+                if self.closed or self.store._closed:
+                    self._check()
                 now = time.monotonic()
-                now_ms = _now_ms()
+                now_ms = time.time_ns() // 1_000_000
                 doomed = self._maintain(now, now_ms)
                 got = None if doomed else self._take(now, now_ms)
                 if got is None and not doomed:
                     left = None if deadline is None else deadline - now
                     if left is not None and left <= 0:
                         return None
-                    self._cond.wait(self._wait_time(now, now_ms, left))
+                    self._sleep(self._wait_time(now, now_ms, left))
                     continue
             for p, off, count in doomed:
                 self._dead_letter(p, off, count, "max_deliveries")
@@ -398,12 +413,12 @@ class WorkQueue:
         return max(0.0, min(waits))
 
     def _release(self, p: int, off: int, count: int) -> None:
-        with self._cond:
+        with self._mutex:
             part = self._parts[p]
             if part.inflight.get(off, (0, None))[1] == count:
                 del part.inflight[off]
                 heapq.heappush(part.ready, off)
-            self._cond.notify_all()
+            self._wake()
 
     def _claim(self, msg: Message) -> _Partition:
         """Validate that ``msg`` is this queue's current delivery and take it out of flight."""
@@ -425,22 +440,23 @@ class WorkQueue:
     def ack(self, msg: Message) -> None:
         """Mark ``msg`` done, durably: it is never delivered again. AckError if unknown,
         already acked or expired (state unchanged)."""
-        with self._cond:
-            self._check()
+        with self._mutex:
+            if self.closed or self.store._closed:
+                self._check()
             part = self._claim(msg)
         try:
             self._event(b"A", msg.partition, msg.offset, msg.delivery_count)
         except BaseException:
             self._undo_claim(msg)
             raise
-        with self._cond:
+        with self._mutex:
             part.mark_done(msg.offset)
-            self._cond.notify_all()
+            self._wake()
 
     def _undo_claim(self, msg: Message) -> None:
-        with self._cond:
+        with self._mutex:
             heapq.heappush(self._parts[msg.partition].ready, msg.offset)
-            self._cond.notify_all()
+            self._wake()
 
     def nack(self, msg: Message, delay: Optional[float] = None) -> None:
         """Give ``msg`` back for redelivery after ``delay`` seconds (default: exponential backoff
@@ -448,7 +464,7 @@ class WorkQueue:
         to the dead-letter topic instead."""
         if delay is not None and (not isinstance(delay, (int, float)) or delay < 0):
             raise ValueError(f"delay must be None or seconds >= 0, got {delay!r}")
-        with self._cond:
+        with self._mutex:
             self._check()
             part = self._claim(msg)
         if msg.delivery_count >= self.max_deliveries:
@@ -463,16 +479,16 @@ class WorkQueue:
         except BaseException:
             self._undo_claim(msg)
             raise
-        with self._cond:
+        with self._mutex:
             part.not_before[msg.offset] = not_before
             heapq.heappush(part.delayed, (not_before, msg.offset))
-            self._cond.notify_all()
+            self._wake()
 
     def extend(self, msg: Message, seconds: float) -> None:
         """Keep ``msg`` invisible to others for ``seconds`` from now (AckError if expired)."""
         if not isinstance(seconds, (int, float)) or seconds <= 0:
             raise ValueError(f"seconds must be > 0, got {seconds!r}")
-        with self._cond:
+        with self._mutex:
             self._check()
             part = self._claim(msg)
             deadline = time.monotonic() + seconds
@@ -489,11 +505,11 @@ class WorkQueue:
             headers[DLQ_SOURCE] = f"{self.name}:{p}:{off}".encode()
             self.dead_letter.publish(rec.value, rec.key, headers)
         self._event(b"D", p, off, count)
-        with self._cond:
+        with self._mutex:
             part = self._parts[p]
             part.inflight.pop(off, None)
             part.mark_done(off)
-            self._cond.notify_all()
+            self._wake()
 
     # ------------------------------------------------------------------ dead letters
     def redrive(self, max_messages: Optional[int] = None) -> int:
@@ -533,7 +549,7 @@ class WorkQueue:
     def stats(self) -> Dict[str, Any]:
         """``depth`` (ready now), ``in_flight``, ``delayed``, ``dead_lettered``, ``oldest_age_s``
         (age of the oldest message not yet done), ``total`` (not yet done)."""
-        with self._cond:
+        with self._mutex:
             self._check()
             now_ms = _now_ms()
             doomed = self._maintain(time.monotonic(), now_ms)
@@ -563,7 +579,7 @@ class WorkQueue:
 
     def low_watermarks(self) -> Dict[int, int]:
         """``{partition: first offset not yet done}`` (drives queue retention)."""
-        with self._cond:
+        with self._mutex:
             return {p: pt.low for p, pt in enumerate(self._parts)}
 
     def close(self) -> None:
@@ -576,12 +592,12 @@ class WorkQueue:
                 self.checkpoint()
         finally:
             self.closed = True
-            with self._cond:
-                self._cond.notify_all()
+            with self._mutex:
+                self._wake()
             self._events.close()
 
     def __len__(self) -> int:
-        with self._cond:
+        with self._mutex:
             return self._depth_total()
 
     def __repr__(self) -> str:
