@@ -1,0 +1,103 @@
+"""The hot paths (``get``'s quick route, the one-record ``append`` framing) against the general
+code they shortcut: same records, same bytes, and every odd case left to the general path.
+
+``Segment.quick_get`` returns a record or None ("take the general path"); ``log.read`` decodes
+whole batches through a different route. For random logs (keys, tombstones, headers,
+timestamps, batches of many sizes, tiny segments, compression on or off) every offset must
+give the same record both ways, and quick_get must decline (None) rather than answer when a
+batch is damaged.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from logstore import CorruptLogError, Log, codec
+
+values = st.one_of(st.none(), st.binary(max_size=40))
+keys = st.one_of(st.none(), st.binary(max_size=8))
+headers = st.one_of(st.none(), st.dictionaries(st.sampled_from(["a", "b", "é"]),
+                                               st.binary(max_size=6), max_size=2))
+record = st.tuples(values, keys, headers, st.integers(0, 10**6))
+batches = st.lists(st.lists(record, min_size=1, max_size=12), min_size=1, max_size=25)
+
+
+def segment_of(log: Log, offset: int):
+    return log._segments[bisect.bisect_right(log._bases, offset) - 1]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=batches, compression=st.sampled_from(["none", "zstd"]),
+       segment_bytes=st.sampled_from([1024, 4096, 1 << 20]),
+       index_interval=st.sampled_from([1, 64, 4096]), reopen=st.booleans())
+def test_quick_get_agrees_with_batch_decoding(tmp_path_factory, batches, compression,
+                                              segment_bytes, index_interval, reopen):
+    path = str(tmp_path_factory.mktemp("log"))
+    log = Log.open(path, fsync="never", compression=compression, segment_bytes=segment_bytes,
+                   index_interval_bytes=index_interval)
+    expected = []
+    for batch in batches:
+        if len(batch) == 1:
+            v, k, h, ts = batch[0]
+            log.append(v, key=k, headers=h, timestamp_ms=ts)
+        else:
+            log.append_batch([r[0] for r in batch], keys=[r[1] for r in batch],
+                             headers=[r[2] for r in batch], timestamps_ms=[r[3] for r in batch])
+        expected.extend(batch)
+    if reopen:
+        log.close()
+        log = Log.open(path, fsync="never")
+    try:
+        quick_answers = 0
+        for offset, (v, k, h, ts) in enumerate(expected):
+            via_batches = log.read(offset, max_records=1)[0]
+            assert (via_batches.value, via_batches.key, via_batches.headers,
+                    via_batches.timestamp_ms) == (v, k, h or {}, ts)
+            quick = segment_of(log, offset).quick_get(offset)
+            if quick is not None:
+                quick_answers += 1
+                assert quick == via_batches
+                assert type(quick.value) in (bytes, type(None))
+            assert log.get(offset) == via_batches
+        if compression == "none":
+            assert quick_answers > 0  # the quick route is really taken
+    finally:
+        log.close()
+
+
+def test_quick_get_declines_damaged_batches_and_get_reports_them(tmp_path):
+    path = str(tmp_path / "log")
+    log = Log.open(path, fsync="always")
+    for i in range(20):
+        log.append_batch([b"v%d-%d" % (i, j) for j in range(10)])
+    log.close()
+    seg_file = os.path.join(path, "00000000000000000000.log")
+    with open(seg_file, "r+b") as f:
+        data = bytearray(f.read())
+        # Flip a byte inside the values of the 8th batch (not in its header).
+        pos = 0
+        for _ in range(7):
+            pos += codec.HEADER.unpack_from(data, pos)[2]
+        f.seek(pos + codec.HEADER_SIZE + 50)
+        f.write(bytes([data[pos + codec.HEADER_SIZE + 50] ^ 0x40]))
+    log = Log.open(path, fsync="never")
+    try:
+        assert log.get(5).value == b"v0-5"  # intact batches still read
+        with pytest.raises(CorruptLogError) as e:
+            log.get(75)
+        assert "CRC32C" in str(e.value) and e.value.position == pos
+    finally:
+        log.close()
+
+
+@given(value=st.binary(max_size=300), key=st.one_of(st.none(), st.binary(max_size=50)),
+       base=st.integers(0, 2**40), ts=st.integers(0, 2**50), synced=st.integers(0, 2**31))
+def test_frame_single_matches_general_framing(value, key, base, ts, synced):
+    prepared = codec.prepare_one(value, key, None, ts, codec.CODEC_NONE, 3, 1 << 30)
+    assert codec.frame_single(base, ts, value, key, synced) == bytes(
+        codec.frame(prepared, base, synced))
