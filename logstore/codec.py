@@ -146,8 +146,32 @@ def _byte_length(item: Any, what: str, index: Optional[int]) -> int:
         raise _not_bytes(what, index, item) from None
 
 
+def _int32s(values: List[int]) -> bytes:
+    """``values`` as little-endian int32s."""
+    if len(values) <= 4096:
+        return _ints("i", len(values)).pack(*values)
+    return np.array(values, dtype="<i4").tobytes()
+
+
 def _column(items: Sequence[Any], what: str, nullable: bool) -> tuple:
-    """Join bytes-like ``items`` into one blob; return (blob, int32 lengths with -1 for None)."""
+    """Join bytes-like ``items`` into one blob; return (blob, int32 lengths with -1 for None,
+    as little-endian bytes)."""
+    try:
+        # Common case, in two C-level passes: len() fails on None, join() on non-buffers, and
+        # the sum check catches buffers whose len() is not their byte count.
+        lengths = list(map(len, items))
+        blob = b"".join(items)
+        if sum(lengths) == len(blob):
+            return blob, _int32s(lengths)
+    except TypeError:
+        pass
+    blob, lengths = _column_checked(items, what, nullable)
+    return blob, lengths.astype("<i4").tobytes()
+
+
+def _column_checked(items: Sequence[Any], what: str, nullable: bool) -> tuple:
+    """:func:`_column` for the other cases (None, other buffers, bad items): validates every
+    item and raises the precise TypeError."""
     n = len(items)
     has_none = nullable and any(x is None for x in items)
     present = [x for x in items if x is not None] if has_none else items
@@ -328,11 +352,11 @@ def prepare_batch(
     if keys is not None and any(k is not None for k in keys):
         key_blob, key_lens = _column(keys, "key", nullable=True)
         attrs |= ATTR_KEYS
-        columns.append(key_lens.astype("<i4").tobytes())
+        columns.append(key_lens)
         blobs.append(key_blob)
 
     value_blob, value_lens = _column(values, "value", nullable=True)
-    columns.append(value_lens.astype("<i4").tobytes())
+    columns.append(value_lens)
     blobs.append(value_blob)
 
     if headers is not None and any(headers):
@@ -511,6 +535,8 @@ def _ints(code: str, n: int) -> struct.Struct:
 
 def _column_property(name: str, doc: str) -> property:
     def get(self: "DecodedBatch") -> Optional[np.ndarray]:
+        if not self._parsed:
+            self._parse()
         arrays = self._arrays
         if name in arrays:
             return arrays[name]
@@ -530,9 +556,15 @@ class DecodedBatch:
     ``header_*`` likewise, or None when no record of the batch has one. For an uncompressed
     batch read through an mmap, ``values_buffer`` is a zero-copy memoryview of the mapped file.
     Small batches are parsed without numpy and build the arrays only when asked.
+
+    The CRC is checked before a DecodedBatch exists. The columns are parsed and cross-checked
+    (lengths add up to the payload, offsets increase, timestamps match the header) when the
+    batch is built, or with ``lazy=True`` at the first access to any column, value, key,
+    header or record: a reader that only needs ``len(batch)`` or the header pays for neither,
+    and nothing unchecked is ever handed out.
     """
 
-    __slots__ = ("header", "position", "data", "_path", "_lists", "_arrays")
+    __slots__ = ("header", "position", "data", "_path", "_lists", "_arrays", "_parsed")
 
     offsets = _column_property("offsets", "int64 offset of each record")
     timestamps = _column_property("timestamps", "int64 timestamp (ms) of each record")
@@ -543,17 +575,26 @@ class DecodedBatch:
     header_lengths = _column_property("header_lengths", "encoded headers length per record")
     header_offsets = _column_property("header_offsets", "start of each record's headers")
 
-    def __init__(self, header: BatchHeader, position: int, data: Any, path: Optional[str]):
+    def __init__(self, header: BatchHeader, position: int, data: Any, path: Optional[str],
+                 lazy: bool = False):
         self.header = header
         self.position = position
         self.data = data
         self._path = path
         self._lists: Dict[str, Optional[list]] = {}
         self._arrays: Dict[str, Optional[np.ndarray]] = {}
-        if header.record_count <= _SMALL_BATCH:
-            self._parse_small()
-        else:
+        self._parsed = False
+        if not lazy:
+            self._parse()
+
+    def _parse(self) -> None:
+        """Parse and check the columns (numpy for large batches; struct and lists for small
+        ones, where numpy's per-call cost would dominate)."""
+        if self.header.record_count > _SMALL_BATCH:
             self._parse_numpy()
+        else:
+            self._parse_small()
+        self._parsed = True
 
     # -- structure -------------------------------------------------------------------------
     def _corrupt(self, why: str) -> CorruptLogError:
@@ -726,6 +767,8 @@ class DecodedBatch:
             raise self._corrupt("max timestamp does not match the records")
 
     def _column(self, name: str, start: int, stop: int) -> Optional[list]:
+        if not self._parsed:
+            self._parse()
         lst = self._lists.get(name, False)
         if lst is False:
             arr = self._arrays[name]
@@ -808,6 +851,8 @@ class DecodedBatch:
 
     def record_at(self, i: int) -> Record:
         """The ``i``-th record of the batch."""
+        if not self._parsed:
+            self._parse()
         lists = self._lists
         if lists and "value_lengths" in lists:
             vl = lists["value_lengths"][i]
@@ -870,6 +915,7 @@ def decode(
     path: Optional[str],
     file_pos: Optional[int] = None,
     header_checked: bool = False,
+    lazy: bool = False,
 ) -> DecodedBatch:
     """Validate (CRC, structure) and decode the batch whose header ``h`` was read at ``pos``.
 
@@ -905,7 +951,7 @@ def decode(
         if h.raw_length != h.payload_length:
             raise CorruptLogError("raw length differs from payload length", path, where)
         data = payload
-    return DecodedBatch(h, where, data, path)
+    return DecodedBatch(h, where, data, path, lazy)
 
 
 def codec_id(name: str) -> int:

@@ -53,6 +53,7 @@ from .segment import MAX_RELATIVE_OFFSET, Segment, segment_name
 
 DEFAULT_MAX_RECORDS = 1000
 _MAX_INDEX_CAPACITY = 1 << 22
+_WRITEBACK_BYTES = 1 << 20
 
 
 def _now_ms() -> int:
@@ -181,7 +182,7 @@ class Log:
         if not bases:
             seg = Segment.create(d, 0, fs, cfg.index_interval_bytes, self._index_capacity)
             fs.fsync_dir(d)
-            seg.buffer_limit = cfg.write_buffer_bytes
+            self._configure_active(seg)
             self._segments = [seg]
             self._bases = [0]
             meta.remove_clean_shutdown(d, fs)
@@ -209,7 +210,15 @@ class Log:
         # From here on, the marker would lie: remove it (durably) before anything is written.
         meta.remove_clean_shutdown(d, fs)
         self._next_offset = self._durable_offset = active.next_offset
-        active.buffer_limit = cfg.write_buffer_bytes
+        self._configure_active(active)
+
+    def _configure_active(self, seg: Segment) -> None:
+        """Writer settings of a segment that becomes the active one."""
+        seg.buffer_limit = self.config.write_buffer_bytes
+        # Without an fsync per append, dirty pages pile up until the seal's fdatasync: start
+        # their writeback as the segment fills, so sealing does not stall the writer for long.
+        seg.writeback_bytes = 0 if self._always else _WRITEBACK_BYTES
+        seg._writeback_from = seg.size
 
     def _open_reader(self) -> None:
         d = self.path
@@ -494,7 +503,7 @@ class Log:
         except OSError as e:
             self._fail(e)
             raise StorageError(f"rolling to a new segment failed: {e}", e) from e
-        new.buffer_limit = self.config.write_buffer_bytes
+        self._configure_active(new)
         self._segments.append(new)
         self._bases.append(new.base_offset)
         try:
@@ -857,7 +866,7 @@ class Log:
                     seg = self._segments[i]
                 else:
                     h = seg.header_at(pos)
-                batch = seg.batch_at(pos, h)
+                batch = seg.batch_at(pos, h, lazy=True)
             self._gap(cursor, h.base_offset, seg, pos)
             pos += h.length
             if h.next_offset <= cursor:

@@ -111,6 +111,10 @@ class Segment:
         self._time_index: Optional[TimeIndex] = None
         self._last_index_pos = 0
         self._index_checked = False
+        # Start kernel writeback of every this-many newly written bytes (0: never); see
+        # FileSystem.start_writeback. Set by the log for policies that do not fsync each append.
+        self.writeback_bytes = 0
+        self._writeback_from = 0
 
     # ------------------------------------------------------------------ opening and closing
     @classmethod
@@ -253,11 +257,13 @@ class Segment:
             raise CorruptLogError("batch runs past the end of the segment", self.path, pos)
         return h
 
-    def batch_at(self, pos: int, h: Optional[BatchHeader] = None) -> DecodedBatch:
-        """Decode (CRC-checked) the batch at ``pos``; ``h`` must come from :meth:`header_at`."""
+    def batch_at(self, pos: int, h: Optional[BatchHeader] = None,
+                 lazy: bool = False) -> DecodedBatch:
+        """Decode (CRC-checked) the batch at ``pos``; ``h`` must come from :meth:`header_at`.
+        ``lazy``: parse its columns at first use (see :class:`DecodedBatch`)."""
         if h is None:
             h = self.header_at(pos)  # validates the header and its bounds
-        return codec.decode(self.read_bytes(pos, h.length), 0, h, self.path, pos, True)
+        return codec.decode(self.read_bytes(pos, h.length), 0, h, self.path, pos, True, lazy)
 
     # ------------------------------------------------------------------ indexes
     def offset_index(self) -> OffsetIndex:
@@ -639,6 +645,19 @@ class Segment:
             self.first_timestamp = ts
         if pos - self._last_index_pos >= self.index_interval or ts > self.max_timestamp:
             self._note_batch(pos, offset, ts)
+            if self.writeback_bytes and pos - self._writeback_from >= self.writeback_bytes:
+                self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Hint the kernel to write out what was written since the last hint (no waiting)."""
+        written = self.size - len(self.pending)
+        if written > self._writeback_from:
+            try:
+                self.fs.start_writeback(self.fd, self._writeback_from,
+                                        written - self._writeback_from)
+            except OSError:
+                return  # only a hint: the fdatasync that matters reports real errors
+            self._writeback_from = written
 
     def _appended(self, pos: int, length: int, base_offset: int, next_offset: int, max_ts: int,
                   first_ts: int) -> None:
@@ -647,6 +666,8 @@ class Segment:
         if self.first_timestamp is None:
             self.first_timestamp = first_ts
         self._note_batch(pos, base_offset, max_ts)
+        if self.writeback_bytes and pos - self._writeback_from >= self.writeback_bytes:
+            self._start_writeback()
 
     def flush_pending(self) -> None:
         """Write the write buffer to the file (not fsync). On failure the buffer is kept."""
