@@ -86,6 +86,10 @@ class Segment:
         self.directory = directory
         self.base_offset = base_offset
         self.fs = fs
+        # The plain FileSystem's pwrite is os.pwrite plus a short-write loop: call os.pwrite
+        # directly on the per-record path and fall back to fs.pwrite for short writes. A test
+        # double (a subclass) always goes through fs.pwrite.
+        self._os_pwrite = os.pwrite if type(fs) is FileSystem else None
         self.index_interval = index_interval
         self.writable = writable
         self.path = os.path.join(directory, segment_name(base_offset))
@@ -634,8 +638,11 @@ class Segment:
             self.append(data, offset, offset + 1, ts, ts)
             return
         pos = self.size
+        os_pwrite = self._os_pwrite
         try:
-            self.fs.pwrite(self.fd, data, pos)
+            # (A short write is redone whole: the write is positional, so that is idempotent.)
+            if os_pwrite is None or os_pwrite(self.fd, data, pos) != len(data):
+                self.fs.pwrite(self.fd, data, pos)
         except OSError as e:
             self._cut_back(pos, e)
             raise StorageError(f"write to {self.path} failed: {e}; nothing was appended", e) from e

@@ -98,13 +98,20 @@ class _Partition:
     def mark_done(self, off: int) -> None:
         if off < self.low:
             return
-        self.done.add(off)
         self.counts.pop(off, None)
-        self.not_before.pop(off, None)
+        if self.not_before:
+            self.not_before.pop(off, None)
         self.cache.pop(off, None)
-        while self.low in self.done:
-            self.done.discard(self.low)
-            self.low += 1
+        if off != self.low:
+            self.done.add(off)
+            return
+        # The usual case, acks in order: advance the watermark without touching the set.
+        low = off + 1
+        done = self.done
+        while low in done:
+            done.discard(low)
+            low += 1
+        self.low = low
 
     def snapshot(self) -> Dict[str, Any]:
         return {"low": self.low, "done": sorted(self.done),
