@@ -404,19 +404,24 @@ class Segment:
     def quick_get(self, offset: int) -> Optional[Record]:
         """The record at ``offset`` by the common route, or None: "ask :meth:`find`".
 
-        The common route is a mapped segment, a loaded index whose hint checks out, and intact,
-        dense, uncompressed batches from the hint to the target: one index search, one header
-        unpack per step, the CRC of the target batch and the few column entries the record
-        needs, with no intermediate objects. Anything else (write buffer, pread mode, a hint
-        that does not match, a gap, compression, any odd header) returns None, and the caller
-        takes the general path, which handles and reports every case. Both give the same
-        record for the same bytes.
+        The common route is a loaded index whose hint checks out and intact, dense,
+        uncompressed batches from the hint to the target: one index search, one header unpack
+        per step (from the mapping, or one pread each for a reader's active segment), the CRC
+        of the target batch and the few column entries the record needs, with no intermediate
+        objects. Anything else (write buffer, a hint that does not match, a gap, compression,
+        any odd header) returns None, and the caller takes the general path, which handles and
+        reports every case. Both give the same record for the same bytes, and both raise the
+        same CorruptLogError when the target batch fails its CRC.
         """
         oi = self._offset_index
         size = self.size
-        if oi is None or self.pending or self.use_pread or size <= 0 or offset >= self.next_offset:
+        if oi is None or self.pending or size <= 0 or offset >= self.next_offset:
             return None
-        mm = self._map if self._map_len >= size else self._mapped(size)
+        if self.use_pread:
+            mm = None
+            fd = self.fd
+        else:
+            mm = self._map if self._map_len >= size else self._mapped(size)
         base_offset = self.base_offset
         pos = 0
         expect = base_offset
@@ -431,7 +436,13 @@ class Segment:
         unpack = codec.HEADER.unpack_from
         limit = size - HEADER_SIZE
         while pos <= limit:
-            h = unpack(mm, pos)
+            if mm is None:
+                raw = os.pread(fd, HEADER_SIZE, pos)
+                if len(raw) < HEADER_SIZE:
+                    return None
+                h = unpack(raw, 0)
+            else:
+                h = unpack(mm, pos)
             length = h[2]
             if (h[0] != codec.MAGIC or h[5] != expect or length < HEADER_SIZE or length & 7
                     or pos + length > size or length > codec.MAX_BATCH_LENGTH
@@ -442,6 +453,11 @@ class Segment:
                 return None  # odd, a gap or compressed: the general path decides
             expect += h[8]
             if expect > offset:
+                if mm is None:
+                    data = os.pread(fd, length, pos)
+                    if len(data) < length:
+                        return None
+                    return codec.extract_record(data, h, offset, self.path, pos, 0)
                 return codec.extract_record(mm, h, offset, self.path, pos, pos)
             pos += length
         return None
