@@ -11,7 +11,8 @@ Workloads (values drawn cyclically from a seeded pool of distinct random values)
   W1b  the same in batches of 100 (one call / transaction / pipeline per batch)
   W2   durable batches of 100: each batch on stable storage before the next starts
        (plus the raw limit: os.write + os.fdatasync of a batch-sized buffer)
-  W3   full replay of the W1b data (logstore: replay() records and replay_batches() batches)
+  W3   full replay of the W1b data (logstore: replay() records; replay_batches() counting
+       len(batch); replay_batches() summing each batch's value_lengths column)
   W4   random get by offset (100k seeded offsets into the W1b data)
   W5   1 KiB values: append in batches of 100 (W5a), then replay them (W5b)
   W6   durable single-record appends, fsync per call: 4 threads (W6x4) and 1 thread (W6x1)
@@ -269,6 +270,19 @@ def logstore_w3b(spec: dict, data: Data) -> dict:
         for batch in log.replay_batches():
             n += len(batch)
     check(n == spec["records"], f"replayed {n} records")
+    log.close()
+    return result(n, t.seconds)
+
+
+def logstore_w3c(spec: dict, data: Data) -> dict:
+    """replay_batches, touching every record's value length (the numpy column)."""
+    log = _log(spec["path"], fsync="never")
+    n = nbytes = 0
+    with Timer() as t:
+        for batch in log.replay_batches():
+            n += len(batch)
+            nbytes += int(batch.value_lengths.sum())
+    check(n == spec["records"] and nbytes == n * data.size, f"replayed {n} records")
     log.close()
     return result(n, t.seconds)
 
@@ -968,6 +982,7 @@ LABELS = dict(WORKLOADS)
 STORES = {  # id -> table label
     "logstore": "logstore",
     "logstore-batches": "logstore replay_batches",
+    "logstore-columns": "logstore replay_batches + value_lengths",
     "sqlite": "sqlite3 WAL",
     "lmdb": "LMDB",
     "diskcache": "diskcache Cache",
@@ -1022,7 +1037,7 @@ def durability_differs(store: str, workload: str) -> bool:
 
 FUNCTIONS: Dict[str, Callable[[dict, Data], dict]] = {
     name: fn for name, fn in globals().items()
-    if callable(fn) and re.fullmatch(r"[a-z]+_w[0-9][ab]?", name)
+    if callable(fn) and re.fullmatch(r"[a-z]+_w[0-9][abc]?", name)
 }
 
 
@@ -1045,7 +1060,7 @@ def build_plan(args: argparse.Namespace, have: Dict[str, bool]) -> List[dict]:
 
     plan: List[dict] = []
     for store in STORES:
-        if store == "logstore-batches" or not have.get(store, False):
+        if store in ("logstore-batches", "logstore-columns") or not have.get(store, False):
             continue
         offers = OFFERS[store]
         if args.stores and store not in args.stores:
@@ -1073,6 +1088,8 @@ def build_plan(args: argparse.Namespace, have: Dict[str, bool]) -> List[dict]:
             if store == "logstore":
                 add("w3", "logstore-batches", records=written[source], reads=(store, source),
                     fn="logstore_w3b")
+                add("w3", "logstore-columns", records=written[source], reads=(store, source),
+                    fn="logstore_w3c")
         if "w4" in offers:
             gets, capped = cap(store, "w4", args.gets)
             add("w4", records=written[source], gets=gets, capped=capped, reads=(store, source))
@@ -1524,7 +1541,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         f"{QUICK_GETS:,} gets, W6 a quarter")
     p.add_argument("--gets", type=int, help=f"W4 gets (default {DEFAULT_GETS:,})")
     p.add_argument("--stores", help="comma-separated store ids to run: " + ",".join(
-        s for s in STORES if s != "logstore-batches"))
+        s for s in STORES if s not in ("logstore-batches", "logstore-columns")))
     p.add_argument("--only", help="comma-separated workloads to report (w1,w1b,w2,w3,w4,w5a,"
                    "w5b,w6x4,w6x1); the writers that readers need still run")
     p.add_argument("--repeat-durable", type=int, metavar="K",

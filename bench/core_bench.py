@@ -522,7 +522,8 @@ NOTES = [
     "4 replay of the workload-2 log. logstore: for rec in log.replay() (Record namedtuples); "
     "sqlite: SELECT id, value ORDER BY id; naive: sequential buffered reads, CRC checked per "
     "record. Every store touches len(value) of every record.",
-    "4b logstore: log.replay_batches(), counting len(batch) (no per-record objects); nearest "
+    "4b logstore: log.replay_batches(), counting len(batch) (no per-record objects; every "
+    "batch's CRC is checked, its columns are parsed only when first used, so not here); nearest "
     "peer equivalents: sqlite cursor.fetchmany(1000); naive: 1 MiB chunk scan with in-place "
     "CRC checks.",
     "5 the same seeded random offsets for every store, into the workload-2 log. sqlite: SELECT "

@@ -541,7 +541,15 @@ def _column_property(name: str, doc: str) -> property:
         if name in arrays:
             return arrays[name]
         lst = self._lists.get(name)
-        arr = None if lst is None else np.array(lst, dtype=np.int64)
+        if lst is None:
+            arr = None
+        elif name.endswith("_lengths"):
+            # The stored int32 column itself (checked by the parse): zero-copy, as for large
+            # batches.
+            arr = np.frombuffer(self.data, dtype="<i4", count=len(lst),
+                                offset=self._length_column_at(name))
+        else:
+            arr = np.array(lst, dtype=np.int64)
         arrays[name] = arr
         return arr
 
@@ -609,6 +617,20 @@ class DecodedBatch:
         if fixed > len(self.data):
             raise self._corrupt("batch columns run past the payload")
         return fixed
+
+    def _length_column_at(self, name: str) -> int:
+        """Payload position of the int32 column ``name`` ("key_lengths", "value_lengths" or
+        "header_lengths"): the columns are stored in this order after the optional timestamp
+        (int64) and offset-delta (int32) columns."""
+        a = self.header.attributes
+        n = self.header.record_count
+        pos = (8 * n if a & ATTR_TIMESTAMPS else 0) + (4 * n if a & ATTR_OFFSET_DELTAS else 0)
+        if name == "key_lengths":
+            return pos
+        pos += 4 * n if a & ATTR_KEYS else 0
+        if name == "value_lengths":
+            return pos
+        return pos + 4 * n
 
     def _check_offsets(self, first: int, last: int, increasing: bool) -> None:
         h = self.header
