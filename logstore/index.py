@@ -10,7 +10,9 @@ missing or inconsistent index is rebuilt from the log. They are never the only c
 
 from __future__ import annotations
 
+import bisect
 import os
+import sys
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -20,6 +22,8 @@ from .fs import FileSystem
 # Offset index entry: one int64 = (relative_offset << 32) | position, i.e. bytes
 # [position: u32 LE][relative offset: u32 LE, < 2**31]. Entries sorted by relative offset are then sorted
 # as integers too, so one searchsorted on a contiguous array finds an offset.
+if sys.byteorder != "little":  # pragma: no cover - the entries are read as native int64
+    raise ImportError("logstore's index files are little-endian: big-endian hosts are not supported")
 OFFSET_ENTRY = np.dtype("<i8")  # relative offsets are < 2**31, so the sign bit is never set
 TIME_ENTRY = np.dtype([("ts", "<i8"), ("rel", "<i4")])  # 12 bytes, packed
 
@@ -36,6 +40,14 @@ class _MappedArray:
         self._arr = arr.view(np.ndarray) if isinstance(arr, np.memmap) else arr
         self.n = n
         self.writable = writable
+        self._ints: Optional[memoryview] = None  # OffsetIndex: Python-int view of _arr
+
+    def _drop_view(self) -> None:
+        """Release the int view before ``_arr`` is replaced or its file is resized: a live
+        export would keep the old mapping alive (and a shrunk file under it)."""
+        if self._ints is not None:
+            self._ints.release()
+            self._ints = None
 
     @classmethod
     def create(cls, path: str, capacity: int, fs: FileSystem, existing: Optional[np.ndarray] = None):
@@ -93,6 +105,7 @@ class _MappedArray:
 
     def _push(self, entry) -> None:
         if self.n == len(self._arr):
+            self._drop_view()
             if self.writable:
                 self._grow_file()
             else:
@@ -103,6 +116,7 @@ class _MappedArray:
         self.n += 1
 
     def _grow_file(self) -> None:
+        self._drop_view()
         keep = np.array(self._arr[: self.n])
         self._map.flush()
         self._arr = self._map = None  # unmap before resizing the file
@@ -119,6 +133,7 @@ class _MappedArray:
         """Trim the file to the used entries and make it durable. The index becomes read-only."""
         if not self.writable:
             return
+        self._drop_view()
         used = np.array(self._arr[: self.n])
         self._map.flush()
         self._arr = self._map = None  # unmap before shrinking the file: never truncate under a live mapping
@@ -149,11 +164,16 @@ class OffsetIndex(_MappedArray):
         n = self.n
         if not n:
             return 0, 0
-        # ndarray.searchsorted with a Python int on int64: ~0.6 us (np.searchsorted: ~3 us).
-        i = int(self._arr[:n].searchsorted((rel + 1) << 32)) - 1
+        ints = self._ints
+        if ints is None:
+            ints = self._ints = memoryview(self._arr).cast("B").cast("q")
+        # bisect over a memoryview of the entries (Python ints, no copy): ~0.7 us against
+        # ~1.6 us for ndarray.searchsorted plus int() of the entry. Entries are little-endian
+        # int64; the machine is little-endian (checked at import).
+        i = bisect.bisect_left(ints, (rel + 1) << 32, 0, n) - 1
         if i < 0:
             return 0, 0
-        e = int(self._arr[i])
+        e = ints[i]
         return e >> 32, e & 0xFFFFFFFF
 
     def pairs(self) -> List[Tuple[int, int]]:

@@ -423,16 +423,8 @@ class Segment:
         else:
             mm = self._map if self._map_len >= size else self._mapped(size)
         base_offset = self.base_offset
-        pos = 0
-        expect = base_offset
-        n = oi.n
-        if n:
-            arr = oi._arr
-            k = int(arr[:n].searchsorted((offset - base_offset + 1) << 32)) - 1
-            if k >= 0:
-                e = int(arr[k])
-                pos = e & 0xFFFFFFFF
-                expect = base_offset + (e >> 32)
+        rel, pos = oi.lookup(offset - base_offset)
+        expect = base_offset + rel
         unpack = codec.HEADER.unpack_from
         limit = size - HEADER_SIZE
         while pos <= limit:
