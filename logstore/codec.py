@@ -1004,13 +1004,15 @@ _new_record = partial(tuple.__new__, Record)
 
 
 def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
-                   file_pos: int, at: int = 0) -> Optional[Record]:
+                   file_pos: int, at: int = 0, partition: Optional[int] = None
+                   ) -> Optional[Record]:
     """The record at ``offset`` from the framed batch at ``buf[at:]`` (random-access ``get``).
 
-    ``buf`` is bytes or an mmap (not a memoryview: column sums search it). ``h`` is the batch's header, already checked by :func:`header_problem` and known to fit in
-    ``buf``. Checks the CRC, then reads only the column entries it needs (struct) instead of
+    ``buf`` is bytes or an mmap (not a memoryview: column sums search it). ``h`` is the
+    batch's header, already checked by :func:`header_problem` and known to fit in ``buf``. Checks the CRC, then reads only the column entries it needs (struct) instead of
     decoding the whole batch. Returns None when the record is absent (a compaction gap). Falls
-    back to :func:`decode` for compressed batches and batches with offset deltas.
+    back to :func:`decode` for compressed batches and batches with offset deltas. ``partition``
+    is set on the returned record.
     """
     a = h[4]  # attributes (tuple indexing: this is the hottest read path)
     if a & (CODEC_MASK | ATTR_OFFSET_DELTAS):
@@ -1018,7 +1020,8 @@ def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
         j = batch.index_of(offset)
         if j >= len(batch) or batch.offset_at(j) != offset:
             return None
-        return batch.record_at(j)
+        rec = batch.record_at(j)
+        return rec if partition is None else rec._replace(partition=partition)
     if crc32c(memoryview(buf)[at + CRC_START : at + h[2]]) != h[1]:
         raise CorruptLogError("CRC32C mismatch", path, file_pos)
     if h[3] != FORMAT_VERSION or a & ~KNOWN_ATTRS:
@@ -1076,4 +1079,4 @@ def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
             headers = DecodedBatch._headers_from(bytes(buf[hs : hs + hl]), path, file_pos)
     if vl < -1 or kl < -1 or not 0 <= ts <= h[7]:
         raise CorruptLogError("impossible record fields", path, file_pos)
-    return _new_record((offset, ts, key, value, headers, None))
+    return _new_record((offset, ts, key, value, headers, partition))

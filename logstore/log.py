@@ -26,7 +26,7 @@ import bisect
 import os
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -54,6 +54,9 @@ from .segment import MAX_RELATIVE_OFFSET, Segment, segment_name
 DEFAULT_MAX_RECORDS = 1000
 _MAX_INDEX_CAPACITY = 1 << 22
 _WRITEBACK_BYTES = 1 << 20
+_SPAN_BATCHES = 64  # batches located per hold of the log lock while reading
+# Batches that _records decodes whole (not with get's one-record extraction).
+_WHOLE_BATCH_ATTRS = codec.CODEC_MASK | codec.ATTR_OFFSET_DELTAS
 
 
 def _now_ms() -> int:
@@ -770,26 +773,26 @@ class Log:
             self._check_range(offset, end)
         out: List[Record] = []
         budget = max_bytes
-        for batch in self._batches(offset, end):
-            j = batch.index_of(offset) if not out else 0
-            stop = min(len(batch), j + max_records - len(out))
-            stop = min(stop, batch.index_of(end))
+        for recs in self._records(offset, end, partition):
+            if len(out) + len(recs) > max_records:
+                recs = recs[: max_records - len(out)]
             if budget is not None:
-                sizes = np.maximum(batch.value_lengths[j:stop], 0).astype(np.int64)
-                if batch.key_lengths is not None:
-                    sizes += np.maximum(batch.key_lengths[j:stop], 0)
-                # Take records while the total stays <= max_bytes and the budget is not yet used
-                # up (so zero-size records after an exactly spent budget are not taken, whatever
-                # the batching).
-                ends = np.cumsum(sizes)
-                fits = min(int(np.searchsorted(ends, budget, side="right")),
-                           int(np.searchsorted(ends - sizes, budget, side="left")))
-                if not out and fits == 0:
-                    fits = 1  # always return at least one record
-                stop = j + fits
-                budget -= int(sizes[:fits].sum())
-            out.extend(batch.records(j, stop, partition))
-            if len(out) >= max_records or stop < len(batch) or (budget is not None and budget <= 0):
+                taken = 0
+                for rec in recs:
+                    size = (0 if rec.value is None else len(rec.value)) + (
+                        0 if rec.key is None else len(rec.key))
+                    # Take records while the total stays <= max_bytes and the budget is not yet
+                    # used up (so zero-size records after an exactly spent budget are not taken,
+                    # whatever the batching); the first record is always taken.
+                    if (out or taken) and (budget <= 0 or size > budget):
+                        break
+                    budget -= size
+                    taken += 1
+                if taken < len(recs):
+                    out.extend(recs[:taken])
+                    break
+            out.extend(recs)
+            if len(out) >= max_records or (budget is not None and budget <= 0):
                 break
         return out
 
@@ -802,14 +805,8 @@ class Log:
         return self._replay(start, stop)
 
     def _replay(self, start: int, stop: int) -> Iterator[Record]:
-        first = True
-        for batch in self._batches(start, stop):
-            j = batch.index_of(start) if first else 0
-            first = False
-            k = len(batch)
-            if batch.header.last_offset >= stop:
-                k = batch.index_of(stop)
-            yield from batch.records(j, k)
+        for recs in self._records(start, stop, None):
+            yield from recs
 
     def replay_batches(self, from_offset: int = 0, to_offset: Optional[int] = None
                        ) -> Iterator[DecodedBatch]:
@@ -838,8 +835,13 @@ class Log:
             raise ValueError(f"to_offset {to_offset} is below from_offset {from_offset}")
         return from_offset, min(to_offset, end)
 
-    def _batches(self, start: int, stop: int) -> Iterator[DecodedBatch]:
-        """Decoded batches covering ``[start, stop)``, each read under the lock, yielded outside.
+    def _spans(self, start: int, stop: int) -> Iterator[Tuple[Any, int, codec.BatchHeader,
+                                                              Segment, int]]:
+        """The stored batches covering ``[start, stop)``, in order, as ``(buf, at, header,
+        segment, position)``: the batch's bytes are ``buf[at : at + header.length]`` (the
+        segment's mapping, or bytes read with pread). Headers are validated and the bytes
+        pinned under the lock, up to ``_SPAN_BATCHES`` batches per lock hold; the caller checks
+        CRCs and decodes outside it.
 
         The cursor is an offset; the (segment, position) pair is only a shortcut, dropped when
         the segment was retired by compaction or retention (the new layout is found by offset).
@@ -848,6 +850,7 @@ class Log:
         seg: Optional[Segment] = None
         pos = 0
         while cursor < stop:
+            chunk = []
             with self._lock:
                 self._check_open()
                 if self.readonly and (seg is None or pos >= seg.size):
@@ -866,13 +869,55 @@ class Log:
                     seg = self._segments[i]
                 else:
                     h = seg.header_at(pos)
-                batch = seg.batch_at(pos, h, lazy=True)
-            self._gap(cursor, h.base_offset, seg, pos)
-            pos += h.length
-            if h.next_offset <= cursor:
+                size = seg.size
+                last = h.next_offset
+                while True:
+                    if seg.use_pread:
+                        chunk.append((seg.read_bytes(pos, h.length), 0, h, pos))
+                    else:
+                        chunk.append((seg._mapped(pos + h.length), pos, h, pos))
+                    pos += h.length
+                    if len(chunk) >= _SPAN_BATCHES or pos >= size or last >= stop:
+                        break
+                    try:
+                        h = seg.header_at(pos)
+                    except CorruptLogError:
+                        break  # raised when the reader gets there, after the batches before it
+                    last = h.next_offset
+            for buf, at, h, p in chunk:
+                if h.base_offset != cursor:
+                    # Not where the previous batch ended (a compaction gap, a batch before the
+                    # cursor, or damage): an intact batch is judged by its offsets, a damaged
+                    # one is reported as such, at its own position.
+                    if not codec.crc_ok(buf, at, h):
+                        raise CorruptLogError("CRC32C mismatch", seg.path, p)
+                    self._gap(cursor, h.base_offset, seg, p)
+                if h.next_offset <= cursor:
+                    continue
+                cursor = h.next_offset
+                yield buf, at, h, seg, p
+
+    def _batches(self, start: int, stop: int) -> Iterator[DecodedBatch]:
+        """Decoded (CRC-checked, lazily parsed) batches covering ``[start, stop)``."""
+        for buf, at, h, seg, pos in self._spans(start, stop):
+            yield codec.decode(buf, at, h, seg.path, pos, True, lazy=True)
+
+    def _records(self, start: int, stop: int, partition: Optional[int]) -> Iterator[List[Record]]:
+        """Lists of the records in ``[start, stop)``, batch by batch. A one-record batch (one
+        ``append``) is read like ``get`` reads it, without building a DecodedBatch."""
+        for buf, at, h, seg, pos in self._spans(start, stop):
+            if h.record_count == 1 and not h.attributes & _WHOLE_BATCH_ATTRS:
+                rec = codec.extract_record(buf, h, h.base_offset, seg.path, pos, at, partition)
+                if rec is None:  # cannot be: a dense one-record batch holds its base offset
+                    raise CorruptLogError("one-record batch without its record", seg.path, pos)
+                if start <= rec.offset < stop:
+                    yield [rec]
                 continue
-            cursor = h.next_offset
-            yield batch
+            batch = codec.decode(buf, at, h, seg.path, pos, True, lazy=True)
+            j = batch.index_of(start) if h.base_offset < start else 0
+            k = batch.index_of(stop) if h.last_offset >= stop else len(batch)
+            if j < k:
+                yield batch.records(j, k, partition)
 
     def offset_for_time(self, timestamp_ms: int) -> int:
         """The first offset whose record timestamp is >= ``timestamp_ms`` (``end_offset`` if none)."""
