@@ -226,3 +226,69 @@ def test_store_errors(tmp_path):
     with pytest.raises(NotALogError):
         logstore.Store.open(str(other))
     assert os.listdir(other) == ["file"]
+
+
+def test_publish_batch_places_like_publish_and_returns_positions_in_order(store):
+    t = store.topic("orders", partitions=4)
+    seen = []
+    store.on("orders", seen.append)
+    keys = [b"user-%d" % (i % 7) if i % 3 else None for i in range(60)]
+    values = [b"v%d" % i for i in range(60)]
+    hdrs = [{"i": b"%d" % i} if i % 2 else None for i in range(60)]
+    out = t.publish_batch(values, keys=keys, headers=hdrs)
+    assert len(out) == 60
+    unkeyed_parts = {out[i][0] for i in range(60) if keys[i] is None}
+    assert len(unkeyed_parts) == 1  # one call's unkeyed messages share one partition
+    for i, (p, off) in enumerate(out):
+        if keys[i] is not None:
+            assert p == partition_for_key(keys[i], 4)
+        rec = t.partitions[p].get(off)
+        assert (rec.value, rec.key, rec.headers) == (values[i], keys[i], hdrs[i] or {})
+    # per-key order: offsets increase in input order within each partition
+    for p in range(4):
+        offs = [off for q, off in out if q == p]
+        assert offs == sorted(offs) and len(set(offs)) == len(offs)
+    assert sorted((r.partition, r.offset) for r in seen) == sorted(out)
+    # a consumer reads them all
+    g = store.consumer("g", "orders")
+    got = []
+    while True:
+        batch = g.poll(100)
+        if not batch:
+            break
+        got.extend(batch)
+    assert sorted(r.value for r in got) == sorted(values)
+    assert t.publish_batch([]) == []
+
+
+def test_publish_batch_bad_input_writes_nothing(tmp_path):
+    s = logstore.Store.open(str(tmp_path / "s"), fsync="never")
+    try:
+        t = s.topic("t", partitions=3)
+        before = t.end_offsets()
+        with pytest.raises(TypeError):
+            t.publish_batch([b"ok", "not bytes"], keys=[b"a", b"b"])
+        with pytest.raises(TypeError):
+            t.publish_batch(b"a single bytes object")
+        with pytest.raises(ValueError):
+            t.publish_batch([b"a", b"b"], keys=[b"k"])
+        with pytest.raises(TypeError):
+            t.publish_batch([b"a", b"b"], headers=[None, {"h": "str value"}])
+        assert t.end_offsets() == before
+    finally:
+        s.close()
+    c = logstore.Store.open(str(tmp_path / "c"), fsync="never", cleanup_policy="compact")
+    try:
+        t = c.topic("kv", partitions=2)
+        with pytest.raises(logstore.MissingKeyError):
+            t.publish_batch([b"1", b"2"], keys=[b"a", None])
+        assert t.end_offsets() == {0: 0, 1: 0}
+        assert len(t.publish_batch([b"1", b"2"], keys=[b"a", b"b"])) == 2
+    finally:
+        c.close()
+    ro = logstore.Store.open(str(tmp_path / "s"), readonly=True)
+    try:
+        with pytest.raises(ReadOnlyError):
+            ro.topic("t").publish_batch([b"x"])
+    finally:
+        ro.close()
