@@ -308,6 +308,20 @@ def prepare_one(
     return _finish(attrs, 1, 0, timestamp_ms, timestamp_ms, raw, compression, level, max_bytes)
 
 
+def check_batch_shape(values: Any, **parallel: Any) -> int:
+    """``len(values)``, after checking that ``values`` is a sequence (not one bytes/str object)
+    and that every given parallel sequence (``keys=...``, ``headers=...``) has as many items.
+    TypeError / ValueError otherwise."""
+    if isinstance(values, (bytes, bytearray, memoryview, str)):
+        raise TypeError("values must be a sequence of bytes-like objects (a list), "
+                        "not a single bytes/str object")
+    n = len(values)
+    for name, seq in parallel.items():
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{name} has {len(seq)} items for {n} values")
+    return n
+
+
 def prepare_batch(
     values: Sequence[Any],
     keys: Optional[Sequence[Any]],

@@ -385,13 +385,9 @@ class Log:
         timestamps_ms: Optional[Sequence[int]] = None,
     ) -> range:
         """Append ``values`` as one batch, atomically (all or nothing); return their offsets."""
-        if isinstance(values, (bytes, bytearray, memoryview, str)):
-            raise TypeError("values must be a sequence of bytes-like objects (a list), "
-                            "not a single bytes/str object")
-        if len(values) == 0:
-            for name, seq in (("keys", keys), ("headers", headers), ("timestamps_ms", timestamps_ms)):
-                if seq is not None and len(seq):
-                    raise ValueError(f"{name} has {len(seq)} items for 0 values")
+        if codec.check_batch_shape(values, keys=keys, headers=headers) == 0:
+            if timestamps_ms is not None and len(timestamps_ms):
+                raise ValueError(f"timestamps_ms has {len(timestamps_ms)} items for 0 values")
             with self._lock:
                 self._check_writable()
                 end = self._visible_end()
@@ -437,11 +433,12 @@ class Log:
                 self._check_writable()
             base = self._next_offset
             active = self._segments[-1]
+            # A cheap pre-check; _active_for_locked makes the actual roll decision.
             if (active.size + framed > self._segment_bytes or self._segment_ms is not None
                     or base - active.base_offset >= MAX_RELATIVE_OFFSET):
                 active = self._active_for_locked(framed, ts, 0)
-            active.append_one(codec.frame_single(base, ts, value, key, active.synced_size),
-                              base, ts)
+            active.append(codec.frame_single(base, ts, value, key, active.synced_size),
+                          base, base + 1, ts, ts)
             self._next_offset = nxt = base + 1
         if wait and (self._always or self._fsync_records is not None):
             self._sync_per_policy(nxt)

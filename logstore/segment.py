@@ -86,8 +86,8 @@ class Segment:
         self.directory = directory
         self.base_offset = base_offset
         self.fs = fs
-        # The plain FileSystem's pwrite is os.pwrite plus a short-write loop: call os.pwrite
-        # directly on the per-record path and fall back to fs.pwrite for short writes. A test
+        # The plain FileSystem's pwrite is os.pwrite plus a short-write loop: appends call
+        # os.pwrite directly and fall back to fs.pwrite for short writes. A test
         # double (a subclass) always goes through fs.pwrite.
         self._os_pwrite = os.pwrite if type(fs) is FileSystem else None
         self.index_interval = index_interval
@@ -442,7 +442,8 @@ class Segment:
                     or h[3] != codec.FORMAT_VERSION
                     or not length - codec.ALIGN < HEADER_SIZE + h[10] <= length
                     or h[6] < 0 or h[7] < 0):
-                return None  # odd, a gap or compressed: the general path decides
+                # (codec.header_problem's checks, on the plain tuple) odd, a gap or compressed:
+                return None  # the general path decides and reports
             expect += h[8]
             if expect > offset:
                 if mm is None:
@@ -619,47 +620,32 @@ class Segment:
         needs it, and by :meth:`sync`.
         """
         pos = self.size
+        length = len(data)
+        buffered = False
         if self.buffer_limit:
-            if len(self.pending) + len(data) > self.buffer_limit:
+            if len(self.pending) + length > self.buffer_limit:
                 self.flush_pending()
-            if len(data) < self.buffer_limit:
+            buffered = length < self.buffer_limit
+            if buffered:
                 self.pending += data
-                # (inlined _appended: this is the hottest path of a buffered single append)
-                self.size = pos + len(data)
-                self.next_offset = next_offset
-                if self.first_timestamp is None:
-                    self.first_timestamp = first_ts
-                if pos - self._last_index_pos >= self.index_interval or max_ts > self.max_timestamp:
-                    self._note_batch(pos, base_offset, max_ts)
-                return
-        try:
-            self.fs.pwrite(self.fd, data, pos)
-        except OSError as e:
-            self._cut_back(pos, e)
-            raise StorageError(f"write to {self.path} failed: {e}; nothing was appended", e) from e
-        self._appended(pos, len(data), base_offset, next_offset, max_ts, first_ts)
-
-    def append_one(self, data: bytes, offset: int, ts: int) -> None:
-        """:meth:`append` of a one-record batch (offset ``offset``, timestamp ``ts``), inlined:
-        the per-record hot path of ``Log.append``."""
-        if self.buffer_limit:
-            self.append(data, offset, offset + 1, ts, ts)
-            return
-        pos = self.size
-        os_pwrite = self._os_pwrite
-        try:
-            # (A short write is redone whole: the write is positional, so that is idempotent.)
-            if os_pwrite is None or os_pwrite(self.fd, data, pos) != len(data):
-                self.fs.pwrite(self.fd, data, pos)
-        except OSError as e:
-            self._cut_back(pos, e)
-            raise StorageError(f"write to {self.path} failed: {e}; nothing was appended", e) from e
-        self.size = pos + len(data)
-        self.next_offset = offset + 1
+        if not buffered:
+            os_pwrite = self._os_pwrite
+            try:
+                # (A short write is redone whole: the write is positional, so that is idempotent.)
+                if os_pwrite is None or os_pwrite(self.fd, data, pos) != length:
+                    self.fs.pwrite(self.fd, data, pos)
+            except OSError as e:
+                self._cut_back(pos, e)
+                raise StorageError(
+                    f"write to {self.path} failed: {e}; nothing was appended", e) from e
+        self.size = pos + length
+        self.next_offset = next_offset
         if self.first_timestamp is None:
-            self.first_timestamp = ts
-        if pos - self._last_index_pos >= self.index_interval or ts > self.max_timestamp:
-            self._note_batch(pos, offset, ts)
+            self.first_timestamp = first_ts
+        # Index entries and writeback hints are due only every index_interval bytes (or for a
+        # new maximum timestamp): skip the call otherwise, this runs once per append.
+        if pos - self._last_index_pos >= self.index_interval or max_ts > self.max_timestamp:
+            self._note_batch(pos, base_offset, max_ts)
             if self.writeback_bytes and pos - self._writeback_from >= self.writeback_bytes:
                 self._start_writeback()
 
@@ -673,16 +659,6 @@ class Segment:
             except OSError:
                 return  # only a hint: the fdatasync that matters reports real errors
             self._writeback_from = written
-
-    def _appended(self, pos: int, length: int, base_offset: int, next_offset: int, max_ts: int,
-                  first_ts: int) -> None:
-        self.size = pos + length
-        self.next_offset = next_offset
-        if self.first_timestamp is None:
-            self.first_timestamp = first_ts
-        self._note_batch(pos, base_offset, max_ts)
-        if self.writeback_bytes and pos - self._writeback_from >= self.writeback_bytes:
-            self._start_writeback()
 
     def flush_pending(self) -> None:
         """Write the write buffer to the file (not fsync). On failure the buffer is kept."""

@@ -182,13 +182,7 @@ class Topic:
         deduplication here: use :meth:`publish` for that.
         """
         self.store._check_writable()
-        if isinstance(values, (bytes, bytearray, memoryview, str)):
-            raise TypeError("values must be a sequence of bytes-like objects (a list), "
-                            "not a single bytes/str object")
-        n = len(values)
-        for name, seq in (("keys", keys), ("headers", headers)):
-            if seq is not None and len(seq) != n:
-                raise ValueError(f"{name} has {len(seq)} items for {n} values")
+        n = codec.check_batch_shape(values, keys=keys, headers=headers)
         if n == 0:
             return []
         count = len(self.partitions)
