@@ -35,7 +35,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import sqlite3
 import struct
 import subprocess
@@ -49,6 +48,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)  # benchmark the checkout this script lives in
+
+from _redis import RedisServer, stop_leftover_server  # noqa: E402 (bench/, next to this script)
 
 VALUE_SIZE = 100
 BIG_VALUE_SIZE = 1024
@@ -741,73 +742,8 @@ def queuelib_w3(spec: dict, data: Data) -> dict:
 
 
 # --------------------------------------------------------------------------- Redis Streams
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A private redis-server on 127.0.0.1 in ``path``: AOF on, no RDB snapshots."""
-
-    def __init__(self, path: str, appendfsync: str):
-        self.path, self.appendfsync = path, appendfsync
-        self.proc: Optional[subprocess.Popen] = None
-        self.port = 0
-
-    def start(self) -> "RedisServer":
-        import redis
-        os.makedirs(self.path, exist_ok=True)
-        for _attempt in range(5):
-            self.port = _free_port()
-            self.proc = subprocess.Popen(
-                ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-                 "--dir", self.path, "--appendonly", "yes", "--appendfsync", self.appendfsync,
-                 "--save", "", "--daemonize", "no", "--protected-mode", "yes",
-                 "--logfile", os.path.join(self.path, "redis.log")],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            with open(os.path.join(self.path, "redis.pid"), "w") as f:
-                f.write(str(self.proc.pid))  # the parent stops it by PID if this worker dies
-            deadline = time.monotonic() + REDIS_START_S
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    c = self.client()
-                    c.ping()
-                    cfg = c.config_get("append*")
-                    check(cfg.get("appendfsync") == self.appendfsync, f"appendfsync {cfg}")
-                    return self
-                except (redis.ConnectionError, redis.BusyLoadingError, redis.ResponseError):
-                    time.sleep(0.05)
-            self.stop()  # port taken in the meantime, or too slow: try another port
-        raise RuntimeError(f"redis-server did not start (see {self.path}/redis.log)")
-
-    def client(self):
-        import redis
-        return redis.Redis(host="127.0.0.1", port=self.port)
-
-    def peak_rss_mib(self) -> Optional[float]:
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except (OSError, AttributeError):
-            pass
-        return None
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)  # redis fsyncs the AOF and exits
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def _redis_row(spec: dict, appendfsync: str, body: Callable[[Any], dict]) -> dict:
-    server = RedisServer(spec["path"], appendfsync).start()
+    server = RedisServer(spec["path"], appendfsync, REDIS_START_S).start()
     try:
         out = body(server.client())
         out["server_peak_rss_mib"] = server.peak_rss_mib()
@@ -1166,22 +1102,6 @@ def run_worker(spec: dict) -> None:
         json.dump(out, f)
 
 
-def _stop_leftover_server(path: str) -> None:
-    """If a Redis worker died without stopping its server, stop that server (by its PID)."""
-    try:
-        with open(os.path.join(path, "redis.pid")) as f:
-            pid = int(f.read().strip())
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"redis-server" not in f.read():
-                return
-    except (OSError, ValueError):
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
-
-
 def _worker_cmd(spec: dict, strace_out: Optional[str] = None) -> List[str]:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
     if strace_out:
@@ -1203,7 +1123,7 @@ def run_row(spec: dict, root: str, index: int, strace_out: Optional[str] = None)
         stdout, stderr = proc.communicate()
         return {"error": f"timed out after {ROW_TIMEOUT_S}s"}
     finally:
-        _stop_leftover_server(spec["path"])
+        stop_leftover_server(spec["path"])
     if proc.returncode != 0:
         tail = (stderr or stdout).strip().splitlines()[-1:] or ["(no output)"]
         return {"error": f"worker exited {proc.returncode}: {tail[0]}", "stderr": stderr}

@@ -36,8 +36,6 @@ import platform
 import random
 import resource
 import shutil
-import signal
-import socket
 import sqlite3
 import struct
 import subprocess
@@ -50,6 +48,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)  # benchmark the checkout this script lives in
+
+from _redis import RedisServer, stop_leftover_server  # noqa: E402 (bench/, next to this script)
 
 VALUE_SIZE = 100
 SEQ = struct.Struct("<Q")
@@ -395,79 +395,9 @@ def persistqueue_queue(spec: dict, values: List[bytes]) -> dict:
 
 
 # --------------------------------------------------------------------------- Redis Streams
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A private redis-server on 127.0.0.1: AOF on, no RDB snapshots, in ``path``."""
-
-    def __init__(self, path: str, appendfsync: str):
-        self.path = path
-        self.appendfsync = appendfsync
-        self.proc: Optional[subprocess.Popen] = None
-        self.port = 0
-
-    def start(self) -> "RedisServer":
-        import redis
-        os.makedirs(self.path, exist_ok=True)
-        for _attempt in range(5):
-            self.port = _free_port()
-            self.proc = subprocess.Popen(
-                ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-                 "--dir", self.path, "--appendonly", "yes", "--appendfsync", self.appendfsync,
-                 "--save", "", "--daemonize", "no", "--protected-mode", "yes",
-                 "--logfile", os.path.join(self.path, "redis.log")],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            with open(os.path.join(self.path, "redis.pid"), "w") as f:
-                f.write(str(self.proc.pid))  # the parent stops it by PID if this worker dies
-            deadline = time.monotonic() + REDIS_START_S
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    self.client().ping()
-                    self._check_config()
-                    return self
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            self.stop()  # port taken in the meantime, or too slow: try another port
-        raise RuntimeError(f"redis-server did not start (see {self.path}/redis.log)")
-
-    def _check_config(self) -> None:
-        c = self.client()
-        cfg = c.config_get("append*")
-        check(cfg.get("appendonly") == "yes", f"redis appendonly {cfg.get('appendonly')}")
-        check(cfg.get("appendfsync") == self.appendfsync, f"redis appendfsync {cfg}")
-        check(c.config_get("save").get("save", "") == "", "redis RDB snapshots are on")
-
-    def client(self):
-        import redis
-        return redis.Redis(host="127.0.0.1", port=self.port)
-
-    def peak_rss_mib(self) -> Optional[float]:
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except (OSError, AttributeError):
-            pass
-        return None
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)  # redis fsyncs the AOF and exits
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def _redis_row(spec: dict, body: Callable[[RedisServer], dict]) -> dict:
-    server = RedisServer(spec["path"], "always" if spec["fsync"] == "always" else "no").start()
+    server = RedisServer(spec["path"], "always" if spec["fsync"] == "always" else "no",
+                         REDIS_START_S).start()
     try:
         result = body(server)
         info = server.client().info("persistence")
@@ -731,22 +661,6 @@ def _max_rss_mib() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
-def _stop_leftover_server(path: str) -> None:
-    """If a Redis worker died without stopping its server, stop that server (by its PID)."""
-    try:
-        with open(os.path.join(path, "redis.pid")) as f:
-            pid = int(f.read().strip())
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"redis-server" not in f.read():
-                return
-    except (OSError, ValueError):
-        return
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
-
-
 def run_row(spec: dict, root: str, index: int) -> dict:
     spec = dict(spec, out=os.path.join(root, f"result-{index}.json"))
     env = dict(os.environ)
@@ -756,7 +670,7 @@ def run_row(spec: dict, root: str, index: int) -> dict:
             [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finally:
-        _stop_leftover_server(spec["path"])
+        stop_leftover_server(spec["path"])
     if spec.get("profile") and os.path.exists(spec["out"] + ".prof.txt"):
         with open(spec["out"] + ".prof.txt") as f:
             spec["profile_text"] = f.read()
