@@ -49,7 +49,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)  # benchmark the checkout this script lives in
 
-from _redis import RedisServer, stop_leftover_server  # noqa: E402 (bench/, next to this script)
+import _table  # noqa: E402 (bench/, next to this script)
+from _redis import RedisServer, stop_leftover_server  # noqa: E402
 
 VALUE_SIZE = 100
 BIG_VALUE_SIZE = 1024
@@ -1317,20 +1318,7 @@ def format_table(results: List[dict]) -> str:
             f"{r['mb_per_s']:,.1f}", rss, "-" if ratio is None else f"{ratio:.2f}x", dur,
             "-" if syncs is None else f"{syncs:,}",
         ])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    left = {0, 1, 7}
-
-    def fmt(cells: List[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    out, previous = [fmt(header), "  ".join("-" * w for w in widths)], None
-    for cells in lines:
-        if previous is not None and cells[0] != previous:
-            out.append("")
-        out.append(fmt(cells))
-        previous = cells[0]
-    return "\n".join(out)
+    return _table.render(header, lines, {0, 1, 7})
 
 
 def _ratio(a: dict, b: dict) -> str:

@@ -45,6 +45,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)  # benchmark the checkout this script lives in
 
+import _table  # noqa: E402 (bench/, next to this script)
+
 VALUE_SIZE = 100
 BATCH = 100
 POOL_SIZE = 50_000  # a multiple of BATCH, so pool slices never wrap
@@ -690,21 +692,7 @@ def format_table(results: List[dict]) -> str:
             f"{r['mb_per_s']:,.1f}", f"{r['peak_rss_mib']:,.1f}",
             "-" if ratio is None else f"{ratio:.2f}x",
         ])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    left = {0, 1}
-
-    def fmt(cells: List[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    out, previous = [fmt(header), rule], None
-    for cells in lines:
-        if previous is not None and cells[0] != previous:
-            out.append("")
-        out.append(fmt(cells))
-        previous = cells[0]
-    return "\n".join(out)
+    return _table.render(header, lines, {0, 1})
 
 
 def write_png(results: List[dict], path: str) -> None:

@@ -49,6 +49,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)  # benchmark the checkout this script lives in
 
+import _table  # noqa: E402 (bench/, next to this script)
+
 VALUE_SIZE = 100
 DEFAULT_ITEMS = 20_000
 DEFAULT_DURABLE_ITEMS = 2_000
@@ -219,20 +221,10 @@ def main() -> None:
         lines.append([durability, row, f"{res['items']:,}", f"{res['put_per_s']:,.0f}",
                       f"{res['get_done_per_s']:,.0f}", f"{res['items_per_s']:,.0f}",
                       f"{res['vs_logstore']:.2f}", f"{res['peak_rss_mb']:.0f}", res["note"]])
-    numeric = {2, 3, 4, 5, 6, 7}
-    widths = [max(len(h), *(len(l[c]) for l in lines)) for c, h in enumerate(header)]
-
-    def fmt(cells: List[str]) -> str:
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
     print(f"DurableQueue vs persist-queue {pq_version or '(not installed)'}: "
           f"put N, then N x (get + task_done/ack); {VALUE_SIZE}-byte items, pickled; "
           f"Python {platform.python_version()}, {os.cpu_count()} CPUs")
-    print(fmt(header))
-    print("  ".join("-" * w for w in widths))
-    for l in lines:
-        print(fmt(l))
+    print(_table.render(header, lines, left={0, 1, 8}, group_by_first=False))
     print("items/s = N / (put time + get/done time); vs logstore = items/s / the logstore row "
           "of the same durability")
     if args.json:

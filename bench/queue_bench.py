@@ -49,7 +49,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)  # benchmark the checkout this script lives in
 
-from _redis import RedisServer, stop_leftover_server  # noqa: E402 (bench/, next to this script)
+import _table  # noqa: E402 (bench/, next to this script)
+from _redis import RedisServer, stop_leftover_server  # noqa: E402
 
 VALUE_SIZE = 100
 SEQ = struct.Struct("<Q")
@@ -804,21 +805,7 @@ def format_table(results: List[dict]) -> str:
             f"{r['mb_per_s']:,.2f}", rss, "-" if ratio is None else f"{ratio:.2f}x",
             r["durability"],
         ])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    left = {0, 1, 9}
-
-    def fmt(cells: List[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    out, previous = [fmt(header), rule], None
-    for cells in lines:
-        if previous is not None and cells[0] != previous:
-            out.append("")
-        out.append(fmt(cells))
-        previous = cells[0]
-    return "\n".join(out)
+    return _table.render(header, lines, {0, 1, 9})
 
 
 def write_png(results: List[dict], path: str) -> None:
