@@ -84,8 +84,14 @@ class Log:
         self.readonly = readonly
         self._fs = fs
         self._lock = threading.Lock()
-        self._sync_cond = threading.Condition(threading.Lock())
+        sync_lock = threading.Lock()
+        self._sync_cond = threading.Condition(sync_lock)  # durable_offset moved / leader free
+        self._gather_cond = threading.Condition(sync_lock)  # a released thread came back
         self._syncing = False
+        self._sync_waiting = 0  # threads waiting for another thread's fsync
+        self._returning = 0  # threads the last fsync released, not yet back in _sync_to
+        self._gathering = False
+        self._last_fsync_s = 0.0
         self._failed: Optional[BaseException] = None
         self._closed = False
         self._segments: List[Segment] = []
@@ -525,6 +531,10 @@ class Log:
         cond = self._sync_cond
         while True:
             with cond:
+                if self._returning:
+                    self._returning -= 1
+                    if self._gathering:
+                        self._gather_cond.notify()
                 while True:
                     if self._durable_offset >= target:
                         return
@@ -535,8 +545,12 @@ class Log:
                             f"the log to recover", self._failed)
                     if not self._syncing:
                         self._syncing = True
+                        if self._returning:
+                            self._gather_locked()
                         break
+                    self._sync_waiting += 1
                     cond.wait()
+                    self._sync_waiting -= 1
             # This thread syncs for everyone waiting; others wait on the condition.
             error: Optional[BaseException] = None
             write_failure: Optional[StorageError] = None
@@ -554,10 +568,12 @@ class Log:
                     synced_seg = self._segments[-1]
                     synced_pos = synced_seg.size
                     fd = self._fs.dup(synced_seg.fd)
+                started = time.monotonic()
                 try:
                     self._fs.fdatasync(fd)
                 finally:
                     self._fs.close(fd)
+                self._last_fsync_s = time.monotonic() - started
                 if synced_pos > synced_seg.synced_size:
                     synced_seg.synced_size = synced_pos  # later batches record it (recovery)
             except OSError as e:
@@ -580,7 +596,25 @@ class Log:
                     self._fail(error)
                 elif upto > self._durable_offset:
                     self._durable_offset = upto
+                # The released waiters (and this thread) usually append again at once: the
+                # next leader waits briefly for them so that one fsync covers them all.
+                self._returning = self._sync_waiting + 1
                 cond.notify_all()
+
+    def _gather_locked(self) -> None:
+        """(sync lock held, about to fsync) Wait up to half an fsync for the threads the last
+        fsync released to append again, so that this fsync covers their records too."""
+        deadline = time.monotonic() + min(self._last_fsync_s / 2, 0.002)
+        self._gathering = True
+        try:
+            while self._returning > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._gather_cond.wait(remaining)
+        finally:
+            self._gathering = False
+            self._returning = 0
 
     def _flush_loop(self) -> None:
         interval = self.config.fsync_ms / 1000.0
