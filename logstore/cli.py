@@ -650,8 +650,9 @@ def _print_verify(out: _Out, r: Any, quiet: bool, summary: bool = True) -> None:
             rng = (f"{s.first_offset}..{s.next_offset - 1}" if s.next_offset is not None
                    else "empty")
             kind = "active" if s.active else "sealed"
+            extra = (f" (+{s.unwritten_bytes} preallocated)" if s.unwritten_bytes else "")
             out.line(f"  {s.name}  {kind}  offsets {rng}  {s.records} records  "
-                     f"{s.batches} batches  {s.size} bytes  {s.status}")
+                     f"{s.batches} batches  {s.size} bytes{extra}  {s.status}")
     for p in r.problems:
         where = _seg_label(r, p.file)
         at = f" at byte {p.position}" if p.position is not None else ""
@@ -1494,6 +1495,9 @@ def _recovery_plan(target: Any, report: Any) -> Dict[str, Any]:
                             "drop_bytes": rr.truncated_bytes,
                             "text": f"truncate the torn tail of {name}: {rr.truncated_bytes} "
                                     f"bytes from byte {rr.valid_bytes}"})
+        elif rr.unwritten_tail:
+            notes.append(f"{name} ends in {rr.truncated_bytes} preallocated, never written "
+                         f"bytes after byte {rr.valid_bytes}: the next writer open trims them")
         if active_bad or marker_bad or not clean_marker:
             actions.append({"action": "rebuild_active_indexes", "segment": name,
                             "text": f"rebuild the indexes of {name}"

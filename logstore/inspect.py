@@ -319,6 +319,7 @@ class Reader:
         self.path = path
         self.fd: Optional[int] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self.size = self.opened_size = os.fstat(self.fd).st_size
+        self.unwritten = 0  # zero bytes past the data of an active segment (preallocated)
         self._buf = b""
         self._start = 0
 
@@ -337,6 +338,15 @@ class Reader:
         self._buf = os.pread(self.fd, want, pos)
         self._start = pos
         return self._buf, 0
+
+    def zeros_to_end(self, pos: int) -> bool:
+        """Whether every byte from ``pos`` to the end of the file is zero."""
+        while pos < self.size:
+            data = os.pread(self.fd, min(CHUNK, self.size - pos), pos)
+            if not data or data.count(0) != len(data):
+                return False
+            pos += len(data)
+        return True
 
     def close(self) -> None:
         if self.fd is not None:
@@ -403,6 +413,12 @@ def walk(r: Reader, seg: SegmentFile, pos: int = 0, expect: Optional[int] = None
     """
     while pos < r.size:
         item = _read_one(r, seg, pos, expect, decode)
+        if item.error is not None and seg.active and r.zeros_to_end(pos):
+            # Never-written, preallocated space of the active segment: the data ends here
+            # (FORMAT.md, "Preallocated tail"). Recovery trims it; it is not damage.
+            r.unwritten = r.size - pos
+            r.size = pos
+            return
         if item.error is not None and settle > 0 and (
                 writer_running or r.refresh() != r.opened_size):
             deadline = time.monotonic() + settle
@@ -499,7 +515,8 @@ class ErrorEvent:
 @dataclass
 class SegmentEnd:
     seg: SegmentFile
-    size: int
+    size: int  # bytes of data (an active segment's preallocated zero tail excluded)
+    unwritten: int = 0  # that zero tail's length
 
 
 def _index_start(seg: SegmentFile, r: Reader, offset: int) -> int:
@@ -597,7 +614,7 @@ def scan(target: Target, *, decode: bool = True, continue_on_error: bool = False
                 if progress:
                     progress(resume - epos)
                 pos, expect = resume, None
-            yield SegmentEnd(seg, r.size)
+            yield SegmentEnd(seg, r.size, r.unwritten)
 
 
 # ---------------------------------------------------------------------------------- indexes
@@ -821,6 +838,7 @@ class SegmentReport:
     records_after_damage: int = 0  # records in valid batches found after the first damage
     status: str = "ok"  # "ok", "torn tail", "damaged", "bad index"
     index_entries: int = 0
+    unwritten_bytes: int = 0  # active segment: preallocated zero bytes after the data
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -832,6 +850,7 @@ class SegmentReport:
             "first_timestamp": self.first_timestamp, "max_timestamp": self.max_timestamp,
             "codecs": dict(sorted(self.codecs.items())), "valid_end": self.valid_end,
             "records_after_damage": self.records_after_damage, "status": self.status,
+            "unwritten_bytes": self.unwritten_bytes,
         }
 
 
@@ -1045,6 +1064,7 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
             s = current
             seg = ev.seg
             s.size = ev.size
+            s.unwritten_bytes = ev.unwritten
             if damaged and s.status == "ok":
                 s.status = "damaged"
             if not damaged:

@@ -55,6 +55,7 @@ from .segment import MAX_RELATIVE_OFFSET, Segment, segment_name
 DEFAULT_MAX_RECORDS = 1000
 _MAX_INDEX_CAPACITY = 1 << 22
 _WRITEBACK_BYTES = 1 << 20
+_PREALLOCATE_BYTES = 4 << 20  # how far ahead of the data a syncing writer extends the file
 _SPAN_BATCHES = 64  # batches located per hold of the log lock while reading
 # Batches that _records decodes whole (not with get's one-record extraction).
 _WHOLE_BATCH_ATTRS = codec.CODEC_MASK | codec.ATTR_OFFSET_DELTAS
@@ -229,6 +230,12 @@ class Log:
         # their writeback as the segment fills, so sealing does not stall the writer for long.
         seg.writeback_bytes = 0 if self._always else _WRITEBACK_BYTES
         seg._writeback_from = seg.size
+        # Policies that fdatasync while the segment fills: extend the file ahead of the data, so
+        # that those fdatasyncs need not also commit a new file size (~20% faster here).
+        syncs = self._always or self.config.fsync_records is not None or \
+            self.config.fsync_ms is not None
+        seg.preallocate = _PREALLOCATE_BYTES if syncs else 0
+        seg.preallocate_limit = self.config.segment_bytes
 
     def _open_reader(self) -> None:
         d = self.path
@@ -503,6 +510,7 @@ class Log:
         """Seal the active segment (durably) and start a new one at ``_next_offset``."""
         old = self._segments[-1]
         try:
+            old.trim()
             old.sync()
             old.seal()
             new = Segment.create(self.path, self._next_offset, self._fs,
@@ -671,6 +679,7 @@ class Log:
                                                f"{self.path} could not be written")
                     if problem is None:
                         try:
+                            active.trim()  # the marker's size is then the file's size
                             last = active.find(self._next_offset - 1) if active.size else None
                             active.close_active()
                             meta.write_clean_shutdown(self.path, self._fs, {

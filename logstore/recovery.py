@@ -120,6 +120,7 @@ class RecoveryReport:
     problem_position: Optional[int] = None
     data_after_problem: bool = False
     zero_hole: bool = False
+    unwritten_tail: bool = False  # the tail is all zero bytes: preallocated, never written
     indexes_rebuilt: bool = False
     removed_files: List[str] = field(default_factory=list)
 
@@ -130,7 +131,8 @@ class RecoveryReport:
         if self.problem:
             lines.append(f"  first invalid batch at byte {self.problem_position}: {self.problem}")
         if self.truncated_bytes:
-            lines.append(f"  torn tail: {self.truncated_bytes} bytes after byte {self.valid_bytes}")
+            what = ("preallocated, never written tail" if self.unwritten_tail else "torn tail")
+            lines.append(f"  {what}: {self.truncated_bytes} bytes after byte {self.valid_bytes}")
         if self.data_after_problem:
             lines.append("  valid batches follow the damage: corruption, not a torn tail")
         if self.zero_hole:
@@ -205,6 +207,8 @@ def inspect_active(segment: Segment) -> tuple:
             # loss with out-of-order write-back can leave exactly this: a torn tail.
             report.data_after_problem = False
             report.zero_hole = True
+    elif scan.file_size > scan.valid_end:
+        report.unwritten_tail = True  # zero bytes only (Segment.scan): preallocated space
     report.truncated_bytes = scan.file_size - scan.valid_end
     return scan, report
 
@@ -231,7 +235,7 @@ def recover_active(segment: Segment, index_capacity: int, force_truncate: bool =
         # What survived a process crash may still sit unsynced in the page cache: make it
         # durable before the log calls it durable (and lets readers see it).
         segment.sync()
-    segment.size = scan.valid_end
+    segment.size = segment.allocated = scan.valid_end
     segment.next_offset = scan.next_offset if scan.batches else segment.base_offset
     segment.sealed = False
     if scan.batches:

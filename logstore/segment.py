@@ -124,6 +124,12 @@ class Segment:
         # FileSystem.start_writeback. Set by the log for policies that do not fsync each append.
         self.writeback_bytes = 0
         self._writeback_from = 0
+        # Preallocation (writer, syncing policies): the file is extended this many bytes ahead
+        # of the data, up to preallocate_limit, so that the fdatasync after an append does not
+        # also have to commit a new file size (see FORMAT.md, "Preallocated tail"). 0: off.
+        self.preallocate = 0
+        self.preallocate_limit = 0
+        self.allocated = 0  # the file's length as this writer made it (>= written data)
 
     # ------------------------------------------------------------------ opening and closing
     @classmethod
@@ -132,6 +138,7 @@ class Segment:
         """Create a new, empty active segment (the caller fsyncs the directory)."""
         seg = cls(directory, base_offset, fs, index_interval, writable=True)
         seg.fd = fs.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        seg.allocated = 0
         seg._offset_index = OffsetIndex.create(seg.index_path, index_capacity, fs)
         seg._time_index = TimeIndex.create(seg.timeindex_path, index_capacity, fs)
         seg._index_checked = True
@@ -173,6 +180,7 @@ class Segment:
         """Open this (writable) segment as the active one, ``size`` bytes valid."""
         self.fd = self.fs.open(self.path, os.O_RDWR)
         self.size = size
+        self.allocated = os.fstat(self.fd).st_size
         self.synced_size = size  # a clean close fsynced everything
         self.next_offset = next_offset
         self.max_timestamp = max_timestamp
@@ -566,7 +574,9 @@ class Segment:
         """Validate batches from ``start`` up to the file's end (or ``end``).
 
         Stops at the first invalid batch (bad header, short, CRC, structure, offsets going back)
-        and returns what was valid before it. ``strict`` raises that error instead.
+        and returns what was valid before it. ``strict`` raises that error instead. Zero bytes
+        from there to the end of an unsealed segment are its preallocated, never-written space:
+        the data ends there and that is no error (``valid_end`` < ``file_size`` all the same).
         """
         frozen = self.sealed and self.fd is None and not self.use_pread
         if self.use_pread:
@@ -610,9 +620,22 @@ class Segment:
                                         h.max_timestamp, h.record_count))
             expect = h.next_offset
             pos += h.length
+        if error is not None and not self.sealed and self._zeros(pos, end, buf):
+            error = None
         if error is not None and strict:
             raise error
         return ScanResult(batches, pos, file_size, error)
+
+    def _zeros(self, pos: int, end: int, buf) -> bool:
+        """Whether bytes ``[pos, end)`` are all zero (``buf``: a mapping of the file, or None)."""
+        if buf is not None:
+            return not np.frombuffer(buf, dtype=np.uint8, count=end - pos, offset=pos).any()
+        while pos < end:
+            data = os.pread(self.fd, min(1 << 22, end - pos), pos)
+            if not data or data.count(0) != len(data):
+                return False
+            pos += len(data)
+        return True
 
     def _scan_map(self, end: int):
         fd = self.fd if self.fd is not None else os.open(self.path, os.O_RDONLY)
@@ -640,6 +663,8 @@ class Segment:
             if buffered:
                 self.pending += data
         if not buffered:
+            if pos + length > self.allocated:
+                self._extend(pos + length)
             os_pwrite = self._os_pwrite
             try:
                 # (A short write is redone whole: the write is positional, so that is idempotent.)
@@ -660,6 +685,31 @@ class Segment:
             if self.writeback_bytes and pos - self._writeback_from >= self.writeback_bytes:
                 self._start_writeback()
 
+    def _extend(self, end: int) -> None:
+        """The file is about to grow to ``end``: preallocate ahead of it if configured."""
+        if self.preallocate:
+            target = max(end, min(end + self.preallocate, self.preallocate_limit))
+            if target > end:
+                try:
+                    self.fs.truncate(self.fd, target)  # sparse: no zeros written
+                except OSError:
+                    # Only an optimisation (EFBIG under a file size limit, say): stop trying;
+                    # the write itself reports any real problem.
+                    self.preallocate = 0
+                else:
+                    self.allocated = target
+                    return
+        self.allocated = end
+
+    def trim(self) -> None:
+        """Cut the preallocated bytes past the data and make that durable (seal and close:
+        sealed and cleanly closed segments end exactly at their last batch)."""
+        self.flush_pending()
+        if self.allocated > self.size:
+            self.fs.truncate(self.fd, self.size)
+            self.fs.fdatasync(self.fd)
+        self.allocated = self.size
+
     def _start_writeback(self) -> None:
         """Hint the kernel to write out what was written since the last hint (no waiting)."""
         written = self.size - len(self.pending)
@@ -676,6 +726,8 @@ class Segment:
         if not self.pending:
             return
         start = self.size - len(self.pending)
+        if self.size > self.allocated:
+            self._extend(self.size)
         try:
             self.fs.pwrite(self.fd, self.pending, start)
         except OSError as e:
@@ -688,6 +740,7 @@ class Segment:
     def _cut_back(self, pos: int, cause: OSError) -> None:
         try:
             self.fs.truncate(self.fd, pos)
+            self.allocated = pos
         except OSError as e:
             raise StorageError(
                 f"write to {self.path} failed ({cause}) and the partial batch could not be "
@@ -698,6 +751,7 @@ class Segment:
         self.fs.truncate(self.fd, size)
         self.fs.fdatasync(self.fd)
         self.synced_size = size
+        self.allocated = size
 
     def sync(self) -> None:
         self.flush_pending()

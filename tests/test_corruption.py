@@ -37,9 +37,16 @@ HEADER_SIZE = codec.HEADER_SIZE
 
 
 # ------------------------------------------------------------------------------ helpers
-def crash(log: Log) -> None:
-    """Drop ``log`` like a killed process would: no close(), no marker; lock and fds released."""
+def crash(log: Log, trim: bool = True) -> None:
+    """Drop ``log`` like a killed process would: no close(), no marker; lock and fds released.
+
+    ``trim``: also cut the active segment's preallocated, never-written zero bytes, so that a
+    test can append bytes right after the data (a killed writer leaves them: ``trim=False``).
+    """
     log._dir_lock.release()
+    active = log._segments[-1]
+    if trim:
+        os.truncate(active.path, active.size)
     for seg in log._segments:
         seg.close()
 
@@ -192,7 +199,7 @@ def test_torn_tail_of_active_segment_is_cut_back_to_last_whole_batch(tmp_path, c
     log, expected = build_log(src, seed=11, min_segments=3, min_active_batches=6,
                               compression=compression)
     if marker == "absent":
-        crash(log)
+        crash(log, trim=False)
         assert not (src / MARKER).exists()
     else:
         log.close()  # the marker names the intact size: a shorter file must not match it
@@ -202,10 +209,16 @@ def test_torn_tail_of_active_segment_is_cut_back_to_last_whole_batch(tmp_path, c
     assert len(batches) >= 6 and len(segs) >= 3
     assert batches[-1].next_offset == len(expected)
     size = os.path.getsize(active_path)
-    assert size == batches[-1].position + batches[-1].length
+    data_end = batches[-1].position + batches[-1].length
+    # A crashed syncing writer leaves the preallocated, never-written zero bytes after its data
+    # (cuts in there must recover everything); a clean close trims them.
+    assert size > data_end if marker == "absent" else size == data_end
+    with open(active_path, "rb") as f:
+        assert not f.read()[data_end:].strip(b"\0")
 
     rng = random.Random(5)
-    cuts = {0, 1, HEADER_SIZE - 1, HEADER_SIZE, size - 1, size}
+    cuts = {0, 1, HEADER_SIZE - 1, HEADER_SIZE, data_end - 1, data_end, data_end + 1,
+            size - 1, size}
     for b in rng.sample(batches, 4):
         cuts |= {b.position, b.position + 1, b.position + HEADER_SIZE, b.position + b.length - 1}
     while len(cuts) < 34:

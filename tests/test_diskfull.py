@@ -326,7 +326,9 @@ def test_failed_write_then_failed_cut_back(tmp_path):
     """The write fails half-way and the ftruncate that should remove the partial batch fails too.
     Observed: StorageError naming both errors; the log keeps accepting appends (they overwrite
     the partial bytes); nothing torn is ever visible and a reopen cuts the leftover bytes."""
-    fs, path, log = _setup(tmp_path)
+    # (A segment large enough for no roll: the armed truncate is the cut-back's, not the one
+    # that trims the preallocated space of a sealed segment.)
+    fs, path, log = _setup(tmp_path, segment_bytes=1 << 20)
     before = _values(log)
     fs.arm("pwrite", E.ENOSPC, ".log", partial=True)
     fs.arm("truncate", E.EIO, ".log")

@@ -56,13 +56,14 @@ def test_failed_write_removes_partial_batch_and_log_stays_usable(tmp_path, code,
     path = str(tmp_path / "log")
     log = logstore.Log.open(path, fs=fs)
     log.append_batch([b"a", b"b"])
-    size_before = os.path.getsize(log.segments()[-1]["path"])
+    size_before = log.segments()[-1]["size"]  # the data's end (the file is preallocated)
     fs.fail_write, fs.partial = code, partial
     with pytest.raises(StorageError) as e:
         log.append_batch([b"c" * 1000, b"d"])
     assert e.value.errno == code
     assert isinstance(e.value, logstore.LogstoreError)
-    assert os.path.getsize(log.segments()[-1]["path"]) == size_before  # partial batch gone
+    # The partial batch is cut off (and the preallocated space with it).
+    assert os.path.getsize(log.segments()[-1]["path"]) == size_before
     assert log.end_offset == 2
     assert log.append(b"e") == 2  # no offset was consumed by the failed append
     assert [r.value for r in log.replay()] == [b"a", b"b", b"e"]

@@ -1,0 +1,187 @@
+"""The active segment's preallocated tail (segments/FORMAT.md, "Preallocated tail").
+
+A syncing writer (fsync "always"/"every") extends the active segment's file ahead of its data
+so that each fdatasync need not commit a new file size. The zero bytes past the data must never
+be read as data or reported as damage, must be cut when the segment is sealed or the log is
+closed, and after a crash recovery cuts them and says so.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+import logstore
+from logstore import Log
+from logstore.cli import main
+from logstore.fs import FileSystem
+
+
+def file_size(log: Log, i: int = -1) -> int:
+    return os.path.getsize(log.segments()[i]["path"])
+
+
+def data_size(log: Log, i: int = -1) -> int:
+    return log.segments()[i]["size"]
+
+
+def zero_tail(path: str, data_end: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()[data_end:]
+
+
+def abandon(log: Log) -> None:
+    """What a killed process leaves: no close(), no marker; the lock dies with the fds."""
+    log._dir_lock.release()
+    for seg in log._segments:
+        seg.close()
+
+
+def cli(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return r
+
+
+@pytest.mark.parametrize("options", [{"fsync": "always"}, {"fsync": "every", "fsync_records": 5}])
+def test_a_syncing_writer_preallocates_and_seal_and_close_cut_it(tmp_path, options):
+    path = str(tmp_path / "log")
+    log = Log.open(path, segment_bytes=64 << 10, **options)
+    for i in range(10):
+        log.append(b"v%d" % i)
+    # Extended ahead of the data, never past segment_bytes; the extra bytes are zeros.
+    assert data_size(log) < file_size(log) == 64 << 10
+    tail = zero_tail(log.segments()[-1]["path"], data_size(log))
+    assert tail and not tail.strip(b"\0")
+    while len(log.segments()) < 3:
+        log.append_batch([b"x" * 1000] * 10)
+    for i in range(len(log.segments()) - 1):  # sealed: exactly their batches
+        assert file_size(log, i) == data_size(log, i)
+    n = log.end_offset
+    log.close()
+    with Log.open(path, **options) as again:
+        assert again.recovery_report.clean
+        assert file_size(again) == data_size(again)  # close cut it
+        assert again.end_offset == n and again.get(3).value == b"v3"
+
+
+def test_fsync_never_does_not_preallocate(tmp_path):
+    with Log.open(str(tmp_path / "log"), fsync="never") as log:
+        log.append_batch([b"a" * 100] * 50)
+        assert file_size(log) == data_size(log)
+
+
+def test_crash_leaves_zeros_that_recovery_cuts_and_names(tmp_path):
+    path = str(tmp_path / "log")
+    log = Log.open(path, fsync="always")
+    for i in range(100):
+        log.append(b"record %d" % i)
+    end = data_size(log)
+    assert file_size(log) > end
+    abandon(log)
+    with Log.open(path) as log:
+        report = log.recovery_report
+        assert not report.clean and report.problem is None and report.unwritten_tail
+        assert report.valid_bytes == end and report.truncated_bytes > 0
+        assert "preallocated, never written tail" in report.summary()
+        assert file_size(log) == end
+        assert [r.value for r in log.replay()] == [b"record %d" % i for i in range(100)]
+        assert log.append(b"after") == 100  # and the writer preallocates again
+        assert file_size(log) > data_size(log)
+
+
+def test_garbage_after_the_zeros_is_a_torn_tail_not_unwritten_space(tmp_path):
+    path = str(tmp_path / "log")
+    log = Log.open(path, fsync="always")
+    for i in range(20):
+        log.append(b"record %d" % i)
+    seg_path, end = log.segments()[-1]["path"], data_size(log)
+    abandon(log)
+    with open(seg_path, "r+b") as f:
+        f.seek(end + 4096)
+        f.write(b"\x01garbage")
+    with Log.open(path) as log:
+        report = log.recovery_report
+        assert report.problem is not None and not report.unwritten_tail
+        assert report.valid_bytes == end and log.end_offset == 20
+
+
+def test_read_only_opener_stops_at_the_zeros_and_follows_new_appends(tmp_path):
+    path = str(tmp_path / "log")
+    writer = Log.open(path, fsync="always")
+    writer.append_batch([b"a", b"b"])
+    reader = Log.open(path, readonly=True)
+    try:
+        assert file_size(writer) > data_size(writer)
+        assert [r.value for r in reader.replay()] == [b"a", b"b"]
+        writer.append(b"c")
+        assert reader.get(2).value == b"c" and reader.end_offset == 3
+        assert reader.read(3) == []
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_verify_and_dump_of_a_live_or_crashed_log_see_no_damage(tmp_path):
+    path = str(tmp_path / "log")
+    log = Log.open(path, fsync="always")
+    for i in range(30):
+        log.append(b"record %d" % i, key=b"k")
+    unwritten = file_size(log) - data_size(log)
+    for state in ("live", "crashed"):
+        r = cli("verify", path, "--json")
+        assert r.exit_code == 0, r.stdout
+        doc = json.loads(r.stdout)
+        [seg] = doc["logs"][0]["segments"]
+        assert seg["status"] == "ok" and seg["records"] == 30
+        assert seg["size"] == data_size(log) and seg["unwritten_bytes"] == unwritten
+        assert "(+%d preallocated)" % unwritten in cli("verify", path).stdout
+        dumped = cli("dump", path, "--json").stdout.splitlines()
+        assert len([line for line in dumped if '"offset"' in line]) == 30
+        if state == "live":
+            abandon(log)
+    r = cli("recover", path)  # dry run: routine, names what the next open trims
+    assert r.exit_code == 0, r.stdout
+    assert "preallocated, never written" in r.stdout
+
+
+class NoExtendFS(FileSystem):
+    """ftruncate that cannot grow a segment file (a file size limit, say); shrinking works."""
+
+    def __init__(self):
+        self.log_fds = set()
+
+    def open(self, path, flags, mode=0o644):
+        fd = super().open(path, flags, mode)
+        if path.endswith(".log"):
+            self.log_fds.add(fd)
+        return fd
+
+    def truncate(self, fd, size):
+        if fd in self.log_fds and size > os.fstat(fd).st_size:
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        super().truncate(fd, size)
+
+
+def test_a_failing_preallocation_is_only_skipped(tmp_path):
+    path = str(tmp_path / "log")
+    with Log.open(path, fsync="always", fs=NoExtendFS(), segment_bytes=4096) as log:
+        for i in range(200):
+            log.append(b"record %d" % i)
+        assert len(log.segments()) > 1
+        assert file_size(log) == data_size(log)
+    with Log.open(path) as log:
+        assert log.recovery_report.clean and log.end_offset == 200
+        assert log.get(199).value == b"record 199"
+
+
+def test_store_views_work_over_preallocated_logs(tmp_path):
+    with logstore.Store.open(str(tmp_path / "s"), fsync="always") as store:
+        q = store.queue("jobs")
+        q.put(b"job")
+        m = q.get(timeout=1)
+        q.ack(m)
+        assert m.value == b"job"
