@@ -25,7 +25,10 @@ on three things:
 1. **Resync before publishing.** After every (re)connect or error the mirror asks the stream for
    the last message of each partition subject and resumes after it (and after its committed
    position, whichever is later). A mirror killed between the stream's ack and its own commit
-   therefore never publishes the same record twice, however long it stayed down.
+   therefore never publishes the same record twice, however long it stayed down. If the
+   stream's last message is *older* than the committed position, the stream lost messages it
+   had acknowledged (an R1 stream's server killed before it wrote them, say): the mirror
+   publishes them again from the local log and says so in ``status()["last_error"]``.
 2. **A sequence chain.** Each message carries ``Nats-Expected-Last-Sequence``: the stream
    sequence the previous message of this run is expected to get. If any message is lost on the
    way (a node dies, a connection drops), every later one in flight is refused by the server
@@ -734,6 +737,14 @@ class JetStreamMirror:
             last = lasts[p]
             if last is not None and last + 1 > pos:
                 pos = last + 1  # acked by the stream but not committed here (or no commit yet)
+            elif last is not None and last + 1 < pos:
+                # The stream acknowledged offsets last+1..pos-1 and no longer holds them (an R1
+                # stream whose server was killed before writing them, a failover that lost
+                # acknowledged writes). The local log still has them: publish them again
+                # rather than leave a hole (stream limits drop the oldest, never the last).
+                notes.append(f"partition {p}: the stream lost offsets {last + 1}..{pos - 1} "
+                             f"after acknowledging them; publishing them again")
+                pos = last + 1
             if pos < start:
                 notes.append(f"partition {p}: offsets {pos}..{start - 1} were removed from the "
                              f"local log before they were mirrored")

@@ -357,6 +357,34 @@ def test_acked_but_not_committed_is_not_published_again(cluster, tmp_path):
         assert stream_count(cluster.urls, "RESUME") == 3000
 
 
+@needs_server
+def test_messages_the_stream_lost_after_acking_them_are_published_again(cluster, tmp_path):
+    """The stream holds less than the mirror committed: it acknowledged records and lost them
+    (an R1 server killed before writing them). Simulated by committing positions past what
+    was published. The next resync sees the stream's last offset below the committed position
+    and publishes the missing records again from the local log."""
+    with logstore.Store.open(tmp_path / "s", fsync="never") as st:
+        topic = st.topic("orders", partitions=2)
+        for i in range(300):
+            topic.publish(b"v%d" % i, key=b"k%d" % (i % 11))
+        kw = dict(servers=cluster.urls, stream="LOSS", subject_prefix="loss", replicas=1, **FAST)
+        with JetStreamMirror(st, "orders", **kw) as m:
+            assert m.run_once() == 300
+        in_stream = topic.end_offsets()
+        for i in range(100):
+            topic.publish(b"w%d" % i, key=b"k%d" % (i % 11))
+        counts = topic.end_offsets()
+        st.offsets.commit("__mirror__LOSS", "orders", counts)  # acked, then lost
+        with JetStreamMirror(st, "orders", **kw) as m:
+            assert m.run_once() == 100
+            s = m.status()
+            assert s["lag"] == 0
+            for p in range(2):
+                assert "partition %d: the stream lost offsets %d..%d" % (
+                    p, in_stream[p], counts[p] - 1) in s["last_error"]
+    check_stream(cluster.urls, "LOSS", counts)
+
+
 MIRROR_PROC = textwrap.dedent("""
     import sys
     from logstore.mirror import run_mirror_cli
@@ -404,10 +432,11 @@ def test_node_sigkilled_and_restarted_during_mirroring(cluster, tmp_path):
     counts = make_store(path)
     with logstore.Store.open(path, fsync="never") as st:
         m = JetStreamMirror(st, "orders", servers=cluster.urls, stream="NODEKILL",
-                            subject_prefix="nodekill", **FAST)
+                            subject_prefix="nodekill", replicas=3, **FAST)
         m.start()
         try:
             wait_for(lambda: m.status()["acked"] >= 12_000, 60, "12k acked")
+            assert m.status()["stream_replicas"] == 3
             leader = stream_leader(cluster.urls, "NODEKILL")
             victim = [cluster.name(i) for i in range(cluster.size)].index(leader)
             cluster.kill(victim)          # the stream leader, SIGKILL
