@@ -737,7 +737,7 @@ class JetStreamMirror:
             last = lasts[p]
             if last is not None and last + 1 > pos:
                 pos = last + 1  # acked by the stream but not committed here (or no commit yet)
-            elif last is not None and last + 1 < pos:
+            elif last is not None and committed is not None and last + 1 < committed:
                 # The stream acknowledged offsets last+1..pos-1 and no longer holds them (an R1
                 # stream whose server was killed before writing them, a failover that lost
                 # acknowledged writes). The local log still has them: publish them again

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 import logstore
 from logstore import Log
 from logstore.cli import main
-from logstore.fs import FileSystem
+from test_faults import FaultyFS  # the .log-fd tracking test double
 
 
 def file_size(log: Log, i: int = -1) -> int:
@@ -148,17 +148,8 @@ def test_verify_and_dump_of_a_live_or_crashed_log_see_no_damage(tmp_path):
     assert "preallocated, never written" in r.stdout
 
 
-class NoExtendFS(FileSystem):
+class NoExtendFS(FaultyFS):
     """ftruncate that cannot grow a segment file (a file size limit, say); shrinking works."""
-
-    def __init__(self):
-        self.log_fds = set()
-
-    def open(self, path, flags, mode=0o644):
-        fd = super().open(path, flags, mode)
-        if path.endswith(".log"):
-            self.log_fds.add(fd)
-        return fd
 
     def truncate(self, fd, size):
         if fd in self.log_fds and size > os.fstat(fd).st_size:
