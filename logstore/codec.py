@@ -15,7 +15,7 @@ import struct
 import threading
 from functools import partial
 from itertools import accumulate, repeat
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import crc32c as _crc32c
 import numpy as np
@@ -47,14 +47,17 @@ MAX_BATCH_LENGTH = (1 << 30) + (1 << 20)
 
 # The fields a forward walk needs: magic, length, base offset, last offset delta.
 WALK = struct.Struct("<4s4xI4xq20xI")
-# Just length, base offset, last offset delta (the inner loop of a walk).
-STEP = struct.Struct("<8xI4xq20xI")
+# What stepping over a batch needs (get's walk): magic (as an int), length, base offset, last
+# offset delta (HEADER fields at bytes 0, 8, 16 and 44).
+STEP = struct.Struct("<I4xI4xq20xI")
+MAGIC_INT = int.from_bytes(MAGIC, "little")
 crc32c = _crc32c.crc32c
 _I32 = struct.Struct("<i")
 _I64 = struct.Struct("<q")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _PAD = bytes(ALIGN)
+_ZERO_HEADER = bytes(HEADER_SIZE)  # room for the header, packed in place by frame()
 
 
 class BatchHeader(NamedTuple):
@@ -95,12 +98,15 @@ class PreparedBatch(NamedTuple):
     last_offset_delta: int
     base_timestamp: int
     max_timestamp: int
-    payload: bytes
+    # The payload as pieces (columns, value blob, ...) whose concatenation it is: frame() joins
+    # them once, straight into the framed batch, instead of copying a joined payload again.
+    parts: Tuple[Any, ...]
+    payload_length: int
     raw_length: int
 
     @property
     def framed_length(self) -> int:
-        return _align(HEADER_SIZE + len(self.payload))
+        return _align(HEADER_SIZE + self.payload_length)
 
 
 def _align(n: int) -> int:
@@ -252,23 +258,24 @@ def _finish(
     last_delta: int,
     base_ts: int,
     max_ts: int,
-    raw: bytes,
+    parts: Tuple[Any, ...],
     compression: int,
     level: int,
     max_bytes: int,
 ) -> PreparedBatch:
-    if len(raw) > max_bytes:
+    """``parts``: the raw payload in pieces (bytes-like, byte-sized items)."""
+    raw_length = sum(map(len, parts))
+    if raw_length > max_bytes:
         raise RecordTooLargeError(
-            f"batch of {n} record(s) encodes to {len(raw)} bytes, above "
+            f"batch of {n} record(s) encodes to {raw_length} bytes, above "
             f"max_record_bytes={max_bytes}; nothing was written"
         )
-    payload = raw
-    if compression == CODEC_ZSTD and len(raw) > 64:
-        packed = _compressor(level).compress(raw)
-        if len(packed) < len(raw):  # keep incompressible data raw: cheaper to read
-            payload = packed
-            attrs |= CODEC_ZSTD
-    return PreparedBatch(attrs, n, last_delta, base_ts, max_ts, payload, len(raw))
+    if compression == CODEC_ZSTD and raw_length > 64:
+        packed = _compressor(level).compress(b"".join(parts))
+        if len(packed) < raw_length:  # keep incompressible data raw: cheaper to read
+            return PreparedBatch(attrs | CODEC_ZSTD, n, last_delta, base_ts, max_ts, (packed,),
+                                 len(packed), raw_length)
+    return PreparedBatch(attrs, n, last_delta, base_ts, max_ts, parts, raw_length, raw_length)
 
 
 def prepare_one(
@@ -304,8 +311,8 @@ def prepare_one(
         attrs |= ATTR_HEADERS
         parts.append(_I32.pack(len(hb)))
         tail.append(hb)
-    raw = b"".join(parts + tail)
-    return _finish(attrs, 1, 0, timestamp_ms, timestamp_ms, raw, compression, level, max_bytes)
+    return _finish(attrs, 1, 0, timestamp_ms, timestamp_ms, tuple(parts + tail), compression,
+                   level, max_bytes)
 
 
 def check_batch_shape(values: Any, **parallel: Any) -> int:
@@ -379,8 +386,8 @@ def prepare_batch(
         columns.append(np.fromiter(map(len, encoded), dtype="<i4", count=n).tobytes())
         blobs.append(b"".join(encoded))
 
-    raw = b"".join(columns + blobs)
-    return _finish(attrs, n, last_delta, base_ts, max_ts, raw, compression, level, max_bytes)
+    return _finish(attrs, n, last_delta, base_ts, max_ts, (*columns, *blobs), compression, level,
+                   max_bytes)
 
 
 def prepare_from_buffer(
@@ -409,8 +416,8 @@ def prepare_from_buffer(
             f"batch of {n} record(s) encodes to {raw_len} bytes, above "
             f"max_record_bytes={max_bytes}; nothing was written"
         )
-    raw = lens.astype("<i4").tobytes() + blob.tobytes()
-    return _finish(0, n, n - 1, timestamp_ms, timestamp_ms, raw, compression, level, max_bytes)
+    return _finish(0, n, n - 1, timestamp_ms, timestamp_ms, (lens.astype("<i4").tobytes(), blob),
+                   compression, level, max_bytes)
 
 
 # The header from byte 8 on (what the CRC covers) followed by the first column entries of a
@@ -451,8 +458,10 @@ def frame_single(base_offset: int, timestamp_ms: int, value: bytes, key: Optiona
 
 def frame(batch: PreparedBatch, base_offset: int, synced_before: int = 0) -> bytearray:
     """Give a prepared batch its base offset, header, CRC32C and padding: the bytes to write."""
-    length = _align(HEADER_SIZE + len(batch.payload))
-    buf = bytearray(length)
+    size = HEADER_SIZE + batch.payload_length
+    length = _align(size)
+    # One copy of the payload: header room, the pieces and the padding joined in one go.
+    buf = bytearray().join((_ZERO_HEADER, *batch.parts, _PAD[: length - size]))
     HEADER.pack_into(
         buf,
         0,
@@ -466,11 +475,10 @@ def frame(batch: PreparedBatch, base_offset: int, synced_before: int = 0) -> byt
         batch.max_timestamp,
         batch.record_count,
         batch.last_offset_delta,
-        len(batch.payload),
+        batch.payload_length,
         batch.raw_length,
         synced_before,
     )
-    buf[HEADER_SIZE : HEADER_SIZE + len(batch.payload)] = batch.payload
     _U32.pack_into(buf, 4, crc32c(memoryview(buf)[CRC_START:]))
     return buf
 

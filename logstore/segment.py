@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -49,10 +48,6 @@ def parse_segment_name(name: str) -> Optional[int]:
 
 # Batches quick_get leaves to the general path: compressed, with offset deltas, unknown flags.
 _NOT_QUICK = codec.CODEC_MASK | codec.ATTR_OFFSET_DELTAS | ~codec.KNOWN_ATTRS
-# The four header fields quick_get needs to step over a batch that is not its target: magic
-# (as an int), length, base offset, last offset delta (codec.HEADER at 0, 8, 16 and 44).
-_STEP = struct.Struct("<I4xI4xq20xI")
-_MAGIC_INT = int.from_bytes(codec.MAGIC, "little")
 
 
 class ScannedBatch(NamedTuple):
@@ -438,7 +433,8 @@ class Segment:
         base_offset = self.base_offset
         rel, pos = oi.lookup(offset - base_offset)
         expect = base_offset + rel
-        step = _STEP.unpack_from
+        step = codec.STEP.unpack_from
+        magic_int = codec.MAGIC_INT
         limit = size - HEADER_SIZE
         while pos <= limit:
             # Batches before the target are stepped over on four fields (about half of a full
@@ -453,7 +449,7 @@ class Segment:
             else:
                 raw = mm
                 magic, length, base, last_delta = step(mm, pos)
-            if (magic != _MAGIC_INT or base != expect or length < HEADER_SIZE or length & 7
+            if (magic != magic_int or base != expect or length < HEADER_SIZE or length & 7
                     or pos + length > size):
                 return None  # odd or a gap: the general path decides and reports
             expect = base + last_delta + 1

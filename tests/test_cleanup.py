@@ -1,7 +1,6 @@
 """Retention and key-based compaction: results, crash safety, readers during swaps."""
 
 import os
-import shutil
 import threading
 
 import pytest
