@@ -555,7 +555,12 @@ class Log:
                     if not self._syncing:
                         self._syncing = True
                         if self._returning:
-                            self._gather_locked()
+                            try:
+                                self._gather_locked()
+                            except BaseException:  # (an interrupt while waiting) hand over
+                                self._syncing = False
+                                cond.notify_all()
+                                raise
                         break
                     self._sync_waiting += 1
                     cond.wait()
