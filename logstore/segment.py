@@ -413,12 +413,12 @@ class Segment:
         """The record at ``offset`` by the common route, or None: "ask :meth:`find`".
 
         The common route is a loaded index whose hint checks out and intact, dense,
-        uncompressed batches from the hint to the target: one index search, one header unpack
-        per step (from the mapping, or one pread each for a reader's active segment), the CRC
-        of the target batch and the few column entries the record needs, with no intermediate
-        objects. Anything else (write buffer, a hint that does not match, a gap, compression,
-        any odd header) returns None, and the caller takes the general path, which handles and
-        reports every case. Both give the same record for the same bytes, and both raise the
+        uncompressed batches from the hint to the target: one index search, four header fields
+        per batch stepped over (from the mapping, or one pread each for a reader's active
+        segment), then the target's full header, its CRC and the few column entries the record
+        needs, with no intermediate objects. Anything else (write buffer, a hint that does not
+        match, a gap, compression, any odd header) returns None, and the caller takes the
+        general path, which handles and reports every case. Both give the same record for the same bytes, and both raise the
         same CorruptLogError when the target batch fails its CRC.
         """
         oi = self._offset_index
