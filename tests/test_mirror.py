@@ -391,8 +391,28 @@ MIRROR_PROC = textwrap.dedent("""
     sys.exit(run_mirror_cli(sys.argv[1], "orders", sys.argv[2], sys.argv[3],
                             until_caught_up=True, subject_prefix=sys.argv[3].lower(),
                             fsync="never", ack_timeout_s=1.5, max_backoff_s=1.0,
-                            status_interval_s=60))
+                            status_interval_s=float(sys.argv[4])))
 """)
+
+
+def _follow_acked(proc) -> list:
+    """[latest "acked N" of the mirror process's status lines (stderr), all lines]: kept up to
+    date by a reader thread, so that the test sees progress within one status interval without
+    asking the cluster (a JetStream request can take seconds on a loaded machine)."""
+    import re
+    import threading
+
+    state = [0, []]
+
+    def read() -> None:
+        for line in proc.stderr:
+            state[1].append(line)
+            m = re.search(r"acked (\d+)", line)
+            if m:
+                state[0] = int(m.group(1))
+
+    threading.Thread(target=read, daemon=True).start()
+    return state
 
 
 @needs_server
@@ -402,22 +422,22 @@ def test_mirror_process_sigkilled_three_times(cluster, tmp_path):
     urls = ",".join(cluster.urls)
     kills = []
     for threshold in (8_000, 20_000, 33_000):
-        proc = subprocess.Popen([sys.executable, "-c", MIRROR_PROC, path, urls, "KILLS"],
+        base = kills[-1] if kills else 0  # in the stream before this process (it resyncs)
+        proc = subprocess.Popen([sys.executable, "-c", MIRROR_PROC, path, urls, "KILLS", "0.02"],
                                 env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, text=True)
         try:
-            wait_for(lambda: (stream_count(cluster.urls, "KILLS") or 0) >= threshold
-                     or proc.poll() is not None, 60, f"{threshold} messages in the stream",
-                     interval=0.02)
-            assert proc.poll() is None, proc.stderr.read().decode()
+            state = _follow_acked(proc)
+            wait_for(lambda: base + state[0] >= threshold or proc.poll() is not None, 60,
+                     f"{threshold} messages mirrored", interval=0.002)
+            assert proc.poll() is None, "".join(state[1])
         finally:
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-            proc.stderr.close()
         kills.append(stream_count(cluster.urls, "KILLS"))
     # Some records were acked by the stream but not committed locally when the kills hit.
-    proc = subprocess.run([sys.executable, "-c", MIRROR_PROC, path, urls, "KILLS"],
+    proc = subprocess.run([sys.executable, "-c", MIRROR_PROC, path, urls, "KILLS", "60"],
                           env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     print(f"\nstream counts at the 3 kills: {kills}")
