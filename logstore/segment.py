@@ -133,7 +133,6 @@ class Segment:
         """Create a new, empty active segment (the caller fsyncs the directory)."""
         seg = cls(directory, base_offset, fs, index_interval, writable=True)
         seg.fd = fs.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
-        seg.allocated = 0
         seg._offset_index = OffsetIndex.create(seg.index_path, index_capacity, fs)
         seg._time_index = TimeIndex.create(seg.timeindex_path, index_capacity, fs)
         seg._index_checked = True
