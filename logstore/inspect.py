@@ -45,6 +45,7 @@ from .segment import (
     MAX_RELATIVE_OFFSET,
     TIMEINDEX_SUFFIX,
     parse_segment_name,
+    zeros_between,
 )
 
 CHUNK = 4 << 20  # bytes read per pread when walking a segment
@@ -339,15 +340,6 @@ class Reader:
         self._start = pos
         return self._buf, 0
 
-    def zeros_to_end(self, pos: int) -> bool:
-        """Whether every byte from ``pos`` to the end of the file is zero."""
-        while pos < self.size:
-            data = os.pread(self.fd, min(CHUNK, self.size - pos), pos)
-            if not data or data.count(0) != len(data):
-                return False
-            pos += len(data)
-        return True
-
     def close(self) -> None:
         if self.fd is not None:
             fd, self.fd = self.fd, None
@@ -413,7 +405,7 @@ def walk(r: Reader, seg: SegmentFile, pos: int = 0, expect: Optional[int] = None
     """
     while pos < r.size:
         item = _read_one(r, seg, pos, expect, decode)
-        if item.error is not None and seg.active and r.zeros_to_end(pos):
+        if item.error is not None and seg.active and zeros_between(r.fd, pos, r.size):
             # Never-written, preallocated space of the active segment: the data ends here
             # (FORMAT.md, "Preallocated tail"). Recovery trims it; it is not damage.
             r.unwritten = r.size - pos

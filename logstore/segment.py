@@ -46,6 +46,17 @@ def parse_segment_name(name: str) -> Optional[int]:
     return None
 
 
+def zeros_between(fd: int, pos: int, end: int) -> bool:
+    """Whether bytes ``[pos, end)`` of the file are all zero (an active segment's preallocated,
+    never-written tail; see FORMAT.md). Reads with pread, 4 MiB at a time."""
+    while pos < end:
+        data = os.pread(fd, min(1 << 22, end - pos), pos)
+        if not data or data.count(0) != len(data):
+            return False
+        pos += len(data)
+    return True
+
+
 # Batches quick_get leaves to the general path: compressed, with offset deltas, unknown flags.
 _NOT_QUICK = codec.CODEC_MASK | codec.ATTR_OFFSET_DELTAS | ~codec.KNOWN_ATTRS
 
@@ -625,12 +636,7 @@ class Segment:
         """Whether bytes ``[pos, end)`` are all zero (``buf``: a mapping of the file, or None)."""
         if buf is not None:
             return not np.frombuffer(buf, dtype=np.uint8, count=end - pos, offset=pos).any()
-        while pos < end:
-            data = os.pread(self.fd, min(1 << 22, end - pos), pos)
-            if not data or data.count(0) != len(data):
-                return False
-            pos += len(data)
-        return True
+        return zeros_between(self.fd, pos, end)
 
     def _scan_map(self, end: int):
         fd = self.fd if self.fd is not None else os.open(self.path, os.O_RDONLY)
