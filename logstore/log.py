@@ -684,7 +684,8 @@ class Log:
                                                f"{self.path} could not be written")
                     if problem is None:
                         try:
-                            active.trim()  # the marker's size is then the file's size
+                            if active.trim():  # the marker's size is then the file's size
+                                active.sync()
                             last = active.find(self._next_offset - 1) if active.size else None
                             active.close_active()
                             meta.write_clean_shutdown(self.path, self._fs, {

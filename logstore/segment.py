@@ -428,8 +428,8 @@ class Segment:
         segment), then the target's full header, its CRC and the few column entries the record
         needs, with no intermediate objects. Anything else (write buffer, a hint that does not
         match, a gap, compression, any odd header) returns None, and the caller takes the
-        general path, which handles and reports every case. Both give the same record for the same bytes, and both raise the
-        same CorruptLogError when the target batch fails its CRC.
+        general path, which handles and reports every case. Both give the same record for the
+        same bytes, and both raise the same CorruptLogError when the target batch fails its CRC.
         """
         oi = self._offset_index
         size = self.size
@@ -702,14 +702,16 @@ class Segment:
                     return
         self.allocated = end
 
-    def trim(self) -> None:
-        """Cut the preallocated bytes past the data and make that durable (seal and close:
-        sealed and cleanly closed segments end exactly at their last batch)."""
+    def trim(self) -> bool:
+        """Cut the preallocated bytes past the data (seal and close: sealed and cleanly closed
+        segments end exactly at their last batch); True if there were any. Not durable until the
+        caller's :meth:`sync`."""
         self.flush_pending()
-        if self.allocated > self.size:
+        cut = self.allocated > self.size
+        if cut:
             self.fs.truncate(self.fd, self.size)
-            self.fs.fdatasync(self.fd)
         self.allocated = self.size
+        return cut
 
     def _start_writeback(self) -> None:
         """Hint the kernel to write out what was written since the last hint (no waiting)."""
