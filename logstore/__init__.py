@@ -20,6 +20,7 @@ from .errors import (
     LogstoreError,
     MissingKeyError,
     NotALogError,
+    NotAssignedError,
     OffsetOutOfRangeError,
     ReadOnlyError,
     RecordRemovedError,

@@ -1,12 +1,16 @@
 """Stream views over a topic: consumer groups (Kafka-style) and durable pub/sub subscriptions.
 
-A group's state is one position per partition ("next offset to read"), shared by the group's
-members in this process; committed positions live in the store's offset log. Members split the
-partitions (partition p goes to member ``p % members``), and the split is recomputed when a member
-joins or closes. Nothing is copied: a poll reads the partition logs directly.
+A group's members split the topic's partitions: partition p goes to member ``p % members``,
+members ordered by joining time, in one process or across several (see :mod:`logstore.leases`).
+A process reads and commits a partition only while it holds the partition's **lease** for the
+group (the lock of the partition's lease log, where its commits go); members re-split when one
+joins, leaves or dies. Nothing is copied: a poll reads the partition logs directly, through a
+read-only store in any process but the writer's.
 
-Across processes: a store has one writer process; consumers in other processes can open it
-read-only and read topics, but commits (and so groups) belong to the writing process.
+Positions ("next offset to read") are shared by the members of a group in one process, so a
+partition moving between them keeps its position. A partition moving to another process
+continues from its last commit: what was polled and not committed is delivered again
+(at-least-once).
 """
 
 from __future__ import annotations
@@ -16,11 +20,22 @@ import threading
 import time
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from .errors import ConfigError, LogClosedError, OffsetOutOfRangeError, UnknownTopicError
+from . import leases
+from .errors import (
+    ConfigError,
+    LogClosedError,
+    NotAssignedError,
+    OffsetOutOfRangeError,
+    UnknownTopicError,
+)
+from .log import Log
 from .record import Record
 
 SUBSCRIPTION_PREFIX = "__sub__"
 _POLL_SLICE = 0.05  # also re-check the logs this often while blocked (appends by other paths)
+#: How often a polling member looks at the group's membership and leases (seconds): the longest
+#: a partition waits, after a member joins or dies, before its new owner can take it.
+REBALANCE_INTERVAL_S = 0.2
 
 
 def _group_state_key(group: str, topic: str) -> Tuple[str, str]:
@@ -43,27 +58,107 @@ def _check_start(start: object) -> str:
 
 
 class _GroupState:
-    """Positions and members of one (group, topic) in this process."""
+    """One (group, topic) in this process: its members here, the leases they hold, positions."""
 
     def __init__(self, store, group: str, topic, start: str):
+        self.store = store
         self.group = group
         self.topic = topic
-        self.lock = threading.Lock()
+        self.start = start
+        self.lock = threading.RLock()
         self.members: List["Consumer"] = []
         self.closed = False
-        committed = store.offsets.group_offsets(group, topic.name)
-        self.positions: Dict[int, int] = {}
-        initial: Dict[int, int] = {}
-        for p, log in enumerate(topic.partitions):
-            if p in committed:
-                self.positions[p] = committed[p]
-            else:
-                pos = log.start_offset if start == "earliest" else log.end_offset
-                self.positions[p] = initial[p] = pos
-        if initial and not store.readonly:
-            # Make the starting point durable now: a "latest" group or subscription created
-            # before a crash must not skip what was published between creation and first commit.
-            store.offsets.commit(group, topic.name, initial)
+        self.dir = leases.ensure_group_dir(store._fs, store.root, topic.name, group)
+        self.members_dir = leases.os.path.join(self.dir, leases.MEMBERS_DIR)
+        self.leases: Dict[int, Log] = {}
+        self.positions: Dict[int, int] = {}  # of leased partitions
+        self.committed: Dict[int, int] = {}  # of leased partitions
+        self.assigned: Dict["Consumer", List[int]] = {}
+        self._next_check = 0.0
+
+    # ------------------------------------------------------------------ membership
+    def join(self, member: "Consumer") -> None:
+        with self.lock:
+            member._member = leases.Member(self.members_dir)
+            self.members.append(member)
+            self.rebalance(force=True)
+
+    def leave(self, member: "Consumer") -> None:
+        with self.lock:
+            if member in self.members:
+                self.members.remove(member)
+                member._member.leave()
+            self.rebalance(force=True)
+
+    def rebalance(self, force: bool = False) -> None:
+        """Release the leases no member here should hold, take the free ones they should."""
+        now = time.monotonic()
+        if not force and now < self._next_check:
+            return
+        with self.lock:
+            self._next_check = now + REBALANCE_INTERVAL_S
+            if self.closed:
+                return
+            ours = {m._member.id: m for m in self.members}
+            live = sorted(set(leases.live_members(self.members_dir)) | set(ours))
+            n = self.topic.partition_count
+            wanted = {m: leases.assignment(live, mid, n) for mid, m in ours.items()}
+            keep = set(itertools.chain.from_iterable(wanted.values()))
+            for p in sorted(set(self.leases) - keep):
+                self._release(p)
+            for p in sorted(keep - set(self.leases)):
+                self._acquire(p)
+            self.assigned = {m: [p for p in ps if p in self.leases] for m, ps in wanted.items()}
+
+    def _acquire(self, p: int) -> None:
+        log = leases.try_lease(self.store._open_lease_log, leases.os.path.join(self.dir, str(p)))
+        if log is None:
+            return  # another process still holds it; try again at the next rebalance
+        try:
+            pos = leases.last_commit(log)
+            if pos is None:
+                # A new group (or one from before leases: its commit is in the offsets log).
+                pos = self.store.offsets.get(self.group, self.topic.name, p)
+                if pos is None:
+                    part = self.topic.partitions[p]
+                    pos = part.start_offset if self.start == "earliest" else part.end_offset
+                # Durable at once: a "latest" group created before a crash must not skip what
+                # was published between its creation and its first commit.
+                leases.append_commit(log, pos)
+        except BaseException:
+            log.close()
+            raise
+        self.leases[p] = log
+        self.positions[p] = self.committed[p] = pos
+
+    def _release(self, p: int) -> None:
+        log = self.leases.pop(p)
+        self.positions.pop(p, None)
+        self.committed.pop(p, None)
+        log.close()
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        with self.lock:
+            missing = sorted(p for p in offsets if p not in self.leases)
+            if missing:
+                raise NotAssignedError(
+                    f"group {self.group!r} does not hold partition(s) {missing} of "
+                    f"{self.topic.name!r} here: another member reads them now (nothing "
+                    f"committed)")
+            for p, off in sorted(offsets.items()):
+                leases.append_commit(self.leases[p], off)
+                self.committed[p] = off
+
+    def close(self) -> None:
+        """Release every lease and member file (store close / unsubscribe)."""
+        with self.lock:
+            self.closed = True
+            for m in self.members:
+                m._member.leave()
+            self.members = []
+            self.assigned = {}
+            for p in list(self.leases):
+                self._release(p)
 
 
 class Consumer:
@@ -85,20 +180,17 @@ class Consumer:
             state = store._groups.get(key)
             if state is None or state.closed:
                 state = store._groups[key] = _GroupState(store, group_id, topic, start)
-            with state.lock:
-                state.members.append(self)
+            state.join(self)
         self._state = state
 
     # ------------------------------------------------------------------ membership
     def assignment(self) -> List[int]:
-        """The partitions this member reads (``p % members == my index``)."""
+        """The partitions this member reads now: ``p % members == its index`` among the
+        group's live members (in every process), once it holds their leases."""
         st = self._state
+        st.rebalance()
         with st.lock:
-            if self not in st.members:
-                return []
-            i = st.members.index(self)
-            n = len(st.members)
-        return [p for p in range(self.topic.partition_count) if p % n == i]
+            return list(st.assigned.get(self, ()))
 
     def _check(self) -> None:
         if self._closed or self._state.closed:
@@ -135,7 +227,10 @@ class Consumer:
         for p in parts:
             log = self.topic.partitions[p]
             with st.lock:
-                pos = st.positions[p]
+                pos = st.positions.get(p)
+                lease = st.leases.get(p)
+            if pos is None:
+                continue  # released since assignment() (a rebalance in another thread)
             start = log.start_offset
             if pos < start:
                 pos = start  # retention removed what we had not read: continue at the start
@@ -144,6 +239,8 @@ class Consumer:
             recs = log._read(pos, max_records - len(out), None, p)
             if recs:
                 with st.lock:
+                    if st.leases.get(p) is not lease:
+                        continue  # the lease moved meanwhile: its new holder delivers these
                     st.positions[p] = recs[-1].offset + 1
                 out.extend(recs)
             if len(out) >= max_records:
@@ -161,12 +258,21 @@ class Consumer:
 
     # ------------------------------------------------------------------ positions
     def position(self, partition: int) -> int:
+        """The next offset this process reads from ``partition`` (one it holds the lease of)."""
         self._check_partition(partition)
         with self._state.lock:
-            return self._state.positions[partition]
+            pos = self._state.positions.get(partition)
+        if pos is None:
+            raise self._not_assigned(partition)
+        return pos
 
     def committed(self) -> Dict[int, int]:
-        return self.store.offsets.group_offsets(self.group_id, self.topic.name)
+        """``{partition: committed next offset}`` of the group, for every partition that has one
+        (including partitions other members, in any process, hold)."""
+        out = self.store._group_commits(self.group_id, self.topic.name)
+        with self._state.lock:
+            out.update(self._state.committed)
+        return out
 
     def _check_partition(self, partition: object) -> int:
         if isinstance(partition, bool) or not isinstance(partition, int) or not (
@@ -174,15 +280,28 @@ class Consumer:
             raise UnknownTopicError(f"topic {self.topic.name!r} has no partition {partition!r}")
         return partition
 
+    def _not_assigned(self, partition: int) -> NotAssignedError:
+        return NotAssignedError(
+            f"partition {partition} of {self.topic.name!r} is not leased to group "
+            f"{self.group_id!r} in this process: another member reads it now")
+
+    def _set_position(self, partition: int, offset: int) -> None:
+        with self._state.lock:
+            if partition not in self._state.positions:
+                raise self._not_assigned(partition)
+            self._state.positions[partition] = offset
+
     def commit(self, offsets: Optional[Mapping[int, int]] = None) -> None:
         """Durably commit positions. Default: the position after the last polled record of each
-        assigned partition. ``offsets`` = ``{partition: next offset to read}`` (Kafka's meaning)."""
+        assigned partition. ``offsets`` = ``{partition: next offset to read}`` (Kafka's meaning);
+        a partition whose lease another member holds raises :class:`NotAssignedError` and
+        nothing is committed. Works in a read-only store too: commits go to the lease logs."""
         self._check()
-        self.store._check_writable()
         if offsets is None:
             parts = self.assignment()
             with self._state.lock:
-                todo = {p: self._state.positions[p] for p in parts}
+                todo = {p: self._state.positions[p] for p in parts
+                        if p in self._state.positions}
         else:
             todo = {}
             for p, off in dict(offsets).items():
@@ -196,7 +315,7 @@ class Consumer:
                         f"cannot commit offset {off} for {self.topic.name!r} partition {p}: "
                         f"outside [0, {end}] (end_offset)")
                 todo[p] = off
-        self.store.offsets.commit(self.group_id, self.topic.name, todo)
+        self._state.commit(todo)
 
     def seek(self, partition: int, offset: int) -> None:
         """Read ``partition`` from ``offset`` next (in [start_offset, end_offset])."""
@@ -209,16 +328,13 @@ class Consumer:
             raise OffsetOutOfRangeError(
                 f"offset {offset} outside [{log.start_offset}, {log.end_offset}] of "
                 f"{self.topic.name!r} partition {partition}")
-        with self._state.lock:
-            self._state.positions[partition] = offset
+        self._set_position(partition, offset)
 
     def seek_to_time(self, timestamp_ms: int) -> None:
         """Move every assigned partition to its first record with timestamp >= ``timestamp_ms``."""
         self._check()
         for p in self.assignment():
-            off = self.topic.partitions[p].offset_for_time(timestamp_ms)
-            with self._state.lock:
-                self._state.positions[p] = off
+            self._set_position(p, self.topic.partitions[p].offset_for_time(timestamp_ms))
 
     def seek_to_beginning(self) -> None:
         for p in self.assignment():
@@ -235,18 +351,18 @@ class Consumer:
         for p in self.assignment():
             log = self.topic.partitions[p]
             with self._state.lock:
-                pos = self._state.positions[p]
-            out[p] = max(0, log.end_offset - max(pos, log.start_offset))
+                pos = self._state.positions.get(p)
+            if pos is not None:
+                out[p] = max(0, log.end_offset - max(pos, log.start_offset))
         return out
 
     def close(self) -> None:
-        """Leave the group (its partitions go to the remaining members). Does not commit."""
+        """Leave the group: its partitions go to the remaining members (here at once, in other
+        processes at their next poll). Does not commit."""
         if self._closed:
             return
         self._closed = True
-        with self._state.lock:
-            if self in self._state.members:
-                self._state.members.remove(self)
+        self._state.leave(self)
 
     def __enter__(self) -> "Consumer":
         return self

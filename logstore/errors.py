@@ -125,4 +125,10 @@ class MissingKeyError(LogstoreError, ValueError):
     """A record without a key in a compacted log (``cleanup_policy`` includes ``"compact"``)."""
 
 
-__all__ += ["AckError", "QueueFullError", "UnknownTopicError", "MissingKeyError"]
+class NotAssignedError(LogstoreError):
+    """A commit for a partition whose lease this consumer group member does not hold: another
+    member (in this or another process) reads it now. Nothing was committed."""
+
+
+__all__ += ["AckError", "QueueFullError", "UnknownTopicError", "MissingKeyError",
+            "NotAssignedError"]

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from . import codec, meta
+from . import codec, leases, meta
 from .codec import ALIGN, HEADER_SIZE, MAGIC, BatchHeader, DecodedBatch
 from .errors import CorruptLogError, NotALogError
 from .errors import LogstoreError as LogstoreErrorBase
@@ -231,6 +231,10 @@ def _store_targets(given: str, root: str, topic: Optional[str], partition: Optio
         logs = [("internal/offsets", os.path.join(root, "internal", "offsets"))]
         logs += [(f"internal/queues/{q}", os.path.join(root, "internal", "queues", q))
                  for q in store_queues(root)]
+        for _topic, _group, gdir in leases.list_groups(root):  # consumer groups' lease logs
+            rel = os.path.relpath(gdir, root)
+            logs += [(f"{rel}/{p}", os.path.join(gdir, str(p)))
+                     for p in leases.lease_partitions(gdir)]
         for label, d in logs:
             if os.path.isdir(d):
                 out.append(Target(label, d, internal=True, expanded=True,

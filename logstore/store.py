@@ -7,7 +7,10 @@ Directory layout (see README "Store")::
     <root>/.lock                       the store's single-writer lock
     <root>/topics/<name>/topic.json    {"partitions": N}
     <root>/topics/<name>/<p>/          partition p: a log directory
-    <root>/internal/offsets/           committed offsets (an internal log)
+    <root>/internal/offsets/           internal committed offsets (work queues, mirror; an
+                                       internal log); consumer groups of stores before version 2
+    <root>/internal/groups/<topic>/<group>/  a consumer group's (or subscription's) members and,
+                                       per partition, a lease log of its commits (see leases.py)
     <root>/internal/queues/<name>/     a work queue's ack/delivery events (an internal log)
 
 Every view reads the topic's own logs: nothing is copied into per-consumer storage.
@@ -30,12 +33,15 @@ from .config import LogConfig
 from .errors import (
     ConfigError,
     LogClosedError,
+    LogLockedError,
     MissingKeyError,
     NotALogError,
     ReadOnlyError,
+    StorageError,
     UnknownTopicError,
     UnsupportedFormatError,
 )
+from . import leases
 from .fs import DEFAULT_FS, FileSystem
 from .lockfile import DirectoryLock
 from .log import Log, _now_ms
@@ -44,7 +50,9 @@ from .record import Record
 
 STORE_META = "store.meta"
 STORE_FORMAT = "logstore-store"
-STORE_VERSION = 1
+# 2: consumer groups and subscriptions commit into per-partition lease logs (internal/groups);
+#    version 1 stores are upgraded when opened for writing (their commits are read as a fallback).
+STORE_VERSION = 2
 MSG_ID_HEADER = "x-msg-id"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 MAX_PARTITIONS = 4096
@@ -231,7 +239,8 @@ class Store:
     """Topics, committed offsets and views in one directory. Open with :meth:`Store.open`.
 
     One process opens a store for writing (a second gets ``LogLockedError``); other processes may
-    open it with ``readonly=True`` to read topics and committed offsets.
+    open it with ``readonly=True`` to read topics and committed offsets, and to be members of
+    consumer groups and subscriptions (which commit into their partitions' lease logs).
     """
 
     def __init__(self, root: str, config: LogConfig, fs: FileSystem, readonly: bool,
@@ -292,6 +301,11 @@ class Store:
                 self._fs.makedirs(os.path.join(root, "topics"))
                 self._fs.makedirs(os.path.join(root, "internal"))
                 self._fs.write_file_atomic(meta_path, json.dumps(meta).encode())
+            elif not self.readonly and int(meta.get("version", 1)) < STORE_VERSION:
+                meta = dict(meta, version=STORE_VERSION)
+                self._fs.write_file_atomic(meta_path, json.dumps(meta).encode())
+            if not self.readonly:
+                leases.remove_trash(root)
             self.meta = meta
             self.offsets = OffsetStore(
                 self._open_internal_log(os.path.join(root, "internal", "offsets"), True))
@@ -338,6 +352,26 @@ class Store:
         # below their last checkpoint.
         return self._open_log(path, retention_ms=None, retention_bytes=None,
                               cleanup_policy="compact" if compacted else "delete")
+
+    def _open_lease_log(self, path: str) -> Log:
+        """Open a consumer group's lease log for writing (the lease), even in a read-only store:
+        the lease holder is its only writer. Raises LogLockedError while another holds it."""
+        options = dict(self._log_options)
+        options.update(retention_check_interval_s=0, retention_ms=None, retention_bytes=None,
+                       cleanup_policy="delete", segment_bytes=leases.LEASE_SEGMENT_BYTES)
+        return Log.open(path, fs=self._fs, **options)
+
+    def _group_commits(self, group: str, topic: str) -> Dict[int, int]:
+        """Committed offsets of one group on one topic, as stored (lease logs over the
+        offsets log of stores before version 2)."""
+        out = self.offsets.group_offsets(group, topic)
+        path = leases.group_path(self.root, topic, group)
+        if os.path.isdir(path):
+            for p in leases.lease_partitions(path):
+                off = leases.read_commit(os.path.join(path, str(p)), self._fs)
+                if off is not None:
+                    out[p] = off
+        return out
 
     def _check_open(self) -> None:
         if self._closed:
@@ -472,29 +506,64 @@ class Store:
         return Subscription(self, name, self.topic(topic), start)
 
     def unsubscribe(self, topic: str, name: str) -> None:
-        """Remove a durable subscription and its committed position."""
+        """Remove a durable subscription and its committed position. Its members in this process
+        are closed; :class:`LogLockedError` if a member in another process still holds it."""
         from .consumer import SUBSCRIPTION_PREFIX, _group_state_key
 
         validate_name("subscription", name)
         self._check_writable()
         group = SUBSCRIPTION_PREFIX + name
-        self.offsets.delete_group(group, topic)
         with self._lock:
             state = self._groups.pop(_group_state_key(group, topic), None)
-        if state is not None:
-            state.closed = True
+            if state is not None:
+                state.close()
+            path = leases.group_path(self.root, topic, group)
+            if os.path.isdir(path):
+                self._remove_group_dir(path, f"subscription {name!r} of {topic!r}")
+            self.offsets.delete_group(group, topic)
+
+    def _remove_group_dir(self, path: str, what: str) -> None:
+        held: List[Log] = []
+        try:
+            # Take every lease first: nobody may be reading or committing while it goes.
+            if leases.live_members(os.path.join(path, leases.MEMBERS_DIR)):
+                raise LogLockedError(f"{what} has a live member in another process")
+            for p in leases.lease_partitions(path):
+                log = leases.try_lease(self._open_lease_log, os.path.join(path, str(p)))
+                if log is None:
+                    raise LogLockedError(f"{what}: partition {p} is leased by another process")
+                held.append(log)
+            trash = leases.retire_group_dir(self._fs, path)  # still holding every lease
+        except BaseException:
+            for log in held:
+                log.close()
+            raise
+        for log in held:
+            try:
+                log.close()
+            except StorageError:
+                pass  # its files were just renamed away with the directory: nothing to keep
+        leases.remove_trash_dir(trash)
 
     def subscriptions(self, topic: str) -> List[str]:
+        """Names of the durable subscriptions of ``topic``."""
         from .consumer import SUBSCRIPTION_PREFIX
 
-        return sorted({g[len(SUBSCRIPTION_PREFIX):] for (g, t, _), _o in self.offsets.items()
-                       if t == topic and g.startswith(SUBSCRIPTION_PREFIX)})
+        return sorted(g[len(SUBSCRIPTION_PREFIX):] for g, by_topic in self.groups().items()
+                      if topic in by_topic and g.startswith(SUBSCRIPTION_PREFIX))
 
     def groups(self) -> Dict[str, Dict[str, Dict[int, int]]]:
-        """Committed offsets: ``{group: {topic: {partition: next offset}}}`` (user groups)."""
+        """Committed offsets: ``{group: {topic: {partition: next offset}}}``: consumer groups,
+        subscriptions (``__sub__<name>``) and internal groups, read from their logs now."""
         out: Dict[str, Dict[str, Dict[int, int]]] = {}
         for (g, t, p), o in self.offsets.items():
             out.setdefault(g, {}).setdefault(t, {})[p] = o
+        for t, g, path in leases.list_groups(self.root):
+            by_partition = out.setdefault(g, {}).setdefault(t, {})
+            for p in leases.lease_partitions(path):
+                off = leases.read_commit(os.path.join(path, str(p)), self._fs)
+                if off is not None:
+                    by_partition[p] = off
         return out
 
     def on(self, topic: str, callback: Callable[[Record], None]) -> Callable[[], None]:
@@ -543,11 +612,13 @@ class Store:
         with self._lock:
             topics = list(self._topics.values())
             queues = {q.name: q for q in self._queues.values() if not q.closed}
+        groups = self.groups()
         for topic in topics:
             committed: Dict[int, List[int]] = {}
-            for (g, t, p), off in self.offsets.items():
-                if t == topic.name and not g.startswith("__queue__"):
-                    committed.setdefault(p, []).append(off)
+            for g, by_topic in groups.items():
+                if topic.name in by_topic and not g.startswith("__queue__"):
+                    for p, off in by_topic[topic.name].items():
+                        committed.setdefault(p, []).append(off)
             queue = queues.get(topic.name)
             lows = queue.low_watermarks() if queue is not None else {}
             for p, log in enumerate(topic.partitions):
@@ -599,6 +670,8 @@ class Store:
                 return
             for q in list(self._queues.values()):
                 q.close()
+            for state in list(self._groups.values()):
+                state.close()
             self._closed = True
             with self._data:
                 self._data.notify_all()

@@ -64,6 +64,11 @@ def flip(path, pos):
         f.write(bytes([b[0] ^ 0x55]))
 
 
+# The lease logs (committed offsets) of build_store's group and subscription, per partition.
+LEASE_LOGS = [f"internal/groups/orders/{g}/{p}" for g in ("__sub__audit", "billing")
+              for p in range(3)]
+
+
 def build_store(root, close=True):
     """orders (3 partitions, keyed), group billing (100 read, committed), subscription audit
     (everything), queue jobs (10 put, 3 acked, 1 nacked for an hour, 1 in flight)."""
@@ -117,7 +122,7 @@ def test_resolve_targets_of_a_store(shop):
     labels = [t.label for t in insp.resolve_targets(shop)]
     assert labels == ["jobs/0", "jobs.dlq/0", "orders/0", "orders/1", "orders/2"]
     labels = [t.label for t in insp.resolve_targets(shop, internal=True)]
-    assert labels[-2:] == ["internal/offsets", "internal/queues/jobs"]
+    assert labels[5:] == ["internal/offsets", "internal/queues/jobs"] + LEASE_LOGS
     [t] = insp.resolve_targets(shop, "orders", 2)
     assert (t.topic, t.partition, t.expanded) == ("orders", 2, True)
     assert t.log_dir == os.path.join(shop, "topics", "orders", "2")
@@ -232,11 +237,11 @@ def test_verify_store_root_covers_partitions_and_internal_logs(shop, tmp_path):
     assert r.exit_code == 0, r.stdout
     heads = [x.split(":")[0] for x in lines(r) if not x.startswith(" ")]
     assert heads[:-1] == ["jobs/0", "jobs.dlq/0", "orders/0", "orders/1", "orders/2",
-                          "internal/offsets", "internal/queues/jobs"]
-    assert lines(r)[-1] == f"OK: no problems found in 7 logs of {shop}"
+                          "internal/offsets", "internal/queues/jobs"] + LEASE_LOGS
+    assert lines(r)[-1] == f"OK: no problems found in 13 logs of {shop}"
     doc = json.loads(run("verify", shop, "--json").stdout)
-    assert doc["ok"] and [x["label"] for x in doc["logs"]][-2:] == [
-        "internal/offsets", "internal/queues/jobs"]
+    assert doc["ok"] and [x["label"] for x in doc["logs"]][5:] == [
+        "internal/offsets", "internal/queues/jobs"] + LEASE_LOGS
     assert doc["logs"][2]["topic"] == "orders" and doc["logs"][2]["partition"] == 0
     assert doc["logs"][-1]["internal"] is True
     # --topic: that topic only, no internal logs.
@@ -255,7 +260,7 @@ def test_verify_store_root_covers_partitions_and_internal_logs(shop, tmp_path):
     assert r.exit_code == 1
     assert f"PROBLEM [damaged] {seg} at byte " in r.stdout
     assert "orders/2: missing" in r.stdout
-    assert lines(r)[-1].startswith("CORRUPT: 2 problems in orders/1, orders/2 (2 of 7 logs;")
+    assert lines(r)[-1].startswith("CORRUPT: 2 problems in orders/1, orders/2 (2 of 13 logs;")
 
 
 # ------------------------------------------------------------------------------ stats
@@ -278,7 +283,7 @@ def test_stats_store_groups_subscriptions_and_queue_depth(tmp_path):
         doc = json.loads(r.stdout)
         [billing] = doc["groups"]
         assert billing["group"] == "billing" and billing["topic"] == "orders"
-        committed = store.offsets.group_offsets("billing", "orders")
+        committed = store.groups()["billing"]["orders"]
         assert {x["partition"]: x["committed"] for x in billing["partitions"]} == committed
         assert {x["partition"]: x["lag"] for x in billing["partitions"]} == {
             p: ends[p] - committed[p] for p in ends}
@@ -298,7 +303,7 @@ def test_stats_store_groups_subscriptions_and_queue_depth(tmp_path):
         internal = {g["group"] for g in doc["internal"]["groups"]}
         assert internal == {"__queue__jobs"}
         assert [x["log"] for x in doc["internal"]["logs"]] == ["internal/offsets",
-                                                              "internal/queues/jobs"]
+                                                              "internal/queues/jobs"] + LEASE_LOGS
         orders_doc = next(t for t in doc["topics"] if t["topic"] == "orders")
         assert [x["end_offset"] for x in orders_doc["partition_stats"]] == [ends[p]
                                                                           for p in range(3)]
@@ -383,7 +388,7 @@ def test_recover_store_dry_run_apply_and_lock(tmp_path):
     build_store(root)
     r = run("recover", root)
     assert r.exit_code == 0, r.stdout
-    assert lines(r)[-1] == "nothing to recover in 7 logs"
+    assert lines(r)[-1] == "nothing to recover in 13 logs"
     seg_dir = os.path.join(root, "topics", "orders", "1")
     active = sorted(n for n in os.listdir(seg_dir) if n.endswith(".log"))[-1]
     path = os.path.join(seg_dir, active)
@@ -399,7 +404,7 @@ def test_recover_store_dry_run_apply_and_lock(tmp_path):
     r = run("recover", root, "--apply", "--json")
     assert r.exit_code == 0, r.stdout
     doc = json.loads(r.stdout)
-    assert doc["ok"] and len(doc["logs"]) == 7
+    assert doc["ok"] and len(doc["logs"]) == 13
     [torn] = [x for x in doc["logs"] if x["label"] == "orders/1"]
     assert "truncate" in [a["action"] for a in torn["actions"]]
     assert os.path.getsize(path) < size - 5  # cut back to the last whole batch
