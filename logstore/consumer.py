@@ -16,6 +16,7 @@ continues from its last commit: what was polled and not committed is delivered a
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -69,7 +70,7 @@ class _GroupState:
         self.members: List["Consumer"] = []
         self.closed = False
         self.dir = leases.ensure_group_dir(store._fs, store.root, topic.name, group)
-        self.members_dir = leases.os.path.join(self.dir, leases.MEMBERS_DIR)
+        self.members_dir = os.path.join(self.dir, leases.MEMBERS_DIR)
         self.leases: Dict[int, Log] = {}
         self.positions: Dict[int, int] = {}  # of leased partitions
         self.committed: Dict[int, int] = {}  # of leased partitions
@@ -111,7 +112,7 @@ class _GroupState:
             self.assigned = {m: [p for p in ps if p in self.leases] for m, ps in wanted.items()}
 
     def _acquire(self, p: int) -> None:
-        log = leases.try_lease(self.store._open_lease_log, leases.os.path.join(self.dir, str(p)))
+        log = leases.try_lease(self.store._open_lease_log, os.path.join(self.dir, str(p)))
         if log is None:
             return  # another process still holds it; try again at the next rebalance
         try:

@@ -612,7 +612,8 @@ class Store:
         with self._lock:
             topics = list(self._topics.values())
             queues = {q.name: q for q in self._queues.values() if not q.closed}
-        groups = self.groups()
+        # Reading every group's commits opens their lease logs: only when a topic needs them.
+        groups = self.groups() if any(t.retention == "interest" for t in topics) else {}
         for topic in topics:
             committed: Dict[int, List[int]] = {}
             for g, by_topic in groups.items():
