@@ -10,10 +10,21 @@ may truncate a torn tail there during its own recovery, and touching a mapped pa
 end of file would kill the reader with SIGBUS. Mappings are never closed explicitly: readers may
 still hold memoryviews into them; dropping the reference lets the kernel unmap when the last user
 is done (and on Linux an unlinked file stays readable while mapped).
+
+A writer under ``fsync="never"`` writes batches through a shared *write* mapping of the active
+segment instead of ``pwrite`` (``map_writes``): a copy into the page cache, no system call per
+append (~0.2 us instead of ~1 us for a 170-byte batch here). The bytes are in the page cache as
+soon as the copy ends, exactly as after ``pwrite``: other processes' ``pread`` sees them, a
+process crash keeps them, ``fdatasync`` writes them out. The mapping only ever covers space
+reserved with ``posix_fallocate`` (real blocks, not a sparse hole), so a full disk is an
+``ENOSPC`` from the reservation, before anything is copied, never a SIGBUS at the copy. The
+reserved space past the data reads as zeros, the "preallocated tail" of FORMAT.md, and is cut
+at seal and close like the sparse preallocation of the syncing policies.
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 from typing import Iterator, List, NamedTuple, Optional, Tuple
@@ -136,6 +147,13 @@ class Segment:
         self.preallocate = 0
         self.preallocate_limit = 0
         self.allocated = 0  # the file's length as this writer made it (>= written data)
+        # Write mapping (fsync="never" writers, see the module docstring): covers [0, _wmap_len),
+        # all of it reserved on disk. map_writes is cleared for good if the file system cannot
+        # reserve space (no posix_fallocate support).
+        self.map_writes = False
+        self.map_write_limit = 0
+        self._wmap: Optional[mmap.mmap] = None
+        self._wmap_len = 0
 
     # ------------------------------------------------------------------ opening and closing
     @classmethod
@@ -224,6 +242,7 @@ class Segment:
 
     def close(self) -> None:
         self._map = None
+        self._drop_write_map()
         if self.fd is not None:
             fd, self.fd = self.fd, None
             if self.use_pread:
@@ -664,17 +683,11 @@ class Segment:
             if buffered:
                 self.pending += data
         if not buffered:
-            if pos + length > self.allocated:
-                self._extend(pos + length)
-            os_pwrite = self._os_pwrite
-            try:
-                # (A short write is redone whole: the write is positional, so that is idempotent.)
-                if os_pwrite is None or os_pwrite(self.fd, data, pos) != length:
-                    self.fs.pwrite(self.fd, data, pos)
-            except OSError as e:
-                self._cut_back(pos, e)
-                raise StorageError(
-                    f"write to {self.path} failed: {e}; nothing was appended", e) from e
+            end = pos + length
+            if end <= self._wmap_len or (self.map_writes and self._map_ahead(end)):
+                self._wmap[pos:end] = data  # a memcpy into the page cache: no system call
+            else:
+                self._pwrite_batch(data, pos, length)
         self.size = pos + length
         self.next_offset = next_offset
         if self.first_timestamp is None:
@@ -685,6 +698,49 @@ class Segment:
             self._note_batch(pos, base_offset, max_ts)
             if self.writeback_bytes and pos - self._writeback_from >= self.writeback_bytes:
                 self._start_writeback()
+
+    def _pwrite_batch(self, data, pos: int, length: int) -> None:
+        if pos + length > self.allocated:
+            self._extend(pos + length)
+        os_pwrite = self._os_pwrite
+        try:
+            # (A short write is redone whole: the write is positional, so that is idempotent.)
+            if os_pwrite is None or os_pwrite(self.fd, data, pos) != length:
+                self.fs.pwrite(self.fd, data, pos)
+        except OSError as e:
+            self._cut_back(pos, e)
+            raise StorageError(
+                f"write to {self.path} failed: {e}; nothing was appended", e) from e
+
+    def _map_ahead(self, end: int) -> bool:
+        """Reserve and map the file up to at least ``end`` for :meth:`append`'s copy.
+
+        Reserves ahead of the data, doubling with the file up to 4 MiB at a time (a small log
+        reserves little), capped at the segment size. False: write this batch with pwrite
+        (the reservation failed; the pwrite path reports a real problem, e.g. ENOSPC, as
+        every write failure is reported).
+        """
+        step = min(max(self.allocated, 64 << 10), 4 << 20)
+        target = max(end, min(end + step, self.map_write_limit))
+        start = min(self.allocated, self.size)
+        try:
+            if target > start:
+                os.posix_fallocate(self.fd, start, target - start)
+            wmap = mmap.mmap(self.fd, target, access=mmap.ACCESS_WRITE)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENODEV):
+                self.map_writes = False  # this file system cannot reserve: pwrite from now on
+            self.allocated = max(self.allocated, os.fstat(self.fd).st_size)
+            return False
+        self._drop_write_map()
+        self._wmap, self._wmap_len = wmap, target
+        self.allocated = max(self.allocated, target)
+        return True
+
+    def _drop_write_map(self) -> None:
+        if self._wmap is not None:
+            wmap, self._wmap, self._wmap_len = self._wmap, None, 0
+            wmap.close()  # never exported (only written by slice assignment)
 
     def _extend(self, end: int) -> None:
         """The file is about to grow to ``end``: preallocate ahead of it if configured."""
@@ -707,6 +763,7 @@ class Segment:
         segments end exactly at their last batch); True if there were any. Not durable until the
         caller's :meth:`sync`."""
         self.flush_pending()
+        self._drop_write_map()
         cut = self.allocated > self.size
         if cut:
             self.fs.truncate(self.fd, self.size)
@@ -741,6 +798,7 @@ class Segment:
         self.pending = bytearray()
 
     def _cut_back(self, pos: int, cause: OSError) -> None:
+        self._drop_write_map()
         try:
             self.fs.truncate(self.fd, pos)
             self.allocated = pos
@@ -751,6 +809,7 @@ class Segment:
 
     def truncate_to(self, size: int) -> None:
         """Cut the file at ``size`` (recovery of a torn tail) and make that durable."""
+        self._drop_write_map()
         self.fs.truncate(self.fd, size)
         self.fs.fdatasync(self.fd)
         self.synced_size = size

@@ -1,7 +1,8 @@
 """The active segment's preallocated tail (segments/FORMAT.md, "Preallocated tail").
 
 A syncing writer (fsync "always"/"every") extends the active segment's file ahead of its data
-so that each fdatasync need not commit a new file size. The zero bytes past the data must never
+so that each fdatasync need not commit a new file size; an fsync="never" writer reserves space
+ahead of its data (posix_fallocate) and copies batches into a write mapping of it. The zero bytes past the data must never
 be read as data or reported as damage, must be cut when the segment is sealed or the log is
 closed, and after a crash recovery cuts them and says so.
 """
@@ -68,10 +69,65 @@ def test_a_syncing_writer_preallocates_and_seal_and_close_cut_it(tmp_path, optio
         assert again.end_offset == n and again.get(3).value == b"v3"
 
 
-def test_fsync_never_does_not_preallocate(tmp_path):
-    with Log.open(str(tmp_path / "log"), fsync="never") as log:
-        log.append_batch([b"a" * 100] * 50)
-        assert file_size(log) == data_size(log)
+def test_fsync_never_writes_through_a_mapping_into_reserved_space(tmp_path):
+    """fsync="never": batches are copied into a write mapping of space reserved with
+    posix_fallocate (real blocks: a full disk fails the reservation, never the copy)."""
+    path = str(tmp_path / "log")
+    log = Log.open(path, fsync="never", segment_bytes=256 << 10)
+    reader = Log.open(path, readonly=True)
+    try:
+        for i in range(100):
+            log.append(b"v%d" % i, key=b"k")
+        active = log._segments[-1]
+        assert active._wmap is not None  # the mapping path is the one taken
+        seg_path = log.segments()[-1]["path"]
+        assert data_size(log) < file_size(log) <= 256 << 10
+        assert os.stat(seg_path).st_blocks * 512 >= file_size(log)  # reserved, not a hole
+        tail = zero_tail(seg_path, data_size(log))
+        assert tail and not tail.strip(b"\0")
+        # Another opener reads the copied bytes (same page cache) and stops at the zeros.
+        assert [r.value for r in reader.replay()] == [b"v%d" % i for i in range(100)]
+        while len(log.segments()) < 3:
+            log.append_batch([b"x" * 1000] * 20)
+        for i in range(len(log.segments()) - 1):  # sealed: exactly their batches
+            assert file_size(log, i) == data_size(log, i)
+        n = log.end_offset
+        assert reader.end_offset == n and reader.get(n - 1).value == b"x" * 1000
+    finally:
+        reader.close()
+        log.close()
+    with Log.open(path, fsync="never") as again:
+        assert again.recovery_report.clean
+        assert again.end_offset == n and again.get(42).value == b"v42"
+        assert file_size(again) == data_size(again)  # close cut the reserved tail
+        again.append(b"more")  # reopened active segment: mapped again
+        assert again._segments[-1]._wmap is not None
+    abandoned = Log.open(path, fsync="never")
+    abandoned.append(b"last")
+    abandon(abandoned)  # a killed writer: the copied bytes are in the file, then zeros
+    with Log.open(path) as log:
+        assert log.recovery_report.unwritten_tail
+        assert log.get(n + 1).value == b"last" and log.end_offset == n + 2
+
+
+@pytest.mark.parametrize("code, keeps_mapping", [(errno.EOPNOTSUPP, False),
+                                                 (errno.ENOSPC, True)])
+def test_a_failing_reservation_falls_back_to_pwrite(tmp_path, monkeypatch, code,
+                                                     keeps_mapping):
+    def no_fallocate(fd, offset, length):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_fallocate)
+    path = str(tmp_path / "log")
+    with Log.open(path, fsync="never", segment_bytes=4096) as log:
+        for i in range(200):
+            log.append(b"record %d" % i)
+        assert len(log.segments()) > 1
+        assert file_size(log) == data_size(log)  # written by pwrite, nothing reserved
+        assert log._segments[-1].map_writes is keeps_mapping  # ENOSPC: try again next time
+    with Log.open(path) as log:
+        assert log.recovery_report.clean and log.end_offset == 200
+        assert log.get(199).value == b"record 199"
 
 
 def test_crash_leaves_zeros_that_recovery_cuts_and_names(tmp_path):
