@@ -1074,6 +1074,7 @@ def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
         raise CorruptLogError("batch columns run past the payload", path, file_pos)
     key = None
     kl = 0
+    data_start = col  # keys, then values, then headers
     if kl_pos >= 0:
         (kl,) = _I32.unpack_from(buf, kl_pos + 4 * j)
         if kl >= 0:
@@ -1081,11 +1082,19 @@ def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
             if ks + kl > end:
                 raise CorruptLogError("key runs past the payload", path, file_pos)
             key = bytes(buf[ks : ks + kl])
-        col += _lengths_before(buf, kl_pos, n)
     (vl,) = _I32.unpack_from(buf, vl_pos + 4 * j)
     value = None
     if vl >= 0:
-        vs = col + _lengths_before(buf, vl_pos, j)
+        if hl_pos < 0 and (kl_pos >= 0 or 2 * j > n):
+            # Values are the payload's last section: locate this one from the end, summing the
+            # lengths from j on (fewer entries, and no key-column sum for keyed batches).
+            vs = end - _lengths_before(buf, vl_pos + 4 * j, n - j)
+            if vs < data_start:
+                raise CorruptLogError("value lengths exceed the payload", path, file_pos)
+        else:
+            if kl_pos >= 0:
+                col += _lengths_before(buf, kl_pos, n)
+            vs = col + _lengths_before(buf, vl_pos, j)
         if vs + vl > end:
             raise CorruptLogError("value runs past the payload", path, file_pos)
         value = buf[vs : vs + vl]
@@ -1094,6 +1103,8 @@ def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
     headers: Dict[str, bytes] = {}
     if hl_pos >= 0:
         (hl,) = _I32.unpack_from(buf, hl_pos + 4 * j)
+        if kl_pos >= 0 and vl < 0:
+            col += _lengths_before(buf, kl_pos, n)  # (not added above: the value was null)
         hs = col + _lengths_before(buf, vl_pos, n) + _lengths_before(buf, hl_pos, j)
         if hl < 0 or hs + hl > end:
             raise CorruptLogError("headers run past the payload", path, file_pos)
