@@ -39,7 +39,7 @@ import shutil
 import struct
 import time
 import uuid
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from .errors import CorruptLogError, LogLockedError, NotALogError
 from .fs import FileSystem
@@ -145,6 +145,16 @@ def read_commit(path: str, fs: FileSystem) -> Optional[int]:
         return last_commit(log)
     finally:
         log.close()
+
+
+def read_group_commits(group_dir: str, fs: FileSystem) -> Dict[int, int]:
+    """``{partition: last commit}`` of every lease log in ``group_dir`` that has one."""
+    out = {}
+    for p in lease_partitions(group_dir):
+        off = read_commit(os.path.join(group_dir, str(p)), fs)
+        if off is not None:
+            out[p] = off
+    return out
 
 
 def retire_group_dir(fs: FileSystem, path: str) -> str:

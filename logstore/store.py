@@ -367,10 +367,7 @@ class Store:
         out = self.offsets.group_offsets(group, topic)
         path = leases.group_path(self.root, topic, group)
         if os.path.isdir(path):
-            for p in leases.lease_partitions(path):
-                off = leases.read_commit(os.path.join(path, str(p)), self._fs)
-                if off is not None:
-                    out[p] = off
+            out.update(leases.read_group_commits(path, self._fs))
         return out
 
     def _check_open(self) -> None:
@@ -549,8 +546,11 @@ class Store:
         """Names of the durable subscriptions of ``topic``."""
         from .consumer import SUBSCRIPTION_PREFIX
 
-        return sorted(g[len(SUBSCRIPTION_PREFIX):] for g, by_topic in self.groups().items()
-                      if topic in by_topic and g.startswith(SUBSCRIPTION_PREFIX))
+        # Directory names only: no lease log is opened (plus stores before version 2).
+        names = {g for t, g, _path in leases.list_groups(self.root) if t == topic}
+        names.update(g for (g, t, _p), _o in self.offsets.items() if t == topic)
+        return sorted(g[len(SUBSCRIPTION_PREFIX):] for g in names
+                      if g.startswith(SUBSCRIPTION_PREFIX))
 
     def groups(self) -> Dict[str, Dict[str, Dict[int, int]]]:
         """Committed offsets: ``{group: {topic: {partition: next offset}}}``: consumer groups,
@@ -559,11 +559,8 @@ class Store:
         for (g, t, p), o in self.offsets.items():
             out.setdefault(g, {}).setdefault(t, {})[p] = o
         for t, g, path in leases.list_groups(self.root):
-            by_partition = out.setdefault(g, {}).setdefault(t, {})
-            for p in leases.lease_partitions(path):
-                off = leases.read_commit(os.path.join(path, str(p)), self._fs)
-                if off is not None:
-                    by_partition[p] = off
+            out.setdefault(g, {}).setdefault(t, {}).update(
+                leases.read_group_commits(path, self._fs))
         return out
 
     def on(self, topic: str, callback: Callable[[Record], None]) -> Callable[[], None]:
