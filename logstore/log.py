@@ -86,13 +86,16 @@ class Log:
         self.readonly = readonly
         self._fs = fs
         self._lock = threading.Lock()
-        sync_lock = threading.Lock()
-        self._sync_cond = threading.Condition(sync_lock)  # durable_offset moved / leader free
-        self._gather_cond = threading.Condition(sync_lock)  # a released thread came back
+        # Group commit state, guarded by _sync_lock. Waiting appenders park on a lock of their
+        # own (in _sync_waiters) rather than on a shared Condition: the leader wakes exactly the
+        # threads its fsync covered, and they return without re-taking _sync_lock (a Condition
+        # would wake each twice, once for its own lock and once for the shared one: with 4
+        # durable threads that doubled the time between fsyncs).
+        self._sync_lock = threading.Lock()
+        self._sync_waiters: List[Tuple[int, Any]] = []  # (target offset, parked lock)
         self._syncing = False
-        self._sync_waiting = 0  # threads waiting for another thread's fsync
         self._returning = 0  # threads the last fsync released, not yet back in _sync_to
-        self._gathering = False
+        self._gather_waker: Any = None  # the next leader parks here while gathering
         self._last_fsync_s = 0.0
         self._failed: Optional[BaseException] = None
         self._closed = False
@@ -535,24 +538,32 @@ class Log:
         except OSError as e:
             self._fail(e)
             raise StorageError(f"fsync of directory {self.path} failed: {e}", e) from e
-        with self._sync_cond:
+        with self._sync_lock:
             if self._next_offset > self._durable_offset:
                 self._durable_offset = self._next_offset
-            self._sync_cond.notify_all()
+            self._wake_waiters_locked(wake_all=False)
 
     def _fail(self, e: BaseException) -> None:
         if self._failed is None:
             self._failed = e
 
     def _sync_to(self, target: int) -> None:
-        """Return once every offset below ``target`` is durable (group commit)."""
-        cond = self._sync_cond
+        """Return once every offset below ``target`` is durable (group commit).
+
+        One thread at a time (the leader) runs ``fdatasync``; the others park until an fsync
+        covers their records. Before syncing, a leader waits briefly for the threads the last
+        fsync released to append again (the gather), so that one fsync covers them all.
+        """
+        lock = self._sync_lock
+        returning = True
         while True:
-            with cond:
-                if self._returning:
+            with lock:
+                if returning and self._returning:
                     self._returning -= 1
-                    if self._gathering:
-                        self._gather_cond.notify()
+                    if self._returning == 0 and self._gather_waker is not None:
+                        self._gather_waker.release()  # everybody is back: sync now
+                        self._gather_waker = None
+                returning = False
                 while True:
                     if self._durable_offset >= target:
                         return
@@ -561,82 +572,105 @@ class Log:
                             f"fsync of {self.path} failed earlier ({self._failed}); records "
                             f"from offset {self._durable_offset} on may not be durable. Reopen "
                             f"the log to recover", self._failed)
-                    if not self._syncing:
-                        self._syncing = True
-                        if self._returning:
-                            try:
-                                self._gather_locked()
-                            except BaseException:  # (an interrupt while waiting) hand over
-                                self._syncing = False
-                                cond.notify_all()
-                                raise
+                    if self._syncing:
                         break
-                    self._sync_waiting += 1
-                    cond.wait()
-                    self._sync_waiting -= 1
-            # This thread syncs for everyone waiting; others wait on the condition.
-            error: Optional[BaseException] = None
-            write_failure: Optional[StorageError] = None
-            upto = self._durable_offset
+                    self._syncing = True
+                    if self._returning:
+                        try:
+                            self._gather_locked()
+                        except BaseException:  # (an interrupt while waiting) hand over
+                            self._syncing = False
+                            self._wake_waiters_locked(wake_all=True)
+                            raise
+                    self._lead_sync_locked()
+                parked = threading.Lock()
+                parked.acquire()
+                self._sync_waiters.append((target, parked))
+            # Parked outside the sync lock until a leader releases this thread: its fsync
+            # covered ``target`` (return without re-taking the lock), it failed, or this thread
+            # is to lead the next one.
+            parked.acquire()
+            if self._durable_offset >= target:
+                return
+
+    def _lead_sync_locked(self) -> None:
+        """(sync lock held, ``_syncing`` set by the caller) fdatasync everything written so
+        far, outside the sync lock; then publish the new durable offset and wake the threads it
+        covers. Leaves ``_syncing`` clear and the sync lock held, whatever happens."""
+        lock = self._sync_lock
+        lock.release()
+        error: Optional[BaseException] = None
+        synced = False
+        upto = 0
+        try:
+            with self._lock:
+                if self._closed:
+                    raise LogClosedError(f"log {self.path} is closed")
+                upto = self._next_offset
+                # A failed *write* of the buffer raises StorageError here: the buffer is kept
+                # and retried later, and the log is not poisoned (nothing was reported
+                # durable). Only fsync failures poison it.
+                self._segments[-1].flush_pending()
+                synced_seg = self._segments[-1]
+                synced_pos = synced_seg.size
+                fd = self._fs.dup(synced_seg.fd)
+            started = time.monotonic()
             try:
-                with self._lock:
-                    if self._closed:
-                        raise LogClosedError(f"log {self.path} is closed")
-                    upto = self._next_offset
-                    try:
-                        self._segments[-1].flush_pending()
-                    except StorageError as e:
-                        write_failure = e
-                        raise
-                    synced_seg = self._segments[-1]
-                    synced_pos = synced_seg.size
-                    fd = self._fs.dup(synced_seg.fd)
-                started = time.monotonic()
-                try:
-                    self._fs.fdatasync(fd)
-                finally:
-                    self._fs.close(fd)
+                self._fs.fdatasync(fd)
+                synced = True
+            except StorageError:
+                raise
+            except OSError as e:
+                error = e
+            finally:
+                self._fs.close(fd)
+            if synced:
                 self._last_fsync_s = time.monotonic() - started
                 if synced_pos > synced_seg.synced_size:
                     synced_seg.synced_size = synced_pos  # later batches record it (recovery)
-            except OSError as e:
-                if write_failure is not None:
-                    # A failed *write* of the buffer: the buffer is kept and retried later; the
-                    # log is not poisoned (nothing was reported durable). Only fsync failures are.
-                    with cond:
-                        self._syncing = False
-                        cond.notify_all()
-                    raise
-                error = e
-            except LogClosedError:
-                with cond:
-                    self._syncing = False
-                    cond.notify_all()
-                raise
-            with cond:
-                self._syncing = False
-                if error is not None:
-                    self._fail(error)
-                elif upto > self._durable_offset:
-                    self._durable_offset = upto
-                # The released waiters (and this thread) usually append again at once: the
-                # next leader waits briefly for them so that one fsync covers them all.
-                self._returning = self._sync_waiting + 1
-                cond.notify_all()
+        finally:
+            lock.acquire()
+            self._syncing = False
+            if error is not None:
+                self._fail(error)
+            elif synced and upto > self._durable_offset:
+                self._durable_offset = upto
+            # Unless it synced, every parked thread wakes: to see the error, or to lead.
+            self._returning = self._wake_waiters_locked(wake_all=not synced) + 1
+
+    def _wake_waiters_locked(self, wake_all: bool) -> int:
+        """(sync lock held) Release the parked threads the durable offset now covers (every
+        one with ``wake_all``), and one more to lead the next fsync if some still wait and
+        nobody is syncing. Return how many were released as covered."""
+        waiters = self._sync_waiters
+        if not waiters:
+            return 0
+        durable = self._durable_offset
+        still: List[Tuple[int, Any]] = []
+        released = 0
+        for target, parked in waiters:
+            if wake_all or target <= durable:
+                parked.release()
+                released += 1
+            else:
+                still.append((target, parked))
+        if still and not self._syncing:
+            still.pop(0)[1].release()  # it takes the lead
+        self._sync_waiters = still
+        return released
 
     def _gather_locked(self) -> None:
         """(sync lock held, about to fsync) Wait up to half an fsync for the threads the last
         fsync released to append again, so that this fsync covers their records too."""
-        deadline = time.monotonic() + min(self._last_fsync_s / 2, 0.002)
-        self._gathering = True
+        waker = threading.Lock()
+        waker.acquire()
+        self._gather_waker = waker
+        self._sync_lock.release()
         try:
-            while self._returning > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._gather_cond.wait(remaining)
+            waker.acquire(timeout=min(self._last_fsync_s / 2, 0.002))
         finally:
-            self._gathering = False
+            self._sync_lock.acquire()
+            self._gather_waker = None
             self._returning = 0
 
     def _flush_loop(self) -> None:

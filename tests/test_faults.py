@@ -131,6 +131,67 @@ def test_group_commit_shares_fsyncs(tmp_path):
     log.close()
 
 
+class Interrupted(BaseException):
+    """Stands for a KeyboardInterrupt arriving in the syncing thread."""
+
+
+def test_interrupted_group_commit_leader_hands_over(tmp_path):
+    """A leader interrupted inside fdatasync must not strand the appenders parked behind it:
+    one of them leads the next fsync, and nothing is reported durable that was not synced."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    class InterruptFS(FaultyFS):
+        interrupt_next = False
+
+        def fdatasync(self, fd):
+            if self.interrupt_next:
+                self.interrupt_next = False
+                entered.set()
+                release.wait(10)
+                raise Interrupted()
+            super().fdatasync(fd)
+
+    fs = InterruptFS()
+    log = logstore.Log.open(str(tmp_path / "log"), fs=fs)
+    log.append(b"before")
+    fs.interrupt_next = True
+    outcome = {}
+
+    def leader():
+        try:
+            log.append(b"leader")
+        except Interrupted:
+            outcome["leader"] = "interrupted"
+
+    def follower(name):
+        outcome[name] = log.append(name.encode())
+
+    t0 = threading.Thread(target=leader)
+    t0.start()
+    assert entered.wait(10)
+    followers = [threading.Thread(target=follower, args=(f"f{i}",)) for i in range(3)]
+    for t in followers:
+        t.start()
+    deadline = time.time() + 10
+    while len(log._sync_waiters) < 3 and time.time() < deadline:
+        time.sleep(0.001)
+    assert len(log._sync_waiters) == 3  # parked behind the leader
+    assert log.durable_offset == 1
+    release.set()
+    for t in [t0] + followers:
+        t.join(10)
+        assert not t.is_alive(), "an appender was left waiting for an fsync that never ran"
+    assert outcome["leader"] == "interrupted"
+    assert sorted(outcome[f"f{i}"] for i in range(3)) == [2, 3, 4]
+    assert log.durable_offset == 5  # the next leader's fsync covered everything written
+    log.close()
+    with logstore.Log.open(str(tmp_path / "log")) as again:
+        values = [r.value for r in again.read(0)]
+        assert values[:2] == [b"before", b"leader"]
+        assert sorted(values[2:]) == [b"f0", b"f1", b"f2"]
+
+
 def test_fsync_always_syncs_each_append(tmp_path):
     fs = FaultyFS()
     log = logstore.Log.open(str(tmp_path / "log"), fs=fs)
