@@ -589,7 +589,14 @@ class Log:
             # Parked outside the sync lock until a leader releases this thread: its fsync
             # covered ``target`` (return without re-taking the lock), it failed, or this thread
             # is to lead the next one.
-            parked.acquire()
+            try:
+                parked.acquire()
+            except BaseException:  # (an interrupt while parked) leave, and pass on the lead
+                with lock:
+                    self._sync_waiters = [w for w in self._sync_waiters if w[1] is not parked]
+                    if self._sync_waiters and not self._syncing:
+                        self._sync_waiters.pop(0)[1].release()
+                raise
             if self._durable_offset >= target:
                 return
 

@@ -192,6 +192,58 @@ def test_interrupted_group_commit_leader_hands_over(tmp_path):
         assert sorted(values[2:]) == [b"f0", b"f1", b"f2"]
 
 
+def test_appender_interrupted_while_parked_leaves_the_others_working(tmp_path):
+    """A KeyboardInterrupt in the main thread while it waits for another thread's fsync: it
+    leaves the queue of waiters, its record is still written (durable with the next fsync),
+    and the other waiters are released as usual."""
+    import signal
+
+    entered = threading.Event()
+    release = threading.Event()
+
+    class SlowFS(FaultyFS):
+        hold_next = False
+
+        def fdatasync(self, fd):
+            if self.hold_next:
+                self.hold_next = False
+                entered.set()
+                release.wait(10)
+            super().fdatasync(fd)
+
+    fs = SlowFS()
+    log = logstore.Log.open(str(tmp_path / "log"), fs=fs)
+    log.append(b"0")
+    fs.hold_next = True
+    leader = threading.Thread(target=log.append, args=(b"leader",))
+    leader.start()
+    assert entered.wait(10)
+    waiter_result = []
+    waiter = threading.Thread(target=lambda: waiter_result.append(log.append(b"waiter")))
+    waiter.start()
+
+    def interrupt_when_parked():
+        deadline = time.time() + 10
+        while len(log._sync_waiters) < 2 and time.time() < deadline:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    killer = threading.Thread(target=interrupt_when_parked)
+    killer.start()
+    with pytest.raises(KeyboardInterrupt):
+        log.append(b"main")  # parks behind the leader, then the interrupt arrives
+    killer.join(10)
+    assert len(log._sync_waiters) == 1  # only the other waiter is still parked
+    release.set()
+    leader.join(10)
+    waiter.join(10)
+    assert not leader.is_alive() and not waiter.is_alive()
+    assert waiter_result and log.durable_offset == log.end_offset == 4
+    log.close()
+    with logstore.Log.open(str(tmp_path / "log")) as again:
+        assert sorted(r.value for r in again.read(0)) == [b"0", b"leader", b"main", b"waiter"]
+
+
 def test_fsync_always_syncs_each_append(tmp_path):
     fs = FaultyFS()
     log = logstore.Log.open(str(tmp_path / "log"), fs=fs)
