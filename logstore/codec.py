@@ -1002,22 +1002,23 @@ def codec_id(name: str) -> int:
     return CODEC_ZSTD if name == "zstd" else CODEC_NONE
 
 
-_NEGATIVE_INT32 = b"\xff\xff\xff\xff"
+_SUM_STRUCTS: List[Optional[struct.Struct]] = [None] * 2049  # "<{n}I", by n, made on first use
 
 
 def _lengths_before(buf: Any, col: int, count: int) -> int:
     """Sum of the non-negative int32 lengths among the first ``count`` entries at ``col``
-    (-1 marks null: add those back). ``buf`` is bytes or an mmap. struct beats numpy's call
+    (-1 marks null and counts 0). ``buf`` is bytes or an mmap. struct beats numpy's call
     overhead for small counts."""
-    if count == 0:
-        return 0
     if count <= 2048:
-        t = _ints("i", count).unpack_from(buf, col)
-        # Lengths are < 2**30, so four 0xff bytes anywhere in the column mean a negative
-        # entry (a null): a C-speed search instead of comparing every entry with -1.
-        if buf.find(_NEGATIVE_INT32, col, col + 4 * count) < 0:
-            return sum(t)
-        return sum(t) + t.count(-1)
+        st = _SUM_STRUCTS[count]
+        if st is None:
+            st = _SUM_STRUCTS[count] = struct.Struct(f"<{count}I")
+        # Read as unsigned, a null (-1) adds 2**32 - 1. The other lengths of a batch sum below
+        # MAX_BATCH_LENGTH < 2**31, so the number of nulls is the total rounded to the nearest
+        # multiple of 2**32: one C-level sum, no search for nulls. (Lengths a crafted batch
+        # sums wrongly this way are caught by the callers' bounds checks, as before.)
+        total = sum(st.unpack_from(buf, col))
+        return total - ((total + 0x80000000) >> 32) * 0xFFFFFFFF
     arr = np.frombuffer(buf, dtype="<i4", count=count, offset=col)
     return int(arr.sum()) + int(np.count_nonzero(arr < 0))
 

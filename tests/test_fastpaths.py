@@ -153,3 +153,16 @@ def test_frame_single_matches_general_framing(value, key, base, ts, synced):
     prepared = codec.prepare_one(value, key, None, ts, codec.CODEC_NONE, 3, 1 << 30)
     assert codec.frame_single(base, ts, value, key, synced) == bytes(
         codec.frame(prepared, base, synced))
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.one_of(st.just(-1), st.integers(0, 1 << 19)), max_size=2100),
+       start=st.integers(0, 2100), pad=st.integers(0, 7))
+def test_lengths_before_skips_nulls(lengths, start, pad):
+    """The column sum get uses: -1 entries (nulls) count 0, whatever their number (lengths of
+    a valid batch, which sum below MAX_BATCH_LENGTH)."""
+    buf = b"\x00" * pad + b"".join(x.to_bytes(4, "little", signed=True) for x in lengths)
+    start = min(start, len(lengths))
+    count = len(lengths) - start
+    want = sum(x for x in lengths[start:] if x >= 0)
+    assert codec._lengths_before(buf, pad + 4 * start, count) == want
