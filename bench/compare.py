@@ -1359,10 +1359,10 @@ NOTES = [
     "head/tail in memory and writes them (info.json) only in close(), so after a crash the "
     "pushes since open are lost. Redis 'kill -9 (server)': appendfsync no, the AOF is written "
     "before the reply, so it survives a kill -9 of redis-server (same class).",
-    "logstore: Log.open(dir, fsync='never') for W1/W1b/W5a (each append copied into a shared "
-    "write mapping of space reserved with posix_fallocate: in the page cache, as a write puts "
-    "it, before the call returns; every 64 MiB segment is fsynced when sealed, inside the timed "
-    "loop), "
+    "logstore: Log.open(dir, fsync='never') for W1/W1b/W5a (W1's one-record batches copied "
+    "into a shared write mapping of space reserved with posix_fallocate, W1b/W5a's larger "
+    "batches written with pwrite into it: in the page cache before the call returns; every "
+    "64 MiB segment is fsynced when sealed, inside the timed loop), "
     "fsync='always' for W2/W6 (append returns after fdatasync; concurrent appends share one: "
     "group commit). sync calls for logstore = fdatasync+fsync counted through its FileSystem "
     "seam (or strace -f -c when available, like every other row).",

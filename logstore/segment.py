@@ -19,7 +19,10 @@ process crash keeps them, ``fdatasync`` writes them out. The mapping only ever c
 reserved with ``posix_fallocate`` (real blocks, not a sparse hole), so a full disk is an
 ``ENOSPC`` from the reservation, before anything is copied, never a SIGBUS at the copy. The
 reserved space past the data reads as zeros, the "preallocated tail" of FORMAT.md, and is cut
-at seal and close like the sparse preallocation of the syncing policies.
+at seal and close like the sparse preallocation of the syncing policies. Only batches of up to
+``MAP_WRITE_MAX_BYTES`` take that route: every fresh page of the mapping costs a write fault
+(the file system maps the reserved block then), ~2-4 us here, which is more than a ``pwrite``
+of a large batch saves; larger batches are written with ``pwrite`` into the same reserved space.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ from .errors import CorruptLogError, OffsetOutOfRangeError, StorageError
 from .fs import FileSystem
 from .record import Record
 from .index import OffsetIndex, TimeIndex
+
+# Framed batches up to this size are copied into the write mapping, larger ones are written with
+# pwrite (measured here, fsync="never": a 170 B batch 2.1 us mapped vs 3.3 us pwrite, 1 KiB
+# 3.9 vs 4.6 us, 4 KiB 15 vs 14 us, 10 KiB 26 vs 21 us, 100 KiB 160 vs 64 us).
+MAP_WRITE_MAX_BYTES = 2048
 
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
@@ -684,7 +692,8 @@ class Segment:
                 self.pending += data
         if not buffered:
             end = pos + length
-            if end <= self._wmap_len or (self.map_writes and self._map_ahead(end)):
+            if length <= MAP_WRITE_MAX_BYTES and (
+                    end <= self._wmap_len or (self.map_writes and self._map_ahead(end))):
                 self._wmap[pos:end] = data  # a memcpy into the page cache: no system call
             else:
                 self._pwrite_batch(data, pos, length)

@@ -110,6 +110,38 @@ def test_fsync_never_writes_through_a_mapping_into_reserved_space(tmp_path):
         assert log.get(n + 1).value == b"last" and log.end_offset == n + 2
 
 
+def test_large_batches_are_written_with_pwrite_between_mapped_small_ones(tmp_path):
+    """Batches above MAP_WRITE_MAX_BYTES go through pwrite into the same reserved space, small
+    ones through the mapping: both land in order, readable by every opener and after a kill."""
+    from logstore.segment import MAP_WRITE_MAX_BYTES
+
+    path = str(tmp_path / "log")
+    log = Log.open(path, fsync="never", segment_bytes=1 << 20)
+    reader = Log.open(path, readonly=True)
+    pwrites = []
+    seg = log._segments[-1]
+    real = seg._pwrite_batch
+    seg._pwrite_batch = lambda data, pos, length: (pwrites.append(length), real(data, pos, length))
+    big = [bytes([i % 251]) * 700 for i in range(6)]  # one batch of ~4 KiB
+    expected = []
+    try:
+        for i in range(40):
+            log.append(b"small%d" % i)
+            expected.append(b"small%d" % i)
+            if i % 4 == 0:
+                log.append_batch(big)
+                expected.extend(big)
+        assert pwrites and all(n > MAP_WRITE_MAX_BYTES for n in pwrites)
+        assert len(pwrites) == 10 and seg._wmap is not None
+        assert [r.value for r in reader.replay()] == expected
+        assert [r.value for r in log.replay()] == expected
+    finally:
+        reader.close()
+    abandon(log)  # killed: mapped and pwritten bytes are both in the file, then zeros
+    with Log.open(path) as again:
+        assert [r.value for r in again.replay()] == expected
+
+
 @pytest.mark.parametrize("code, keeps_mapping", [(errno.EOPNOTSUPP, False),
                                                  (errno.ENOSPC, True)])
 def test_a_failing_reservation_falls_back_to_pwrite(tmp_path, monkeypatch, code,
