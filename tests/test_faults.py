@@ -135,27 +135,35 @@ class Interrupted(BaseException):
     """Stands for a KeyboardInterrupt arriving in the syncing thread."""
 
 
+class HeldSyncFS(FaultyFS):
+    """Holds the next fdatasync (``hold_next``) until ``release`` is set, signalling ``entered``
+    when it starts; then raises ``raise_after`` if set, else syncs."""
+
+    def __init__(self, raise_after=None):
+        super().__init__()
+        self.hold_next = False
+        self.raise_after = raise_after
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def fdatasync(self, fd):
+        if self.hold_next:
+            self.hold_next = False
+            self.entered.set()
+            self.release.wait(10)
+            if self.raise_after is not None:
+                raise self.raise_after
+        super().fdatasync(fd)
+
+
 def test_interrupted_group_commit_leader_hands_over(tmp_path):
     """A leader interrupted inside fdatasync must not strand the appenders parked behind it:
     one of them leads the next fsync, and nothing is reported durable that was not synced."""
-    entered = threading.Event()
-    release = threading.Event()
-
-    class InterruptFS(FaultyFS):
-        interrupt_next = False
-
-        def fdatasync(self, fd):
-            if self.interrupt_next:
-                self.interrupt_next = False
-                entered.set()
-                release.wait(10)
-                raise Interrupted()
-            super().fdatasync(fd)
-
-    fs = InterruptFS()
+    fs = HeldSyncFS(raise_after=Interrupted())
+    entered, release = fs.entered, fs.release
     log = logstore.Log.open(str(tmp_path / "log"), fs=fs)
     log.append(b"before")
-    fs.interrupt_next = True
+    fs.hold_next = True
     outcome = {}
 
     def leader():
@@ -198,20 +206,8 @@ def test_appender_interrupted_while_parked_leaves_the_others_working(tmp_path):
     and the other waiters are released as usual."""
     import signal
 
-    entered = threading.Event()
-    release = threading.Event()
-
-    class SlowFS(FaultyFS):
-        hold_next = False
-
-        def fdatasync(self, fd):
-            if self.hold_next:
-                self.hold_next = False
-                entered.set()
-                release.wait(10)
-            super().fdatasync(fd)
-
-    fs = SlowFS()
+    fs = HeldSyncFS()
+    entered, release = fs.entered, fs.release
     log = logstore.Log.open(str(tmp_path / "log"), fs=fs)
     log.append(b"0")
     fs.hold_next = True
