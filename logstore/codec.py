@@ -1026,16 +1026,26 @@ def _lengths_before(buf: Any, col: int, count: int) -> int:
 _new_record = partial(tuple.__new__, Record)
 
 
+def check_crc(buf: Any, h: Any, path: Optional[str], file_pos: int, at: int = 0) -> None:
+    """Raise CorruptLogError unless the batch at ``buf[at:]`` matches the CRC32C of its header
+    ``h`` (a BatchHeader or the plain tuple of its fields)."""
+    if crc32c(memoryview(buf)[at + CRC_START : at + h[2]]) != h[1]:
+        raise CorruptLogError("CRC32C mismatch", path, file_pos)
+
+
+
+
 def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
-                   file_pos: int, at: int = 0, partition: Optional[int] = None
-                   ) -> Optional[Record]:
+                   file_pos: int, at: int = 0, partition: Optional[int] = None,
+                   crc_checked: bool = False) -> Optional[Record]:
     """The record at ``offset`` from the framed batch at ``buf[at:]`` (random-access ``get``).
 
-    ``buf`` is bytes or an mmap (not a memoryview: column sums search it). ``h`` is the
-    batch's header, already checked by :func:`header_problem` and known to fit in ``buf``. Checks the CRC, then reads only the column entries it needs (struct) instead of
-    decoding the whole batch. Returns None when the record is absent (a compaction gap). Falls
-    back to :func:`decode` for compressed batches and batches with offset deltas. ``partition``
-    is set on the returned record.
+    ``buf`` is bytes or an mmap. ``h`` is the batch's header, already checked by
+    :func:`header_problem` and known to fit in ``buf``. Checks the CRC (unless the caller did,
+    ``crc_checked``: :func:`check_crc` on these very bytes), then reads only the column entries
+    it needs (struct) instead of decoding the whole batch. Returns None when the record is
+    absent (a compaction gap). Falls back to :func:`decode` for compressed batches and batches
+    with offset deltas. ``partition`` is set on the returned record.
     """
     a = h[4]  # attributes (tuple indexing: this is the hottest read path)
     if a & (CODEC_MASK | ATTR_OFFSET_DELTAS):
@@ -1045,7 +1055,7 @@ def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
             return None
         rec = batch.record_at(j)
         return rec if partition is None else rec._replace(partition=partition)
-    if crc32c(memoryview(buf)[at + CRC_START : at + h[2]]) != h[1]:
+    if not crc_checked and crc32c(memoryview(buf)[at + CRC_START : at + h[2]]) != h[1]:
         raise CorruptLogError("CRC32C mismatch", path, file_pos)
     if h[3] != FORMAT_VERSION or a & ~KNOWN_ATTRS:
         check_version(h, path, file_pos)

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from itertools import chain
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -840,6 +840,100 @@ class Log:
             self._gap(offset, h.base_offset if h.base_offset > offset else offset + 1, seg, pos)
             raise RecordRemovedError(f"offset {offset} was removed by compaction")
         return rec
+
+    def get_many(self, offsets: Iterable[int]) -> List[Record]:
+        """The records at ``offsets``, in the order given (an offset may repeat).
+
+        The same records as ``[log.get(o) for o in offsets]``, read in offset order: each stored
+        batch that holds some of them is located and CRC-checked once for all of them, where
+        :meth:`get` must check it again on every call. For many offsets that share batches
+        (random access into a log written in batches) this is several times faster.
+
+        Raises what :meth:`get` would raise for the first offending offset (in offset order),
+        before returning anything: ``TypeError`` for a non-integer,
+        :class:`OffsetOutOfRangeError` outside ``[start_offset, end_offset)``,
+        :class:`RecordRemovedError` for an offset compaction removed, :class:`CorruptLogError`
+        for a batch that fails its checks.
+        """
+        wanted = offsets if isinstance(offsets, list) else list(offsets)
+        if not all(type(o) is int for o in wanted):
+            wanted = [_check_offset("offset", o) for o in wanted]
+        n = len(wanted)
+        if n == 0:
+            with self._lock:
+                self._check_open()
+            return []
+        # Offset order (numpy argsort: ~20x faster than sorting indexes in Python).
+        try:
+            arr = np.fromiter(wanted, dtype=np.int64, count=n)
+        except OverflowError:  # beyond int64: no log holds such an offset
+            huge = next(o for o in wanted if not -(1 << 63) <= o < 1 << 63)
+            with self._lock:
+                self._check_open()
+                self._check_range(huge, self._visible_end())
+            raise  # (not reached: _check_range refuses it)
+        order = np.argsort(arr, kind="stable")
+        sorted_offs = arr[order].tolist()
+        order_list = order.tolist()
+        out: List[Any] = [None] * n
+        with self._lock:
+            self._check_open()
+            if self.readonly and sorted_offs[-1] >= self._next_offset:
+                self._refresh_locked()
+            end = self._visible_end()
+            for bound in (sorted_offs[0], sorted_offs[-1]):
+                if bound == end:
+                    raise OffsetOutOfRangeError(
+                        f"offset {bound} is end_offset: no record there yet")
+                self._check_range(bound, end)
+            bases, segments = self._bases, self._segments
+            k = 0
+            while k < n:
+                offset = sorted_offs[k]
+                seg = segments[bisect.bisect_right(bases, offset) - 1]
+                found = seg.quick_locate(offset)  # get's route, when it applies
+                if found is not None:
+                    buf, at, h, pos = found
+                else:
+                    loc = self._locate_locked(offset)
+                    if loc is None:
+                        raise CorruptLogError(
+                            f"offset {offset} should exist but no batch holds it",
+                            self._segments[-1].path)
+                    i, pos, h = loc
+                    seg = segments[i]
+                    if seg.use_pread:
+                        buf, at = seg.read_bytes(pos, h.length), 0
+                    else:
+                        buf, at = seg._mapped(pos + h.length), pos
+                # Header fields by index: h is a BatchHeader or quick_locate's plain tuple.
+                stop = bisect.bisect_right(sorted_offs, h[5] + h[9], k)  # base + last delta
+                path = seg.path
+                if h[4] & (codec.CODEC_MASK | codec.ATTR_OFFSET_DELTAS):
+                    # Compressed or sparse: decode it once (CRC, decompression, columns).
+                    batch = codec.decode(buf, at, h, path, pos, header_checked=True)
+                    count = len(batch)
+                    for kk in range(k, stop):
+                        offset = sorted_offs[kk]
+                        j = batch.index_of(offset)
+                        if j >= count or batch.offset_at(j) != offset:
+                            self._gap(offset, batch.offset_at(j) if j < count else offset + 1,
+                                      seg, pos)
+                            raise RecordRemovedError(
+                                f"offset {offset} was removed by compaction")
+                        out[order_list[kk]] = batch.record_at(j)
+                else:
+                    # Plain: one CRC check for the batch, then get's column reads per record.
+                    codec.check_crc(buf, h, path, pos, at)
+                    extract = codec.extract_record
+                    for kk in range(k, stop):
+                        rec = extract(buf, h, sorted_offs[kk], path, pos, at, None, True)
+                        if rec is None:  # (dense batches hold every offset they span)
+                            raise CorruptLogError("dense batch without one of its offsets",
+                                                  path, pos)
+                        out[order_list[kk]] = rec
+                k = stop
+        return out
 
     def read(
         self,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-from typing import Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -453,11 +453,22 @@ class Segment:
         uncompressed batches from the hint to the target: one index search, four header fields
         per batch stepped over (from the mapping, or one pread each for a reader's active
         segment), then the target's full header, its CRC and the few column entries the record
-        needs, with no intermediate objects. Anything else (write buffer, a hint that does not
+        needs. Anything else (write buffer, a hint that does not
         match, a gap, compression, any odd header) returns None, and the caller takes the
         general path, which handles and reports every case. Both give the same record for the
         same bytes, and both raise the same CorruptLogError when the target batch fails its CRC.
         """
+        found = self.quick_locate(offset)
+        if found is None:
+            return None
+        buf, at, h, pos = found
+        return codec.extract_record(buf, h, offset, self.path, pos, at)
+
+    def quick_locate(self, offset: int) -> Optional[Tuple[Any, int, tuple, int]]:
+        """:meth:`quick_get`'s route to the batch holding ``offset``: ``(buf, at, header,
+        position)`` of an intact-looking, dense, uncompressed batch (its bytes are
+        ``buf[at : at + header[2]]``, its header fully checked but not its CRC), or None: "ask
+        :meth:`find`"."""
         oi = self._offset_index
         size = self.size
         if oi is None or self.pending or size <= 0 or offset >= self.next_offset:
@@ -502,8 +513,8 @@ class Segment:
                     data = os.pread(fd, length, pos)
                     if len(data) < length:
                         return None
-                    return codec.extract_record(data, h, offset, self.path, pos, 0)
-                return codec.extract_record(mm, h, offset, self.path, pos, pos)
+                    return data, 0, h, pos
+                return mm, pos, h, pos
             pos += length
         return None
 

@@ -54,6 +54,39 @@ def test_values_are_bytes_and_headers_fresh(path):
         assert log.get(off).value == arr.tobytes()
 
 
+def test_get_many_in_the_order_given_and_its_bad_input(path):
+    with logstore.Log.open(path, segment_bytes=1024, fsync="always") as log:
+        log.append(b"a", headers={"h": b"1"})
+        log.append_batch([b"v%d" % i for i in range(200)])
+        log.append_batch([b"z%d" % i for i in range(30)], keys=[b"k"] * 30)
+        end = log.end_offset
+        wanted = [230, 0, 5, 5, np.int64(17), 229, 1, 0]
+        got = log.get_many(wanted)
+        assert got == [log.get(int(o)) for o in wanted]
+        assert [r.offset for r in got] == [int(o) for o in wanted]
+        got[1].headers["h"] = b"mutated"  # repeats are separate records with fresh dicts
+        assert got[7].headers == {"h": b"1"}
+        assert log.get_many(iter(range(3))) == [log.get(i) for i in range(3)]
+        assert log.get_many([]) == []
+        # Bad input: nothing returned, the documented error for the first offending offset.
+        for bad, error in (([1, 2.0], TypeError), ([1, "3"], TypeError), ([True], TypeError),
+                           ([0, None], TypeError), ([3, -1], OffsetOutOfRangeError),
+                           ([end], OffsetOutOfRangeError), ([1, end + 5], OffsetOutOfRangeError),
+                           ([1 << 70], OffsetOutOfRangeError)):
+            with pytest.raises(error):
+                log.get_many(bad)
+        with pytest.raises(TypeError):
+            log.get_many(5)
+        with pytest.raises(OffsetOutOfRangeError, match=str(1 << 70)):
+            log.get_many([0, 1 << 70])
+    with pytest.raises(LogClosedError):
+        log.get_many([0])
+    with pytest.raises(LogClosedError):
+        log.get_many([])
+    with logstore.Log.open(path, readonly=True) as ro:  # the read-only view agrees
+        assert ro.get_many([230, 0, 100]) == [ro.get(230), ro.get(0), ro.get(100)]
+
+
 def test_reopen_keeps_everything(path):
     with logstore.Log.open(path, segment_bytes=1024) as log:
         for i in range(300):

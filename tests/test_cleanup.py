@@ -127,6 +127,12 @@ def test_compaction_matches_latest_value_per_key(tmp_path_factory, ops, buffer, 
             if off not in {g[0] for g in got}:
                 with pytest.raises(RecordRemovedError):
                     log.get(off)
+        survivors = [g[0] for g in got]
+        assert [(r.offset, r.key, r.value) for r in log.get_many(survivors[::-1])] == got[::-1]
+        removed = sorted({off for off, _k, _v in entries} - set(survivors))
+        if removed:
+            with pytest.raises(RecordRemovedError):
+                log.get_many(survivors + removed[-1:])
     with logstore.Log.open(d, cleanup_policy="compact") as log:  # reopens cleanly
         assert [(r.offset, r.key, r.value) for r in log.replay()] == got
 

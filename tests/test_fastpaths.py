@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -71,6 +72,10 @@ def test_quick_get_agrees_with_batch_decoding(tmp_path_factory, batches, compres
             assert log.get(offset) == via_batches
         if compression == "none":
             assert quick_answers > 0  # the quick route is really taken
+        # get_many: any order, repeats, one call; the same records as get one by one.
+        rnd = random.Random(len(expected))
+        wanted = [rnd.randrange(len(expected)) for _ in range(len(expected) * 2)]
+        assert log.get_many(wanted) == [log.get(o) for o in wanted]
     finally:
         log.close()
         if writer is not None:
@@ -97,6 +102,10 @@ def test_get_reports_a_damaged_batch_by_position_and_reads_the_intact_ones(tmp_p
         assert log.get(5).value == b"v0-5"  # intact batches still read
         with pytest.raises(CorruptLogError) as e:
             log.get(75)
+        assert "CRC32C" in str(e.value) and e.value.position == pos
+        assert [r.value for r in log.get_many([80, 5, 69])] == [b"v8-0", b"v0-5", b"v6-9"]
+        with pytest.raises(CorruptLogError) as e:
+            log.get_many([5, 71, 150])  # 71 shares the damaged batch with 75
         assert "CRC32C" in str(e.value) and e.value.position == pos
     finally:
         log.close()
