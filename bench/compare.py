@@ -14,6 +14,9 @@ Workloads (values drawn cyclically from a seeded pool of distinct random values)
   W3   full replay of the W1b data (logstore: replay() records; replay_batches() counting
        len(batch); replay_batches() summing each batch's value_lengths column)
   W4   random get by offset (100k seeded offsets into the W1b data)
+  W4m  the same offsets in one multi-get call where the store has one (logstore get_many,
+       LMDB Cursor.getmulti, sqlite SELECT ... WHERE id IN (500 ids) per 500), values in the
+       order asked
   W5   1 KiB values: append in batches of 100 (W5a), then replay them (W5b)
   W6   durable single-record appends, fsync per call: 4 threads (W6x4) and 1 thread (W6x1)
 
@@ -303,6 +306,19 @@ def logstore_w4(spec: dict, data: Data) -> dict:
     return result(len(offsets), t.seconds)
 
 
+def logstore_w4m(spec: dict, data: Data) -> dict:
+    offsets = random_offsets(spec["records"], spec["gets"])
+    log = _log(spec["path"], fsync="never")
+    with Timer() as t:
+        records = log.get_many(offsets)
+        nbytes = sum([len(r.value) for r in records])
+    check(nbytes == len(offsets) * data.size, "bytes read")
+    check(all(r.offset == o and r.value == data.value(o)
+              for r, o in zip(records[:1000], offsets)), "values")
+    log.close()
+    return result(len(offsets), t.seconds)
+
+
 def logstore_w6(spec: dict, data: Data) -> dict:
     fs = _counting_fs()
     log = _log(spec["path"], fsync="always", fs=fs)
@@ -411,6 +427,26 @@ def sqlite_w4(spec: dict, data: Data) -> dict:
     return result(len(offsets), t.seconds)
 
 
+def sqlite_w4m(spec: dict, data: Data) -> dict:
+    offsets = random_offsets(spec["records"], spec["gets"])
+    conn = _sqlite(spec["path"], "OFF", create=False)
+    chunk = 500
+    sql = f"SELECT id, value FROM log WHERE id IN ({','.join('?' * chunk)})"
+    values: List[bytes] = []
+    with Timer() as t:
+        for i in range(0, len(offsets), chunk):
+            ids = [o + 1 for o in offsets[i:i + chunk]]
+            q = sql if len(ids) == chunk else \
+                f"SELECT id, value FROM log WHERE id IN ({','.join('?' * len(ids))})"
+            found = dict(conn.execute(q, ids).fetchall())
+            values.extend([found[k] for k in ids])  # in the order asked, repeats included
+        nbytes = sum([len(v) for v in values])
+    check(nbytes == len(offsets) * data.size, "bytes read")
+    check(all(v == data.value(o) for v, o in zip(values[:1000], offsets)), "values")
+    conn.close()
+    return result(len(offsets), t.seconds)
+
+
 def sqlite_w6(spec: dict, data: Data) -> dict:
     os.makedirs(spec["path"])
     _sqlite(spec["path"], "FULL", create=True).close()
@@ -505,6 +541,20 @@ def lmdb_w4(spec: dict, data: Data) -> dict:
     check(nbytes == len(offsets) * data.size, "bytes read")
     with env.begin() as txn:
         check(all(txn.get(pack(o)) == data.value(o) for o in offsets[:1000]), "values")
+    env.close()
+    return result(len(offsets), t.seconds)
+
+
+def lmdb_w4m(spec: dict, data: Data) -> dict:
+    offsets = random_offsets(spec["records"], spec["gets"])
+    env = _lmdb(spec["path"], sync=False)
+    pack = KEY.pack
+    with Timer() as t:
+        with env.begin() as txn:
+            pairs = txn.cursor().getmulti([pack(o) for o in offsets])
+        nbytes = sum([len(v) for _k, v in pairs])
+    check(len(pairs) == len(offsets) and nbytes == len(offsets) * data.size, "bytes read")
+    check(all(v == data.value(o) for (_k, v), o in zip(pairs[:1000], offsets)), "values")
     env.close()
     return result(len(offsets), t.seconds)
 
@@ -909,6 +959,7 @@ WORKLOADS = [  # (id, table label)
     ("w2", "W2 durable batch 100"),
     ("w3", "W3 replay (W1b data)"),
     ("w4", "W4 random get"),
+    ("w4m", "W4m random get, one call"),
     ("w5a", "W5a append 1 KiB, batch 100"),
     ("w5b", "W5b replay 1 KiB"),
     ("w6x4", f"W6 durable 1/call, {W6_THREADS} threads"),
@@ -932,9 +983,9 @@ STORES = {  # id -> table label
 
 # Which store offers which workload (the function is f"{store}_{workload}", w6x* -> w6).
 OFFERS = {
-    "logstore": ("w1", "w1b", "w2", "w3", "w4", "w5a", "w5b", "w6x4", "w6x1"),
-    "sqlite": ("w1", "w1b", "w2", "w3", "w4", "w5a", "w5b", "w6x4", "w6x1"),
-    "lmdb": ("w1", "w1b", "w2", "w3", "w4", "w5a", "w5b", "w6x4", "w6x1"),
+    "logstore": ("w1", "w1b", "w2", "w3", "w4", "w4m", "w5a", "w5b", "w6x4", "w6x1"),
+    "sqlite": ("w1", "w1b", "w2", "w3", "w4", "w4m", "w5a", "w5b", "w6x4", "w6x1"),
+    "lmdb": ("w1", "w1b", "w2", "w3", "w4", "w4m", "w5a", "w5b", "w6x4", "w6x1"),
     "diskcache": ("w1", "w1b", "w2", "w3", "w4", "w5a", "w5b", "w6x4", "w6x1"),
     "pqsqlite": ("w1", "w3", "w6x4", "w6x1"),  # put() always commits: no batch put
     "pqfile": ("w1", "w3"),
@@ -974,7 +1025,7 @@ def durability_differs(store: str, workload: str) -> bool:
 
 FUNCTIONS: Dict[str, Callable[[dict, Data], dict]] = {
     name: fn for name, fn in globals().items()
-    if callable(fn) and re.fullmatch(r"[a-z]+_w[0-9][abc]?", name)
+    if callable(fn) and re.fullmatch(r"[a-z]+_w[0-9][abcm]?", name)
 }
 
 
@@ -1030,6 +1081,9 @@ def build_plan(args: argparse.Namespace, have: Dict[str, bool]) -> List[dict]:
         if "w4" in offers:
             gets, capped = cap(store, "w4", args.gets)
             add("w4", records=written[source], gets=gets, capped=capped, reads=(store, source))
+        if "w4m" in offers:
+            add("w4m", records=written[source], gets=args.gets, capped=False,
+                reads=(store, source))
         if "w5a" in offers:
             records, capped = cap(store, "w5a", big)
             add("w5a", records=records, capped=capped, keep=True, big=True)
@@ -1404,6 +1458,10 @@ NOTES = [
     "sync calls (table column): fsync+fdatasync+msync+sync_file_range+syncfs calls of the whole "
     "worker process (and its redis-server), counted by strace -f -c in a second, untimed run "
     "of the same row; setup and close included.",
+    "W4m: W4's offsets in one call, values returned in the order asked: logstore "
+    "log.get_many(offsets) (each stored batch located and CRC-checked once for all its "
+    "offsets), LMDB txn.cursor().getmulti(keys), sqlite SELECT id, value WHERE id IN (500 "
+    "ids) per 500 offsets, put in order through a dict.",
     "Reads run right after the writes on a warm page cache. Results are one run per row: "
     "expect +-10-20% noise on a shared machine (more on fsync-bound rows).",
 ]
@@ -1452,7 +1510,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--gets", type=int, help=f"W4 gets (default {DEFAULT_GETS:,})")
     p.add_argument("--stores", help="comma-separated store ids to run: " + ",".join(
         s for s in STORES if s not in ("logstore-batches", "logstore-columns")))
-    p.add_argument("--only", help="comma-separated workloads to report (w1,w1b,w2,w3,w4,w5a,"
+    p.add_argument("--only", help="comma-separated workloads to report (w1,w1b,w2,w3,w4,w4m,w5a,"
                    "w5b,w6x4,w6x1); the writers that readers need still run")
     p.add_argument("--repeat-durable", type=int, metavar="K",
                    help="run each fsync-bound row (W2, W6) K times and keep the median run "
@@ -1499,7 +1557,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if r.get("reads") and r.get("filtered"):
                 r.pop("filtered")
     capped = sorted({f"{STORES[r['store']]} {r['workload']}: {r.get('records'):,}"
-                     + (f" ({r['gets']:,} gets)" if r["workload"] == "w4" else "")
+                     + (f" ({r['gets']:,} gets)" if r["workload"] in ("w4", "w4m") else "")
                      for r in plan if r.get("capped") and not r.get("filtered")})
     root = tempfile.mkdtemp(prefix="logstore-compare-")
     load0 = os.getloadavg()

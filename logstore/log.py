@@ -818,9 +818,13 @@ class Log:
             end = self._durable_offset if self._always else self._next_offset
             bases = self._bases
             if bases and bases[0] <= offset < end:
-                rec = self._segments[bisect.bisect_right(bases, offset) - 1].quick_get(offset)
-                if rec is not None:
-                    return rec
+                seg = self._segments[bisect.bisect_right(bases, offset) - 1]
+                found = seg.quick_locate(offset)
+                if found is not None:
+                    buf, at, h, pos = found
+                    rec = codec.extract_record(buf, h, offset, seg.path, pos, at)
+                    if rec is not None:
+                        return rec
             elif offset == end:
                 raise OffsetOutOfRangeError(
                     f"offset {offset} is end_offset: no record there yet (use read() to poll)")
@@ -923,15 +927,20 @@ class Log:
                                 f"offset {offset} was removed by compaction")
                         out[order_list[kk]] = batch.record_at(j)
                 else:
-                    # Plain: one CRC check for the batch, then get's column reads per record.
+                    if offset < h[5]:  # the first batch reaching it starts after it: a gap
+                        self._gap(offset, h[5], seg, pos)
+                        raise RecordRemovedError(f"offset {offset} was removed by compaction")
+                    # Plain: one CRC check for the batch. A few records: get's column reads
+                    # for each; more: read the columns once (~4 records is break-even here).
                     codec.check_crc(buf, h, path, pos, at)
-                    extract = codec.extract_record
-                    for kk in range(k, stop):
-                        rec = extract(buf, h, sorted_offs[kk], path, pos, at, None, True)
-                        if rec is None:  # (dense batches hold every offset they span)
-                            raise CorruptLogError("dense batch without one of its offsets",
-                                                  path, pos)
-                        out[order_list[kk]] = rec
+                    if stop - k >= 4:
+                        recs = codec.extract_records(buf, h, sorted_offs[k:stop], path, pos, at)
+                        for kk, rec in zip(range(k, stop), recs):
+                            out[order_list[kk]] = rec
+                    else:
+                        for kk in range(k, stop):
+                            out[order_list[kk]] = codec.extract_record(
+                                buf, h, sorted_offs[kk], path, pos, at, None, True)
                 k = stop
         return out
 

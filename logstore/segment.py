@@ -38,7 +38,6 @@ from . import codec
 from .codec import HEADER_SIZE, BatchHeader, DecodedBatch
 from .errors import CorruptLogError, OffsetOutOfRangeError, StorageError
 from .fs import FileSystem
-from .record import Record
 from .index import OffsetIndex, TimeIndex
 
 # Framed batches up to this size are copied into the write mapping, larger ones are written with
@@ -76,7 +75,7 @@ def zeros_between(fd: int, pos: int, end: int) -> bool:
     return True
 
 
-# Batches quick_get leaves to the general path: compressed, with offset deltas, unknown flags.
+# Batches quick_locate leaves to the general path: compressed, with offset deltas, unknown flags.
 _NOT_QUICK = codec.CODEC_MASK | codec.ATTR_OFFSET_DELTAS | ~codec.KNOWN_ATTRS
 
 
@@ -446,29 +445,20 @@ class Segment:
                 pos = 0
         return self.walk_to(offset, pos)
 
-    def quick_get(self, offset: int) -> Optional[Record]:
-        """The record at ``offset`` by the common route, or None: "ask :meth:`find`".
+    def quick_locate(self, offset: int) -> Optional[Tuple[Any, int, tuple, int]]:
+        """``get``'s common route to the batch holding ``offset``: ``(buf, at, header,
+        position)``, its bytes being ``buf[at : at + header[2]]`` (the mapping, or bytes read
+        with pread) and ``header`` the plain tuple of its fields, or None: "ask :meth:`find`".
 
         The common route is a loaded index whose hint checks out and intact, dense,
         uncompressed batches from the hint to the target: one index search, four header fields
         per batch stepped over (from the mapping, or one pread each for a reader's active
-        segment), then the target's full header, its CRC and the few column entries the record
-        needs. Anything else (write buffer, a hint that does not
-        match, a gap, compression, any odd header) returns None, and the caller takes the
-        general path, which handles and reports every case. Both give the same record for the
-        same bytes, and both raise the same CorruptLogError when the target batch fails its CRC.
+        segment), then the target's full header check. Its CRC is the caller's to check
+        (:func:`codec.extract_record` does, or :func:`codec.check_crc` once for several
+        records). Anything else (write buffer, a hint that does not match, a gap, compression,
+        any odd header) returns None, and the caller takes the general path, which handles and
+        reports every case. Both give the same batch for the same bytes.
         """
-        found = self.quick_locate(offset)
-        if found is None:
-            return None
-        buf, at, h, pos = found
-        return codec.extract_record(buf, h, offset, self.path, pos, at)
-
-    def quick_locate(self, offset: int) -> Optional[Tuple[Any, int, tuple, int]]:
-        """:meth:`quick_get`'s route to the batch holding ``offset``: ``(buf, at, header,
-        position)`` of an intact-looking, dense, uncompressed batch (its bytes are
-        ``buf[at : at + header[2]]``, its header fully checked but not its CRC), or None: "ask
-        :meth:`find`"."""
         oi = self._offset_index
         size = self.size
         if oi is None or self.pending or size <= 0 or offset >= self.next_offset:

@@ -289,6 +289,9 @@ def exercise(log, t: Template, strict: bool, rng: random.Random, ours=None) -> N
         rec = guarded(lambda: log.get(off))
         if rec is not None:
             check(rec)
+    if end > start:  # many offsets at once, repeats included: get_many's per-batch reads
+        wanted = [rng.randrange(start, end) for _ in range(40)]
+        guarded(lambda: [check(r) for r in log.get_many(wanted)])
 
     def batches():
         for b in log.replay_batches(start):
