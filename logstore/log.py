@@ -913,6 +913,9 @@ class Log:
                 # Header fields by index: h is a BatchHeader or quick_locate's plain tuple.
                 stop = bisect.bisect_right(sorted_offs, h[5] + h[9], k)  # base + last delta
                 path = seg.path
+                if stop == k:  # (the located batch must reach the offset: never loop on it)
+                    raise CorruptLogError(f"the batch located for offset {offset} ends before "
+                                          f"it", path, pos)
                 if h[4] & (codec.CODEC_MASK | codec.ATTR_OFFSET_DELTAS):
                     # Compressed or sparse: decode it once (CRC, decompression, columns).
                     batch = codec.decode(buf, at, h, path, pos, header_checked=True)
