@@ -735,26 +735,10 @@ class DecodedBatch:
             if h.last_offset_delta != n - 1:
                 raise self._corrupt("dense batch with a gap in its header")
             offs = list(range(h.base_offset, h.base_offset + n))
-        cols = []
-        for name, flag, minimum in (("key", ATTR_KEYS, -1), ("value", -1, -1),
-                                    ("header", ATTR_HEADERS, 0)):
-            if flag != -1 and not a & flag:
-                lists[name + "_lengths"] = lists[name + "_offsets"] = None
-                continue
-            lens = list(_ints("i", n).unpack_from(data, pos))
-            pos += 4 * n
-            if min(lens) < minimum:
-                raise self._corrupt(f"negative {name} length")
-            cols.append((name, lens))
-        start = fixed
-        for name, lens in cols:
-            sizes = lens if min(lens) >= 0 else [ln if ln > 0 else 0 for ln in lens]
-            starts = list(accumulate(sizes, initial=start))
-            start = starts.pop()
+        columns = _length_columns(data, pos, n, a, fixed, len(data), self._path, self.position)
+        for name, (lens, starts) in zip(("key", "value", "header"), columns):
             lists[name + "_lengths"] = lens
             lists[name + "_offsets"] = starts
-        if start != len(data):
-            raise self._corrupt("record lengths do not add up to the payload length")
         if max(ts) != h.max_timestamp:
             raise self._corrupt("max timestamp does not match the records")
         lists["offsets"] = offs
@@ -1023,6 +1007,37 @@ def _lengths_before(buf: Any, col: int, count: int) -> int:
     return int(arr.sum()) + int(np.count_nonzero(arr < 0))
 
 
+def _length_columns(buf: Any, pos: int, n: int, attributes: int, data_start: int, end: int,
+                    path: Optional[str], file_pos: Optional[int]) -> List[Tuple[Any, Any]]:
+    """The key, value and header length columns of a batch (stored in that order from
+    ``buf[pos]``; key and header ones only when ``attributes`` says so), each as ``(lengths,
+    starts)``: the int32 lengths and where each item begins, items being stored one after
+    another from ``data_start`` (keys, then values, then headers). ``(None, None)`` for an
+    absent column. Checks what a small batch's parse checks: no length below -1 (below 0 for
+    headers) and the lengths adding up to ``end`` exactly; CorruptLogError otherwise."""
+    ints = _ints("i", n)
+    out: List[Tuple[Any, Any]] = []
+    start = data_start
+    for name, flag, minimum in (("key", ATTR_KEYS, -1), ("value", 0, -1),
+                                ("header", ATTR_HEADERS, 0)):
+        if flag and not attributes & flag:
+            out.append((None, None))
+            continue
+        lens = list(ints.unpack_from(buf, pos))
+        pos += 4 * n
+        low = min(lens)
+        if low < minimum:
+            raise CorruptLogError(f"negative {name} length", path, file_pos)
+        starts = list(accumulate(lens if low >= 0 else [x if x > 0 else 0 for x in lens],
+                                 initial=start))
+        start = starts.pop()
+        out.append((lens, starts))
+    if start != end:
+        raise CorruptLogError("record lengths do not add up to the payload length", path,
+                              file_pos)
+    return out
+
+
 _new_record = partial(tuple.__new__, Record)
 
 
@@ -1031,8 +1046,6 @@ def check_crc(buf: Any, h: Any, path: Optional[str], file_pos: int, at: int = 0)
     ``h`` (a BatchHeader or the plain tuple of its fields)."""
     if crc32c(memoryview(buf)[at + CRC_START : at + h[2]]) != h[1]:
         raise CorruptLogError("CRC32C mismatch", path, file_pos)
-
-
 
 
 def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
@@ -1145,37 +1158,16 @@ def extract_records(buf: Any, h: Any, offsets: Sequence[int], path: Optional[str
         raise CorruptLogError("dense batch with a gap in its header", path, file_pos)
     col = at + HEADER_SIZE
     end = col + h[10]
+    per = 4 + (8 if a & ATTR_TIMESTAMPS else 0) + (4 if a & ATTR_KEYS else 0) + (
+        4 if a & ATTR_HEADERS else 0)  # fixed-width column bytes per record
+    if col + per * n > end:
+        raise CorruptLogError("batch columns run past the payload", path, file_pos)
     tss = None
     if a & ATTR_TIMESTAMPS:
         tss = _ints("q", n).unpack_from(buf, col)
         col += 8 * n
-    ints = _ints("i", n)
-    columns = []  # (lengths, starts) of keys, values, headers; lengths None when absent
-    for flag in (ATTR_KEYS, 0, ATTR_HEADERS):
-        if flag and not a & flag:
-            columns.append(None)
-            continue
-        columns.append(ints.unpack_from(buf, col))
-        col += 4 * n
-    if col > end:
-        raise CorruptLogError("batch columns run past the payload", path, file_pos)
-    starts = []
-    for i, lens in enumerate(columns):
-        if lens is None:
-            starts.append(None)
-            continue
-        low = min(lens)
-        if low < (0 if i == 2 else -1):
-            raise CorruptLogError("impossible record fields", path, file_pos)
-        run = list(accumulate(lens if low >= 0 else [x if x > 0 else 0 for x in lens],
-                              initial=col))
-        col = run.pop()
-        starts.append(run)
-    if col != end:
-        raise CorruptLogError("record lengths do not add up to the payload length", path,
-                              file_pos)
-    kls, vls, hls = columns
-    kss, vss, hss = starts
+    (kls, kss), (vls, vss), (hls, hss) = _length_columns(buf, col, n, a, at + HEADER_SIZE +
+                                                         per * n, end, path, file_pos)
     base, ts0, max_ts = h[5], h[6], h[7]
     out = []
     for offset in offsets:

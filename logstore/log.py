@@ -806,6 +806,26 @@ class Log:
                 f"offsets {expected}..{found - 1} are missing (the log is not compacted, so "
                 f"offsets must be dense)", seg.path, pos)
 
+    def _check_get_range(self, offset: int, end: int) -> None:
+        """Refuse an offset ``get`` cannot answer: outside the log, or ``end`` itself."""
+        if offset == end:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is end_offset: no record there yet (use read() to poll)")
+        self._check_range(offset, end)
+
+    def _batch_for_locked(self, offset: int) -> Tuple[Segment, Any, int, Any, int]:
+        """(lock held) ``get``'s general route: ``(segment, buf, at, header, position)`` of the
+        first batch reaching ``offset``, its bytes being ``buf[at : at + header.length]``."""
+        loc = self._locate_locked(offset)
+        if loc is None:
+            raise CorruptLogError(f"offset {offset} should exist but no batch holds it",
+                                  self._segments[-1].path)
+        i, pos, h = loc
+        seg = self._segments[i]
+        if seg.use_pread:
+            return seg, seg.read_bytes(pos, h.length), 0, h, pos
+        return seg, seg._mapped(pos + h.length), pos, h, pos
+
     def get(self, offset: int) -> Record:
         """The record at ``offset``. Raises OffsetOutOfRangeError outside [start, end)."""
         if type(offset) is not int:
@@ -825,20 +845,8 @@ class Log:
                     rec = codec.extract_record(buf, h, offset, seg.path, pos, at)
                     if rec is not None:
                         return rec
-            elif offset == end:
-                raise OffsetOutOfRangeError(
-                    f"offset {offset} is end_offset: no record there yet (use read() to poll)")
-            self._check_range(offset, end)
-            loc = self._locate_locked(offset)
-            if loc is None:
-                raise CorruptLogError(f"offset {offset} should exist but no batch holds it",
-                                      self._segments[-1].path)
-            i, pos, h = loc
-            seg = self._segments[i]
-            if seg.use_pread:
-                buf, at = seg.read_bytes(pos, h.length), 0
-            else:
-                buf, at = seg._mapped(pos + h.length), pos
+            self._check_get_range(offset, end)
+            seg, buf, at, h, pos = self._batch_for_locked(offset)
             rec = codec.extract_record(buf, h, offset, seg.path, pos, at)
         if rec is None:
             self._gap(offset, h.base_offset if h.base_offset > offset else offset + 1, seg, pos)
@@ -885,11 +893,8 @@ class Log:
             if self.readonly and sorted_offs[-1] >= self._next_offset:
                 self._refresh_locked()
             end = self._visible_end()
-            for bound in (sorted_offs[0], sorted_offs[-1]):
-                if bound == end:
-                    raise OffsetOutOfRangeError(
-                        f"offset {bound} is end_offset: no record there yet")
-                self._check_range(bound, end)
+            self._check_get_range(sorted_offs[0], end)
+            self._check_get_range(sorted_offs[-1], end)
             bases, segments = self._bases, self._segments
             k = 0
             while k < n:
@@ -899,17 +904,7 @@ class Log:
                 if found is not None:
                     buf, at, h, pos = found
                 else:
-                    loc = self._locate_locked(offset)
-                    if loc is None:
-                        raise CorruptLogError(
-                            f"offset {offset} should exist but no batch holds it",
-                            self._segments[-1].path)
-                    i, pos, h = loc
-                    seg = segments[i]
-                    if seg.use_pread:
-                        buf, at = seg.read_bytes(pos, h.length), 0
-                    else:
-                        buf, at = seg._mapped(pos + h.length), pos
+                    seg, buf, at, h, pos = self._batch_for_locked(offset)
                 # Header fields by index: h is a BatchHeader or quick_locate's plain tuple.
                 stop = bisect.bisect_right(sorted_offs, h[5] + h[9], k)  # base + last delta
                 path = seg.path
