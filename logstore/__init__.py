@@ -28,21 +28,21 @@ from .errors import (
     StorageError,
     UnknownTopicError,
     UnsupportedFormatError,
+    MirrorError,
 )
-from .log import Log
-from .store import Store, Topic
-from .durablequeue import DurableQueue, DurableSimpleQueue
 from .record import Record
-
-__version__ = "0.1.0"
+from .storage.log import Log
+from .version import __version__
+from .views.durablequeue import DurableQueue, DurableSimpleQueue
+from .views.store import Store, Topic
 
 
 def __getattr__(name: str):
     # logstore.JetStreamMirror without importing nats-py at `import logstore` time.
-    if name in ("JetStreamMirror", "MirrorError"):
-        from . import mirror
+    if name == "JetStreamMirror":
+        from . import mirror  # deliberate lazy import: nats-py is optional
 
-        return getattr(mirror, name)
+        return mirror.JetStreamMirror
     raise AttributeError(f"module 'logstore' has no attribute {name!r}")
 
 __all__ = [

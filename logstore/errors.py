@@ -87,20 +87,6 @@ class StorageError(LogstoreError, OSError):
         return self.message
 
 
-__all__ = [
-    "LogstoreError",
-    "ConfigError",
-    "LogLockedError",
-    "LogClosedError",
-    "ReadOnlyError",
-    "NotALogError",
-    "UnsupportedFormatError",
-    "OffsetOutOfRangeError",
-    "RecordRemovedError",
-    "RecordTooLargeError",
-    "CorruptLogError",
-    "StorageError",
-]
 
 
 class AckError(LogstoreError):
@@ -130,5 +116,28 @@ class NotAssignedError(LogstoreError):
     member (in this or another process) reads it now. Nothing was committed."""
 
 
-__all__ += ["AckError", "QueueFullError", "UnknownTopicError", "MissingKeyError",
-            "NotAssignedError"]
+class MirrorError(LogstoreError):
+    """The mirror cannot go on (e.g. a record larger than the server's max_payload, or
+    ``run_once`` could not reach the cluster). ``status()['last_error']`` has the same text."""
+
+
+__all__ = [
+    "LogstoreError",
+    "ConfigError",
+    "LogLockedError",
+    "LogClosedError",
+    "ReadOnlyError",
+    "NotALogError",
+    "UnsupportedFormatError",
+    "OffsetOutOfRangeError",
+    "RecordRemovedError",
+    "RecordTooLargeError",
+    "CorruptLogError",
+    "StorageError",
+    "AckError",
+    "QueueFullError",
+    "UnknownTopicError",
+    "MissingKeyError",
+    "NotAssignedError",
+    "MirrorError",
+]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
+TMP_SUFFIX = ".tmp"  # write_file_atomic's temporary file (logstore.format.names.TMP)
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -118,7 +119,7 @@ class FileSystem:
 
         Writes ``path + ".tmp"``, fsyncs it, renames it over ``path`` and fsyncs the directory.
         """
-        tmp = path + ".tmp"
+        tmp = path + TMP_SUFFIX
         fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             self.pwrite(fd, data, 0)

@@ -27,13 +27,13 @@ from logstore import (
     OffsetOutOfRangeError,
     UnsupportedFormatError,
 )
-from logstore import codec
+from logstore.format import encode, header
 from logstore.record import Record
 
 MARKER = "clean-shutdown"
 META = "logstore.meta"
 OPTS = dict(fsync="always", segment_bytes=2048, index_interval_bytes=64)
-HEADER_SIZE = codec.HEADER_SIZE
+HEADER_SIZE = header.HEADER_SIZE
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -793,8 +793,8 @@ def test_refused_directories_are_left_untouched(tmp_path, name, make, error, rea
 # ------------------------------------------------------------------------------ (g) newer batch
 def _future_batch(base_offset: int, version: int = 2) -> bytes:
     """A CRC-valid batch (one record) whose header says format ``version``."""
-    p = codec.prepare_one(b"from the future", b"key", None, 123)
-    buf = bytearray(codec.frame(p, base_offset))
+    p = encode.prepare_one(b"from the future", b"key", None, 123)
+    buf = bytearray(encode.frame(p, base_offset))
     struct.pack_into("<H", buf, 12, version)
     struct.pack_into("<I", buf, 4, crc32c.crc32c(bytes(buf[8:])))
     return bytes(buf)

@@ -1,7 +1,7 @@
 """The hot paths (``get``'s quick route, the one-record ``append`` framing) against the general
 code they shortcut: same records, same bytes, and every odd case left to the general path.
 
-``Segment.quick_locate`` (+ ``codec.extract_record``) gives a record or None ("take the general
+``Segment.quick_locate`` (+ ``decode.extract_record``) gives a record or None ("take the general
 path"); ``log.read`` decodes whole batches through a different route. For random logs (keys,
 tombstones, headers, timestamps, batches of many sizes, tiny segments, compression on or off),
 read by the writer, after a reopen, or by a read-only opener (pread for the active segment),
@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logstore import CorruptLogError, Log, codec
+from logstore import CorruptLogError, Log
+from logstore.format import decode, encode, header
 
 values = st.one_of(st.none(), st.binary(max_size=40))
 keys = st.one_of(st.none(), st.binary(max_size=8))
@@ -39,7 +40,7 @@ def quick_get(seg, offset: int):
     if found is None:
         return None
     buf, at, h, pos = found
-    return codec.extract_record(buf, h, offset, seg.path, pos, at)
+    return decode.extract_record(buf, h, offset, seg.path, pos, at)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -103,9 +104,9 @@ def test_get_reports_a_damaged_batch_by_position_and_reads_the_intact_ones(tmp_p
         # Flip a byte inside the values of the 8th batch (not in its header).
         pos = 0
         for _ in range(7):
-            pos += codec.HEADER.unpack_from(data, pos)[2]
-        f.seek(pos + codec.HEADER_SIZE + 50)
-        f.write(bytes([data[pos + codec.HEADER_SIZE + 50] ^ 0x40]))
+            pos += header.HEADER.unpack_from(data, pos)[2]
+        f.seek(pos + header.HEADER_SIZE + 50)
+        f.write(bytes([data[pos + header.HEADER_SIZE + 50] ^ 0x40]))
     log = Log.open(path, fsync="never")
     try:
         assert log.get(5).value == b"v0-5"  # intact batches still read
@@ -140,9 +141,9 @@ def test_a_damaged_header_before_the_target_never_yields_a_wrong_record(tmp_path
     positions, pos = [], 0
     while pos < len(data):
         positions.append(pos)
-        pos += codec.HEADER.unpack_from(data, pos)[2]
+        pos += header.HEADER.unpack_from(data, pos)[2]
     victim = rnd.randrange(1, len(positions) - 1)  # a batch of the first, sealed segment
-    at = positions[victim] + rnd.randrange(codec.HEADER_SIZE)
+    at = positions[victim] + rnd.randrange(header.HEADER_SIZE)
     data[at] ^= 1 << rnd.randrange(8)
     with open(seg_file, "r+b") as f:
         f.write(data)
@@ -168,9 +169,9 @@ def test_a_damaged_header_before_the_target_never_yields_a_wrong_record(tmp_path
 @given(value=st.binary(max_size=300), key=st.one_of(st.none(), st.binary(max_size=50)),
        base=st.integers(0, 2**40), ts=st.integers(0, 2**50), synced=st.integers(0, 2**31))
 def test_frame_single_matches_general_framing(value, key, base, ts, synced):
-    prepared = codec.prepare_one(value, key, None, ts, codec.CODEC_NONE, 3, 1 << 30)
-    assert codec.frame_single(base, ts, value, key, synced) == bytes(
-        codec.frame(prepared, base, synced))
+    prepared = encode.prepare_one(value, key, None, ts, header.CODEC_NONE, 3, 1 << 30)
+    assert encode.frame_single(base, ts, value, key, synced) == bytes(
+        encode.frame(prepared, base, synced))
 
 
 @settings(max_examples=200, deadline=None)
@@ -183,4 +184,4 @@ def test_lengths_before_skips_nulls(lengths, start, pad):
     start = min(start, len(lengths))
     count = len(lengths) - start
     want = sum(x for x in lengths[start:] if x >= 0)
-    assert codec._lengths_before(buf, pad + 4 * start, count) == want
+    assert decode.lengths_before(buf, pad + 4 * start, count) == want

@@ -307,9 +307,9 @@ def test_readonly_sees_nothing_torn(tmp_path):
     log.append(b"whole")
     seg = log.segments()[-1]["path"]
     log.close()
-    from logstore import codec
+    from logstore.format import encode
 
-    framed = codec.frame(codec.prepare_one(b"torn" * 100, None, None, 1), 1)
+    framed = encode.frame(encode.prepare_one(b"torn" * 100, None, None, 1), 1)
     with open(seg, "ab") as f:
         f.write(bytes(framed)[:100])
     ro = logstore.Log.open(path, readonly=True)

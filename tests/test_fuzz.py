@@ -35,8 +35,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import logstore
-from logstore import codec
-from logstore.segment import Segment
+from logstore.format import header
+from logstore.storage.segment import Segment
 from logstore.fs import DEFAULT_FS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +120,7 @@ class Template:
                     for b in scan.batches]
         self.segments = sorted(self.batches)
         assert len(self.segments) >= 4 and any(
-            a & codec.CODEC_MASK for bs in self.batches.values() for _, _, a in bs)
+            a & header.CODEC_MASK for bs in self.batches.values() for _, _, a in bs)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def fix_crc(buf: bytearray, pos: int) -> None:
     length = struct.unpack_from("<I", buf, pos + 8)[0]
     end = min(pos + length, len(buf))
     if end - pos >= 8:
-        struct.pack_into("<I", buf, pos + 4, codec.crc32c(bytes(buf[pos + 8:end])))
+        struct.pack_into("<I", buf, pos + 4, header.crc32c(bytes(buf[pos + 8:end])))
 
 
 byte_mutation = st.one_of(
@@ -410,7 +410,7 @@ MEMORY_CHILD = r"""
 import json, os, resource, struct, sys, tempfile, shutil
 sys.path.insert(0, sys.argv[1])
 import logstore
-from logstore import codec
+from logstore.format import header
 import zstandard
 
 def vm():
@@ -428,7 +428,7 @@ def make(d, compression):
 
 def fix(buf, pos=0):
     length = struct.unpack_from("<I", buf, pos + 8)[0]
-    struct.pack_into("<I", buf, pos + 4, codec.crc32c(bytes(buf[pos + 8:pos + length])))
+    struct.pack_into("<I", buf, pos + 4, header.crc32c(bytes(buf[pos + 8:pos + length])))
 
 GIB = 1 << 30
 cases = {}

@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 )
 
 import logstore
-from logstore import consumer as consumer_module
+from logstore.views import consumer as consumer_module
 
 PARTITIONS = 3
 MAX_MEMBERS = 4

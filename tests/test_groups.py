@@ -15,7 +15,7 @@ import time
 import pytest
 
 import logstore
-from logstore import leases
+from logstore.views import leases
 from logstore.errors import LogLockedError, NotAssignedError
 
 MEMBER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "group_member.py")
@@ -164,7 +164,7 @@ def test_lease_is_exclusive_between_stores_and_commit_elsewhere_is_refused(tmp_p
 
 
 def leases_interval():
-    from logstore.consumer import REBALANCE_INTERVAL_S
+    from logstore.views.consumer import REBALANCE_INTERVAL_S
 
     return REBALANCE_INTERVAL_S * 1.5
 

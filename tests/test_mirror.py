@@ -88,7 +88,7 @@ def _env():
 def make_store(path, n=N, partitions=PARTITIONS):
     """A store with topic 'orders': n keyed records (some unkeyed, some tombstones, some with
     binary headers), written in batches so setup is quick. Returns per-partition counts."""
-    from logstore.store import partition_for_key
+    from logstore.views.store import partition_for_key
 
     per = {p: [] for p in range(partitions)}
     for i in range(n):
@@ -328,7 +328,7 @@ def test_mirror_50k_exactly_once_in_order(cluster, tmp_path):
         # New records are picked up; a second pass publishes only them.
         st.topic("orders").publish(b"late", key=b"user-1")
         assert m.run_once() == 1
-        p = logstore.store.partition_for_key(b"user-1", PARTITIONS)
+        p = logstore.views.store.partition_for_key(b"user-1", PARTITIONS)
         counts[p] += 1
     print(f"\n50k mirrored in {took:.1f} s ({N / took:,.0f} records/s)")
     check_stream(cluster.urls, "BASIC", counts, store_path=path)
@@ -387,7 +387,7 @@ def test_messages_the_stream_lost_after_acking_them_are_published_again(cluster,
 
 MIRROR_PROC = textwrap.dedent("""
     import sys
-    from logstore.mirror import run_mirror_cli
+    from logstore.mirror.jetstream import run_mirror_cli
     sys.exit(run_mirror_cli(sys.argv[1], "orders", sys.argv[2], sys.argv[3],
                             until_caught_up=True, subject_prefix=sys.argv[3].lower(),
                             fsync="never", ack_timeout_s=1.5, max_backoff_s=1.0,

@@ -113,7 +113,7 @@ def test_fsync_never_writes_through_a_mapping_into_reserved_space(tmp_path):
 def test_large_batches_are_written_with_pwrite_between_mapped_small_ones(tmp_path):
     """Batches above MAP_WRITE_MAX_BYTES go through pwrite into the same reserved space, small
     ones through the mapping: both land in order, readable by every opener and after a kill."""
-    from logstore.segment import MAP_WRITE_MAX_BYTES
+    from logstore.storage.segment import MAP_WRITE_MAX_BYTES
 
     path = str(tmp_path / "log")
     log = Log.open(path, fsync="never", segment_bytes=1 << 20)

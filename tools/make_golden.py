@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import logstore  # noqa: E402
-from logstore import meta  # noqa: E402
+from logstore.storage import meta  # noqa: E402
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 GOLDEN_ID = "00000000000000000000000000601de7"

@@ -67,10 +67,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import logstore  # noqa: E402
-from logstore import recovery  # noqa: E402
+from logstore.storage import loader as recovery  # noqa: E402
 from logstore.fs import DEFAULT_FS  # noqa: E402
-from logstore.index import OffsetIndex, TimeIndex  # noqa: E402
-from logstore.segment import Segment  # noqa: E402
+from logstore.storage.index import OffsetIndex, TimeIndex  # noqa: E402
+from logstore.storage.segment import Segment  # noqa: E402
 
 ACKS = "acks.txt"  # written by the writer next to (not inside) the log directory
 
@@ -382,7 +382,7 @@ def verify_directory(directory: str) -> List[str]:
 def inspect_problems(directory: str) -> List[str]:
     """Problems ``logstore.inspect`` (``logstore verify``) reports, if that module exists."""
     try:
-        from logstore import inspect as ls_inspect
+        from logstore.diagnostics import report as ls_inspect
         targets = ls_inspect.resolve_targets(directory)
     except ImportError:
         return []

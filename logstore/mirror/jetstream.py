@@ -59,8 +59,8 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .errors import ConfigError, LogstoreError
-from .record import Record
+from ..errors import ConfigError, LogstoreError, MirrorError
+from ..record import Record
 
 try:
     import nats
@@ -99,10 +99,6 @@ _SUBJECT_TOKEN = re.compile(r"^[^\s*>.]+$")
 _STREAM_NAME = re.compile(r"^[^\s*>./\\]+$")
 _ERR_WRONG_LAST_SEQ = 10071
 
-
-class MirrorError(LogstoreError):
-    """The mirror cannot go on (e.g. a record larger than the server's max_payload, or
-    ``run_once`` could not reach the cluster). ``status()['last_error']`` has the same text."""
 
 
 class _Broken(Exception):
@@ -995,8 +991,9 @@ def run_mirror_cli(
     """
     import os
 
-    from .errors import LogLockedError, NotALogError, UnknownTopicError
-    from .store import STORE_META, Store
+    from ..errors import LogLockedError, NotALogError, UnknownTopicError
+    from ..format.names import STORE_META
+    from ..views.store import Store
 
     def say(text: str) -> None:
         (echo or (lambda s: print(s, file=sys.stderr, flush=True)))(text)

@@ -33,9 +33,10 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from .errors import AckError, ConfigError, LogClosedError, QueueFullError
-from .log import _now_ms
-from .record import Record
+from ..errors import AckError, ConfigError, LogClosedError, QueueFullError
+from ..storage.log import _now_ms
+from ..format.names import QUEUE_EVENTS_TOPIC, QUEUE_GROUP, REDRIVE_GROUP, queue_events_dir
+from ..record import Record
 
 _EVENT = struct.Struct("<cIqIq")  # kind, partition, offset, count, time (ms)
 CHECKPOINT_EVERY = 20_000  # events between checkpoints (bounds replay at open)
@@ -43,9 +44,6 @@ NOT_BEFORE_HEADER = "x-not-before"
 DLQ_REASON = "x-dead-letter-reason"
 DLQ_COUNT = "x-delivery-count"
 DLQ_SOURCE = "x-dead-letter-source"  # "<queue>:<partition>:<offset>"
-_QUEUE_GROUP = "__queue__"
-_REDRIVE_GROUP = "__redrive__"
-_EVENTS_TOPIC = "__events__"
 
 
 class Message:
@@ -153,7 +151,7 @@ class WorkQueue:
         self._cond = threading.Condition(self._mutex)
         self._sleepers = 0  # threads in self._cond.wait(): notify only when someone waits
         self._events = store._open_internal_log(
-            os.path.join(store.root, "internal", "queues", name), False)
+            queue_events_dir(store.root, name), False)
         self._checkpoint_offset: Optional[int] = None
         self._since_checkpoint = 0
         self._parts = [_Partition(0) for _ in self.topic.partitions]
@@ -162,7 +160,7 @@ class WorkQueue:
 
     # ------------------------------------------------------------------ state from the log
     def _load(self) -> None:
-        start = self.store.offsets.get(_QUEUE_GROUP + self.name, _EVENTS_TOPIC, 0)
+        start = self.store.offsets.get(QUEUE_GROUP + self.name, QUEUE_EVENTS_TOPIC, 0)
         if start is None or start < self._events.start_offset:
             start = self._events.start_offset
         for p, log in enumerate(self.topic.partitions):
@@ -212,7 +210,7 @@ class WorkQueue:
             snap = {"partitions": [part.snapshot() for part in self._parts]}
             self._since_checkpoint = 0
             off = self._events.append(b"C" + json.dumps(snap).encode())
-        self.store.offsets.commit(_QUEUE_GROUP + self.name, _EVENTS_TOPIC, {0: off})
+        self.store.offsets.commit(QUEUE_GROUP + self.name, QUEUE_EVENTS_TOPIC, {0: off})
         self._checkpoint_offset = off
 
     def trim_events(self) -> Optional[Dict[str, Any]]:
@@ -525,7 +523,7 @@ class WorkQueue:
         self._check()
         if self.dead_letter is None:
             return 0
-        group = _REDRIVE_GROUP + self.name
+        group = REDRIVE_GROUP + self.name
         dl = self.dead_letter.partitions[0]
         pos = self.store.offsets.get(group, self.dead_letter.name, 0)
         pos = dl.start_offset if pos is None else max(pos, dl.start_offset)
@@ -549,7 +547,7 @@ class WorkQueue:
         if self.dead_letter is None:
             return 0
         dl = self.dead_letter.partitions[0]
-        pos = self.store.offsets.get(_REDRIVE_GROUP + self.name, self.dead_letter.name, 0) or 0
+        pos = self.store.offsets.get(REDRIVE_GROUP + self.name, self.dead_letter.name, 0) or 0
         return max(0, dl.end_offset - max(pos, dl.start_offset))
 
     # ------------------------------------------------------------------ introspection

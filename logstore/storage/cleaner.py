@@ -41,16 +41,17 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
 
-from . import codec
-from .codec import CODEC_MASK
-from .errors import MissingKeyError
+from ..errors import MissingKeyError
+from ..format.decode import DecodedBatch
+from ..format.encode import frame, prepare_batch
+from ..format.header import CODEC_MASK, MAX_BATCH_LENGTH
+from ..format.names import CLEANED, COMPACTION_COMMIT, SWAP
+from .loader import finish_swap
 from .segment import Segment
 
 if TYPE_CHECKING:  # pragma: no cover
     from .log import Log
 
-CLEANED = ".cleaned"
-SWAP = ".swap"
 _ENTRY_BYTES = 24
 
 
@@ -73,7 +74,7 @@ _blake16 = partial(hashlib.blake2b, digest_size=16)
 _digest = methodcaller("digest")
 
 
-def _key_hashes(batch: codec.DecodedBatch) -> np.ndarray:
+def _key_hashes(batch: DecodedBatch) -> np.ndarray:
     """(n, 2) uint64: BLAKE2b-128 of each record's key (C-level map calls: no Python frame per
     key)."""
     data = bytes(batch.data)
@@ -199,11 +200,11 @@ def _clean_segment(log: "Log", seg: Segment, keymap: _KeyMap, horizon_ms: int,
                 headers = ([batch.headers(i) for i in idx]
                            if batch.header_lengths is not None else None)
                 base = int(offsets[idx[0]])
-                prepared = codec.prepare_batch(
+                prepared = prepare_batch(
                     values, keys, headers, ts[idx], 0,
-                    compression=h.attributes & CODEC_MASK, max_bytes=codec.MAX_BATCH_LENGTH,
+                    compression=h.attributes & CODEC_MASK, max_bytes=MAX_BATCH_LENGTH,
                     offset_deltas=offsets[idx] - base)
-                data = codec.frame(prepared, base)
+                data = frame(prepared, base)
             fs.pwrite(fd, data, pos)
             pos += len(data)
         fs.fsync(fd)
@@ -277,9 +278,6 @@ def _refresh_list(log: "Log", sealed: List[Segment]) -> List[Segment]:
     return [by_base.get(s.base_offset, s) for s in sealed]
 
 
-COMMIT = "compaction.commit"
-
-
 def _swap_in(log: "Log", old: List[Segment], cleaned: List[str]) -> None:
     """Put cleaned segments in place with one atomic commit point.
 
@@ -295,25 +293,13 @@ def _swap_in(log: "Log", old: List[Segment], cleaned: List[str]) -> None:
         fs.replace(path, swap)
         swaps.append(swap)
     fs.fsync_dir(d)
-    fs.write_file_atomic(os.path.join(d, COMMIT), "\n".join(
+    fs.write_file_atomic(os.path.join(d, COMPACTION_COMMIT), "\n".join(
         os.path.basename(p) for p in swaps).encode())  # the commit point
     with log._lock:
         for seg, swap in zip(old, swaps):
             finish_swap(fs, swap)
             log._replace_segment(seg)
         fs.fsync_dir(d)
-        fs.unlink(os.path.join(d, COMMIT))
+        fs.unlink(os.path.join(d, COMPACTION_COMMIT))
         fs.fsync_dir(d)
         log._mark_compacted()
-
-
-def finish_swap(fs, swap_path: str) -> None:
-    """Rename ``<base>.log.swap`` over ``<base>.log`` and drop its stale index files."""
-    log_path = swap_path[: -len(SWAP)]
-    fs.replace(swap_path, log_path)
-    stem = log_path[: -len(".log")]
-    for suffix in (".index", ".timeindex"):
-        try:
-            fs.unlink(stem + suffix)
-        except FileNotFoundError:
-            pass

@@ -15,15 +15,14 @@ import time
 import uuid
 from typing import Any, Dict, Optional
 
-from .errors import NotALogError, UnsupportedFormatError
-from .fs import FileSystem
+from ..errors import NotALogError, UnsupportedFormatError
+from ..format.names import CLEAN_SHUTDOWN_NAME, LOCK_NAME, META_NAME, TMP
+from ..fs import FileSystem
 
-META_NAME = "logstore.meta"
-CLEAN_SHUTDOWN_NAME = "clean-shutdown"
 FORMAT_NAME = "logstore-log"
 FORMAT_VERSION = 1
 # Files that may exist in a directory that is not a log yet (a lock, an interrupted atomic write).
-_IGNORABLE = (".lock",)
+_IGNORABLE = (LOCK_NAME,)
 
 
 def read_meta(directory: str) -> Optional[Dict[str, Any]]:
@@ -51,7 +50,7 @@ def read_meta(directory: str) -> Optional[Dict[str, Any]]:
 
 def is_empty_dir(directory: str) -> bool:
     for name in os.listdir(directory):
-        if name in _IGNORABLE or name.endswith(".tmp"):
+        if name in _IGNORABLE or name.endswith(TMP):
             continue
         return False
     return True

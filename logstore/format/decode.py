@@ -1,12 +1,10 @@
-"""Record-batch encoding and decoding: the byte layout of ``segments/FORMAT.md``, in code.
+"""Record-batch decoding: the reader half of ``segments/FORMAT.md``.
 
-A batch is a 64-byte little-endian header followed by a columnar payload (optionally one zstd
-frame) and zero padding to a multiple of 8 bytes. The writer half (:func:`prepare_batch`,
-:func:`prepare_one`, :func:`frame`) and the reader half (:func:`parse_header`,
-:func:`check_header`, :func:`decode`) mirror each other; FORMAT.md is the contract between them.
-
-Columns are decoded with numpy in one call each, so reading a batch costs a handful of C calls
-whatever the number of records; only turning records into Python objects is per-record work.
+:func:`decode` turns a CRC-checked batch into a :class:`DecodedBatch` of numpy columns (parsed
+lazily, cross-checked at first use); :func:`extract_record` / :func:`extract_records` read only
+the column entries of the records asked for (random-access ``get``). Columns are decoded with
+numpy in one call each, so reading a batch costs a handful of C calls whatever the number of
+records; only turning records into Python objects is per-record work. No I/O.
 """
 
 from __future__ import annotations
@@ -15,118 +13,19 @@ import struct
 import threading
 from functools import partial
 from itertools import accumulate, repeat
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import crc32c as _crc32c
 import numpy as np
 import zstandard
 
-from .errors import CorruptLogError, RecordTooLargeError, UnsupportedFormatError
-from .record import Record
-
-MAGIC = b"LSTB"
-FORMAT_VERSION = 1
-HEADER = struct.Struct("<4sIIHHqqqIIIIQ")
-HEADER_SIZE = HEADER.size  # 64
-ALIGN = 8
-CRC_START = 8  # the CRC covers bytes [8, batch_length) of the batch: everything after itself
-
-CODEC_MASK = 0x3
-CODEC_NONE = 0
-CODEC_ZSTD = 1
-CODEC_NAMES = {CODEC_NONE: "none", CODEC_ZSTD: "zstd"}
-ATTR_TIMESTAMPS = 1 << 2  # int64 timestamp-delta column present
-ATTR_OFFSET_DELTAS = 1 << 3  # int32 offset-delta column present (compacted batches have gaps)
-ATTR_KEYS = 1 << 4  # int32 key-length column present
-ATTR_HEADERS = 1 << 5  # int32 headers-length column present
-KNOWN_ATTRS = CODEC_MASK | ATTR_TIMESTAMPS | ATTR_OFFSET_DELTAS | ATTR_KEYS | ATTR_HEADERS
-
-MAX_TIMESTAMP = 2**63 - 1
-# Header fields are uint32; a batch (header + payload + padding) must fit one.
-MAX_BATCH_LENGTH = (1 << 30) + (1 << 20)
-
-# The fields a forward walk needs: magic, length, base offset, last offset delta.
-WALK = struct.Struct("<4s4xI4xq20xI")
-# What stepping over a batch needs (get's walk): magic (as an int), length, base offset, last
-# offset delta (HEADER fields at bytes 0, 8, 16 and 44).
-STEP = struct.Struct("<I4xI4xq20xI")
-MAGIC_INT = int.from_bytes(MAGIC, "little")
-crc32c = _crc32c.crc32c
-_I32 = struct.Struct("<i")
-_I64 = struct.Struct("<q")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
-_PAD = bytes(ALIGN)
-_ZERO_HEADER = bytes(HEADER_SIZE)  # room for the header, packed in place by frame()
-
-
-class BatchHeader(NamedTuple):
-    """The fixed 64-byte header of a batch (see FORMAT.md, "Batch header")."""
-
-    magic: bytes
-    crc: int
-    length: int
-    version: int
-    attributes: int
-    base_offset: int
-    base_timestamp: int
-    max_timestamp: int
-    record_count: int
-    last_offset_delta: int
-    payload_length: int
-    raw_length: int
-    synced_before: int  # bytes of the segment known durable when this batch was written
-
-    @property
-    def last_offset(self) -> int:
-        return self.base_offset + self.last_offset_delta
-
-    @property
-    def next_offset(self) -> int:
-        return self.base_offset + self.last_offset_delta + 1
-
-    @property
-    def codec(self) -> str:
-        return CODEC_NAMES.get(self.attributes & CODEC_MASK, "unknown")
-
-
-class PreparedBatch(NamedTuple):
-    """A batch's payload, encoded before its base offset is known (outside the log's lock)."""
-
-    attributes: int
-    record_count: int
-    last_offset_delta: int
-    base_timestamp: int
-    max_timestamp: int
-    # The payload as pieces (columns, value blob, ...) whose concatenation it is: frame() joins
-    # them once, straight into the framed batch, instead of copying a joined payload again.
-    parts: Tuple[Any, ...]
-    payload_length: int
-    raw_length: int
-
-    @property
-    def framed_length(self) -> int:
-        return _align(HEADER_SIZE + self.payload_length)
-
-
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) & ~(ALIGN - 1)
-
-
-# ----------------------------------------------------------------------------------- writing
+from ..errors import CorruptLogError
+from ..record import Record
+from .header import (
+    ATTR_HEADERS, ATTR_KEYS, ATTR_OFFSET_DELTAS, ATTR_TIMESTAMPS, CODEC_MASK, CODEC_ZSTD, CRC_START, FORMAT_VERSION, HEADER_SIZE, I32, I64, KNOWN_ATTRS, U16, U32,
+    BatchHeader, check_header, check_version, crc32c, int_struct,
+)
 
 _local = threading.local()
-
-
-def _compressor(level: int) -> "zstandard.ZstdCompressor":
-    # ZstdCompressor objects are not thread-safe: one per thread and level.
-    cache = getattr(_local, "compressors", None)
-    if cache is None:
-        cache = _local.compressors = {}
-    comp = cache.get(level)
-    if comp is None:
-        comp = cache[level] = zstandard.ZstdCompressor(level=level)
-    return comp
 
 
 def _decompressor() -> "zstandard.ZstdDecompressor":
@@ -136,423 +35,9 @@ def _decompressor() -> "zstandard.ZstdDecompressor":
     return d
 
 
-def _not_bytes(what: str, index: Optional[int], item: Any) -> TypeError:
-    where = f"{what}" if index is None else f"{what} at index {index}"
-    hint = " (encode it first, e.g. s.encode())" if isinstance(item, str) else ""
-    return TypeError(
-        f"{where} must be bytes-like (bytes, bytearray, memoryview) or None, "
-        f"got {type(item).__name__}{hint}"
-    )
-
-
-def _byte_length(item: Any, what: str, index: Optional[int]) -> int:
-    try:
-        return memoryview(item).nbytes
-    except TypeError:
-        raise _not_bytes(what, index, item) from None
-
-
-def _int32s(values: List[int]) -> bytes:
-    """``values`` as little-endian int32s."""
-    if len(values) <= 4096:
-        return _ints("i", len(values)).pack(*values)
-    return np.array(values, dtype="<i4").tobytes()
-
-
-def _column(items: Sequence[Any], what: str, nullable: bool) -> tuple:
-    """Join bytes-like ``items`` into one blob; return (blob, int32 lengths with -1 for None,
-    as little-endian bytes)."""
-    try:
-        # Common case, in two C-level passes: len() fails on None, join() on non-buffers, and
-        # the sum check catches buffers whose len() is not their byte count.
-        lengths = list(map(len, items))
-        blob = b"".join(items)
-        if sum(lengths) == len(blob):
-            return blob, _int32s(lengths)
-    except TypeError:
-        pass
-    blob, lengths = _column_checked(items, what, nullable)
-    return blob, lengths.astype("<i4").tobytes()
-
-
-def _column_checked(items: Sequence[Any], what: str, nullable: bool) -> tuple:
-    """:func:`_column` for the other cases (None, other buffers, bad items): validates every
-    item and raises the precise TypeError."""
-    n = len(items)
-    has_none = nullable and any(x is None for x in items)
-    present = [x for x in items if x is not None] if has_none else items
-    try:
-        blob = b"".join(present)
-    except TypeError:
-        for i, x in enumerate(items):
-            if x is None and nullable:
-                continue
-            if not isinstance(x, (bytes, bytearray, memoryview)):
-                _byte_length(x, what, i)  # raises for non-buffers; other buffers are fine
-        blob = b"".join(bytes(memoryview(x)) for x in present)
-    if has_none:
-        lengths = np.fromiter(
-            (-1 if x is None else len(x) for x in items), dtype=np.int64, count=n
-        )
-    else:
-        lengths = np.fromiter(map(len, items), dtype=np.int64, count=n)
-    if int(lengths[lengths > 0].sum()) != len(blob):
-        # A multi-byte memoryview: len() counts items, not bytes.
-        lengths = np.array(
-            [-1 if x is None else _byte_length(x, what, i) for i, x in enumerate(items)],
-            dtype=np.int64,
-        )
-    return blob, lengths
-
-
-def encode_headers(headers: Optional[Dict[str, Any]], index: Optional[int] = None) -> bytes:
-    """Encode one record's headers: repeated (u16 name length, UTF-8 name, u32 value length, value)."""
-    if not headers:
-        return b""
-    if not isinstance(headers, dict):
-        raise TypeError(f"headers must be a dict of str -> bytes, got {type(headers).__name__}")
-    parts: List[bytes] = []
-    for name, value in headers.items():
-        if not isinstance(name, str):
-            raise TypeError(f"header names must be str, got {type(name).__name__}")
-        raw_name = name.encode("utf-8")
-        if len(raw_name) > 0xFFFF:
-            raise ValueError("a header name must be at most 65535 bytes in UTF-8")
-        if not isinstance(value, (bytes, bytearray, memoryview)):
-            raise _not_bytes(f"header {name!r}", index, value)
-        value = bytes(value)
-        parts += (_U16.pack(len(raw_name)), raw_name, _U32.pack(len(value)), value)
-    return b"".join(parts)
-
-
-def _timestamps(timestamps: Any, n: int, now_ms: int) -> Optional[np.ndarray]:
-    if timestamps is None:
-        return None
-    try:
-        if len(timestamps) != n:
-            raise ValueError(f"timestamps_ms has {len(timestamps)} items for {n} values")
-    except TypeError:
-        raise TypeError("timestamps_ms must be a sequence of int milliseconds") from None
-    arr = np.asarray(timestamps)
-    if n and arr.dtype.kind not in "iu" and not (
-        arr.dtype == object and all(type(t) is int for t in timestamps)
-    ):
-        raise TypeError("timestamps_ms must be int milliseconds since the epoch")
-    if n and (min(int(arr.min()), 0) < 0 or int(arr.max()) > MAX_TIMESTAMP):
-        raise ValueError(f"timestamps must be in [0, {MAX_TIMESTAMP}] ms")
-    return arr.astype(np.int64)
-
-
-def _check_timestamp(ts: Any) -> int:
-    if isinstance(ts, bool) or not isinstance(ts, (int, np.integer)):
-        raise TypeError(f"timestamp_ms must be an int (milliseconds), got {type(ts).__name__}")
-    ts = int(ts)
-    if not 0 <= ts <= MAX_TIMESTAMP:
-        raise ValueError(f"timestamp_ms must be in [0, {MAX_TIMESTAMP}], got {ts}")
-    return ts
-
-
-def _finish(
-    attrs: int,
-    n: int,
-    last_delta: int,
-    base_ts: int,
-    max_ts: int,
-    parts: Tuple[Any, ...],
-    compression: int,
-    level: int,
-    max_bytes: int,
-) -> PreparedBatch:
-    """``parts``: the raw payload in pieces (bytes-like, byte-sized items)."""
-    raw_length = sum(map(len, parts))
-    if raw_length > max_bytes:
-        raise RecordTooLargeError(
-            f"batch of {n} record(s) encodes to {raw_length} bytes, above "
-            f"max_record_bytes={max_bytes}; nothing was written"
-        )
-    if compression == CODEC_ZSTD and raw_length > 64:
-        packed = _compressor(level).compress(b"".join(parts))
-        if len(packed) < raw_length:  # keep incompressible data raw: cheaper to read
-            return PreparedBatch(attrs | CODEC_ZSTD, n, last_delta, base_ts, max_ts, (packed,),
-                                 len(packed), raw_length)
-    return PreparedBatch(attrs, n, last_delta, base_ts, max_ts, parts, raw_length, raw_length)
-
-
-def prepare_one(
-    value: Any,
-    key: Any,
-    headers: Optional[Dict[str, Any]],
-    timestamp_ms: int,
-    compression: int = CODEC_NONE,
-    level: int = 3,
-    max_bytes: int = MAX_BATCH_LENGTH,
-) -> PreparedBatch:
-    """Encode a one-record batch without numpy (the single-append hot path)."""
-    attrs = 0
-    parts: List[bytes] = []
-    tail: List[Any] = []
-    if key is not None:
-        if type(key) is not bytes:
-            _byte_length(key, "key", None)
-            key = bytes(memoryview(key))
-        attrs |= ATTR_KEYS
-        parts.append(_I32.pack(len(key)))
-        tail.append(key)
-    if value is None:
-        parts.append(b"\xff\xff\xff\xff")
-    else:
-        if type(value) is not bytes:
-            _byte_length(value, "value", None)
-            value = bytes(memoryview(value))
-        parts.append(_I32.pack(len(value)))
-        tail.append(value)
-    if headers:
-        hb = encode_headers(headers)
-        attrs |= ATTR_HEADERS
-        parts.append(_I32.pack(len(hb)))
-        tail.append(hb)
-    return _finish(attrs, 1, 0, timestamp_ms, timestamp_ms, tuple(parts + tail), compression,
-                   level, max_bytes)
-
-
-def check_batch_shape(values: Any, **parallel: Any) -> int:
-    """``len(values)``, after checking that ``values`` is a sequence (not one bytes/str object)
-    and that every given parallel sequence (``keys=...``, ``headers=...``) has as many items.
-    TypeError / ValueError otherwise."""
-    if isinstance(values, (bytes, bytearray, memoryview, str)):
-        raise TypeError("values must be a sequence of bytes-like objects (a list), "
-                        "not a single bytes/str object")
-    n = len(values)
-    for name, seq in parallel.items():
-        if seq is not None and len(seq) != n:
-            raise ValueError(f"{name} has {len(seq)} items for {n} values")
-    return n
-
-
-def prepare_batch(
-    values: Sequence[Any],
-    keys: Optional[Sequence[Any]],
-    headers: Optional[Sequence[Optional[Dict[str, Any]]]],
-    timestamps_ms: Any,
-    now_ms: int,
-    compression: int = CODEC_NONE,
-    level: int = 3,
-    max_bytes: int = MAX_BATCH_LENGTH,
-    offset_deltas: Optional[np.ndarray] = None,
-) -> PreparedBatch:
-    """Encode a batch of ``len(values) >= 1`` records. Validates every argument first."""
-    n = len(values)
-    if n == 0:
-        raise ValueError("a batch needs at least one record")
-    if n > 0x7FFFFFFF:
-        raise ValueError("too many records for one batch")
-    for name, seq in (("keys", keys), ("headers", headers)):
-        if seq is not None and len(seq) != n:
-            raise ValueError(f"{name} has {len(seq)} items for {n} values")
-    attrs = 0
-    columns: List[bytes] = []
-    blobs: List[bytes] = []
-
-    ts = _timestamps(timestamps_ms, n, now_ms)
-    if ts is None:
-        base_ts = max_ts = now_ms
-    else:
-        base_ts = int(ts[0])
-        max_ts = int(ts.max())
-        deltas = ts - base_ts
-        if deltas.any():
-            attrs |= ATTR_TIMESTAMPS
-            columns.append(deltas.astype("<i8").tobytes())
-
-    last_delta = n - 1
-    if offset_deltas is not None:
-        attrs |= ATTR_OFFSET_DELTAS
-        columns.append(np.asarray(offset_deltas, dtype="<i4").tobytes())
-        last_delta = int(offset_deltas[-1])
-
-    if keys is not None and any(k is not None for k in keys):
-        key_blob, key_lens = _column(keys, "key", nullable=True)
-        attrs |= ATTR_KEYS
-        columns.append(key_lens)
-        blobs.append(key_blob)
-
-    value_blob, value_lens = _column(values, "value", nullable=True)
-    columns.append(value_lens)
-    blobs.append(value_blob)
-
-    if headers is not None and any(headers):
-        encoded = [encode_headers(h, i) for i, h in enumerate(headers)]
-        attrs |= ATTR_HEADERS
-        columns.append(np.fromiter(map(len, encoded), dtype="<i4", count=n).tobytes())
-        blobs.append(b"".join(encoded))
-
-    return _finish(attrs, n, last_delta, base_ts, max_ts, (*columns, *blobs), compression, level,
-                   max_bytes)
-
-
-def prepare_from_buffer(
-    data: Any,
-    lengths: Any,
-    timestamp_ms: int,
-    compression: int = CODEC_NONE,
-    level: int = 3,
-    max_bytes: int = MAX_BATCH_LENGTH,
-) -> PreparedBatch:
-    """Encode a batch from one contiguous buffer of values and their lengths (bulk loads)."""
-    blob = memoryview(data).cast("B")
-    lens = np.asarray(lengths)
-    if lens.ndim != 1 or lens.dtype.kind not in "iu":
-        raise TypeError("lengths must be a 1-D array of ints")
-    n = len(lens)
-    if n == 0:
-        raise ValueError("a batch needs at least one record")
-    if int(lens.min()) < 0:
-        raise ValueError("lengths must be >= 0 (use append_batch with None for tombstones)")
-    if int(lens.sum()) != blob.nbytes:
-        raise ValueError(f"lengths add up to {int(lens.sum())} but the buffer has {blob.nbytes} bytes")
-    raw_len = n * 4 + blob.nbytes
-    if raw_len > max_bytes:
-        raise RecordTooLargeError(
-            f"batch of {n} record(s) encodes to {raw_len} bytes, above "
-            f"max_record_bytes={max_bytes}; nothing was written"
-        )
-    return _finish(0, n, n - 1, timestamp_ms, timestamp_ms, (lens.astype("<i4").tobytes(), blob),
-                   compression, level, max_bytes)
-
-
-# The header from byte 8 on (what the CRC covers) followed by the first column entries of a
-# one-record batch: its value length, or its key and value lengths.
-_TAIL_VALUE = struct.Struct("<IHHqqqIIIIQi")
-_TAIL_KEY_VALUE = struct.Struct("<IHHqqqIIIIQii")
-_MAGIC_CRC = struct.Struct("<4sI")
-
-
-def frame_single(base_offset: int, timestamp_ms: int, value: bytes, key: Optional[bytes],
-                 synced_before: int = 0) -> bytes:
-    """Frame a one-record, uncompressed, header-less batch in one go (``append`` hot path).
-
-    Produces exactly the bytes ``frame(prepare_one(...), base_offset)`` would.
-    """
-    if key is None:
-        raw_len = 4 + len(value)
-        length = (HEADER_SIZE + raw_len + 7) & ~7
-        body = b"".join((
-            _TAIL_VALUE.pack(length, FORMAT_VERSION, 0, base_offset, timestamp_ms, timestamp_ms,
-                             1, 0, raw_len, raw_len, synced_before, len(value)),
-            value,
-            _PAD[: length - HEADER_SIZE - raw_len],
-        ))
-    else:
-        raw_len = 8 + len(key) + len(value)
-        length = (HEADER_SIZE + raw_len + 7) & ~7
-        body = b"".join((
-            _TAIL_KEY_VALUE.pack(length, FORMAT_VERSION, ATTR_KEYS, base_offset, timestamp_ms,
-                                 timestamp_ms, 1, 0, raw_len, raw_len, synced_before, len(key),
-                                 len(value)),
-            key,
-            value,
-            _PAD[: length - HEADER_SIZE - raw_len],
-        ))
-    return b"".join((_MAGIC_CRC.pack(MAGIC, crc32c(body)), body))
-
-
-def frame(batch: PreparedBatch, base_offset: int, synced_before: int = 0) -> bytearray:
-    """Give a prepared batch its base offset, header, CRC32C and padding: the bytes to write."""
-    size = HEADER_SIZE + batch.payload_length
-    length = _align(size)
-    # One copy of the payload: header room, the pieces and the padding joined in one go.
-    buf = bytearray().join((_ZERO_HEADER, *batch.parts, _PAD[: length - size]))
-    HEADER.pack_into(
-        buf,
-        0,
-        MAGIC,
-        0,
-        length,
-        FORMAT_VERSION,
-        batch.attributes,
-        base_offset,
-        batch.base_timestamp,
-        batch.max_timestamp,
-        batch.record_count,
-        batch.last_offset_delta,
-        batch.payload_length,
-        batch.raw_length,
-        synced_before,
-    )
-    _U32.pack_into(buf, 4, crc32c(memoryview(buf)[CRC_START:]))
-    return buf
-
-
-# ----------------------------------------------------------------------------------- reading
-
-
-_new_header = partial(tuple.__new__, BatchHeader)
-
-
-def parse_header(buf: Any, pos: int) -> BatchHeader:
-    """Unpack the header at ``pos`` (the caller checked that 64 bytes are there)."""
-    return _new_header(HEADER.unpack_from(buf, pos))
-
-
-def header_problem(h: BatchHeader) -> Optional[str]:
-    """Why the header cannot start a valid batch, or None. Checks only the header itself."""
-    if h.magic != MAGIC:
-        if h.magic == b"\0\0\0\0" and h.length == 0:
-            return "zero bytes where a batch header should be (preallocated or torn tail)"
-        return f"bad magic {h.magic!r}"
-    if h.length < HEADER_SIZE or h.length % ALIGN or h.length > MAX_BATCH_LENGTH:
-        return f"impossible batch length {h.length}"
-    if not (h.length - ALIGN < HEADER_SIZE + h.payload_length <= h.length):
-        return f"payload length {h.payload_length} does not match batch length {h.length}"
-    if h.record_count < 1 or h.last_offset_delta < h.record_count - 1:
-        return f"impossible record count {h.record_count} / last offset delta {h.last_offset_delta}"
-    if h.base_offset < 0 or h.base_timestamp < 0 or h.max_timestamp < 0:
-        return "negative base offset or timestamp"
-    return None
-
-
-def check_header(h: BatchHeader, path: Optional[str], pos: int) -> None:
-    """Raise :class:`CorruptLogError` if the header at ``pos`` cannot start a valid batch."""
-    problem = header_problem(h)
-    if problem:
-        raise CorruptLogError(problem, path, pos)
-
-
-def check_version(h: BatchHeader, path: Optional[str], pos: int) -> None:
-    """Raise :class:`UnsupportedFormatError` for a (CRC-valid) batch of an unknown format.
-
-    Called only after the CRC matched, so that a torn tail is reported as corruption and a
-    batch written by a newer logstore is never mistaken for one (and never truncated).
-    """
-    if h.version == FORMAT_VERSION and not h.attributes & ~KNOWN_ATTRS and (
-            h.attributes & CODEC_MASK) <= CODEC_ZSTD:
-        return
-    if h.version != FORMAT_VERSION:
-        raise UnsupportedFormatError(
-            f"batch at byte {pos} of {path} has format version {h.version}; this logstore "
-            f"reads version {FORMAT_VERSION}"
-        )
-    if h.attributes & ~KNOWN_ATTRS or (h.attributes & CODEC_MASK) > CODEC_ZSTD:
-        raise UnsupportedFormatError(
-            f"batch at byte {pos} of {path} uses unknown attributes 0x{h.attributes:x}"
-        )
-
-
-def crc_ok(buf: Any, pos: int, h: BatchHeader) -> bool:
-    return crc32c(memoryview(buf)[pos + CRC_START : pos + h.length]) == h.crc
-
-
 _SMALL_BATCH = 512  # up to this many records, columns are parsed with struct (no numpy calls)
 _COLUMNS = ("offsets", "timestamps", "key_lengths", "key_offsets", "value_lengths",
             "value_offsets", "header_lengths", "header_offsets")
-_int_structs: Dict[tuple, struct.Struct] = {}
-
-
-def _ints(code: str, n: int) -> struct.Struct:
-    st = _int_structs.get((code, n))
-    if st is None:
-        st = _int_structs[(code, n)] = struct.Struct(f"<{n}{code}")
-    return st
 
 
 def _column_property(name: str, doc: str) -> property:
@@ -678,7 +163,7 @@ class DecodedBatch:
         if len(data) < start:
             raise self._corrupt("batch columns run past the payload")
         if a & ATTR_KEYS:
-            (kl,) = _I32.unpack_from(data, 0)
+            (kl,) = I32.unpack_from(data, 0)
             if kl < -1:
                 raise self._corrupt("negative key length")
             lists["key_lengths"] = [kl]
@@ -688,7 +173,7 @@ class DecodedBatch:
             pos = 4
         else:
             lists["key_lengths"] = lists["key_offsets"] = None
-        (vl,) = _I32.unpack_from(data, pos)
+        (vl,) = I32.unpack_from(data, pos)
         if vl < -1:
             raise self._corrupt("negative value length")
         lists["value_lengths"] = [vl]
@@ -696,7 +181,7 @@ class DecodedBatch:
         if vl > 0:
             start += vl
         if a & ATTR_HEADERS:
-            (hl,) = _I32.unpack_from(data, pos + 4)
+            (hl,) = I32.unpack_from(data, pos + 4)
             if hl < 0:
                 raise self._corrupt("negative header length")
             lists["header_lengths"] = [hl]
@@ -722,12 +207,12 @@ class DecodedBatch:
         lists = self._lists
         if a & ATTR_TIMESTAMPS:
             base = h.base_timestamp
-            ts = [base + d for d in _ints("q", n).unpack_from(data, pos)]
+            ts = [base + d for d in int_struct("q", n).unpack_from(data, pos)]
             pos += 8 * n
         else:
             ts = [h.base_timestamp] * n
         if a & ATTR_OFFSET_DELTAS:
-            od = _ints("i", n).unpack_from(data, pos)
+            od = int_struct("i", n).unpack_from(data, pos)
             pos += 4 * n
             self._check_offsets(od[0], od[-1], all(x < y for x, y in zip(od, od[1:])))
             offs = [h.base_offset + d for d in od]
@@ -863,11 +348,11 @@ class DecodedBatch:
         end = len(raw)
         try:
             while p < end:
-                (nl,) = _U16.unpack_from(raw, p)
+                (nl,) = U16.unpack_from(raw, p)
                 p += 2
                 name = raw[p : p + nl].decode("utf-8")
                 p += nl
-                (vl,) = _U32.unpack_from(raw, p)
+                (vl,) = U32.unpack_from(raw, p)
                 p += 4
                 if p + vl > end or len(name.encode("utf-8")) != nl:
                     raise ValueError
@@ -982,14 +467,11 @@ def decode(
     return DecodedBatch(h, where, data, path, lazy)
 
 
-def codec_id(name: str) -> int:
-    return CODEC_ZSTD if name == "zstd" else CODEC_NONE
-
 
 _SUM_STRUCTS: List[Optional[struct.Struct]] = [None] * 2049  # "<{n}I", by n, made on first use
 
 
-def _lengths_before(buf: Any, col: int, count: int) -> int:
+def lengths_before(buf: Any, col: int, count: int) -> int:
     """Sum of the non-negative int32 lengths among the first ``count`` entries at ``col``
     (-1 marks null and counts 0). ``buf`` is bytes or an mmap. struct beats numpy's call
     overhead for small counts."""
@@ -1015,7 +497,7 @@ def _length_columns(buf: Any, pos: int, n: int, attributes: int, data_start: int
     another from ``data_start`` (keys, then values, then headers). ``(None, None)`` for an
     absent column. Checks what a small batch's parse checks: no length below -1 (below 0 for
     headers) and the lengths adding up to ``end`` exactly; CorruptLogError otherwise."""
-    ints = _ints("i", n)
+    ints = int_struct("i", n)
     out: List[Tuple[Any, Any]] = []
     start = data_start
     for name, flag, minimum in (("key", ATTR_KEYS, -1), ("value", 0, -1),
@@ -1039,14 +521,6 @@ def _length_columns(buf: Any, pos: int, n: int, attributes: int, data_start: int
 
 
 _new_record = partial(tuple.__new__, Record)
-
-
-def check_crc(buf: Any, h: Any, path: Optional[str], file_pos: int, at: int = 0) -> None:
-    """Raise CorruptLogError unless the batch at ``buf[at:]`` matches the CRC32C of its header
-    ``h`` (a BatchHeader or the plain tuple of its fields)."""
-    if crc32c(memoryview(buf)[at + CRC_START : at + h[2]]) != h[1]:
-        raise CorruptLogError("CRC32C mismatch", path, file_pos)
-
 
 def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
                    file_pos: int, at: int = 0, partition: Optional[int] = None,
@@ -1082,7 +556,7 @@ def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
     end = col + h[10]  # payload end
     ts = h[6]
     if a & ATTR_TIMESTAMPS:
-        ts += _I64.unpack_from(buf, col + 8 * j)[0]
+        ts += I64.unpack_from(buf, col + 8 * j)[0]
         col += 8 * n
     kl_pos = -1
     if a & ATTR_KEYS:
@@ -1100,25 +574,25 @@ def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
     kl = 0
     data_start = col  # keys, then values, then headers
     if kl_pos >= 0:
-        (kl,) = _I32.unpack_from(buf, kl_pos + 4 * j)
+        (kl,) = I32.unpack_from(buf, kl_pos + 4 * j)
         if kl >= 0:
-            ks = col + _lengths_before(buf, kl_pos, j)
+            ks = col + lengths_before(buf, kl_pos, j)
             if ks + kl > end:
                 raise CorruptLogError("key runs past the payload", path, file_pos)
             key = bytes(buf[ks : ks + kl])
-    (vl,) = _I32.unpack_from(buf, vl_pos + 4 * j)
+    (vl,) = I32.unpack_from(buf, vl_pos + 4 * j)
     value = None
     if vl >= 0:
         if hl_pos < 0 and (kl_pos >= 0 or 2 * j > n):
             # Values are the payload's last section: locate this one from the end, summing the
             # lengths from j on (fewer entries, and no key-column sum for keyed batches).
-            vs = end - _lengths_before(buf, vl_pos + 4 * j, n - j)
+            vs = end - lengths_before(buf, vl_pos + 4 * j, n - j)
             if vs < data_start:
                 raise CorruptLogError("value lengths exceed the payload", path, file_pos)
         else:
             if kl_pos >= 0:
-                col += _lengths_before(buf, kl_pos, n)
-            vs = col + _lengths_before(buf, vl_pos, j)
+                col += lengths_before(buf, kl_pos, n)
+            vs = col + lengths_before(buf, vl_pos, j)
         if vs + vl > end:
             raise CorruptLogError("value runs past the payload", path, file_pos)
         value = buf[vs : vs + vl]
@@ -1126,10 +600,10 @@ def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
             value = bytes(value)
     headers: Dict[str, bytes] = {}
     if hl_pos >= 0:
-        (hl,) = _I32.unpack_from(buf, hl_pos + 4 * j)
+        (hl,) = I32.unpack_from(buf, hl_pos + 4 * j)
         if kl_pos >= 0 and vl < 0:
-            col += _lengths_before(buf, kl_pos, n)  # (not added above: the value was null)
-        hs = col + _lengths_before(buf, vl_pos, n) + _lengths_before(buf, hl_pos, j)
+            col += lengths_before(buf, kl_pos, n)  # (not added above: the value was null)
+        hs = col + lengths_before(buf, vl_pos, n) + lengths_before(buf, hl_pos, j)
         if hl < 0 or hs + hl > end:
             raise CorruptLogError("headers run past the payload", path, file_pos)
         if hl:
@@ -1164,7 +638,7 @@ def extract_records(buf: Any, h: Any, offsets: Sequence[int], path: Optional[str
         raise CorruptLogError("batch columns run past the payload", path, file_pos)
     tss = None
     if a & ATTR_TIMESTAMPS:
-        tss = _ints("q", n).unpack_from(buf, col)
+        tss = int_struct("q", n).unpack_from(buf, col)
         col += 8 * n
     (kls, kss), (vls, vss), (hls, hss) = _length_columns(buf, col, n, a, at + HEADER_SIZE +
                                                          per * n, end, path, file_pos)

@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .fs import FileSystem
+from ..fs import FileSystem
 
 # Offset index entry: one int64 = (relative_offset << 32) | position, i.e. bytes
 # [position: u32 LE][relative offset: u32 LE, < 2**31]. Entries sorted by relative offset are then sorted

@@ -31,10 +31,14 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from . import codec, meta, recovery
-from .codec import DecodedBatch
-from .config import LogConfig
-from .errors import (
+from . import meta
+
+from . import loader
+from ..format.decode import DecodedBatch, decode, extract_record, extract_records
+from ..format.encode import PreparedBatch, check_batch_shape, check_timestamp, frame, frame_single, prepare_batch, prepare_from_buffer, prepare_one
+from ..format.header import ATTR_OFFSET_DELTAS, BatchHeader, CODEC_MASK, CODEC_NONE, HEADER_SIZE, check_crc, codec_id, crc_ok, header_problem, parse_header
+from ..config import LogConfig
+from ..errors import (
     ConfigError,
     CorruptLogError,
     LogClosedError,
@@ -47,10 +51,11 @@ from .errors import (
     RecordTooLargeError,
     StorageError,
 )
-from .fs import DEFAULT_FS, FileSystem
+from ..fs import DEFAULT_FS, FileSystem
+from ..format.names import DELETED, META_NAME, segment_name
 from .lockfile import DirectoryLock
-from .record import Record
-from .segment import MAX_RELATIVE_OFFSET, Segment, segment_name
+from ..record import Record
+from .segment import MAX_RELATIVE_OFFSET, Segment
 
 DEFAULT_MAX_RECORDS = 1000
 _MAX_INDEX_CAPACITY = 1 << 22
@@ -58,7 +63,7 @@ _WRITEBACK_BYTES = 1 << 20
 _PREALLOCATE_BYTES = 4 << 20  # how far ahead of the data a syncing writer extends the file
 _SPAN_BATCHES = 64  # batches located per hold of the log lock while reading
 # Batches that _records decodes whole (not with get's one-record extraction).
-_WHOLE_BATCH_ATTRS = codec.CODEC_MASK | codec.ATTR_OFFSET_DELTAS
+_WHOLE_BATCH_ATTRS = CODEC_MASK | ATTR_OFFSET_DELTAS
 
 
 def _now_ms() -> int:
@@ -104,7 +109,7 @@ class Log:
         self._next_offset = 0
         self._durable_offset = 0
         self._dir_lock: Optional[DirectoryLock] = None
-        self._codec = codec.codec_id(config.compression)
+        self._codec = codec_id(config.compression)
         self._always = config.fsync == "always" and not readonly
         self._flusher: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -113,7 +118,7 @@ class Log:
         self._cleaner_lock = threading.Lock()  # one retention/compaction pass at a time
         self._cleaner: Optional[threading.Thread] = None
         self.meta: Dict[str, Any] = {}
-        self.recovery_report: Optional[recovery.RecoveryReport] = None
+        self.recovery_report: Optional[loader.RecoveryReport] = None
         # Copies of settings read on every append (attribute lookups on the hot path).
         self._max_record_bytes = config.max_record_bytes
         self._segment_bytes = config.segment_bytes
@@ -161,7 +166,7 @@ class Log:
             found = meta.read_meta(d)
             if found is None and not meta.is_empty_dir(d):
                 raise NotALogError(
-                    f"{d} is not empty and has no {meta.META_NAME}: not a logstore log "
+                    f"{d} is not empty and has no {META_NAME}: not a logstore log "
                     f"(refusing to initialise a log over existing files)")
         self._fs.makedirs(d)
         self._dir_lock = DirectoryLock(d).acquire()
@@ -169,7 +174,7 @@ class Log:
             found = meta.read_meta(d)
             if found is None:
                 if not meta.is_empty_dir(d):
-                    raise NotALogError(f"{d} is not empty and has no {meta.META_NAME}")
+                    raise NotALogError(f"{d} is not empty and has no {META_NAME}")
                 found = meta.create_meta(d, self._fs, {})
             self.meta = found
             self._recover()
@@ -189,10 +194,10 @@ class Log:
 
     def _recover(self) -> None:
         d, fs, cfg = self.path, self._fs, self.config
-        recovery.finish_interrupted_cleanups(d, fs)
+        loader.finish_interrupted_cleanups(d, fs)
         if self.meta.get("settings", {}).get("compacted"):
             self._allow_gaps = True
-        bases = recovery.list_segments(d)
+        bases = loader.list_segments(d)
         if not bases:
             seg = Segment.create(d, 0, fs, cfg.index_interval_bytes, self._index_capacity)
             fs.fsync_dir(d)
@@ -213,14 +218,14 @@ class Log:
             and marker["segment"] == active.base_offset
             and os.path.getsize(active.path) == marker["size"]
             and marker["end_offset"] >= active.base_offset
-            and recovery.marker_matches_segment(active.path, marker)
+            and loader.marker_matches_segment(active.path, marker)
         )
         if clean:
             active.open_active(marker["size"], marker["end_offset"], marker["max_timestamp"],
                                self._index_capacity, trust_indexes=True)
-            self.recovery_report = recovery.RecoveryReport(segment=active.path, clean=True)
+            self.recovery_report = loader.RecoveryReport(segment=active.path, clean=True)
         else:
-            self.recovery_report = recovery.recover_active(active, self._index_capacity)
+            self.recovery_report = loader.recover_active(active, self._index_capacity)
         # From here on, the marker would lie: remove it (durably) before anything is written.
         meta.remove_clean_shutdown(d, fs)
         self._next_offset = self._durable_offset = active.next_offset
@@ -254,11 +259,11 @@ class Log:
                                f"never create a log)")
         found = meta.read_meta(d)
         if found is None:
-            raise NotALogError(f"{d} has no {meta.META_NAME}: not a logstore log")
+            raise NotALogError(f"{d} has no {META_NAME}: not a logstore log")
         self.meta = found
         if found.get("settings", {}).get("compacted"):
             self._allow_gaps = True
-        bases = recovery.list_segments(d)
+        bases = loader.list_segments(d)
         cfg = self.config
         for base, nxt in zip(bases, bases[1:]):
             self._segments.append(
@@ -275,7 +280,7 @@ class Log:
     def _refresh_locked(self) -> None:
         """Catch up with the writer: walk new whole, CRC-valid batches; follow segment rolls."""
         if not self._segments:
-            bases = recovery.list_segments(self.path)
+            bases = loader.list_segments(self.path)
             if not bases:
                 return
             self._bases = []
@@ -290,7 +295,7 @@ class Log:
             self._bases.append(active.base_offset)
         if len(self._segments) > 1 and not os.path.exists(self._segments[0].path):
             # The writer's retention removed old segments: forget them.
-            bases = set(recovery.list_segments(self.path))
+            bases = set(loader.list_segments(self.path))
             keep = [seg for seg in self._segments[:-1] if seg.base_offset in bases]
             for seg in self._segments[:-1]:
                 if seg.base_offset not in bases:
@@ -320,15 +325,15 @@ class Log:
     def _walk_active(self, seg: Segment) -> None:
         file_size = os.fstat(seg.fd).st_size
         pos = seg.size
-        while pos + codec.HEADER_SIZE <= file_size:
-            raw = os.pread(seg.fd, codec.HEADER_SIZE, pos)
-            if len(raw) < codec.HEADER_SIZE:
+        while pos + HEADER_SIZE <= file_size:
+            raw = os.pread(seg.fd, HEADER_SIZE, pos)
+            if len(raw) < HEADER_SIZE:
                 break  # the writer cut its preallocated tail since the fstat (a roll or close)
-            h = codec.parse_header(raw, 0)
-            if codec.header_problem(h) or pos + h.length > file_size:
+            h = parse_header(raw, 0)
+            if header_problem(h) or pos + h.length > file_size:
                 break  # not written yet (or torn): look again next time
             data = os.pread(seg.fd, h.length, pos)
-            if len(data) < h.length or not codec.crc_ok(data, 0, h):
+            if len(data) < h.length or not crc_ok(data, 0, h):
                 break
             seg.size = pos + h.length
             seg._note_batch(pos, h.base_offset, h.max_timestamp)
@@ -389,16 +394,16 @@ class Log:
         timestamp_ms: Optional[int] = None,
     ) -> int:
         """Append one record; return its offset. Durable on return under ``fsync="always"``."""
-        ts = time.time_ns() // 1_000_000 if timestamp_ms is None else codec._check_timestamp(
+        ts = time.time_ns() // 1_000_000 if timestamp_ms is None else check_timestamp(
             timestamp_ms)
         if key is None and self._allow_keyless is False:
             raise MissingKeyError("this log is compacted (cleanup_policy includes 'compact'): "
                                   "every record needs a key")
-        if (headers is None and self._codec == codec.CODEC_NONE and type(value) is bytes
+        if (headers is None and self._codec == CODEC_NONE and type(value) is bytes
                 and (key is None or type(key) is bytes)):
             return self._append_one(value, key, ts, True)
         cfg = self.config
-        prepared = codec.prepare_one(value, key, headers, ts, self._codec,
+        prepared = prepare_one(value, key, headers, ts, self._codec,
                                      cfg.compression_level, cfg.max_record_bytes)
         return self._append_prepared(prepared).start
 
@@ -411,7 +416,7 @@ class Log:
         timestamps_ms: Optional[Sequence[int]] = None,
     ) -> range:
         """Append ``values`` as one batch, atomically (all or nothing); return their offsets."""
-        if codec.check_batch_shape(values, keys=keys, headers=headers) == 0:
+        if check_batch_shape(values, keys=keys, headers=headers) == 0:
             if timestamps_ms is not None and len(timestamps_ms):
                 raise ValueError(f"timestamps_ms has {len(timestamps_ms)} items for 0 values")
             with self._lock:
@@ -423,7 +428,7 @@ class Log:
             raise MissingKeyError(f"this log is compacted: every record needs a key (values[{i}] "
                                   f"has none); nothing was written")
         cfg = self.config
-        prepared = codec.prepare_batch(values, keys, headers, timestamps_ms, _now_ms(),
+        prepared = prepare_batch(values, keys, headers, timestamps_ms, _now_ms(),
                                        self._codec, cfg.compression_level, cfg.max_record_bytes)
         return self._append_prepared(prepared)
 
@@ -436,9 +441,9 @@ class Log:
         if not self._allow_keyless:
             raise MissingKeyError("this log is compacted: append_buffer writes records without "
                                   "keys; use append_batch with keys")
-        ts = _now_ms() if timestamp_ms is None else codec._check_timestamp(timestamp_ms)
+        ts = _now_ms() if timestamp_ms is None else check_timestamp(timestamp_ms)
         cfg = self.config
-        prepared = codec.prepare_from_buffer(data, lengths, ts, self._codec,
+        prepared = prepare_from_buffer(data, lengths, ts, self._codec,
                                              cfg.compression_level, cfg.max_record_bytes)
         return self._append_prepared(prepared)
 
@@ -453,7 +458,7 @@ class Log:
             raise RecordTooLargeError(
                 f"record encodes to {raw_len} bytes, above max_record_bytes="
                 f"{self._max_record_bytes}; nothing was written")
-        framed = (codec.HEADER_SIZE + raw_len + 7) & ~7
+        framed = (HEADER_SIZE + raw_len + 7) & ~7
         with self._lock:
             if self._closed or self.readonly or self._failed is not None:
                 self._check_writable()
@@ -463,7 +468,7 @@ class Log:
             if (active.size + framed > self._segment_bytes or self._segment_ms is not None
                     or base - active.base_offset >= MAX_RELATIVE_OFFSET):
                 active = self._active_for_locked(framed, ts, 0)
-            active.append(codec.frame_single(base, ts, value, key, active.synced_size),
+            active.append(frame_single(base, ts, value, key, active.synced_size),
                           base, base + 1, ts, ts)
             self._next_offset = nxt = base + 1
         if wait and (self._always or self._fsync_records is not None):
@@ -475,18 +480,18 @@ class Log:
         does not wait for the fsync policy (bookkeeping that may be lost in a power failure,
         e.g. queue delivery counts); the next sync covers it."""
         ts = time.time_ns() // 1_000_000
-        if self._codec == codec.CODEC_NONE:
+        if self._codec == CODEC_NONE:
             return self._append_one(value, None, ts, wait)
-        prepared = codec.prepare_one(value, None, None, ts, self._codec,
+        prepared = prepare_one(value, None, None, ts, self._codec,
                                      self.config.compression_level, self.config.max_record_bytes)
         return self._append_prepared(prepared, wait).start
 
-    def _append_prepared(self, p: codec.PreparedBatch, wait: bool = True) -> range:
+    def _append_prepared(self, p: PreparedBatch, wait: bool = True) -> range:
         with self._lock:
             self._check_writable()
             base = self._next_offset
             active = self._active_for_locked(p.framed_length, p.max_timestamp, p.last_offset_delta)
-            data = codec.frame(p, base, active.synced_size)
+            data = frame(p, base, active.synced_size)
             nxt = base + p.last_offset_delta + 1
             active.append(data, base, nxt, p.max_timestamp, p.base_timestamp)
             self._next_offset = nxt
@@ -842,12 +847,12 @@ class Log:
                 found = seg.quick_locate(offset)
                 if found is not None:
                     buf, at, h, pos = found
-                    rec = codec.extract_record(buf, h, offset, seg.path, pos, at)
+                    rec = extract_record(buf, h, offset, seg.path, pos, at)
                     if rec is not None:
                         return rec
             self._check_get_range(offset, end)
             seg, buf, at, h, pos = self._batch_for_locked(offset)
-            rec = codec.extract_record(buf, h, offset, seg.path, pos, at)
+            rec = extract_record(buf, h, offset, seg.path, pos, at)
         if rec is None:
             self._gap(offset, h.base_offset if h.base_offset > offset else offset + 1, seg, pos)
             raise RecordRemovedError(f"offset {offset} was removed by compaction")
@@ -911,9 +916,9 @@ class Log:
                 if stop == k:  # (the located batch must reach the offset: never loop on it)
                     raise CorruptLogError(f"the batch located for offset {offset} ends before "
                                           f"it", path, pos)
-                if h[4] & (codec.CODEC_MASK | codec.ATTR_OFFSET_DELTAS):
+                if h[4] & (CODEC_MASK | ATTR_OFFSET_DELTAS):
                     # Compressed or sparse: decode it once (CRC, decompression, columns).
-                    batch = codec.decode(buf, at, h, path, pos, header_checked=True)
+                    batch = decode(buf, at, h, path, pos, header_checked=True)
                     count = len(batch)
                     for kk in range(k, stop):
                         offset = sorted_offs[kk]
@@ -930,14 +935,14 @@ class Log:
                         raise RecordRemovedError(f"offset {offset} was removed by compaction")
                     # Plain: one CRC check for the batch. A few records: get's column reads
                     # for each; more: read the columns once (~4 records is break-even here).
-                    codec.check_crc(buf, h, path, pos, at)
+                    check_crc(buf, h, path, pos, at)
                     if stop - k >= 4:
-                        recs = codec.extract_records(buf, h, sorted_offs[k:stop], path, pos, at)
+                        recs = extract_records(buf, h, sorted_offs[k:stop], path, pos, at)
                         for kk, rec in zip(range(k, stop), recs):
                             out[order_list[kk]] = rec
                     else:
                         for kk in range(k, stop):
-                            out[order_list[kk]] = codec.extract_record(
+                            out[order_list[kk]] = extract_record(
                                 buf, h, sorted_offs[kk], path, pos, at, None, True)
                 k = stop
         return out
@@ -1007,7 +1012,7 @@ class Log:
                        ) -> Iterator[DecodedBatch]:
         """Iterate stored batches overlapping ``[from_offset, to_offset)`` as decoded column views.
 
-        Each item is a :class:`~logstore.codec.DecodedBatch` with numpy ``offsets``,
+        Each item is a :class:`~logstore.DecodedBatch` with numpy ``offsets``,
         ``timestamps``, ``value_offsets``/``value_lengths`` and ``values_buffer`` (zero-copy over
         the mapped file when uncompressed). The first and last batch may extend beyond the
         range: filter with ``offsets``.
@@ -1030,7 +1035,7 @@ class Log:
             raise ValueError(f"to_offset {to_offset} is below from_offset {from_offset}")
         return from_offset, min(to_offset, end)
 
-    def _spans(self, start: int, stop: int) -> Iterator[Tuple[Any, int, codec.BatchHeader,
+    def _spans(self, start: int, stop: int) -> Iterator[Tuple[Any, int, BatchHeader,
                                                               Segment, int]]:
         """The stored batches covering ``[start, stop)``, in order, as ``(buf, at, header,
         segment, position)``: the batch's bytes are ``buf[at : at + header.length]`` (the
@@ -1084,7 +1089,7 @@ class Log:
                     # Not where the previous batch ended (a compaction gap, a batch before the
                     # cursor, or damage): an intact batch is judged by its offsets, a damaged
                     # one is reported as such, at its own position.
-                    if not codec.crc_ok(buf, at, h):
+                    if not crc_ok(buf, at, h):
                         raise CorruptLogError("CRC32C mismatch", seg.path, p)
                     self._gap(cursor, h.base_offset, seg, p)
                 if h.next_offset <= cursor:
@@ -1095,20 +1100,20 @@ class Log:
     def _batches(self, start: int, stop: int) -> Iterator[DecodedBatch]:
         """Decoded (CRC-checked, lazily parsed) batches covering ``[start, stop)``."""
         for buf, at, h, seg, pos in self._spans(start, stop):
-            yield codec.decode(buf, at, h, seg.path, pos, True, lazy=True)
+            yield decode(buf, at, h, seg.path, pos, True, lazy=True)
 
     def _records(self, start: int, stop: int, partition: Optional[int]) -> Iterator[List[Record]]:
         """Lists of the records in ``[start, stop)``, batch by batch. A one-record batch (one
         ``append``) is read like ``get`` reads it, without building a DecodedBatch."""
         for buf, at, h, seg, pos in self._spans(start, stop):
             if h.record_count == 1 and not h.attributes & _WHOLE_BATCH_ATTRS:
-                rec = codec.extract_record(buf, h, h.base_offset, seg.path, pos, at, partition)
+                rec = extract_record(buf, h, h.base_offset, seg.path, pos, at, partition)
                 if rec is None:  # cannot be: a dense one-record batch holds its base offset
                     raise CorruptLogError("one-record batch without its record", seg.path, pos)
                 if start <= rec.offset < stop:
                     yield [rec]
                 continue
-            batch = codec.decode(buf, at, h, seg.path, pos, True, lazy=True)
+            batch = decode(buf, at, h, seg.path, pos, True, lazy=True)
             j = batch.index_of(start) if h.base_offset < start else 0
             k = batch.index_of(stop) if h.last_offset >= stop else len(batch)
             if j < k:
@@ -1116,7 +1121,7 @@ class Log:
 
     def offset_for_time(self, timestamp_ms: int) -> int:
         """The first offset whose record timestamp is >= ``timestamp_ms`` (``end_offset`` if none)."""
-        ts = codec._check_timestamp(timestamp_ms)
+        ts = check_timestamp(timestamp_ms)
         with self._lock:
             self._check_open()
             if self.readonly:
@@ -1131,7 +1136,7 @@ class Log:
                 for pos, h in seg.iter_headers(seg.position_for_time(ts)):
                     if h.max_timestamp < ts:
                         # Skipping on the header's word: make sure that word is not damaged.
-                        if not codec.crc_ok(seg.read_bytes(pos, h.length), 0, h):
+                        if not crc_ok(seg.read_bytes(pos, h.length), 0, h):
                             raise CorruptLogError("CRC32C mismatch", seg.path, pos)
                         continue
                     batch = seg.batch_at(pos, h)  # CRC-checked: its header can be trusted now
@@ -1192,14 +1197,14 @@ class Log:
                 seg.retired = True
                 for path in (seg.path, seg.index_path, seg.timeindex_path):
                     try:
-                        fs.replace(path, path + recovery.DELETED)
+                        fs.replace(path, path + DELETED)
                     except FileNotFoundError:
                         pass
             fs.fsync_dir(self.path)
             for seg in victims:
                 for path in (seg.path, seg.index_path, seg.timeindex_path):
                     try:
-                        fs.unlink(path + recovery.DELETED)
+                        fs.unlink(path + DELETED)
                     except FileNotFoundError:
                         pass
         except OSError as e:

@@ -25,10 +25,13 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from . import codec
-from .codec import ALIGN, HEADER_SIZE, MAGIC
-from .errors import CorruptLogError
-from .segment import Segment, ScanResult, parse_segment_name
+from ..errors import CorruptLogError
+from ..format.header import ALIGN, HEADER_SIZE, MAGIC, crc_ok, header_problem, parse_header
+from ..format.names import (
+    CLEANED, COMPACTION_COMMIT, DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, TMP,
+    parse_segment_name,
+)
+from .segment import Segment, ScanResult
 
 
 def marker_matches_segment(path: str, marker: dict) -> bool:
@@ -37,7 +40,7 @@ def marker_matches_segment(path: str, marker: dict) -> bool:
     size, last, end = marker["size"], marker["last_batch"], marker["end_offset"]
     if size == 0:
         return last == -1 and end == int(os.path.basename(path).split(".")[0])
-    if not 0 <= last <= size - codec.HEADER_SIZE:
+    if not 0 <= last <= size - HEADER_SIZE:
         return False
     try:
         with open(path, "rb") as f:
@@ -45,11 +48,11 @@ def marker_matches_segment(path: str, marker: dict) -> bool:
             raw = f.read(size - last)
     except OSError:
         return False
-    if len(raw) < codec.HEADER_SIZE:
+    if len(raw) < HEADER_SIZE:
         return False
-    h = codec.parse_header(raw, 0)
-    return (codec.header_problem(h) is None and last + h.length == size
-            and h.next_offset == end and codec.crc_ok(raw, 0, h))
+    h = parse_header(raw, 0)
+    return (header_problem(h) is None and last + h.length == size
+            and h.next_offset == end and crc_ok(raw, 0, h))
 
 
 def list_segments(directory: str) -> List[int]:
@@ -63,9 +66,6 @@ def list_segments(directory: str) -> List[int]:
     return bases
 
 
-DELETED = ".deleted"
-
-
 def finish_interrupted_cleanups(directory: str, fs) -> List[str]:
     """Complete or undo what a crash interrupted; return what was done (for reports).
 
@@ -74,13 +74,11 @@ def finish_interrupted_cleanups(directory: str, fs) -> List[str]:
       over their ``.log`` (the log is as after that pass); otherwise they are deleted (as before).
     * ``*.deleted`` (retention) and index files without their ``.log`` are deleted.
     """
-    from .cleaner import CLEANED, COMMIT, SWAP, finish_swap
-
     done = []
-    committed = os.path.exists(os.path.join(directory, COMMIT))
+    committed = os.path.exists(os.path.join(directory, COMPACTION_COMMIT))
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
-        if name.endswith(".tmp") or name.endswith(CLEANED) or name.endswith(DELETED):
+        if name.endswith(TMP) or name.endswith(CLEANED) or name.endswith(DELETED):
             fs.unlink(path)
             done.append(f"removed {name}")
         elif name.endswith(SWAP):
@@ -92,17 +90,30 @@ def finish_interrupted_cleanups(directory: str, fs) -> List[str]:
                 done.append(f"removed uncommitted {name}")
     if committed:
         fs.fsync_dir(directory)
-        fs.unlink(os.path.join(directory, COMMIT))
-        done.append(f"removed {COMMIT}")
+        fs.unlink(os.path.join(directory, COMPACTION_COMMIT))
+        done.append(f"removed {COMPACTION_COMMIT}")
     for name in os.listdir(directory):
         stem, dot, ext = name.partition(".")
-        if ext in ("index", "timeindex") and parse_segment_name(stem + ".log") is not None \
-                and not os.path.exists(os.path.join(directory, stem + ".log")):
+        if "." + ext in (INDEX_SUFFIX, TIMEINDEX_SUFFIX) \
+                and parse_segment_name(stem + LOG_SUFFIX) is not None \
+                and not os.path.exists(os.path.join(directory, stem + LOG_SUFFIX)):
             fs.unlink(os.path.join(directory, name))
             done.append(f"removed orphan {name}")
     if done:
         fs.fsync_dir(directory)
     return done
+
+
+def finish_swap(fs, swap_path: str) -> None:
+    """Rename ``<base>.log.swap`` over ``<base>.log`` and drop its stale index files."""
+    log_path = swap_path[: -len(SWAP)]
+    fs.replace(swap_path, log_path)
+    stem = log_path[: -len(LOG_SUFFIX)]
+    for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX):
+        try:
+            fs.unlink(stem + suffix)
+        except FileNotFoundError:
+            pass
 
 
 @dataclass
@@ -159,9 +170,9 @@ def valid_batch_after(segment: Segment, start: int, end: int, min_offset: int) -
         if pos < 0:
             return None
         if pos % ALIGN == 0 and pos + HEADER_SIZE <= end:
-            h = codec.parse_header(buf, pos)
-            if (codec.header_problem(h) is None and pos + h.length <= end
-                    and h.base_offset >= min_offset and codec.crc_ok(buf, pos, h)):
+            h = parse_header(buf, pos)
+            if (header_problem(h) is None and pos + h.length <= end
+                    and h.base_offset >= min_offset and crc_ok(buf, pos, h)):
                 return pos
         pos += 1
 
@@ -176,7 +187,7 @@ def synced_before_of_later_batches(segment: Segment, first: int, end: int) -> in
     best = 0
     pos: Optional[int] = first
     while pos is not None:
-        h = codec.parse_header(buf, pos)
+        h = parse_header(buf, pos)
         best = max(best, h.synced_before)
         pos = valid_batch_after(segment, pos + h.length, end, h.next_offset)
     return best

@@ -28,9 +28,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import crc32c as _crc32c
 
-from . import codec
-from .config import LogConfig
-from .errors import (
+from ..config import LogConfig
+from ..format.encode import check_batch_shape, prepare_batch
+from ..errors import (
     ConfigError,
     LogClosedError,
     LogLockedError,
@@ -42,13 +42,15 @@ from .errors import (
     UnsupportedFormatError,
 )
 from . import leases
-from .fs import DEFAULT_FS, FileSystem
-from .lockfile import DirectoryLock
-from .log import Log, _now_ms
+from ..fs import DEFAULT_FS, FileSystem
+from ..storage.lockfile import DirectoryLock
+from ..storage.log import Log, _now_ms
 from .offsets import OffsetStore
-from .record import Record
+from ..format.names import (
+    INTERNAL_DIR, OFFSETS_LOG, STORE_META, TOPIC_META, TOPICS_DIR, LOCK_NAME, topic_dir,
+)
+from ..record import Record
 
-STORE_META = "store.meta"
 STORE_FORMAT = "logstore-store"
 # 2: consumer groups and subscriptions commit into per-partition lease logs (internal/groups);
 #    version 1 stores are upgraded when opened for writing (their commits are read as a fallback).
@@ -190,7 +192,7 @@ class Topic:
         deduplication here: use :meth:`publish` for that.
         """
         self.store._check_writable()
-        n = codec.check_batch_shape(values, keys=keys, headers=headers)
+        n = check_batch_shape(values, keys=keys, headers=headers)
         if n == 0:
             return []
         count = len(self.partitions)
@@ -208,7 +210,7 @@ class Topic:
                 raise MissingKeyError(f"topic {self.name!r} is compacted: every message needs a "
                                       f"key; nothing was published")
             cfg = log.config
-            prepared.append((p, idx, codec.prepare_batch(
+            prepared.append((p, idx, prepare_batch(
                 [values[i] for i in idx], ks,
                 None if headers is None else [headers[i] for i in idx], None, ts,
                 log._codec, cfg.compression_level, cfg.max_record_bytes)))
@@ -290,7 +292,7 @@ class Store:
         if meta is None:
             if self.readonly:
                 raise NotALogError(f"{root} is not a logstore store (no {STORE_META})")
-            if os.path.isdir(root) and [n for n in os.listdir(root) if n != ".lock"]:
+            if os.path.isdir(root) and [n for n in os.listdir(root) if n != LOCK_NAME]:
                 raise NotALogError(f"{root} is not empty and has no {STORE_META}: not a store")
         if not self.readonly:
             self._fs.makedirs(root)
@@ -298,8 +300,8 @@ class Store:
         try:
             if meta is None:
                 meta = {"format": STORE_FORMAT, "version": STORE_VERSION, "id": uuid.uuid4().hex}
-                self._fs.makedirs(os.path.join(root, "topics"))
-                self._fs.makedirs(os.path.join(root, "internal"))
+                self._fs.makedirs(os.path.join(root, TOPICS_DIR))
+                self._fs.makedirs(os.path.join(root, INTERNAL_DIR))
                 self._fs.write_file_atomic(meta_path, json.dumps(meta).encode())
             elif not self.readonly and int(meta.get("version", 1)) < STORE_VERSION:
                 meta = dict(meta, version=STORE_VERSION)
@@ -308,7 +310,7 @@ class Store:
                 leases.remove_trash(root)
             self.meta = meta
             self.offsets = OffsetStore(
-                self._open_internal_log(os.path.join(root, "internal", "offsets"), True))
+                self._open_internal_log(os.path.join(root, OFFSETS_LOG), True))
             interval = self.config.retention_check_interval_s
             if not self.readonly and interval > 0:
                 self._cleaner = threading.Thread(target=self._cleanup_loop, daemon=True,
@@ -408,8 +410,8 @@ class Store:
 
     def _open_topic(self, name: str, partitions: Optional[int],
                     retention: Optional[str] = None) -> Topic:
-        tdir = os.path.join(self.root, "topics", name)
-        meta_path = os.path.join(tdir, "topic.json")
+        tdir = topic_dir(self.root, name)
+        meta_path = os.path.join(tdir, TOPIC_META)
         try:
             with open(meta_path, "rb") as f:
                 tmeta = json.loads(f.read())
@@ -441,7 +443,7 @@ class Store:
 
     def topics(self) -> List[str]:
         """Names of every topic in the store."""
-        tdir = os.path.join(self.root, "topics")
+        tdir = os.path.join(self.root, TOPICS_DIR)
         if not os.path.isdir(tdir):
             return []
         return sorted(n for n in os.listdir(tdir)

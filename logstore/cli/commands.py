@@ -33,9 +33,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import click
 
-from . import __version__
-from . import inspect as insp
-from .errors import (
+from ..version import __version__
+from ..diagnostics import report as insp
+from ..errors import (
     ConfigError,
     CorruptLogError,
     LogLockedError,
@@ -45,7 +45,8 @@ from .errors import (
     OffsetOutOfRangeError,
     UnknownTopicError,
 )
-from .log import Log
+from ..format.names import CLEAN_SHUTDOWN_NAME, META_NAME
+from ..storage.log import Log
 
 @click.group(epilog="Exit status: 0 ok; 1 corrupt data found; 2 usage error (bad option, "
                     "missing path, not a log); 3 locked by a writer; 4 other error "
@@ -1121,7 +1122,7 @@ def _option_value(text: str) -> Any:
 def _open_store(root: str, opts: Dict[str, Any], **defaults: Any) -> Any:
     """Open the store at ``root`` for writing (LogLockedError, exit 3, if a writer has it):
     no background cleanup thread and no msg-id window unless asked for."""
-    from .store import Store
+    from ..views.store import Store
 
     options = dict(defaults)
     options.setdefault("retention_check_interval_s", 0)
@@ -1216,7 +1217,7 @@ def produce(path: str, src: Optional[str], key: Optional[str], batch_size: int, 
 def _produce_store(path: str, src: Optional[str], kb: Optional[bytes], batch_size: int,
                    create: bool, partitions: int, opts: Dict[str, Any], topic: str,
                    partition: Optional[int], quiet: bool) -> None:
-    from .store import validate_name
+    from ..views.store import validate_name
 
     validate_name("topic", topic)
     store = _open_store(path, opts)
@@ -1365,7 +1366,7 @@ def _print_plan(out: _Out, plan: Dict[str, Any], verb: str, indent: str = "") ->
 def _recover_store(path: str, do_apply: bool, as_json: bool, topic: Optional[str],
                    partition: Optional[int], quiet: bool) -> None:
     """`recover` over the logs of a store root: per log as for one log, under the store lock."""
-    from .lockfile import DirectoryLock
+    from ..storage.lockfile import DirectoryLock
 
     targets = insp.resolve_targets(path, topic, partition, internal=True)
     root = insp.store_path(path)[0]
@@ -1440,12 +1441,12 @@ def _recover_store(path: str, do_apply: bool, as_json: bool, topic: Optional[str
 
 def _active_segment(target: Any):
     """A read-only Segment object for the last segment (for logstore.recovery), or None."""
-    from . import recovery
-    from .config import LogConfig
-    from .fs import DEFAULT_FS
-    from .segment import Segment
+    from ..storage import loader
+    from ..config import LogConfig
+    from ..fs import DEFAULT_FS
+    from ..storage.segment import Segment
 
-    bases = recovery.list_segments(target.log_dir)
+    bases = loader.list_segments(target.log_dir)
     if not bases:
         return None
     return Segment(target.log_dir, bases[-1], DEFAULT_FS, LogConfig().index_interval_bytes,
@@ -1453,8 +1454,9 @@ def _active_segment(target: Any):
 
 
 def _recovery_plan(target: Any, report: Any) -> Dict[str, Any]:
-    """What recovery would do, from the verify report and recovery.inspect_active."""
-    from . import meta, recovery
+    """What recovery would do, from the verify report and loader.inspect_active."""
+    from ..storage import meta
+    from ..storage import loader
 
     actions: List[Dict[str, Any]] = []
     unrepairable: List[str] = []
@@ -1463,7 +1465,7 @@ def _recovery_plan(target: Any, report: Any) -> Dict[str, Any]:
     seg = _active_segment(target)
     marker = meta.read_clean_shutdown(target.log_dir)
     if seg is not None:
-        _, rr = recovery.inspect_active(seg)
+        _, rr = loader.inspect_active(seg)
         size = rr.file_bytes
         clean_marker = (marker is not None and marker["segment"] == seg.base_offset
                         and marker["size"] == size)
@@ -1479,7 +1481,7 @@ def _recovery_plan(target: Any, report: Any) -> Dict[str, Any]:
         if (active_bad or marker_bad) and marker is not None:
             actions.append({"action": "remove_marker",
                             "text": f"remove the clean-shutdown marker "
-                                    f"({meta.CLEAN_SHUTDOWN_NAME}) so that the active segment "
+                                    f"({CLEAN_SHUTDOWN_NAME}) so that the active segment "
                                     f"is scanned"})
         if rr.problem and rr.data_after_problem:
             lost = sum(s.records_after_damage for s in report.segments if s.path == seg.path)
@@ -1534,11 +1536,12 @@ def _recovery_plan(target: Any, report: Any) -> Dict[str, Any]:
 
 def _apply_recovery(target: Any, report: Any, plan: Dict[str, Any]) -> Dict[str, Any]:
     """Carry out the plan under the writer's lock (see `recover --help`)."""
-    from . import meta, recovery
-    from .config import LogConfig
-    from .fs import DEFAULT_FS
-    from .lockfile import DirectoryLock
-    from .segment import Segment
+    from ..storage import meta
+    from ..storage import loader
+    from ..config import LogConfig
+    from ..fs import DEFAULT_FS
+    from ..storage.lockfile import DirectoryLock
+    from ..storage.segment import Segment
 
     d = target.log_dir
     cfg = LogConfig()
@@ -1563,10 +1566,10 @@ def _apply_recovery(target: Any, report: Any, plan: Dict[str, Any]) -> Dict[str,
         if "force_truncate" in kinds:
             # Log._recover refuses this case (CorruptLogError); do what it does, forcing the cut.
             meta.remove_clean_shutdown(d, DEFAULT_FS)
-            bases = recovery.list_segments(d)
+            bases = loader.list_segments(d)
             seg = Segment(d, bases[-1], DEFAULT_FS, interval, writable=True)
             try:
-                forced = recovery.recover_active(seg, capacity, force_truncate=True)
+                forced = loader.recover_active(seg, capacity, force_truncate=True)
             finally:
                 seg.close()
                 seg._offset_index = seg._time_index = None  # unmap before Log.open rewrites them
@@ -1647,7 +1650,7 @@ def demo(directory: str, records: int) -> None:
     6. reads by offset and time, a replay; 7. `logstore stats` of the store.
     Run it again to append to the same store.
     """
-    from .store import Store
+    from ..views.store import Store
 
     if os.path.isdir(directory) and os.listdir(directory) and not insp.is_store_root(directory):
         raise NotALogError(f"{directory} is not empty and is not a store (no "
@@ -2135,7 +2138,7 @@ def mirror(store: str, topic: str, servers: tuple, stream: str, subject_prefix: 
     """Mirror TOPIC of the store STORE into a NATS JetStream stream, exactly once and in
     order per partition (needs: pip install 'logstore[nats]')."""
     try:
-        from .mirror import run_mirror_cli
+        from ..mirror.jetstream import run_mirror_cli
     except ImportError as e:
         _error(str(e))
         raise _Exit(EXIT_USAGE)
@@ -2146,7 +2149,3 @@ def mirror(store: str, topic: str, servers: tuple, stream: str, subject_prefix: 
                           echo=lambda line: click.echo(line, err=True))
     if code:
         raise _Exit(code)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main(prog_name="logstore")

@@ -22,15 +22,15 @@ import time
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from . import leases
-from .errors import (
+from ..errors import (
     ConfigError,
     LogClosedError,
     NotAssignedError,
     OffsetOutOfRangeError,
     UnknownTopicError,
 )
-from .log import Log
-from .record import Record
+from ..storage.log import Log
+from ..record import Record
 
 SUBSCRIPTION_PREFIX = "__sub__"
 _POLL_SLICE = 0.05  # also re-check the logs this often while blocked (appends by other paths)

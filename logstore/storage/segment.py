@@ -34,10 +34,11 @@ from typing import Any, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from . import codec
-from .codec import HEADER_SIZE, BatchHeader, DecodedBatch
-from .errors import CorruptLogError, OffsetOutOfRangeError, StorageError
-from .fs import FileSystem
+from ..errors import CorruptLogError, OffsetOutOfRangeError, StorageError
+from ..format.decode import DecodedBatch, decode, extract_record
+from ..format.header import ALIGN, ATTR_OFFSET_DELTAS, BatchHeader, CODEC_MASK, FORMAT_VERSION, HEADER, HEADER_SIZE, KNOWN_ATTRS, MAGIC, MAGIC_INT, MAX_BATCH_LENGTH, MAX_TIMESTAMP, STEP, WALK, check_crc, check_header, crc_ok, header_problem, parse_header
+from ..fs import FileSystem
+from ..format.names import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
 from .index import OffsetIndex, TimeIndex
 
 # Framed batches up to this size are copied into the write mapping, larger ones are written with
@@ -45,23 +46,7 @@ from .index import OffsetIndex, TimeIndex
 # 3.9 vs 4.6 us, 4 KiB 15 vs 14 us, 10 KiB 26 vs 21 us, 100 KiB 160 vs 64 us).
 MAP_WRITE_MAX_BYTES = 2048
 
-LOG_SUFFIX = ".log"
-INDEX_SUFFIX = ".index"
-TIMEINDEX_SUFFIX = ".timeindex"
-NAME_DIGITS = 20
 MAX_RELATIVE_OFFSET = 2**31 - 1  # index entries store offsets relative to the segment base
-
-
-def segment_name(base_offset: int, suffix: str = LOG_SUFFIX) -> str:
-    return f"{base_offset:0{NAME_DIGITS}d}{suffix}"
-
-
-def parse_segment_name(name: str) -> Optional[int]:
-    """Base offset of a ``NNNN....log`` file name, or None for any other name."""
-    stem, dot, ext = name.partition(".")
-    if dot and "." + ext == LOG_SUFFIX and len(stem) == NAME_DIGITS and stem.isdigit():
-        return int(stem)
-    return None
 
 
 def zeros_between(fd: int, pos: int, end: int) -> bool:
@@ -76,7 +61,7 @@ def zeros_between(fd: int, pos: int, end: int) -> bool:
 
 
 # Batches quick_locate leaves to the general path: compressed, with offset deltas, unknown flags.
-_NOT_QUICK = codec.CODEC_MASK | codec.ATTR_OFFSET_DELTAS | ~codec.KNOWN_ATTRS
+_NOT_QUICK = CODEC_MASK | ATTR_OFFSET_DELTAS | ~KNOWN_ATTRS
 
 
 class ScannedBatch(NamedTuple):
@@ -297,10 +282,10 @@ class Segment:
         if pos + HEADER_SIZE > self.size:
             raise CorruptLogError("batch header runs past the end of the segment", self.path, pos)
         if self.use_pread:
-            h = codec.parse_header(self.read_bytes(pos, HEADER_SIZE), 0)
+            h = parse_header(self.read_bytes(pos, HEADER_SIZE), 0)
         else:
-            h = codec.parse_header(self._mapped(pos + HEADER_SIZE), pos)
-        codec.check_header(h, self.path, pos)
+            h = parse_header(self._mapped(pos + HEADER_SIZE), pos)
+        check_header(h, self.path, pos)
         if pos + h.length > self.size:
             raise CorruptLogError("batch runs past the end of the segment", self.path, pos)
         return h
@@ -311,7 +296,7 @@ class Segment:
         ``lazy``: parse its columns at first use (see :class:`DecodedBatch`)."""
         if h is None:
             h = self.header_at(pos)  # validates the header and its bounds
-        return codec.decode(self.read_bytes(pos, h.length), 0, h, self.path, pos, True, lazy)
+        return decode(self.read_bytes(pos, h.length), 0, h, self.path, pos, True, lazy)
 
     # ------------------------------------------------------------------ indexes
     def offset_index(self) -> OffsetIndex:
@@ -354,7 +339,7 @@ class Segment:
         scan = self.scan(0)
         self.rebuild_indexes(scan, None, persist=scan.error is None)
         if scan.error is not None:
-            self.max_timestamp = codec.MAX_TIMESTAMP
+            self.max_timestamp = MAX_TIMESTAMP
 
     def _time_index_agrees(self, oi: OffsetIndex, ti: TimeIndex) -> bool:
         """Check the time index against the log: entry i+1 promises that every record before
@@ -378,9 +363,9 @@ class Segment:
             rel, pos = oi.lookup(rels[i])
             if rel != rels[i] or pos + HEADER_SIZE > self.size:
                 return False
-            h = codec.parse_header(mm, pos) if mm is not None else \
-                codec.parse_header(self.read_bytes(pos, HEADER_SIZE), 0)
-            if codec.header_problem(h) or h.base_offset != self.base_offset + rel \
+            h = parse_header(mm, pos) if mm is not None else \
+                parse_header(self.read_bytes(pos, HEADER_SIZE), 0)
+            if header_problem(h) or h.base_offset != self.base_offset + rel \
                     or tss[i + 1] < h.max_timestamp:
                 return False
         return True
@@ -403,7 +388,7 @@ class Segment:
             self._note_batch(b.position, b.base_offset, b.max_timestamp)
         if self.sealed:
             # A damaged segment's later timestamps are unknown: promise nothing about them.
-            final_ts = max(self.max_timestamp, 0) if scan.error is None else codec.MAX_TIMESTAMP
+            final_ts = max(self.max_timestamp, 0) if scan.error is None else MAX_TIMESTAMP
             self._time_index.append(final_ts, self.next_offset - self.base_offset)
             if self.writable and persist:  # save the rebuilt hints atomically; readers never write
                 try:
@@ -433,8 +418,8 @@ class Segment:
             # Spot-check the hint: the entry must point at the start of the batch it names.
             ok = pos + HEADER_SIZE <= self.size
             if ok and not self.use_pread:
-                magic, length, base, _ = codec.WALK.unpack_from(self._mapped(pos + HEADER_SIZE), pos)
-                ok = magic == codec.MAGIC and base == self.base_offset + rel_hint
+                magic, length, base, _ = WALK.unpack_from(self._mapped(pos + HEADER_SIZE), pos)
+                ok = magic == MAGIC and base == self.base_offset + rel_hint
             elif ok:
                 try:
                     ok = self.header_at(pos).base_offset == self.base_offset + rel_hint
@@ -454,7 +439,7 @@ class Segment:
         uncompressed batches from the hint to the target: one index search, four header fields
         per batch stepped over (from the mapping, or one pread each for a reader's active
         segment), then the target's full header check. Its CRC is the caller's to check
-        (:func:`codec.extract_record` does, or :func:`codec.check_crc` once for several
+        (:func:`extract_record` does, or :func:`check_crc` once for several
         records). Anything else (write buffer, a hint that does not match, a gap, compression,
         any odd header) returns None, and the caller takes the general path, which handles and
         reports every case. Both give the same batch for the same bytes.
@@ -471,8 +456,8 @@ class Segment:
         base_offset = self.base_offset
         rel, pos = oi.lookup(offset - base_offset)
         expect = base_offset + rel
-        step = codec.STEP.unpack_from
-        magic_int = codec.MAGIC_INT
+        step = STEP.unpack_from
+        magic_int = MAGIC_INT
         limit = size - HEADER_SIZE
         while pos <= limit:
             # Batches before the target are stepped over on four fields (about half of a full
@@ -492,12 +477,12 @@ class Segment:
                 return None  # odd or a gap: the general path decides and reports
             expect = base + last_delta + 1
             if expect > offset:
-                h = codec.HEADER.unpack_from(raw, 0 if mm is None else pos)
-                if (length > codec.MAX_BATCH_LENGTH or h[9] != h[8] - 1 or h[8] < 1
-                        or h[4] & _NOT_QUICK or h[3] != codec.FORMAT_VERSION
-                        or not length - codec.ALIGN < HEADER_SIZE + h[10] <= length
+                h = HEADER.unpack_from(raw, 0 if mm is None else pos)
+                if (length > MAX_BATCH_LENGTH or h[9] != h[8] - 1 or h[8] < 1
+                        or h[4] & _NOT_QUICK or h[3] != FORMAT_VERSION
+                        or not length - ALIGN < HEADER_SIZE + h[10] <= length
                         or h[6] < 0 or h[7] < 0):
-                    # (codec.header_problem's checks, on the plain tuple) odd or compressed:
+                    # (header_problem's checks, on the plain tuple) odd or compressed:
                     return None  # the general path decides and reports
                 if mm is None:
                     data = os.pread(fd, length, pos)
@@ -537,8 +522,8 @@ class Segment:
         if pos + HEADER_SIZE > size:
             return None if pos >= size else (pos, self.header_at(pos))  # (the latter raises)
         mm = self._mapped(size)
-        walk = codec.WALK.unpack_from
-        magic_ok = codec.MAGIC
+        walk = WALK.unpack_from
+        magic_ok = MAGIC
         # Tight loop: only magic, length and offsets are read. The batch finally chosen is fully
         # validated (header_at, then its CRC when decoded). When a header on the way looks odd
         # (bad magic or length, offsets not continuing the previous batch) the batches around it
@@ -573,7 +558,7 @@ class Segment:
         if pos < 0:
             return
         h = self.header_at(pos)
-        if not codec.crc_ok(self._mapped(pos + h.length), pos, h):
+        if not crc_ok(self._mapped(pos + h.length), pos, h):
             raise CorruptLogError("CRC32C mismatch", self.path, pos)
 
     def _index_broken(self) -> None:
@@ -634,12 +619,12 @@ class Segment:
                 if end - pos < HEADER_SIZE:
                     raise CorruptLogError("truncated batch header", self.path, pos)
                 raw = buf if buf is not None else os.pread(self.fd, HEADER_SIZE, pos)
-                h = codec.parse_header(raw, pos if buf is not None else 0)
-                codec.check_header(h, self.path, pos)
+                h = parse_header(raw, pos if buf is not None else 0)
+                check_header(h, self.path, pos)
                 if pos + h.length > end:
                     raise CorruptLogError("truncated batch (torn write)", self.path, pos)
                 data = buf if buf is not None else os.pread(self.fd, h.length, pos)
-                codec.decode(data, pos if buf is not None else 0, h, self.path, pos)
+                decode(data, pos if buf is not None else 0, h, self.path, pos)
                 if h.base_offset < expect:
                     raise CorruptLogError(
                         f"batch base offset {h.base_offset} goes back (expected >= {expect})",

@@ -13,8 +13,8 @@ import struct
 import threading
 from typing import Dict, Iterator, Mapping, Optional, Tuple
 
-from .errors import CorruptLogError
-from .log import Log
+from ..errors import CorruptLogError
+from ..storage.log import Log
 
 _OFFSET = struct.Struct("<q")
 Key = Tuple[str, str, int]

@@ -34,23 +34,23 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from . import codec, leases, meta
-from .codec import ALIGN, HEADER_SIZE, MAGIC, BatchHeader, DecodedBatch
-from .errors import CorruptLogError, NotALogError
-from .errors import LogstoreError as LogstoreErrorBase
-from .lockfile import LOCK_NAME
-from .segment import (
-    INDEX_SUFFIX,
-    LOG_SUFFIX,
-    MAX_RELATIVE_OFFSET,
-    TIMEINDEX_SUFFIX,
+from ..views import leases
+
+from ..storage import meta
+from ..format import decode as batch_decode
+from ..format.decode import DecodedBatch
+from ..format.header import ALIGN, ATTR_HEADERS, BatchHeader, HEADER_SIZE, MAGIC, crc_ok, header_problem, parse_header
+from ..errors import CorruptLogError, NotALogError
+from ..errors import LogstoreError as LogstoreErrorBase
+from ..format.names import (
+    CLEAN_SHUTDOWN_NAME, COMPACTION_COMMIT, INDEX_SUFFIX, META_NAME, LOCK_NAME, LOG_SUFFIX, STORE_META, TIMEINDEX_SUFFIX, TOPIC_META,
     parse_segment_name,
-    zeros_between,
 )
+from ..storage.segment import MAX_RELATIVE_OFFSET, zeros_between
 
 CHUNK = 4 << 20  # bytes read per pread when walking a segment
-STORE_META_NAME = "store.meta"
-TOPIC_META_NAME = "topic.json"
+STORE_META_NAME = STORE_META
+TOPIC_META_NAME = TOPIC_META
 LEFTOVER_SUFFIXES = (".tmp", ".cleaned", ".swap")
 OFFSET_ENTRY = np.dtype("<i8")
 TIME_ENTRY = np.dtype([("ts", "<i8"), ("rel", "<i4")])
@@ -199,7 +199,7 @@ def resolve_targets(path: "str | os.PathLike[str]", topic: Optional[str] = None,
     if not os.path.isdir(p):
         raise NotALogError(f"{given} is neither a log directory nor a .log segment file")
     if meta.read_meta(p) is None:  # raises NotALogError/UnsupportedFormatError for bad files
-        raise NotALogError(f"{given} is not a log directory (no {meta.META_NAME})")
+        raise NotALogError(f"{given} is not a log directory (no {META_NAME})")
     owner = _store_of_partition(p)
     if owner is not None:
         return [Target(given, p, topic=owner[1], partition=owner[2], store_root=owner[0])]
@@ -284,7 +284,7 @@ def segment_files(target: Target) -> List[SegmentFile]:
     ends = dict(zip(bases, bases[1:]))
     if target.segment is not None:
         base = parse_segment_name(os.path.basename(target.segment))
-        in_log = base is not None and os.path.exists(os.path.join(target.log_dir, meta.META_NAME))
+        in_log = base is not None and os.path.exists(os.path.join(target.log_dir, META_NAME))
         return [SegmentFile(target.segment, base, in_log and bool(bases) and bases[-1] == base,
                             in_log, ends.get(base) if in_log else None)]
     return [SegmentFile(os.path.join(target.log_dir, f"{b:020d}{LOG_SUFFIX}"), b,
@@ -374,8 +374,8 @@ def _read_one(r: Reader, seg: SegmentFile, pos: int, expect: Optional[int], deco
     buf, i = r.view(pos, HEADER_SIZE)
     if len(buf) - i < HEADER_SIZE:
         return Item(pos, None, None, CorruptLogError("truncated batch header", path, pos))
-    h = codec.parse_header(buf, i)
-    problem = codec.header_problem(h)
+    h = parse_header(buf, i)
+    problem = header_problem(h)
     if problem:
         return Item(pos, None, None, CorruptLogError(problem, path, pos))
     if pos + h.length > end:
@@ -386,7 +386,7 @@ def _read_one(r: Reader, seg: SegmentFile, pos: int, expect: Optional[int], deco
         if len(buf) - i < h.length:
             return Item(pos, h, None, CorruptLogError("truncated batch (torn write)", path, pos))
         try:
-            batch = codec.decode(buf, i, h, path, pos, True)
+            batch = batch_decode.decode(buf, i, h, path, pos, True)
         except CorruptLogError as e:
             return Item(pos, h, None, e)
     if expect is not None and h.base_offset < expect:
@@ -451,11 +451,11 @@ def find_valid_batch(r: Reader, start: int, min_offset: Optional[int] = None) ->
                 raw = data[i : i + HEADER_SIZE]
                 if len(raw) < HEADER_SIZE:
                     raw = os.pread(r.fd, HEADER_SIZE, p)
-                h = codec.parse_header(raw, 0)
-                if (codec.header_problem(h) is None and p + h.length <= end
+                h = parse_header(raw, 0)
+                if (header_problem(h) is None and p + h.length <= end
                         and (min_offset is None or h.base_offset >= min_offset)):
                     body = os.pread(r.fd, h.length, p)
-                    if len(body) == h.length and codec.crc_ok(body, 0, h):
+                    if len(body) == h.length and crc_ok(body, 0, h):
                         return p
             i += 1
         if len(data) < CHUNK:
@@ -471,7 +471,7 @@ def unsynced_damage(r: Reader, epos: int, resume: int) -> bool:
     best = 0
     pos: Optional[int] = resume
     while pos is not None:
-        h = codec.parse_header(os.pread(r.fd, HEADER_SIZE, pos), 0)
+        h = parse_header(os.pread(r.fd, HEADER_SIZE, pos), 0)
         best = max(best, h.synced_before)
         pos = find_valid_batch(r, pos + h.length, h.next_offset)
     return best <= epos
@@ -532,8 +532,8 @@ def _index_start(seg: SegmentFile, r: Reader, offset: int) -> int:
         if erel <= rel and 0 < pos and pos + HEADER_SIZE <= r.size:
             buf, j = r.view(pos, HEADER_SIZE)
             if len(buf) - j >= HEADER_SIZE:
-                h = codec.parse_header(buf, j)
-                if codec.header_problem(h) is None and h.base_offset == seg.base_offset + erel:
+                h = parse_header(buf, j)
+                if header_problem(h) is None and h.base_offset == seg.base_offset + erel:
                     return pos
         i -= 1  # an index is only a hint: a wrong entry just means walking from further back
     return 0
@@ -941,11 +941,11 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
                        topic=target.topic, partition=target.partition,
                        internal=target.internal)
     if target.expanded and (not os.path.isdir(target.log_dir)
-                            or not os.path.exists(os.path.join(target.log_dir, meta.META_NAME))):
+                            or not os.path.exists(os.path.join(target.log_dir, META_NAME))):
         # A store's topic.json promises this partition (or the store an internal log).
         report.problems.append(Problem(
             "damaged", target.log_dir, None,
-            f"{target.label}: the log directory is missing or has no {meta.META_NAME}",
+            f"{target.label}: the log directory is missing or has no {META_NAME}",
             "data damaged: restore the directory from a copy", False))
         return report
     report.writer_pid = writer_pid(target.log_dir)
@@ -1017,7 +1017,7 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
                 table.add(ev.pos, h)
             else:
                 s.records_after_damage += h.record_count
-            if verify and ev.batch is not None and h.attributes & codec.ATTR_HEADERS:
+            if verify and ev.batch is not None and h.attributes & ATTR_HEADERS:
                 try:
                     ev.batch.records()
                 except CorruptLogError as e:
@@ -1132,7 +1132,7 @@ def _check_marker(report: LogReport, problem: Callable[..., None]) -> None:
     if marker is None or not report.segments:
         return
     last = report.segments[-1]
-    name = meta.CLEAN_SHUTDOWN_NAME
+    name = CLEAN_SHUTDOWN_NAME
     if marker["segment"] != last.base_offset or marker["size"] != last.size:
         report.warnings.append(
             f"{name} names segment {marker['segment']} with {marker['size']} bytes but the "
@@ -1154,7 +1154,7 @@ def _check_marker(report: LogReport, problem: Callable[..., None]) -> None:
                 f"{_RECOVER_HINT} removes the marker and rescans the active segment", True)
 
 
-COMMIT_NAME = "compaction.commit"  # logstore.cleaner's commit point
+COMMIT_NAME = COMPACTION_COMMIT
 
 
 def leftover_files(log_dir: str) -> List[Tuple[str, str, str]]:
@@ -1246,8 +1246,8 @@ def queue_state(events_dir: str, checkpoint: Optional[int], bounds: List[Tuple[i
     in flight, or waiting for redelivery), ``delayed`` (nacked with a retry time still in the
     future; messages put with ``delay=`` are counted in ``not_done`` only).
     """
-    from .log import Log
-    from .workqueue import _EVENT, _Partition
+    from ..storage.log import Log
+    from ..views.workqueue import _EVENT, _Partition
 
     now = int(time.time() * 1000) if now_ms is None else now_ms
     parts = [_Partition(start) for start, _ in bounds]
@@ -1339,7 +1339,7 @@ def store_stats(path: "str | os.PathLike[str]", topic: Optional[str] = None,
     ``topic``/``partition`` narrow everything to one topic (partition). ``progress(target)``
     returns the progress callback for the header scan of one log (or None).
     """
-    from .store import Store
+    from ..views.store import Store
 
     given = os.fspath(path)
     targets = resolve_targets(given, topic, partition, internal=True)

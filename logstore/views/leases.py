@@ -41,14 +41,11 @@ import time
 import uuid
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from .errors import CorruptLogError, LogLockedError, NotALogError
-from .fs import FileSystem
-from .log import Log
-from .meta import META_NAME
+from ..errors import CorruptLogError, LogLockedError, NotALogError
+from ..fs import FileSystem
+from ..storage.log import Log
+from ..format.names import GROUP_META, GROUPS_DIR, MEMBERS_DIR, META_NAME
 
-GROUPS_DIR = os.path.join("internal", "groups")
-GROUP_META = "group.json"
-MEMBERS_DIR = "members"
 LEASE_SEGMENT_BYTES = 1 << 20
 COMMIT_KEY = b"next"
 _TRIM_AFTER_RECORDS = 32_768  # > one segment of commits: trimming then drops whole segments

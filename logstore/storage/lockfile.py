@@ -11,9 +11,9 @@ import errno
 import fcntl
 import os
 
-from .errors import LogLockedError
+from ..errors import LogLockedError
+from ..format.names import LOCK_NAME
 
-LOCK_NAME = ".lock"
 
 
 class DirectoryLock:

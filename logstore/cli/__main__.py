@@ -1,0 +1,5 @@
+"""``python -m logstore.cli``: the ``logstore`` command."""
+
+from . import main
+
+main(prog_name="logstore")
