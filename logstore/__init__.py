@@ -32,7 +32,7 @@ from .errors import (
 )
 from .record import Record
 from .storage.log import Log
-from .version import __version__
+from .version import __version__ as __version__
 from .views.durablequeue import DurableQueue, DurableSimpleQueue
 from .views.store import Store, Topic
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 import logstore
 from logstore.diagnostics import report as insp
 from logstore.cli import main
-from logstore.views.store import partition_for_key
+from logstore.views.names import partition_for_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(

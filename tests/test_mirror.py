@@ -88,7 +88,7 @@ def _env():
 def make_store(path, n=N, partitions=PARTITIONS):
     """A store with topic 'orders': n keyed records (some unkeyed, some tombstones, some with
     binary headers), written in batches so setup is quick. Returns per-partition counts."""
-    from logstore.views.store import partition_for_key
+    from logstore.views.names import partition_for_key
 
     per = {p: [] for p in range(partitions)}
     for i in range(n):
@@ -328,7 +328,7 @@ def test_mirror_50k_exactly_once_in_order(cluster, tmp_path):
         # New records are picked up; a second pass publishes only them.
         st.topic("orders").publish(b"late", key=b"user-1")
         assert m.run_once() == 1
-        p = logstore.views.store.partition_for_key(b"user-1", PARTITIONS)
+        p = logstore.views.names.partition_for_key(b"user-1", PARTITIONS)
         counts[p] += 1
     print(f"\n50k mirrored in {took:.1f} s ({N / took:,.0f} records/s)")
     check_stream(cluster.urls, "BASIC", counts, store_path=path)

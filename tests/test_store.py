@@ -17,7 +17,7 @@ from logstore import (
     ReadOnlyError,
     UnknownTopicError,
 )
-from logstore.views.store import partition_for_key
+from logstore.views.names import partition_for_key
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_keyed_messages_keep_order_per_partition(store):
 
 
 def test_partitioner_is_stable_across_processes():
-    code = ("import sys; sys.path.insert(0, %r); from logstore.views.store import partition_for_key;"
+    code = ("import sys; sys.path.insert(0, %r); from logstore.views.names import partition_for_key;"
             "print([partition_for_key(b'key-%%d' %% i, 7) for i in range(50)])"
             % os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     outs = set()

@@ -45,7 +45,7 @@ from ..errors import (
     OffsetOutOfRangeError,
     UnknownTopicError,
 )
-from ..format.names import CLEAN_SHUTDOWN_NAME, META_NAME
+from ..format.names import CLEAN_SHUTDOWN_NAME
 from ..storage.log import Log
 
 @click.group(epilog="Exit status: 0 ok; 1 corrupt data found; 2 usage error (bad option, "
@@ -1217,7 +1217,7 @@ def produce(path: str, src: Optional[str], key: Optional[str], batch_size: int, 
 def _produce_store(path: str, src: Optional[str], kb: Optional[bytes], batch_size: int,
                    create: bool, partitions: int, opts: Dict[str, Any], topic: str,
                    partition: Optional[int], quiet: bool) -> None:
-    from ..views.store import validate_name
+    from ..views.names import validate_name
 
     validate_name("topic", topic)
     store = _open_store(path, opts)

@@ -55,6 +55,7 @@ from ..fs import DEFAULT_FS, FileSystem
 from ..format.names import DELETED, META_NAME, segment_name
 from .lockfile import DirectoryLock
 from ..record import Record
+from ..util import check_offset, now_ms
 from .segment import MAX_RELATIVE_OFFSET, Segment
 
 DEFAULT_MAX_RECORDS = 1000
@@ -66,14 +67,6 @@ _SPAN_BATCHES = 64  # batches located per hold of the log lock while reading
 _WHOLE_BATCH_ATTRS = CODEC_MASK | ATTR_OFFSET_DELTAS
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _check_offset(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return int(value)
 
 
 class Log:
@@ -428,7 +421,7 @@ class Log:
             raise MissingKeyError(f"this log is compacted: every record needs a key (values[{i}] "
                                   f"has none); nothing was written")
         cfg = self.config
-        prepared = prepare_batch(values, keys, headers, timestamps_ms, _now_ms(),
+        prepared = prepare_batch(values, keys, headers, timestamps_ms, now_ms(),
                                        self._codec, cfg.compression_level, cfg.max_record_bytes)
         return self._append_prepared(prepared)
 
@@ -441,7 +434,7 @@ class Log:
         if not self._allow_keyless:
             raise MissingKeyError("this log is compacted: append_buffer writes records without "
                                   "keys; use append_batch with keys")
-        ts = _now_ms() if timestamp_ms is None else check_timestamp(timestamp_ms)
+        ts = now_ms() if timestamp_ms is None else check_timestamp(timestamp_ms)
         cfg = self.config
         prepared = prepare_from_buffer(data, lengths, ts, self._codec,
                                              cfg.compression_level, cfg.max_record_bytes)
@@ -834,7 +827,7 @@ class Log:
     def get(self, offset: int) -> Record:
         """The record at ``offset``. Raises OffsetOutOfRangeError outside [start, end)."""
         if type(offset) is not int:
-            offset = _check_offset("offset", offset)
+            offset = check_offset("offset", offset)
         with self._lock:
             if self._closed:
                 self._check_open()
@@ -874,7 +867,7 @@ class Log:
         """
         wanted = offsets if isinstance(offsets, list) else list(offsets)
         if not all(type(o) is int for o in wanted):
-            wanted = [_check_offset("offset", o) for o in wanted]
+            wanted = [check_offset("offset", o) for o in wanted]
         n = len(wanted)
         if n == 0:
             with self._lock:
@@ -962,7 +955,7 @@ class Log:
 
     def _read(self, offset: int, max_records: int, max_bytes: Optional[int],
               partition: Optional[int]) -> List[Record]:
-        offset = _check_offset("offset", offset)
+        offset = check_offset("offset", offset)
         if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
             raise ValueError(f"max_records must be an int >= 1, got {max_records!r}")
         if max_bytes is not None and (isinstance(max_bytes, bool) or
@@ -1021,7 +1014,7 @@ class Log:
         return self._batches(start, stop)
 
     def _replay_bounds(self, from_offset: int, to_offset: Optional[int]):
-        from_offset = _check_offset("from_offset", from_offset)
+        from_offset = check_offset("from_offset", from_offset)
         with self._lock:
             self._check_open()
             if self.readonly:
@@ -1030,7 +1023,7 @@ class Log:
             self._check_range(from_offset, end)
         if to_offset is None:
             return from_offset, end
-        to_offset = _check_offset("to_offset", to_offset)
+        to_offset = check_offset("to_offset", to_offset)
         if to_offset < from_offset:
             raise ValueError(f"to_offset {to_offset} is below from_offset {from_offset}")
         return from_offset, min(to_offset, end)
@@ -1159,7 +1152,7 @@ class Log:
         removed: List[Segment] = []
         with self._cleaner_lock, self._lock:
             self._check_writable()
-            now = _now_ms()
+            now = now_ms()
             sealed = self._segments[:-1]
             for seg in sealed:
                 seg._ensure_size()

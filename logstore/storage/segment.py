@@ -35,8 +35,8 @@ from typing import Any, Iterator, List, NamedTuple, Optional, Tuple
 import numpy as np
 
 from ..errors import CorruptLogError, OffsetOutOfRangeError, StorageError
-from ..format.decode import DecodedBatch, decode, extract_record
-from ..format.header import ALIGN, ATTR_OFFSET_DELTAS, BatchHeader, CODEC_MASK, FORMAT_VERSION, HEADER, HEADER_SIZE, KNOWN_ATTRS, MAGIC, MAGIC_INT, MAX_BATCH_LENGTH, MAX_TIMESTAMP, STEP, WALK, check_crc, check_header, crc_ok, header_problem, parse_header
+from ..format.decode import DecodedBatch, decode
+from ..format.header import ALIGN, ATTR_OFFSET_DELTAS, BatchHeader, CODEC_MASK, FORMAT_VERSION, HEADER, HEADER_SIZE, KNOWN_ATTRS, MAGIC, MAGIC_INT, MAX_BATCH_LENGTH, MAX_TIMESTAMP, STEP, WALK, check_header, crc_ok, header_problem, parse_header
 from ..fs import FileSystem
 from ..format.names import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
 from .index import OffsetIndex, TimeIndex

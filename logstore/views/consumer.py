@@ -31,6 +31,7 @@ from ..errors import (
 )
 from ..storage.log import Log
 from ..record import Record
+from .names import validate_name
 
 SUBSCRIPTION_PREFIX = "__sub__"
 _POLL_SLICE = 0.05  # also re-check the logs this often while blocked (appends by other paths)
@@ -380,8 +381,6 @@ class Subscription(Consumer):
     ``Store.subscribe``). Positions persist across reopen; ``store.unsubscribe`` removes it."""
 
     def __init__(self, store, name: str, topic, start: str = "latest"):
-        from .store import validate_name
-
         validate_name("subscription", name)
         self.name = name
         super().__init__(store, SUBSCRIPTION_PREFIX + name, topic, start, _internal=True)

@@ -21,12 +21,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import threading
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import crc32c as _crc32c
 
 from ..config import LogConfig
 from ..format.encode import check_batch_shape, prepare_batch
@@ -44,43 +42,23 @@ from ..errors import (
 from . import leases
 from ..fs import DEFAULT_FS, FileSystem
 from ..storage.lockfile import DirectoryLock
-from ..storage.log import Log, _now_ms
+from ..storage.log import Log
+from .names import partition_for_key, validate_name
 from .offsets import OffsetStore
 from ..format.names import (
     INTERNAL_DIR, OFFSETS_LOG, STORE_META, TOPIC_META, TOPICS_DIR, LOCK_NAME, topic_dir,
 )
 from ..record import Record
+from ..util import now_ms
 
 STORE_FORMAT = "logstore-store"
 # 2: consumer groups and subscriptions commit into per-partition lease logs (internal/groups);
 #    version 1 stores are upgraded when opened for writing (their commits are read as a fallback).
 STORE_VERSION = 2
 MSG_ID_HEADER = "x-msg-id"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 MAX_PARTITIONS = 4096
 
 
-def validate_name(kind: str, name: Any) -> str:
-    """Topic/queue/subscription names: 1-200 of [A-Za-z0-9._-], not starting with '.', '_' or '-'.
-
-    This excludes path tricks ('..', '/', NUL), empty and overlong names, and the reserved
-    internal namespace.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"{kind} name must be a str, got {type(name).__name__}")
-    if not _NAME.match(name) or ".." in name:
-        raise ConfigError(
-            f"invalid {kind} name {name!r}: use 1-200 characters from A-Z a-z 0-9 . _ -, "
-            f"starting with a letter or digit, without '..'")
-    return name
-
-
-def partition_for_key(key: bytes, partitions: int) -> int:
-    """The partition of a keyed message: CRC32C of the key modulo the partition count.
-
-    Stable across processes, machines and Python versions (unlike ``hash()``).
-    """
-    return _crc32c.crc32c(key) % partitions
 
 
 class Topic:
@@ -104,7 +82,7 @@ class Topic:
 
     def _load_dedup(self) -> None:
         """Rebuild the msg-id window from the records published within it (survives reopen)."""
-        since = max(0, _now_ms() - int(self.store.dedup_window_s * 1000))
+        since = max(0, now_ms() - int(self.store.dedup_window_s * 1000))
         found = []
         for p, log in enumerate(self.partitions):
             for rec in log.replay(log.offset_for_time(since)):
@@ -153,13 +131,13 @@ class Topic:
             partition = self.partition_of(key)
         elif not isinstance(partition, int) or not 0 <= partition < len(self.partitions):
             raise UnknownTopicError(f"topic {self.name!r} has no partition {partition!r}")
-        ts = _now_ms() if timestamp_ms is None else timestamp_ms
+        ts = now_ms() if timestamp_ms is None else timestamp_ms
         log = self.partitions[partition]
         if msg_id is not None:
             if not isinstance(msg_id, str) or not msg_id:
                 raise TypeError("msg_id must be a non-empty str")
             with self._dedup_lock:
-                self._expire_dedup(_now_ms())
+                self._expire_dedup(now_ms())
                 seen = self._dedup.get(msg_id)
                 if seen is not None:
                     return seen[0], seen[1]
@@ -201,7 +179,7 @@ class Topic:
         for i in range(n):
             key = None if keys is None else keys[i]
             groups.setdefault(unkeyed if key is None else self.partition_of(key), []).append(i)
-        ts = _now_ms()
+        ts = now_ms()
         prepared = []
         for p, idx in groups.items():
             log = self.partitions[p]

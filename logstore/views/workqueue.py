@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
 import random
 import struct
 import threading
@@ -34,9 +33,9 @@ import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..errors import AckError, ConfigError, LogClosedError, QueueFullError
-from ..storage.log import _now_ms
 from ..format.names import QUEUE_EVENTS_TOPIC, QUEUE_GROUP, REDRIVE_GROUP, queue_events_dir
 from ..record import Record
+from ..util import now_ms
 
 _EVENT = struct.Struct("<cIqIq")  # kind, partition, offset, count, time (ms)
 CHECKPOINT_EVERY = 20_000  # events between checkpoints (bounds replay at open)
@@ -325,7 +324,7 @@ class WorkQueue:
         not_before = None
         if delay:
             headers = dict(headers or {})
-            not_before = _now_ms() + int(delay * 1000)
+            not_before = now_ms() + int(delay * 1000)
             headers[NOT_BEFORE_HEADER] = str(not_before).encode()
         ts = time.time_ns() // 1_000_000
         p, off = self.topic.publish(value, key, headers, timestamp_ms=ts)
@@ -478,7 +477,7 @@ class WorkQueue:
         if delay is None:
             base, cap = self.backoff
             delay = random.uniform(0, min(cap, base * 2 ** (msg.delivery_count - 1)))
-        not_before = _now_ms() + int(delay * 1000)
+        not_before = now_ms() + int(delay * 1000)
         try:
             self._event(b"N", msg.partition, msg.offset, msg.delivery_count, not_before)
         except BaseException:
@@ -556,11 +555,11 @@ class WorkQueue:
         (age of the oldest message not yet done), ``total`` (not yet done)."""
         with self._mutex:
             self._check()
-            now_ms = _now_ms()
-            doomed = self._maintain(time.monotonic(), now_ms)
+            now = now_ms()
+            doomed = self._maintain(time.monotonic(), now)
             for p in range(len(self._parts)):
                 while self._parts[p].scan < self.topic.partitions[p].end_offset:
-                    self._scan(p, now_ms, 10_000)
+                    self._scan(p, now, 10_000)
             in_flight = sum(len(pt.inflight) for pt in self._parts)
             delayed = sum(len({o for _, o in pt.delayed if o not in pt.done and o >= pt.low})
                           for pt in self._parts)
@@ -578,7 +577,7 @@ class WorkQueue:
             "in_flight": in_flight,
             "delayed": delayed,
             "dead_lettered": self.dead_lettered(),
-            "oldest_age_s": 0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000.0),
+            "oldest_age_s": 0.0 if oldest is None else max(0.0, (now - oldest) / 1000.0),
             "total": total,
         }
 
