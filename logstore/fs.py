@@ -9,6 +9,7 @@ made durable.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 
@@ -64,8 +65,6 @@ class FileSystem:
 
     def fdatasync(self, fd: int) -> None:
         if sys.platform == "darwin":  # pragma: no cover - fsync on macOS does not reach the disk
-            import fcntl
-
             fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
         elif hasattr(os, "fdatasync"):
             os.fdatasync(fd)
@@ -74,8 +73,6 @@ class FileSystem:
 
     def fsync(self, fd: int) -> None:
         if sys.platform == "darwin":  # pragma: no cover
-            import fcntl
-
             fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
         else:
             os.fsync(fd)

@@ -330,8 +330,8 @@ class SimFS(FileSystem):
             lock = getattr(log, "_dir_lock", None)
             if lock is not None:
                 lock.release()
-            for seg in getattr(log, "_segments", []):
-                seg._map = None
+            for seg in log._segs.items:
+                seg.close_mappings()
         with self._mutex:
             fds = list(self._fds)
             self._fds.clear()

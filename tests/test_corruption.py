@@ -43,12 +43,10 @@ def crash(log: Log, trim: bool = True) -> None:
     ``trim``: also cut the active segment's preallocated, never-written zero bytes, so that a
     test can append bytes right after the data (a killed writer leaves them: ``trim=False``).
     """
-    log._dir_lock.release()
-    active = log._segments[-1]
+    active = log.segments()[-1]
+    log.abandon()
     if trim:
-        os.truncate(active.path, active.size)
-    for seg in log._segments:
-        seg.close()
+        os.truncate(active["path"], active["size"])
 
 
 def random_op(log: Log, rng: random.Random, expected: list) -> None:
@@ -118,7 +116,7 @@ def layout(path):
     ro = Log.open(path, readonly=True)
     try:
         out = []
-        for seg in ro._segments:
+        for seg in ro._segs.items:
             scan = seg.scan(0)
             assert scan.error is None, scan.error
             out.append((seg.path, seg.base_offset, scan.batches))

@@ -529,7 +529,7 @@ def _crashed_log_with_torn_tail(d):
     for i in range(5):
         log.append(b"x%d" % i)
     seg = log.segments()[-1]["path"]
-    log._dir_lock.release()  # the process "dies": no close()
+    log.abandon()  # the process "dies": no close()
     with open(seg, "ab") as f:
         f.write(b"LSTB" + b"\x01" * 100)
 

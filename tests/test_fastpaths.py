@@ -31,7 +31,7 @@ batches = st.lists(st.lists(record, min_size=1, max_size=12), min_size=1, max_si
 
 
 def segment_of(log: Log, offset: int):
-    return log._segments[bisect.bisect_right(log._bases, offset) - 1]
+    return log._segs.items[bisect.bisect_right(log._segs.bases, offset) - 1]
 
 
 def quick_get(seg, offset: int):

@@ -182,9 +182,9 @@ def test_interrupted_group_commit_leader_hands_over(tmp_path):
     for t in followers:
         t.start()
     deadline = time.time() + 10
-    while len(log._sync_waiters) < 3 and time.time() < deadline:
+    while log._sync.waiting < 3 and time.time() < deadline:
         time.sleep(0.001)
-    assert len(log._sync_waiters) == 3  # parked behind the leader
+    assert log._sync.waiting == 3  # parked behind the leader
     assert log.durable_offset == 1
     release.set()
     for t in [t0] + followers:
@@ -220,7 +220,7 @@ def test_appender_interrupted_while_parked_leaves_the_others_working(tmp_path):
 
     def interrupt_when_parked():
         deadline = time.time() + 10
-        while len(log._sync_waiters) < 2 and time.time() < deadline:
+        while log._sync.waiting < 2 and time.time() < deadline:
             time.sleep(0.001)
         os.kill(os.getpid(), signal.SIGINT)
 
@@ -229,7 +229,7 @@ def test_appender_interrupted_while_parked_leaves_the_others_working(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         log.append(b"main")  # parks behind the leader, then the interrupt arrives
     killer.join(10)
-    assert len(log._sync_waiters) == 1  # only the other waiter is still parked
+    assert log._sync.waiting == 1  # only the other waiter is still parked
     release.set()
     leader.join(10)
     waiter.join(10)

@@ -89,9 +89,7 @@ def _build(directory: str, clean: bool) -> None:
     if clean:
         log.close()
     else:  # the writer dies: no clean-shutdown marker, active indexes preallocated
-        log._dir_lock.release()
-        for seg in log._segments:
-            seg._map = None
+        log.abandon()
 
 
 class Template:
@@ -423,7 +421,7 @@ def make(d, compression):
         log.append_batch([b"record-%d " % i * 40 for i in range(20)])
         log.append(b"last" * 30)
     log = logstore.Log.open(d)  # leave it "crashed": recovery scans the segment
-    log._dir_lock.release()
+    log.abandon()
     return os.path.join(d, "00000000000000000000.log")
 
 def fix(buf, pos=0):

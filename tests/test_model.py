@@ -259,9 +259,7 @@ class LogMachine(RuleBasedStateMachine):
     def crash(self):
         """A process crash: no close(), no clean-shutdown marker, the lock dies with the fds."""
         old = self.log
-        old._dir_lock.release()
-        for seg in old._segments:
-            seg.close()
+        old.abandon()
         self.log = None
         assert not os.path.exists(os.path.join(self.path, CLEAN_MARKER))
         self.open()

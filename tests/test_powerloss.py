@@ -330,12 +330,7 @@ def test_process_crash_then_power_loss_keeps_what_reopen_called_durable(tmp_path
     log = logstore.Log.open(root, fs=fs, fsync="never")
     log.append_batch([b"written-not-synced-%d" % i for i in range(5)])
     # The process dies (SIGKILL): no close(); the machine (page cache) keeps running.
-    log._dir_lock.release()
-    for seg in log._segments:
-        seg._map = None
-        if seg.fd is not None:
-            os.close(seg.fd)
-            seg.fd = None
+    log.abandon()
     log = logstore.Log.open(root, fs=fs, fsync="always")  # recovery: finds the 5 records
     promised = log.durable_offset
     seen = [r.value for r in log.replay()]  # under "always", readers see only durable records
@@ -444,9 +439,7 @@ def test_zeroed_sector_in_fsynced_data_is_not_truncated_silently(tmp_path):
     for i in range(100):
         log.append(b"acked-%03d-" % i * 8)  # every one fsynced before append returned
     seg = log.segments()[-1]["path"]
-    log._dir_lock.release()  # the process dies; nothing is lost: all of it was fsynced
-    for s in log._segments:
-        s._map = None
+    log.abandon()  # the process dies; nothing is lost: all of it was fsynced
     with open(seg, "r+b") as f:  # later, the disk returns zeros for one sector
         f.seek(4096)
         f.write(bytes(512))

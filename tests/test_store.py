@@ -292,3 +292,34 @@ def test_publish_batch_bad_input_writes_nothing(tmp_path):
             ro.topic("t").publish_batch([b"x"])
     finally:
         ro.close()
+
+
+def test_seek_to_beginning_end_and_start_offsets(tmp_path):
+    s = logstore.Store.open(str(tmp_path / "s"), fsync="never", segment_bytes=1024,
+                            retention_check_interval_s=0)
+    try:
+        t = s.topic("t", partitions=2)
+        for j in range(40):  # many small batches: several segments per partition
+            t.publish_batch([b"x%03d" % i * 20 for i in range(5)],
+                            keys=[b"k%d" % i for i in range(5)])
+        for log in t.partitions:
+            log.enforce_retention(keep_from=log.end_offset // 2)  # drop some old segments
+        starts, ends = t.start_offsets(), t.end_offsets()
+        assert all(starts[p] > 0 for p in starts) and all(starts[p] < ends[p] for p in starts)
+        assert starts == {p: log.start_offset for p, log in enumerate(t.partitions)}
+        g = s.consumer("g", "t")
+        g.seek_to_end()
+        assert g.poll(1000) == []
+        assert {p: g.position(p) for p in g.assignment()} == ends
+        g.seek_to_beginning()
+        assert {p: g.position(p) for p in g.assignment()} == starts
+        got = []
+        while True:
+            recs = g.poll(1000)
+            if not recs:
+                break
+            got += recs
+        assert len(got) == sum(ends[p] - starts[p] for p in ends)
+        g.close()
+    finally:
+        s.close()

@@ -46,7 +46,10 @@ from ..errors import (
     UnknownTopicError,
 )
 from ..format.names import CLEAN_SHUTDOWN_NAME
+from ..storage.index import index_capacity
 from ..storage.log import Log
+from ..storage.segments import list_segments
+from ..storage.tail import inspect_active
 
 @click.group(epilog="Exit status: 0 ok; 1 corrupt data found; 2 usage error (bad option, "
                     "missing path, not a log); 3 locked by a writer; 4 other error "
@@ -1441,12 +1444,11 @@ def _recover_store(path: str, do_apply: bool, as_json: bool, topic: Optional[str
 
 def _active_segment(target: Any):
     """A read-only Segment object for the last segment (for logstore.recovery), or None."""
-    from ..storage import loader
     from ..config import LogConfig
     from ..fs import DEFAULT_FS
     from ..storage.segment import Segment
 
-    bases = loader.list_segments(target.log_dir)
+    bases = list_segments(target.log_dir)
     if not bases:
         return None
     return Segment(target.log_dir, bases[-1], DEFAULT_FS, LogConfig().index_interval_bytes,
@@ -1456,7 +1458,6 @@ def _active_segment(target: Any):
 def _recovery_plan(target: Any, report: Any) -> Dict[str, Any]:
     """What recovery would do, from the verify report and loader.inspect_active."""
     from ..storage import meta
-    from ..storage import loader
 
     actions: List[Dict[str, Any]] = []
     unrepairable: List[str] = []
@@ -1465,7 +1466,7 @@ def _recovery_plan(target: Any, report: Any) -> Dict[str, Any]:
     seg = _active_segment(target)
     marker = meta.read_clean_shutdown(target.log_dir)
     if seg is not None:
-        _, rr = loader.inspect_active(seg)
+        _, rr = inspect_active(seg)
         size = rr.file_bytes
         clean_marker = (marker is not None and marker["segment"] == seg.base_offset
                         and marker["size"] == size)
@@ -1537,7 +1538,6 @@ def _recovery_plan(target: Any, report: Any) -> Dict[str, Any]:
 def _apply_recovery(target: Any, report: Any, plan: Dict[str, Any]) -> Dict[str, Any]:
     """Carry out the plan under the writer's lock (see `recover --help`)."""
     from ..storage import meta
-    from ..storage import loader
     from ..config import LogConfig
     from ..fs import DEFAULT_FS
     from ..storage.lockfile import DirectoryLock
@@ -1546,7 +1546,7 @@ def _apply_recovery(target: Any, report: Any, plan: Dict[str, Any]) -> Dict[str,
     d = target.log_dir
     cfg = LogConfig()
     interval = cfg.index_interval_bytes
-    capacity = min(1 << 22, cfg.segment_bytes // interval + 2)  # as Log computes it
+    capacity = index_capacity(cfg.segment_bytes, interval)
     kinds = {a["action"] for a in plan["actions"]}
     result: Dict[str, Any] = {}
     lock = DirectoryLock(d).acquire()  # LogLockedError (exit 3) if a writer has the log open
@@ -1559,20 +1559,18 @@ def _apply_recovery(target: Any, report: Any, plan: Dict[str, Any]) -> Dict[str,
                 seg = Segment.open_sealed(d, base, a["next_offset"], DEFAULT_FS, interval,
                                           writable=True)
                 try:
-                    seg._ensure_size()
-                    seg.rebuild_indexes(seg.scan(0, strict=True), None)
+                    seg.rebuild_sealed_indexes()
                 finally:
                     seg.close()
         if "force_truncate" in kinds:
             # Log._recover refuses this case (CorruptLogError); do what it does, forcing the cut.
             meta.remove_clean_shutdown(d, DEFAULT_FS)
-            bases = loader.list_segments(d)
+            bases = list_segments(d)
             seg = Segment(d, bases[-1], DEFAULT_FS, interval, writable=True)
             try:
-                forced = loader.recover_active(seg, capacity, force_truncate=True)
+                forced = seg.recover(capacity, force_truncate=True)
             finally:
-                seg.close()
-                seg._offset_index = seg._time_index = None  # unmap before Log.open rewrites them
+                seg.close()  # (unmaps its index files before Log.open rewrites them)
             result["forced"] = forced.summary()
     finally:
         lock.release()

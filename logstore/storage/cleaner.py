@@ -31,26 +31,24 @@ range and cleaning everything before its end.
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import time
 from functools import partial
 from operator import methodcaller
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
+from ..config import LogConfig
 from ..errors import MissingKeyError
 from ..format.decode import DecodedBatch
 from ..format.encode import frame, prepare_batch
 from ..format.header import CODEC_MASK, MAX_BATCH_LENGTH
 from ..format.names import CLEANED, COMPACTION_COMMIT, SWAP
-from .loader import finish_swap
+from ..fs import FileSystem
 from .segment import Segment
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .log import Log
+from .segments import SegmentList
 
 _ENTRY_BYTES = 24
 
@@ -86,21 +84,12 @@ def _key_hashes(batch: DecodedBatch) -> np.ndarray:
 
 
 def _batches(seg: Segment):
-    seg._ensure_size()
+    seg.ensure_open()
     for pos, h in seg.iter_headers(0):
         yield pos, h, seg.batch_at(pos, h)
-    _release_pages(seg)
-
-
-def _release_pages(seg: Segment) -> None:
-    """Drop the segment's mapped pages from this process's RSS once a pass has read it (they
-    stay in the page cache): compaction memory is the key map, not the size of the log."""
-    mapping = seg._map
-    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        try:
-            mapping.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):
-            pass
+    # Compaction memory is the key map, not the size of the log: drop the pages just read
+    # from this process's RSS (they stay in the page cache).
+    seg.release_pages()
 
 
 def check_keys(segments: List[Segment]) -> None:
@@ -165,10 +154,9 @@ def _build_map(segments: List[Segment], cache: dict) -> _KeyMap:
     return _KeyMap(np.concatenate(probes), np.concatenate(checks), np.concatenate(offsets))
 
 
-def _clean_segment(log: "Log", seg: Segment, keymap: _KeyMap, horizon_ms: int,
+def _clean_segment(fs: FileSystem, seg: Segment, keymap: _KeyMap, horizon_ms: int,
                    report: CompactionReport, cache: dict) -> Tuple[str, bool]:
     """Write the cleaned copy of ``seg`` to ``<log>.cleaned``; return (path, anything dropped)."""
-    fs = log._fs
     out_path = seg.path + CLEANED
     fd = fs.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     pos = 0
@@ -214,14 +202,14 @@ def _clean_segment(log: "Log", seg: Segment, keymap: _KeyMap, horizon_ms: int,
     return out_path, dropped
 
 
-def compact(log: "Log", now_ms: Optional[int] = None) -> CompactionReport:
-    """Run compaction passes over ``log``'s sealed segments (the caller holds the cleaner lock)."""
+def compact(segs: SegmentList, cfg: LogConfig, mark_compacted: Callable[[], None],
+            now_ms: Optional[int] = None) -> CompactionReport:
+    """Run compaction passes over the sealed segments of ``segs`` (the caller holds the log's
+    cleaner lock: one pass at a time). ``mark_compacted`` records durably that the log may have
+    offset gaps; it is called before the first commit point."""
     t0 = time.perf_counter()
     report = CompactionReport()
-    cfg = log.config
-    with log._lock:
-        log._check_writable()
-        sealed = list(log._segments[:-1])
+    sealed = segs.sealed_snapshot()
     if not sealed:
         return report
     check_keys(sealed)
@@ -245,15 +233,16 @@ def compact(log: "Log", now_ms: Optional[int] = None) -> CompactionReport:
         pass_report = CompactionReport()
         changed_segs, cleaned = [], []
         for seg in sealed[:end]:
-            path, dropped = _clean_segment(log, seg, keymap, horizon, pass_report, cache)
+            path, dropped = _clean_segment(segs.fs, seg, keymap, horizon, pass_report, cache)
             if dropped:
                 changed_segs.append(seg)
                 cleaned.append(path)
             else:  # nothing to remove here: keep the original file
-                log._fs.unlink(path)
+                segs.fs.unlink(path)
         if cleaned:
-            _swap_in(log, changed_segs, cleaned)
-        sealed = _refresh_list(log, sealed)
+            mark_compacted()
+            _swap_in(segs, changed_segs, cleaned)
+        sealed = segs.current(sealed)
         report.passes += 1
         report.segments_cleaned += end
         report.tombstones_dropped += pass_report.tombstones_dropped
@@ -267,26 +256,22 @@ def compact(log: "Log", now_ms: Optional[int] = None) -> CompactionReport:
 def _count(segments: List[Segment]) -> int:
     total = 0
     for seg in segments:
-        seg._ensure_size()
+        seg.ensure_open()
         total += sum(h.record_count for _p, h in seg.iter_headers(0))
     return total
 
 
-def _refresh_list(log: "Log", sealed: List[Segment]) -> List[Segment]:
-    with log._lock:
-        by_base = {s.base_offset: s for s in log._segments}
-    return [by_base.get(s.base_offset, s) for s in sealed]
 
 
-def _swap_in(log: "Log", old: List[Segment], cleaned: List[str]) -> None:
+def _swap_in(segs: SegmentList, old: List[Segment], cleaned: List[str]) -> None:
     """Put cleaned segments in place with one atomic commit point.
 
     ``.cleaned`` -> ``.swap`` (all of them, directory fsynced), then the commit file is written
     atomically: before it exists recovery deletes every ``.cleaned``/``.swap`` (pre-compaction
     log); once it exists recovery renames every ``.swap`` into place (post-compaction log).
     """
-    fs = log._fs
-    d = log.path
+    fs = segs.fs
+    d = segs.directory
     swaps = []
     for path in cleaned:
         swap = path[: -len(CLEANED)] + SWAP
@@ -295,11 +280,8 @@ def _swap_in(log: "Log", old: List[Segment], cleaned: List[str]) -> None:
     fs.fsync_dir(d)
     fs.write_file_atomic(os.path.join(d, COMPACTION_COMMIT), "\n".join(
         os.path.basename(p) for p in swaps).encode())  # the commit point
-    with log._lock:
-        for seg, swap in zip(old, swaps):
-            finish_swap(fs, swap)
-            log._replace_segment(seg)
+    with segs.lock:
+        segs.swap_in(old, swaps)
         fs.fsync_dir(d)
         fs.unlink(os.path.join(d, COMPACTION_COMMIT))
         fs.fsync_dir(d)
-        log._mark_compacted()

@@ -22,16 +22,17 @@ Recovery is idempotent: a crash during recovery just means it runs again.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ..errors import CorruptLogError
-from ..format.header import ALIGN, HEADER_SIZE, MAGIC, crc_ok, header_problem, parse_header
+from ..format.header import HEADER_SIZE, crc_ok, header_problem, parse_header
 from ..format.names import (
     CLEANED, COMPACTION_COMMIT, DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, TMP,
     parse_segment_name,
 )
-from .segment import Segment, ScanResult
+from . import meta
+from .segment import Segment
+from .segments import SegmentList, finish_swap, list_segments
+from .tail import RecoveryReport
 
 
 def marker_matches_segment(path: str, marker: dict) -> bool:
@@ -54,16 +55,6 @@ def marker_matches_segment(path: str, marker: dict) -> bool:
     return (header_problem(h) is None and last + h.length == size
             and h.next_offset == end and crc_ok(raw, 0, h))
 
-
-def list_segments(directory: str) -> List[int]:
-    """Base offsets of the segment files in ``directory``, ascending."""
-    bases = []
-    for name in os.listdir(directory):
-        base = parse_segment_name(name)
-        if base is not None:
-            bases.append(base)
-    bases.sort()
-    return bases
 
 
 def finish_interrupted_cleanups(directory: str, fs) -> List[str]:
@@ -104,153 +95,40 @@ def finish_interrupted_cleanups(directory: str, fs) -> List[str]:
     return done
 
 
-def finish_swap(fs, swap_path: str) -> None:
-    """Rename ``<base>.log.swap`` over ``<base>.log`` and drop its stale index files."""
-    log_path = swap_path[: -len(SWAP)]
-    fs.replace(swap_path, log_path)
-    stem = log_path[: -len(LOG_SUFFIX)]
-    for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX):
-        try:
-            fs.unlink(stem + suffix)
-        except FileNotFoundError:
-            pass
+def open_for_writing(segs: SegmentList, index_capacity: int) -> Optional[RecoveryReport]:
+    """Open a log directory's segments for its writer (who holds the directory lock).
 
-
-@dataclass
-class RecoveryReport:
-    """What recovery found (and did, unless it was a dry run) for the active segment."""
-
-    segment: str
-    clean: bool
-    scanned_bytes: int = 0
-    valid_bytes: int = 0
-    file_bytes: int = 0
-    batches: int = 0
-    truncated_bytes: int = 0
-    problem: Optional[str] = None
-    problem_position: Optional[int] = None
-    data_after_problem: bool = False
-    zero_hole: bool = False
-    unwritten_tail: bool = False  # the tail is all zero bytes: preallocated, never written
-    indexes_rebuilt: bool = False
-    removed_files: List[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        if self.clean:
-            return f"{self.segment}: clean shutdown, nothing to recover"
-        lines = [f"{self.segment}: scanned {self.scanned_bytes} bytes, {self.batches} valid batches"]
-        if self.problem:
-            lines.append(f"  first invalid batch at byte {self.problem_position}: {self.problem}")
-        if self.truncated_bytes:
-            what = ("preallocated, never written tail" if self.unwritten_tail else "torn tail")
-            lines.append(f"  {what}: {self.truncated_bytes} bytes after byte {self.valid_bytes}")
-        if self.data_after_problem:
-            lines.append("  valid batches follow the damage: corruption, not a torn tail")
-        if self.zero_hole:
-            lines.append("  the damage lies in bytes never fsynced (later batches say so): "
-                         "unsynced data lost to a power failure; a torn tail")
-        if self.indexes_rebuilt:
-            lines.append("  indexes rebuilt")
-        for name in self.removed_files:
-            lines.append(f"  leftover file {name}")
-        return "\n".join(lines)
-
-
-def valid_batch_after(segment: Segment, start: int, end: int, min_offset: int) -> Optional[int]:
-    """Position of a CRC-valid batch at or after ``start`` (8-aligned), or None.
-
-    Used to tell a torn tail (nothing valid after the damage) from mid-file corruption.
+    Completes or undoes interrupted cleanups, opens sealed segments lazily and the last one as
+    the active segment: in O(1) after a clean shutdown (the marker matches), else recovered
+    (:meth:`Segment.recover`). Creates the first segment of an empty log (then returns None).
+    The clean-shutdown marker is removed, durably, before anything is written: from here on it
+    would lie.
     """
-    if end - start < HEADER_SIZE:
+    d, fs = segs.directory, segs.fs
+    finish_interrupted_cleanups(d, fs)
+    bases = list_segments(d)
+    if not bases:
+        seg = Segment.create(d, 0, fs, segs.index_interval, index_capacity)
+        fs.fsync_dir(d)
+        segs.add(seg)
+        meta.remove_clean_shutdown(d, fs)
         return None
-    buf = segment._scan_map(end)
-    pos = start + (-start % ALIGN)
-    while True:
-        pos = buf.find(MAGIC, pos, end)
-        if pos < 0:
-            return None
-        if pos % ALIGN == 0 and pos + HEADER_SIZE <= end:
-            h = parse_header(buf, pos)
-            if (header_problem(h) is None and pos + h.length <= end
-                    and h.base_offset >= min_offset and crc_ok(buf, pos, h)):
-                return pos
-        pos += 1
-
-
-def synced_before_of_later_batches(segment: Segment, first: int, end: int) -> int:
-    """The largest ``synced_before`` among the CRC-valid batches from ``first`` on.
-
-    If it exceeds the position of some damage, that damage lies in bytes an fsync had already
-    made durable before a later batch was written: real corruption, never truncated.
-    """
-    buf = segment._scan_map(end)
-    best = 0
-    pos: Optional[int] = first
-    while pos is not None:
-        h = parse_header(buf, pos)
-        best = max(best, h.synced_before)
-        pos = valid_batch_after(segment, pos + h.length, end, h.next_offset)
-    return best
-
-
-def inspect_active(segment: Segment) -> tuple:
-    """Scan the active segment; return (ScanResult, RecoveryReport) without changing anything."""
-    scan: ScanResult = segment.scan(0)
-    report = RecoveryReport(
-        segment=segment.path,
-        clean=False,
-        scanned_bytes=scan.file_size,
-        valid_bytes=scan.valid_end,
-        file_bytes=scan.file_size,
-        batches=len(scan.batches),
+    segs.open_sealed(bases)
+    active = segs.new_segment(bases[-1])
+    segs.add(active)
+    marker = meta.read_clean_shutdown(d)
+    clean = (
+        marker is not None
+        and marker["segment"] == active.base_offset
+        and os.path.getsize(active.path) == marker["size"]
+        and marker["end_offset"] >= active.base_offset
+        and marker_matches_segment(active.path, marker)
     )
-    if scan.error is not None:
-        report.problem = scan.error.reason
-        report.problem_position = scan.error.position
-        nxt = scan.next_offset if scan.batches else segment.base_offset
-        after = valid_batch_after(segment, scan.valid_end + 1, scan.file_size, nxt)
-        report.data_after_problem = after is not None
-        if after is not None and synced_before_of_later_batches(
-                segment, after, scan.file_size) <= scan.valid_end:
-            # Every valid batch after the damage was written while the damaged bytes were not
-            # yet known durable (its synced_before field says so), and no later batch vouches
-            # for them: they were never fsynced, so never acknowledged under any policy. A power
-            # loss with out-of-order write-back can leave exactly this: a torn tail.
-            report.data_after_problem = False
-            report.zero_hole = True
-    elif scan.file_size > scan.valid_end:
-        report.unwritten_tail = True  # zero bytes only (Segment.scan): preallocated space
-    report.truncated_bytes = scan.file_size - scan.valid_end
-    return scan, report
-
-
-def recover_active(segment: Segment, index_capacity: int, force_truncate: bool = False):
-    """Recover the (writable) active segment after an unclean shutdown. Returns the report.
-
-    Raises :class:`CorruptLogError` if valid data follows the damage and ``force_truncate`` is
-    not set.
-    """
-    segment.fd = segment.fs.open(segment.path, os.O_RDWR)
-    scan, report = inspect_active(segment)
-    if report.data_after_problem and not force_truncate:
-        raise CorruptLogError(
-            f"{report.problem}; valid batches follow it, so this is corruption inside the "
-            f"active segment, not a torn tail. Nothing was changed. Run `logstore recover "
-            f"--apply {os.path.dirname(segment.path)}` to cut the segment at this point "
-            f"(dropping {report.truncated_bytes} bytes), or restore it from a copy",
-            segment.path, report.problem_position)
-    segment._map = None  # never truncate under our own mapping
-    if report.truncated_bytes:
-        segment.truncate_to(scan.valid_end)
+    if clean:
+        active.open_active(marker["size"], marker["end_offset"], marker["max_timestamp"],
+                           index_capacity, trust_indexes=True)
+        report = RecoveryReport(segment=active.path, clean=True)
     else:
-        # What survived a process crash may still sit unsynced in the page cache: make it
-        # durable before the log calls it durable (and lets readers see it).
-        segment.sync()
-    segment.size = segment.allocated = scan.valid_end
-    segment.next_offset = scan.next_offset if scan.batches else segment.base_offset
-    segment.sealed = False
-    if scan.batches:
-        segment.first_timestamp = segment.header_at(0).base_timestamp
-    segment.rebuild_indexes(scan, index_capacity)
-    report.indexes_rebuilt = True
+        report = active.recover(index_capacity)
+    meta.remove_clean_shutdown(d, fs)
     return report

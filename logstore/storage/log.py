@@ -23,20 +23,15 @@ Theory of operation
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import threading
 import time
 from itertools import chain
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import meta
-
-from . import loader
-from ..format.decode import DecodedBatch, decode, extract_record, extract_records
-from ..format.encode import PreparedBatch, check_batch_shape, check_timestamp, frame, frame_single, prepare_batch, prepare_from_buffer, prepare_one
-from ..format.header import ATTR_OFFSET_DELTAS, BatchHeader, CODEC_MASK, CODEC_NONE, HEADER_SIZE, check_crc, codec_id, crc_ok, header_problem, parse_header
 from ..config import LogConfig
 from ..errors import (
     ConfigError,
@@ -51,15 +46,30 @@ from ..errors import (
     RecordTooLargeError,
     StorageError,
 )
+from ..format.decode import DecodedBatch, decode, extract_record, extract_records
+from ..format.encode import (
+    PreparedBatch, check_batch_shape, check_timestamp, frame, frame_single, prepare_batch,
+    prepare_from_buffer, prepare_one,
+)
+from ..format.header import (
+    ATTR_OFFSET_DELTAS, CODEC_MASK, CODEC_NONE, HEADER_SIZE, BatchHeader, check_crc, codec_id,
+    crc_ok,
+)
+from ..format.names import META_NAME
 from ..fs import DEFAULT_FS, FileSystem
-from ..format.names import DELETED, META_NAME, segment_name
-from .lockfile import DirectoryLock
 from ..record import Record
-from ..util import check_offset, now_ms
+from ..util import check_offset, now_ms, storage_errors
+from . import cleaner, loader, meta
+from .index import index_capacity
+from .lockfile import DirectoryLock
+from .retention import segments_to_delete
 from .segment import MAX_RELATIVE_OFFSET, Segment
+from .segments import SegmentList, list_segments
+from .sync import GroupCommit
+from .tail import RecoveryReport
 
+logger = logging.getLogger("logstore")
 DEFAULT_MAX_RECORDS = 1000
-_MAX_INDEX_CAPACITY = 1 << 22
 _WRITEBACK_BYTES = 1 << 20
 _PREALLOCATE_BYTES = 4 << 20  # how far ahead of the data a syncing writer extends the file
 _SPAN_BATCHES = 64  # batches located per hold of the log lock while reading
@@ -84,23 +94,11 @@ class Log:
         self.readonly = readonly
         self._fs = fs
         self._lock = threading.Lock()
-        # Group commit state, guarded by _sync_lock. Waiting appenders park on a lock of their
-        # own (in _sync_waiters) rather than on a shared Condition: the leader wakes exactly the
-        # threads its fsync covered, and they return without re-taking _sync_lock (a Condition
-        # would wake each twice, once for its own lock and once for the shared one: with 4
-        # durable threads that doubled the time between fsyncs).
-        self._sync_lock = threading.Lock()
-        self._sync_waiters: List[Tuple[int, Any]] = []  # (target offset, parked lock)
-        self._syncing = False
-        self._returning = 0  # threads the last fsync released, not yet back in _sync_to
-        self._gather_waker: Any = None  # the next leader parks here while gathering
-        self._last_fsync_s = 0.0
-        self._failed: Optional[BaseException] = None
+        self._sync = GroupCommit(directory, fs, self._sync_snapshot)
         self._closed = False
-        self._segments: List[Segment] = []
-        self._bases: List[int] = []
+        self._segs = SegmentList(directory, fs, config.index_interval_bytes, not readonly,
+                                 self._lock)
         self._next_offset = 0
-        self._durable_offset = 0
         self._dir_lock: Optional[DirectoryLock] = None
         self._codec = codec_id(config.compression)
         self._always = config.fsync == "always" and not readonly
@@ -111,14 +109,13 @@ class Log:
         self._cleaner_lock = threading.Lock()  # one retention/compaction pass at a time
         self._cleaner: Optional[threading.Thread] = None
         self.meta: Dict[str, Any] = {}
-        self.recovery_report: Optional[loader.RecoveryReport] = None
+        self.recovery_report: Optional[RecoveryReport] = None
         # Copies of settings read on every append (attribute lookups on the hot path).
         self._max_record_bytes = config.max_record_bytes
         self._segment_bytes = config.segment_bytes
         self._segment_ms = config.segment_ms
         self._fsync_records = config.fsync_records
-        self._index_capacity = min(
-            _MAX_INDEX_CAPACITY, config.segment_bytes // config.index_interval_bytes + 2)
+        self._index_capacity = index_capacity(config.segment_bytes, config.index_interval_bytes)
 
     @classmethod
     def open(
@@ -170,12 +167,16 @@ class Log:
                     raise NotALogError(f"{d} is not empty and has no {META_NAME}")
                 found = meta.create_meta(d, self._fs, {})
             self.meta = found
-            self._recover()
+            if found.get("settings", {}).get("compacted"):
+                self._allow_gaps = True
+            self.recovery_report = loader.open_for_writing(self._segs, self._index_capacity)
         except BaseException:
-            for seg in self._segments:
+            for seg in self._segs.items:
                 seg.close()
             self._dir_lock.release()
             raise
+        self._next_offset = self._sync.durable_offset = self._segs.active.next_offset
+        self._configure_active(self._segs.active)
         if self.config.has_cleanup and self.config.retention_check_interval_s > 0:
             self._cleaner = threading.Thread(
                 target=self._cleanup_loop, name=f"logstore-cleaner:{d}", daemon=True)
@@ -185,65 +186,27 @@ class Log:
                 target=self._flush_loop, name=f"logstore-flusher:{d}", daemon=True)
             self._flusher.start()
 
-    def _recover(self) -> None:
-        d, fs, cfg = self.path, self._fs, self.config
-        loader.finish_interrupted_cleanups(d, fs)
-        if self.meta.get("settings", {}).get("compacted"):
-            self._allow_gaps = True
-        bases = loader.list_segments(d)
-        if not bases:
-            seg = Segment.create(d, 0, fs, cfg.index_interval_bytes, self._index_capacity)
-            fs.fsync_dir(d)
-            self._configure_active(seg)
-            self._segments = [seg]
-            self._bases = [0]
-            meta.remove_clean_shutdown(d, fs)
-            return
-        for base, nxt in zip(bases, bases[1:]):
-            self._segments.append(
-                Segment.open_sealed(d, base, nxt, fs, cfg.index_interval_bytes, writable=True))
-        active = Segment(d, bases[-1], fs, cfg.index_interval_bytes, writable=True)
-        self._segments.append(active)
-        self._bases = bases
-        marker = meta.read_clean_shutdown(d)
-        clean = (
-            marker is not None
-            and marker["segment"] == active.base_offset
-            and os.path.getsize(active.path) == marker["size"]
-            and marker["end_offset"] >= active.base_offset
-            and loader.marker_matches_segment(active.path, marker)
-        )
-        if clean:
-            active.open_active(marker["size"], marker["end_offset"], marker["max_timestamp"],
-                               self._index_capacity, trust_indexes=True)
-            self.recovery_report = loader.RecoveryReport(segment=active.path, clean=True)
-        else:
-            self.recovery_report = loader.recover_active(active, self._index_capacity)
-        # From here on, the marker would lie: remove it (durably) before anything is written.
-        meta.remove_clean_shutdown(d, fs)
-        self._next_offset = self._durable_offset = active.next_offset
-        self._configure_active(active)
-
     def _configure_active(self, seg: Segment) -> None:
         """Writer settings of a segment that becomes the active one."""
-        seg.buffer_limit = self.config.write_buffer_bytes
+        writer = seg.writer
+        writer.buffer_limit = self.config.write_buffer_bytes
         # Without an fsync per append, dirty pages pile up until the seal's fdatasync: start
         # their writeback as the segment fills, so sealing does not stall the writer for long.
-        seg.writeback_bytes = 0 if self._always else _WRITEBACK_BYTES
-        seg._writeback_from = seg.size
+        writer.writeback_bytes = 0 if self._always else _WRITEBACK_BYTES
+        writer.writeback_from = seg.size
         # Policies that fdatasync while the segment fills: extend the file ahead of the data, so
         # that those fdatasyncs need not also commit a new file size (~20% faster here).
         syncs = self._always or self.config.fsync_records is not None or \
             self.config.fsync_ms is not None
-        seg.preallocate = _PREALLOCATE_BYTES if syncs else 0
-        seg.preallocate_limit = self.config.segment_bytes
+        writer.preallocate = _PREALLOCATE_BYTES if syncs else 0
+        writer.preallocate_limit = self.config.segment_bytes
         # No fsync policy at all: copy batches into a write mapping instead of one pwrite system
-        # call each (see logstore.segment). Not through a test double of the file system (its
-        # pwrite is the seam fault-injection tests use), not with a write buffer (that already
-        # writes in large pieces).
-        seg.map_writes = (self.config.fsync == "never" and not self.config.write_buffer_bytes
-                          and type(self._fs) is FileSystem and hasattr(os, "posix_fallocate"))
-        seg.map_write_limit = self.config.segment_bytes
+        # call each (see logstore.storage.active_file). Not through a test double of the file
+        # system (its pwrite is the seam fault-injection tests use), not with a write buffer
+        # (that already writes in large pieces).
+        writer.map_writes = (self.config.fsync == "never" and not self.config.write_buffer_bytes
+                             and type(self._fs) is FileSystem and hasattr(os, "posix_fallocate"))
+        writer.map_write_limit = self.config.segment_bytes
 
     def _open_reader(self) -> None:
         d = self.path
@@ -256,84 +219,13 @@ class Log:
         self.meta = found
         if found.get("settings", {}).get("compacted"):
             self._allow_gaps = True
-        bases = loader.list_segments(d)
-        cfg = self.config
-        for base, nxt in zip(bases, bases[1:]):
-            self._segments.append(
-                Segment.open_sealed(d, base, nxt, self._fs, cfg.index_interval_bytes, False))
-        self._bases = list(bases)
-        if bases:
-            active = Segment(d, bases[-1], self._fs, cfg.index_interval_bytes, writable=False)
-            active.open_reader_active()
-            self._segments.append(active)
-            self._next_offset = active.base_offset
         self._refresh_locked()
 
     # ------------------------------------------------------------------ read-only refresh
     def _refresh_locked(self) -> None:
         """Catch up with the writer: walk new whole, CRC-valid batches; follow segment rolls."""
-        if not self._segments:
-            bases = loader.list_segments(self.path)
-            if not bases:
-                return
-            self._bases = []
-            for base, nxt in zip(bases, bases[1:]):
-                self._segments.append(Segment.open_sealed(
-                    self.path, base, nxt, self._fs, self.config.index_interval_bytes, False))
-                self._bases.append(base)
-            active = Segment(self.path, bases[-1], self._fs, self.config.index_interval_bytes,
-                             writable=False)
-            active.open_reader_active()
-            self._segments.append(active)
-            self._bases.append(active.base_offset)
-        if len(self._segments) > 1 and not os.path.exists(self._segments[0].path):
-            # The writer's retention removed old segments: forget them.
-            bases = set(loader.list_segments(self.path))
-            keep = [seg for seg in self._segments[:-1] if seg.base_offset in bases]
-            for seg in self._segments[:-1]:
-                if seg.base_offset not in bases:
-                    seg.retired = True
-            self._segments = keep + [self._segments[-1]]
-            self._bases = [seg.base_offset for seg in self._segments]
-        while True:
-            active = self._segments[-1]
-            self._walk_active(active)
-            successor = os.path.join(self.path, segment_name(active.next_offset))
-            if active.next_offset == active.base_offset or not os.path.exists(successor):
-                break
-            # The writer sealed this segment (it fsyncs it before creating the next one).
-            self._walk_active(active)
-            active.close()
-            active.use_pread = False
-            active.sealed = True
-            active.size = -1
-            active._offset_index = active._time_index = None
-            nxt = Segment(self.path, active.next_offset, self._fs,
-                          self.config.index_interval_bytes, writable=False)
-            nxt.open_reader_active()
-            self._segments.append(nxt)
-            self._bases.append(nxt.base_offset)
-        self._next_offset = self._segments[-1].next_offset
-
-    def _walk_active(self, seg: Segment) -> None:
-        file_size = os.fstat(seg.fd).st_size
-        pos = seg.size
-        while pos + HEADER_SIZE <= file_size:
-            raw = os.pread(seg.fd, HEADER_SIZE, pos)
-            if len(raw) < HEADER_SIZE:
-                break  # the writer cut its preallocated tail since the fstat (a roll or close)
-            h = parse_header(raw, 0)
-            if header_problem(h) or pos + h.length > file_size:
-                break  # not written yet (or torn): look again next time
-            data = os.pread(seg.fd, h.length, pos)
-            if len(data) < h.length or not crc_ok(data, 0, h):
-                break
-            seg.size = pos + h.length
-            seg._note_batch(pos, h.base_offset, h.max_timestamp)
-            seg.next_offset = h.next_offset
-            if seg.first_timestamp is None:
-                seg.first_timestamp = h.base_timestamp
-            pos += h.length
+        if self._segs.items or list_segments(self.path):
+            self._next_offset = self._segs.follow()
 
     # ------------------------------------------------------------------ state
     def _check_open(self) -> None:
@@ -345,10 +237,10 @@ class Log:
             raise LogClosedError(f"log {self.path} is closed")
         if self.readonly:
             raise ReadOnlyError(f"log {self.path} was opened with readonly=True")
-        if self._failed is not None:
+        if self._sync.failed is not None:
             raise StorageError(
                 f"log {self.path} refuses writes after a failed fsync or write "
-                f"({self._failed}); close and reopen it to recover", self._failed)
+                f"({self._sync.failed}); close and reopen it to recover", self._sync.failed)
 
     @property
     def closed(self) -> bool:
@@ -359,7 +251,7 @@ class Log:
         """The first offset still in the log."""
         with self._lock:
             self._check_open()
-            return self._bases[0] if self._bases else 0
+            return self._segs.start_offset
 
     @property
     def end_offset(self) -> int:
@@ -371,12 +263,12 @@ class Log:
             return self._visible_end()
 
     def _visible_end(self) -> int:
-        return self._durable_offset if self._always else self._next_offset
+        return self._sync.durable_offset if self._always else self._next_offset
 
     @property
     def durable_offset(self) -> int:
         """Every record below this offset is known to be on stable storage."""
-        return self._durable_offset
+        return self._sync.durable_offset
 
     # ------------------------------------------------------------------ writing
     def append(
@@ -398,7 +290,7 @@ class Log:
         cfg = self.config
         prepared = prepare_one(value, key, headers, ts, self._codec,
                                      cfg.compression_level, cfg.max_record_bytes)
-        return self._append_prepared(prepared).start
+        return self.append_prepared(prepared).start
 
     def append_batch(
         self,
@@ -416,14 +308,24 @@ class Log:
                 self._check_writable()
                 end = self._visible_end()
             return range(end, end)
+        return self.append_prepared(self.prepare_batch(values, keys, headers, timestamps_ms))
+
+    def prepare_batch(self, values: Sequence[Optional[bytes]],
+                      keys: Optional[Sequence[Optional[bytes]]] = None,
+                      headers: Optional[Sequence[Optional[Dict[str, bytes]]]] = None,
+                      timestamps_ms: Optional[Sequence[int]] = None,
+                      now: Optional[int] = None) -> PreparedBatch:
+        """(Engine API, for views) Encode and check a batch for this log (its compression and
+        limits) without writing it: :meth:`append_prepared` writes it. Raises what
+        :meth:`append_batch` raises for bad input; nothing is written."""
         if not self._allow_keyless and (keys is None or any(k is None for k in keys)):
             i = 0 if keys is None else [k is None for k in keys].index(True)
             raise MissingKeyError(f"this log is compacted: every record needs a key (values[{i}] "
                                   f"has none); nothing was written")
         cfg = self.config
-        prepared = prepare_batch(values, keys, headers, timestamps_ms, now_ms(),
-                                       self._codec, cfg.compression_level, cfg.max_record_bytes)
-        return self._append_prepared(prepared)
+        return prepare_batch(values, keys, headers, timestamps_ms,
+                             now_ms() if now is None else now, self._codec,
+                             cfg.compression_level, cfg.max_record_bytes)
 
     def append_buffer(self, data: Any, lengths: Any, timestamp_ms: Optional[int] = None) -> range:
         """Bulk-load form of :meth:`append_batch`: values concatenated in one buffer + lengths.
@@ -438,7 +340,7 @@ class Log:
         cfg = self.config
         prepared = prepare_from_buffer(data, lengths, ts, self._codec,
                                              cfg.compression_level, cfg.max_record_bytes)
-        return self._append_prepared(prepared)
+        return self.append_prepared(prepared)
 
     def _append_one(self, value: bytes, key: Optional[bytes], ts: int, wait: bool) -> int:
         """Hot path of ``append``: frame a one-record batch directly under the lock.
@@ -453,10 +355,10 @@ class Log:
                 f"{self._max_record_bytes}; nothing was written")
         framed = (HEADER_SIZE + raw_len + 7) & ~7
         with self._lock:
-            if self._closed or self.readonly or self._failed is not None:
+            if self._closed or self.readonly or self._sync.failed is not None:
                 self._check_writable()
             base = self._next_offset
-            active = self._segments[-1]
+            active = self._segs.active
             # A cheap pre-check; _active_for_locked makes the actual roll decision.
             if (active.size + framed > self._segment_bytes or self._segment_ms is not None
                     or base - active.base_offset >= MAX_RELATIVE_OFFSET):
@@ -468,8 +370,8 @@ class Log:
             self._sync_per_policy(nxt)
         return base
 
-    def _append_internal(self, value: bytes, wait: bool) -> int:
-        """Append a keyless, header-less record for the engine's own bookkeeping. ``wait=False``
+    def append_internal(self, value: bytes, wait: bool) -> int:
+        """(Engine API, for views) Append a keyless, header-less record for the engine's own bookkeeping. ``wait=False``
         does not wait for the fsync policy (bookkeeping that may be lost in a power failure,
         e.g. queue delivery counts); the next sync covers it."""
         ts = time.time_ns() // 1_000_000
@@ -477,9 +379,11 @@ class Log:
             return self._append_one(value, None, ts, wait)
         prepared = prepare_one(value, None, None, ts, self._codec,
                                      self.config.compression_level, self.config.max_record_bytes)
-        return self._append_prepared(prepared, wait).start
+        return self.append_prepared(prepared, wait).start
 
-    def _append_prepared(self, p: PreparedBatch, wait: bool = True) -> range:
+    def append_prepared(self, p: PreparedBatch, wait: bool = True) -> range:
+        """(Engine API, for views) Write a batch from :meth:`prepare_batch` (or the format's
+        ``prepare_*``); ``wait=False`` does not wait for the fsync policy."""
         with self._lock:
             self._check_writable()
             base = self._next_offset
@@ -497,7 +401,7 @@ class Log:
         segment_bytes, is segment_ms newer than the active segment's first batch, or would
         overflow the index's relative offsets. A batch alone in a segment always fits."""
         cfg = self.config
-        active = self._segments[-1]
+        active = self._segs.active
         if active.size and (
             active.size + length > cfg.segment_bytes
             or (cfg.segment_ms is not None
@@ -505,20 +409,20 @@ class Log:
             or self._next_offset + last_delta - active.base_offset >= MAX_RELATIVE_OFFSET
         ):
             self._roll_locked()
-            active = self._segments[-1]
+            active = self._segs.active
         return active
 
     def _sync_per_policy(self, nxt: int) -> None:
         """After an append up to ``nxt``: wait for durability as the fsync policy says."""
         if self._always:
-            self._sync_to(nxt)
+            self._sync.sync_to(nxt)
         elif (self.config.fsync_records is not None
-              and nxt - self._durable_offset >= self.config.fsync_records):
-            self._sync_to(nxt)
+              and nxt - self._sync.durable_offset >= self.config.fsync_records):
+            self._sync.sync_to(nxt)
 
     def _roll_locked(self) -> None:
         """Seal the active segment (durably) and start a new one at ``_next_offset``."""
-        old = self._segments[-1]
+        old = self._segs.active
         try:
             old.trim()
             old.sync()
@@ -526,164 +430,41 @@ class Log:
             new = Segment.create(self.path, self._next_offset, self._fs,
                                  self.config.index_interval_bytes, self._index_capacity)
         except OSError as e:
-            self._fail(e)
+            self._sync.fail(e)
             raise StorageError(f"rolling to a new segment failed: {e}", e) from e
         self._configure_active(new)
-        self._segments.append(new)
-        self._bases.append(new.base_offset)
+        self._segs.add(new)
         try:
             self._fs.fsync_dir(self.path)
         except OSError as e:
-            self._fail(e)
+            self._sync.fail(e)
             raise StorageError(f"fsync of directory {self.path} failed: {e}", e) from e
-        with self._sync_lock:
-            if self._next_offset > self._durable_offset:
-                self._durable_offset = self._next_offset
-            self._wake_waiters_locked(wake_all=False)
+        self._sync.advance(self._next_offset)
 
-    def _fail(self, e: BaseException) -> None:
-        if self._failed is None:
-            self._failed = e
+    def _sync_snapshot(self) -> Tuple[int, int, Callable[[], None]]:
+        """(group commit's leader) What an fdatasync now covers: the next offset, a dup()ed fd
+        of the active segment, and what to record once it succeeded."""
+        with self._lock:
+            if self._closed:
+                raise LogClosedError(f"log {self.path} is closed")
+            upto = self._next_offset
+            seg = self._segs.active
+            seg.flush_pending()
+            pos = seg.size
+            fd = self._fs.dup(seg.fd)
 
-    def _sync_to(self, target: int) -> None:
-        """Return once every offset below ``target`` is durable (group commit).
+        def synced() -> None:
+            if pos > seg.synced_size:
+                seg.synced_size = pos  # later batches record it (recovery)
 
-        One thread at a time (the leader) runs ``fdatasync``; the others park until an fsync
-        covers their records. Before syncing, a leader waits briefly for the threads the last
-        fsync released to append again (the gather), so that one fsync covers them all.
-        """
-        lock = self._sync_lock
-        returning = True
-        while True:
-            with lock:
-                if returning and self._returning:
-                    self._returning -= 1
-                    if self._returning == 0 and self._gather_waker is not None:
-                        self._gather_waker.release()  # everybody is back: sync now
-                        self._gather_waker = None
-                returning = False
-                while True:
-                    if self._durable_offset >= target:
-                        return
-                    if self._failed is not None:
-                        raise StorageError(
-                            f"fsync of {self.path} failed earlier ({self._failed}); records "
-                            f"from offset {self._durable_offset} on may not be durable. Reopen "
-                            f"the log to recover", self._failed)
-                    if self._syncing:
-                        break
-                    self._syncing = True
-                    if self._returning:
-                        try:
-                            self._gather_locked()
-                        except BaseException:  # (an interrupt while waiting) hand over
-                            self._syncing = False
-                            self._wake_waiters_locked(wake_all=True)
-                            raise
-                    self._lead_sync_locked()
-                parked = threading.Lock()
-                parked.acquire()
-                self._sync_waiters.append((target, parked))
-            # Parked outside the sync lock until a leader releases this thread: its fsync
-            # covered ``target`` (return without re-taking the lock), it failed, or this thread
-            # is to lead the next one.
-            try:
-                parked.acquire()
-            except BaseException:  # (an interrupt while parked) leave, and pass on the lead
-                with lock:
-                    self._sync_waiters = [w for w in self._sync_waiters if w[1] is not parked]
-                    if self._sync_waiters and not self._syncing:
-                        self._sync_waiters.pop(0)[1].release()
-                raise
-            if self._durable_offset >= target:
-                return
-
-    def _lead_sync_locked(self) -> None:
-        """(sync lock held, ``_syncing`` set by the caller) fdatasync everything written so
-        far, outside the sync lock; then publish the new durable offset and wake the threads it
-        covers. Leaves ``_syncing`` clear and the sync lock held, whatever happens."""
-        lock = self._sync_lock
-        lock.release()
-        error: Optional[BaseException] = None
-        synced = False
-        upto = 0
-        try:
-            with self._lock:
-                if self._closed:
-                    raise LogClosedError(f"log {self.path} is closed")
-                upto = self._next_offset
-                # A failed *write* of the buffer raises StorageError here: the buffer is kept
-                # and retried later, and the log is not poisoned (nothing was reported
-                # durable). Only fsync failures poison it.
-                self._segments[-1].flush_pending()
-                synced_seg = self._segments[-1]
-                synced_pos = synced_seg.size
-                fd = self._fs.dup(synced_seg.fd)
-            started = time.monotonic()
-            try:
-                self._fs.fdatasync(fd)
-                synced = True
-            except StorageError:
-                raise
-            except OSError as e:
-                error = e
-            finally:
-                self._fs.close(fd)
-            if synced:
-                self._last_fsync_s = time.monotonic() - started
-                if synced_pos > synced_seg.synced_size:
-                    synced_seg.synced_size = synced_pos  # later batches record it (recovery)
-        finally:
-            lock.acquire()
-            self._syncing = False
-            if error is not None:
-                self._fail(error)
-            elif synced and upto > self._durable_offset:
-                self._durable_offset = upto
-            # Unless it synced, every parked thread wakes: to see the error, or to lead.
-            self._returning = self._wake_waiters_locked(wake_all=not synced) + 1
-
-    def _wake_waiters_locked(self, wake_all: bool) -> int:
-        """(sync lock held) Release the parked threads the durable offset now covers (every
-        one with ``wake_all``), and one more to lead the next fsync if some still wait and
-        nobody is syncing. Return how many were released as covered."""
-        waiters = self._sync_waiters
-        if not waiters:
-            return 0
-        durable = self._durable_offset
-        still: List[Tuple[int, Any]] = []
-        released = 0
-        for target, parked in waiters:
-            if wake_all or target <= durable:
-                parked.release()
-                released += 1
-            else:
-                still.append((target, parked))
-        if still and not self._syncing:
-            still.pop(0)[1].release()  # it takes the lead
-        self._sync_waiters = still
-        return released
-
-    def _gather_locked(self) -> None:
-        """(sync lock held, about to fsync) Wait up to half an fsync for the threads the last
-        fsync released to append again, so that this fsync covers their records too."""
-        waker = threading.Lock()
-        waker.acquire()
-        self._gather_waker = waker
-        self._sync_lock.release()
-        try:
-            waker.acquire(timeout=min(self._last_fsync_s / 2, 0.002))
-        finally:
-            self._sync_lock.acquire()
-            self._gather_waker = None
-            self._returning = 0
+        return upto, fd, synced
 
     def _flush_loop(self) -> None:
         interval = self.config.fsync_ms / 1000.0
         while not self._stop.wait(interval):
-            if self._durable_offset < self._next_offset and self._failed is None:
+            if self._sync.durable_offset < self._next_offset and self._sync.failed is None:
                 try:
-                    self._sync_to(self._next_offset)
+                    self._sync.sync_to(self._next_offset)
                 except (StorageError, LogClosedError):
                     return
 
@@ -695,7 +476,7 @@ class Log:
         with self._lock:
             self._check_writable()
             target = self._next_offset
-        self._sync_to(target)
+        self._sync.sync_to(target)
 
     def close(self) -> None:
         """Flush, write the clean-shutdown marker and release the directory lock. Idempotent.
@@ -713,8 +494,8 @@ class Log:
             self._cleaner.join()
         problem: Optional[BaseException] = None
         if not self.readonly:
-            if self._failed is not None:
-                problem = self._failed
+            if self._sync.failed is not None:
+                problem = self._sync.failed
             else:
                 try:
                     self.flush()
@@ -726,7 +507,7 @@ class Log:
             self._closed = True
             try:
                 if not self.readonly:
-                    active = self._segments[-1]
+                    active = self._segs.active
                     if active.pending and problem is None:
                         problem = StorageError(f"{len(active.pending)} buffered bytes of "
                                                f"{self.path} could not be written")
@@ -746,7 +527,7 @@ class Log:
                         except OSError as e:
                             problem = e
             finally:
-                for seg in self._segments:
+                for seg in self._segs.items:
                     try:
                         seg.close()
                     except OSError:
@@ -754,12 +535,27 @@ class Log:
                 if self._dir_lock is not None:
                     self._dir_lock.release()
         if problem is not None:
-            if problem is self._failed:
+            if problem is self._sync.failed:
                 return  # already reported by the write/fsync that failed (the log was poisoned)
             if isinstance(problem, StorageError):
                 raise problem
             raise StorageError(f"closing {self.path} failed: {problem}; the next open will "
                                f"recover the log", problem) from problem
+
+    def abandon(self) -> None:
+        """Let go of the log as a killed process would (for crash tests): no flush, no
+        clean-shutdown marker, no fsync; the directory lock and the files are released, and
+        this object refuses every later call. What the kernel would keep after a SIGKILL (bytes
+        already written) stays; a buffered append (``write_buffer_bytes``) is lost."""
+        if self._closed:
+            return
+        self._stop.set()
+        with self._lock:
+            self._closed = True
+            for seg in self._segs.items:
+                seg.close()
+            if self._dir_lock is not None:
+                self._dir_lock.release()
 
     def __enter__(self) -> "Log":
         return self
@@ -772,21 +568,8 @@ class Log:
         return f"<logstore.Log {self.path!r} {state} next_offset={self._next_offset}>"
 
     # ------------------------------------------------------------------ reading
-    def _locate_locked(self, offset: int):
-        """(segment index, position, header) of the first batch reaching ``offset``, or None."""
-        i = bisect.bisect_right(self._bases, offset) - 1
-        if i < 0:
-            i = 0
-        while i < len(self._segments):
-            seg = self._segments[i]
-            found = seg.find(offset)
-            if found is not None:
-                return i, found[0], found[1]
-            i += 1
-        return None
-
     def _check_range(self, offset: int, end: int) -> None:
-        start = self._bases[0] if self._bases else 0
+        start = self._segs.start_offset
         if offset < start or offset > end:
             raise OffsetOutOfRangeError(
                 f"offset {offset} is outside the log [{start}, {end}] (start_offset, end_offset)")
@@ -814,15 +597,15 @@ class Log:
     def _batch_for_locked(self, offset: int) -> Tuple[Segment, Any, int, Any, int]:
         """(lock held) ``get``'s general route: ``(segment, buf, at, header, position)`` of the
         first batch reaching ``offset``, its bytes being ``buf[at : at + header.length]``."""
-        loc = self._locate_locked(offset)
+        loc = self._segs.locate(offset)
         if loc is None:
             raise CorruptLogError(f"offset {offset} should exist but no batch holds it",
-                                  self._segments[-1].path)
+                                  self._segs.active.path)
         i, pos, h = loc
-        seg = self._segments[i]
+        seg = self._segs.items[i]
         if seg.use_pread:
             return seg, seg.read_bytes(pos, h.length), 0, h, pos
-        return seg, seg._mapped(pos + h.length), pos, h, pos
+        return seg, seg.mapped(pos + h.length), pos, h, pos
 
     def get(self, offset: int) -> Record:
         """The record at ``offset``. Raises OffsetOutOfRangeError outside [start, end)."""
@@ -833,10 +616,11 @@ class Log:
                 self._check_open()
             if self.readonly and offset >= self._next_offset:
                 self._refresh_locked()  # only needed for records this reader has not seen yet
-            end = self._durable_offset if self._always else self._next_offset
-            bases = self._bases
+            end = self._sync.durable_offset if self._always else self._next_offset
+            segs = self._segs
+            bases = segs.bases
             if bases and bases[0] <= offset < end:
-                seg = self._segments[bisect.bisect_right(bases, offset) - 1]
+                seg = segs.items[bisect.bisect_right(bases, offset) - 1]
                 found = seg.quick_locate(offset)
                 if found is not None:
                     buf, at, h, pos = found
@@ -893,7 +677,7 @@ class Log:
             end = self._visible_end()
             self._check_get_range(sorted_offs[0], end)
             self._check_get_range(sorted_offs[-1], end)
-            bases, segments = self._bases, self._segments
+            bases, segments = self._segs.bases, self._segs.items
             k = 0
             while k < n:
                 offset = sorted_offs[k]
@@ -951,10 +735,11 @@ class Log:
         ``max_bytes`` bounds the sum of key and value sizes; the first record is always returned
         when one exists, even if it alone is larger (so a reader can always make progress).
         """
-        return self._read(offset, max_records, max_bytes, None)
+        return self.read_records(offset, max_records, max_bytes, None)
 
-    def _read(self, offset: int, max_records: int, max_bytes: Optional[int],
-              partition: Optional[int]) -> List[Record]:
+    def read_records(self, offset: int, max_records: int, max_bytes: Optional[int],
+                     partition: Optional[int]) -> List[Record]:
+        """(Engine API, for views) :meth:`read`, the records tagged with ``partition``."""
         offset = check_offset("offset", offset)
         if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
             raise ValueError(f"max_records must be an int >= 1, got {max_records!r}")
@@ -1049,17 +834,17 @@ class Log:
                 if self.readonly and (seg is None or pos >= seg.size):
                     self._refresh_locked()
                 if seg is None or seg.retired or pos >= seg.size:
-                    if cursor < (self._bases[0] if self._bases else 0):
+                    if cursor < (self._segs.start_offset):
                         raise OffsetOutOfRangeError(
                             f"offset {cursor} was removed by retention while reading")
-                    loc = self._locate_locked(cursor)
+                    loc = self._segs.locate(cursor)
                     if loc is None:
                         if self._gaps_allowed():
                             return  # the rest of the range was compacted away
                         raise CorruptLogError(f"offset {cursor} should exist but no batch holds it",
-                                              self._segments[-1].path)
+                                              self._segs.active.path)
                     i, pos, h = loc
-                    seg = self._segments[i]
+                    seg = self._segs.items[i]
                 else:
                     h = seg.header_at(pos)
                 size = seg.size
@@ -1068,7 +853,7 @@ class Log:
                     if seg.use_pread:
                         chunk.append((seg.read_bytes(pos, h.length), 0, h, pos))
                     else:
-                        chunk.append((seg._mapped(pos + h.length), pos, h, pos))
+                        chunk.append((seg.mapped(pos + h.length), pos, h, pos))
                     pos += h.length
                     if len(chunk) >= _SPAN_BATCHES or pos >= size or last >= stop:
                         break
@@ -1120,12 +905,12 @@ class Log:
             if self.readonly:
                 self._refresh_locked()
             end = self._visible_end()
-            for seg in self._segments:
+            for seg in self._segs.items:
                 if seg.sealed:
                     seg.time_index()  # loads max_timestamp
                 if seg.max_timestamp < ts:
                     continue
-                seg._ensure_size()
+                seg.ensure_open()
                 for pos, h in seg.iter_headers(seg.position_for_time(ts)):
                     if h.max_timestamp < ts:
                         # Skipping on the header's word: make sure that word is not damaged.
@@ -1148,86 +933,34 @@ class Log:
         >= ``protect_from``. Never the active segment; only whole segments, oldest first.
         Returns ``{"segments_removed", "bytes_freed", "start_offset"}``.
         """
-        cfg = self.config
-        removed: List[Segment] = []
         with self._cleaner_lock, self._lock:
             self._check_writable()
-            now = now_ms()
-            sealed = self._segments[:-1]
-            for seg in sealed:
-                seg._ensure_size()
-            total = sum(seg.size for seg in sealed) + self._segments[-1].size
-            for seg in sealed:
-                expired = False
-                if cfg.retention_ms is not None:
-                    seg.time_index()  # loads the segment's max timestamp
-                    expired = seg.max_timestamp < now - cfg.retention_ms
-                too_big = cfg.retention_bytes is not None and total > cfg.retention_bytes
-                consumed = keep_from is not None and seg.next_offset <= keep_from
-                protected = protect_from is not None and seg.next_offset > protect_from
-                if protected or not (expired or too_big or consumed):
-                    break
-                removed.append(seg)
-                total -= seg.size
+            removed = segments_to_delete(self._segs.items[:-1], self._segs.active.size,
+                                         self.config, now_ms(), keep_from, protect_from)
             if removed:
-                self._delete_segments_locked(removed)
-            start = self._bases[0]
+                with storage_errors(f"deleting segments of {self.path}"):
+                    self._segs.delete(removed)
+            start = self._segs.start_offset
         return {"segments_removed": len(removed),
                 "bytes_freed": sum(seg.size for seg in removed), "start_offset": start}
 
-    def _delete_segments_locked(self, victims: List[Segment]) -> None:
-        """Take segments out of the log, then rename them ``.deleted`` and unlink them.
-
-        Renaming the ``.log`` first makes the removal atomic for a crash: at open, a missing
-        ``.log`` means the segment is gone, and leftover ``.deleted``/index files are swept.
-        """
-        fs = self._fs
-        gone = {id(v) for v in victims}
-        self._segments = [seg for seg in self._segments if id(seg) not in gone]
-        self._bases = [seg.base_offset for seg in self._segments]
-        try:
-            for seg in victims:
-                seg.retired = True
-                for path in (seg.path, seg.index_path, seg.timeindex_path):
-                    try:
-                        fs.replace(path, path + DELETED)
-                    except FileNotFoundError:
-                        pass
-            fs.fsync_dir(self.path)
-            for seg in victims:
-                for path in (seg.path, seg.index_path, seg.timeindex_path):
-                    try:
-                        fs.unlink(path + DELETED)
-                    except FileNotFoundError:
-                        pass
-        except OSError as e:
-            raise StorageError(f"deleting segments of {self.path} failed: {e}", e) from e
-
     def compact(self, now_ms: Optional[int] = None) -> Dict[str, Any]:
         """Run compaction now: keep the latest record per key in sealed segments (see
-        :mod:`logstore.cleaner`). Returns a report dict. Needs ``cleanup_policy`` with compact."""
-        from . import cleaner
-
+        :mod:`logstore.storage.cleaner`). Returns a report dict. Needs ``cleanup_policy`` with
+        compact."""
         if not self.config.compacted:
             raise ConfigError(f"log {self.path} has cleanup_policy={self.config.cleanup_policy!r};"
                               f" open it with cleanup_policy='compact' (or 'compact,delete')")
         with self._cleaner_lock:
-            try:
-                return cleaner.compact(self, now_ms).as_dict()
-            except OSError as e:
-                if isinstance(e, StorageError):
-                    raise
-                raise StorageError(f"compaction of {self.path} failed: {e}", e) from e
-
-    def _replace_segment(self, old: Segment) -> None:
-        """(lock held) Swap in the new file of a compacted segment; readers of ``old`` relocate."""
-        new = Segment.open_sealed(self.path, old.base_offset, old.next_offset, self._fs,
-                                  self.config.index_interval_bytes, writable=True)
-        self._segments = [new if seg is old else seg for seg in self._segments]
-        old.retired = True
+            with self._lock:
+                self._check_writable()
+            with storage_errors(f"compaction of {self.path}"):
+                return cleaner.compact(self._segs, self.config, self._mark_compacted,
+                                       now_ms).as_dict()
 
     def _mark_compacted(self) -> None:
-        """Record in the metadata that offsets may now have gaps (read-only openers need it)."""
+        """Record in the metadata that offsets may now have gaps (read-only openers need it).
+        Called by the cleaner before its commit point, so a log with gaps is never without it."""
         self._allow_gaps = True
         settings = self.meta.setdefault("settings", {})
         if not settings.get("compacted"):
@@ -1235,8 +968,6 @@ class Log:
             meta.rewrite_meta(self.path, self._fs, self.meta)
 
     def _cleanup_loop(self) -> None:
-        import logging
-
         interval = self.config.retention_check_interval_s
         while not self._stop.wait(interval):
             try:
@@ -1247,7 +978,7 @@ class Log:
             except (LogClosedError, StorageError):
                 return
             except Exception:  # keep the thread alive; the next pass retries
-                logging.getLogger("logstore").exception("background cleanup of %s failed",
+                logger.exception("background cleanup of %s failed",
                                                         self.path)
 
     # ------------------------------------------------------------------ introspection
@@ -1258,8 +989,8 @@ class Log:
             if self.readonly:
                 self._refresh_locked()
             out = []
-            for seg in self._segments:
-                seg._ensure_size()
+            for seg in self._segs.items:
+                seg.ensure_open()
                 out.append({"base_offset": seg.base_offset, "next_offset": seg.next_offset,
                             "size": seg.size, "path": seg.path, "sealed": seg.sealed})
             return out

@@ -15,6 +15,8 @@ import time
 import uuid
 from typing import Any, Dict, Optional
 
+import crc32c
+
 from ..errors import NotALogError, UnsupportedFormatError
 from ..format.names import CLEAN_SHUTDOWN_NAME, LOCK_NAME, META_NAME, TMP
 from ..fs import FileSystem
@@ -72,8 +74,6 @@ _MARKER_FIELDS = ("segment", "size", "end_offset", "max_timestamp", "last_batch"
 
 
 def _marker_crc(info: Dict[str, int]) -> int:
-    import crc32c
-
     return crc32c.crc32c(json.dumps([info[k] for k in _MARKER_FIELDS]).encode())
 
 

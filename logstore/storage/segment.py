@@ -11,40 +11,27 @@ end of file would kill the reader with SIGBUS. Mappings are never closed explici
 still hold memoryviews into them; dropping the reference lets the kernel unmap when the last user
 is done (and on Linux an unlinked file stays readable while mapped).
 
-A writer under ``fsync="never"`` writes batches through a shared *write* mapping of the active
-segment instead of ``pwrite`` (``map_writes``): a copy into the page cache, no system call per
-append (~0.2 us instead of ~1 us for a 170-byte batch here). The bytes are in the page cache as
-soon as the copy ends, exactly as after ``pwrite``: other processes' ``pread`` sees them, a
-process crash keeps them, ``fdatasync`` writes them out. The mapping only ever covers space
-reserved with ``posix_fallocate`` (real blocks, not a sparse hole), so a full disk is an
-``ENOSPC`` from the reservation, before anything is copied, never a SIGBUS at the copy. The
-reserved space past the data reads as zeros, the "preallocated tail" of FORMAT.md, and is cut
-at seal and close like the sparse preallocation of the syncing policies. Only batches of up to
-``MAP_WRITE_MAX_BYTES`` take that route: every fresh page of the mapping costs a write fault
-(the file system maps the reserved block then), ~2-4 us here, which is more than a ``pwrite``
-of a large batch saves; larger batches are written with ``pwrite`` into the same reserved space.
+Writing the active segment's file (pwrite, the write mapping of ``fsync="never"``, the write
+buffer, preallocation, writeback hints) is :class:`~logstore.storage.active_file.ActiveFile`'s
+job: a segment being written holds one as :attr:`Segment.writer`.
 """
 
 from __future__ import annotations
 
-import errno
 import mmap
 import os
 from typing import Any, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from ..errors import CorruptLogError, OffsetOutOfRangeError, StorageError
+from ..errors import CorruptLogError, OffsetOutOfRangeError
 from ..format.decode import DecodedBatch, decode
 from ..format.header import ALIGN, ATTR_OFFSET_DELTAS, BatchHeader, CODEC_MASK, FORMAT_VERSION, HEADER, HEADER_SIZE, KNOWN_ATTRS, MAGIC, MAGIC_INT, MAX_BATCH_LENGTH, MAX_TIMESTAMP, STEP, WALK, check_header, crc_ok, header_problem, parse_header
 from ..fs import FileSystem
 from ..format.names import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
+from .active_file import ActiveFile
+from .tail import RecoveryReport, inspect_active
 from .index import OffsetIndex, TimeIndex
-
-# Framed batches up to this size are copied into the write mapping, larger ones are written with
-# pwrite (measured here, fsync="never": a 170 B batch 2.1 us mapped vs 3.3 us pwrite, 1 KiB
-# 3.9 vs 4.6 us, 4 KiB 15 vs 14 us, 10 KiB 26 vs 21 us, 100 KiB 160 vs 64 us).
-MAP_WRITE_MAX_BYTES = 2048
 
 MAX_RELATIVE_OFFSET = 2**31 - 1  # index entries store offsets relative to the segment base
 
@@ -100,10 +87,6 @@ class Segment:
         self.directory = directory
         self.base_offset = base_offset
         self.fs = fs
-        # The plain FileSystem's pwrite is os.pwrite plus a short-write loop: appends call
-        # os.pwrite directly and fall back to fs.pwrite for short writes. A test
-        # double (a subclass) always goes through fs.pwrite.
-        self._os_pwrite = os.pwrite if type(fs) is FileSystem else None
         self.index_interval = index_interval
         self.writable = writable
         self.path = os.path.join(directory, segment_name(base_offset))
@@ -111,12 +94,11 @@ class Segment:
         self.timeindex_path = os.path.join(directory, segment_name(base_offset, TIMEINDEX_SUFFIX))
         self.fd: Optional[int] = None  # writer fd (read/write) or reader fd (pread mode)
         self.size = 0  # bytes of whole, valid batches (including any not yet written: pending)
-        self.pending = bytearray()  # write buffer (write_buffer_bytes > 0 only)
+        self.writer: Optional[ActiveFile] = None  # the active segment's writer (writable logs)
         # Bytes of this segment known to be on stable storage; every batch written records the
         # value current at its writing (header field synced_before), which lets recovery tell
         # damage in never-synced bytes (a torn tail) from damage in synced ones (corruption).
         self.synced_size = 0
-        self.buffer_limit = 0
         self.next_offset = base_offset
         self.max_timestamp = -1
         self.first_timestamp: Optional[int] = None
@@ -129,23 +111,6 @@ class Segment:
         self._time_index: Optional[TimeIndex] = None
         self._last_index_pos = 0
         self._index_checked = False
-        # Start kernel writeback of every this-many newly written bytes (0: never); see
-        # FileSystem.start_writeback. Set by the log for policies that do not fsync each append.
-        self.writeback_bytes = 0
-        self._writeback_from = 0
-        # Preallocation (writer, syncing policies): the file is extended this many bytes ahead
-        # of the data, up to preallocate_limit, so that the fdatasync after an append does not
-        # also have to commit a new file size (see FORMAT.md, "Preallocated tail"). 0: off.
-        self.preallocate = 0
-        self.preallocate_limit = 0
-        self.allocated = 0  # the file's length as this writer made it (>= written data)
-        # Write mapping (fsync="never" writers, see the module docstring): covers [0, _wmap_len),
-        # all of it reserved on disk. map_writes is cleared for good if the file system cannot
-        # reserve space (no posix_fallocate support).
-        self.map_writes = False
-        self.map_write_limit = 0
-        self._wmap: Optional[mmap.mmap] = None
-        self._wmap_len = 0
 
     # ------------------------------------------------------------------ opening and closing
     @classmethod
@@ -154,6 +119,7 @@ class Segment:
         """Create a new, empty active segment (the caller fsyncs the directory)."""
         seg = cls(directory, base_offset, fs, index_interval, writable=True)
         seg.fd = fs.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        seg.writer = ActiveFile(seg.fd, fs, seg.path, 0)
         seg._offset_index = OffsetIndex.create(seg.index_path, index_capacity, fs)
         seg._time_index = TimeIndex.create(seg.timeindex_path, index_capacity, fs)
         seg._index_checked = True
@@ -169,8 +135,8 @@ class Segment:
         seg.size = -1  # unknown until first use
         return seg
 
-    def _ensure_size(self) -> None:
-        """First use of a sealed segment: open it, take its size and map it in one step.
+    def ensure_open(self) -> None:
+        """(Sealed segments; a no-op otherwise) First use of a sealed segment: open it, take its size and map it in one step.
 
         Doing both on one file descriptor means a segment swapped by compaction (same name, new
         file) is seen either entirely old or entirely new by this object, never mixed.
@@ -195,7 +161,7 @@ class Segment:
         """Open this (writable) segment as the active one, ``size`` bytes valid."""
         self.fd = self.fs.open(self.path, os.O_RDWR)
         self.size = size
-        self.allocated = os.fstat(self.fd).st_size
+        self.writer = ActiveFile(self.fd, self.fs, self.path, os.fstat(self.fd).st_size)
         self.synced_size = size  # a clean close fsynced everything
         self.next_offset = next_offset
         self.max_timestamp = max_timestamp
@@ -222,6 +188,46 @@ class Segment:
         else:
             self.rebuild_indexes(self.scan(0), index_capacity)
 
+    def recover(self, index_capacity: int, force_truncate: bool = False) -> RecoveryReport:
+        """Recover this (writable) active segment after an unclean shutdown: scan it, cut a torn
+        or never-written tail, make the rest durable, rebuild the indexes (Kafka's
+        ``LogSegment.recover``). Returns the report.
+
+        Raises :class:`CorruptLogError` (changing nothing) if valid data follows the damage and
+        ``force_truncate`` is not set.
+        """
+        self.fd = self.fs.open(self.path, os.O_RDWR)
+        self.writer = ActiveFile(self.fd, self.fs, self.path, os.fstat(self.fd).st_size)
+        scan, report = inspect_active(self)
+        if report.data_after_problem and not force_truncate:
+            raise CorruptLogError(
+                f"{report.problem}; valid batches follow it, so this is corruption inside the "
+                f"active segment, not a torn tail. Nothing was changed. Run `logstore recover "
+                f"--apply {self.directory}` to cut the segment at this point "
+                f"(dropping {report.truncated_bytes} bytes), or restore it from a copy",
+                self.path, report.problem_position)
+        self.size = scan.valid_end
+        if report.truncated_bytes:
+            self.truncate_to(scan.valid_end)
+        else:
+            # What survived a process crash may still sit unsynced in the page cache: make it
+            # durable before the log calls it durable (and lets readers see it).
+            self.sync()
+        self.writer.allocated = scan.valid_end
+        self.next_offset = scan.next_offset if scan.batches else self.base_offset
+        self.sealed = False
+        if scan.batches:
+            self.first_timestamp = self.header_at(0).base_timestamp
+        self.rebuild_indexes(scan, index_capacity)
+        report.indexes_rebuilt = True
+        return report
+
+    def rebuild_sealed_indexes(self) -> None:
+        """Rebuild and save this sealed segment's indexes from a strict scan (``logstore
+        recover``); :class:`CorruptLogError` if the segment itself is damaged."""
+        self.ensure_open()
+        self.rebuild_indexes(self.scan(0, strict=True), None)
+
     def open_reader_active(self) -> None:
         """Read-only view of the active segment: pread, in-memory index built while walking."""
         self.use_pread = True
@@ -232,9 +238,52 @@ class Segment:
         self._time_index = TimeIndex.in_memory()
         self._index_checked = True
 
-    def close(self) -> None:
+    def catch_up(self) -> None:
+        """(A reader's active segment) Take in the whole, CRC-valid batches another writer
+        appended since the last call; stop at anything not (yet) whole and valid: a batch being
+        written, the writer's preallocated tail, or a torn tail it will cut."""
+        file_size = os.fstat(self.fd).st_size
+        pos = self.size
+        while pos + HEADER_SIZE <= file_size:
+            raw = os.pread(self.fd, HEADER_SIZE, pos)
+            if len(raw) < HEADER_SIZE:
+                break  # the writer cut its preallocated tail since the fstat (a roll or close)
+            h = parse_header(raw, 0)
+            if header_problem(h) or pos + h.length > file_size:
+                break  # not written yet (or torn): look again next time
+            data = os.pread(self.fd, h.length, pos)
+            if len(data) < h.length or not crc_ok(data, 0, h):
+                break
+            self.size = pos + h.length
+            self.note_batch(pos, h.base_offset, h.max_timestamp)
+            self.next_offset = h.next_offset
+            if self.first_timestamp is None:
+                self.first_timestamp = h.base_timestamp
+            pos += h.length
+
+    def become_sealed_reader(self) -> None:
+        """(A reader's active segment) The writer sealed this segment: read it as a sealed one
+        from now on (mapped on next use, indexes from its files)."""
+        self.close()
+        self.use_pread = False
+        self.sealed = True
+        self.size = -1
+        self._offset_index = self._time_index = None
+
+    def close_mappings(self) -> None:
+        """Drop this segment's mappings without touching its descriptor (a simulated crash has
+        taken the file descriptors away already)."""
         self._map = None
-        self._drop_write_map()
+        if self.writer is not None:
+            self.writer.drop_write_map()
+
+    def close(self) -> None:
+        """Close the file and drop the mappings (readers holding views keep them alive)."""
+        self._offset_index = self._time_index = None  # unmap index files too
+        self._map = None
+        if self.writer is not None:
+            self.writer.drop_write_map()
+            self.writer = None
         if self.fd is not None:
             fd, self.fd = self.fd, None
             if self.use_pread:
@@ -248,11 +297,11 @@ class Segment:
             return os.fstat(self.fd).st_size
         return os.path.getsize(self.path)
 
-    def _mapped(self, end: int) -> mmap.mmap:
+    def mapped(self, end: int) -> mmap.mmap:
         """A mapping covering at least ``[0, end)`` (``end`` <= valid size)."""
         if self._map is None or self._map_len < end:
-            self._ensure_size()
-            written = self.size - len(self.pending)
+            self.ensure_open()
+            written = self.size - len(self.pending) if self.writer is not None else self.size
             if end > written:
                 self.flush_pending()  # readers must see buffered appends: put them in the file
                 written = self.size
@@ -275,7 +324,7 @@ class Segment:
             if len(data) < n:
                 raise CorruptLogError("segment is shorter than expected", self.path, pos)
             return data
-        return memoryview(self._mapped(pos + n))[pos : pos + n]
+        return memoryview(self.mapped(pos + n))[pos : pos + n]
 
     def header_at(self, pos: int) -> BatchHeader:
         """The validated header of the batch at ``pos`` (CRC not checked)."""
@@ -284,11 +333,21 @@ class Segment:
         if self.use_pread:
             h = parse_header(self.read_bytes(pos, HEADER_SIZE), 0)
         else:
-            h = parse_header(self._mapped(pos + HEADER_SIZE), pos)
+            h = parse_header(self.mapped(pos + HEADER_SIZE), pos)
         check_header(h, self.path, pos)
         if pos + h.length > self.size:
             raise CorruptLogError("batch runs past the end of the segment", self.path, pos)
         return h
+
+    def release_pages(self) -> None:
+        """Drop this segment's mapped pages from the process's RSS (they stay in the page cache):
+        for a pass that has read the whole segment once (compaction)."""
+        mapping = self._map
+        if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                mapping.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
 
     def batch_at(self, pos: int, h: Optional[BatchHeader] = None,
                  lazy: bool = False) -> DecodedBatch:
@@ -311,7 +370,7 @@ class Segment:
 
     def _load_indexes(self) -> None:
         """Load a sealed segment's indexes; rebuild them if missing or implausible."""
-        self._ensure_size()
+        self.ensure_open()
         rel_end = self.next_offset - self.base_offset
         oi = OffsetIndex.map_readonly(self.index_path)
         ti = TimeIndex.map_readonly(self.timeindex_path)
@@ -351,7 +410,7 @@ class Segment:
             return True
         rels = entries["rel"].tolist()
         tss = entries["ts"].tolist()
-        mm = self._mapped(self.size) if self.size and not self.use_pread else None
+        mm = self.mapped(self.size) if self.size and not self.use_pread else None
         # A sample of entries spread over the segment (all of them for small indexes): this runs
         # on the first use of a segment and must stay cheap (a 64 MiB segment has ~16k entries).
         # A systematically wrong index (zeroed, stale, shifted) fails on any sampled entry.
@@ -385,7 +444,7 @@ class Segment:
         self._last_index_pos = 0
         self.max_timestamp = -1
         for b in scan.batches:
-            self._note_batch(b.position, b.base_offset, b.max_timestamp)
+            self.note_batch(b.position, b.base_offset, b.max_timestamp)
         if self.sealed:
             # A damaged segment's later timestamps are unknown: promise nothing about them.
             final_ts = max(self.max_timestamp, 0) if scan.error is None else MAX_TIMESTAMP
@@ -398,7 +457,7 @@ class Segment:
                     pass  # a hint we could not save is rebuilt again next time
         self._index_checked = True
 
-    def _note_batch(self, pos: int, base_offset: int, max_ts: int) -> None:
+    def note_batch(self, pos: int, base_offset: int, max_ts: int) -> None:
         """Add index entries for a batch written/found at ``pos`` (same rule on write and rebuild)."""
         if pos - self._last_index_pos >= self.index_interval:
             rel = base_offset - self.base_offset
@@ -411,14 +470,14 @@ class Segment:
     # ------------------------------------------------------------------ lookup
     def find(self, offset: int) -> Optional[Tuple[int, BatchHeader]]:
         """(position, header) of the first batch whose offsets reach ``offset``, or None."""
-        self._ensure_size()
+        self.ensure_open()
         index = self.offset_index()
         rel_hint, pos = index.lookup(offset - self.base_offset)
         if pos:
             # Spot-check the hint: the entry must point at the start of the batch it names.
             ok = pos + HEADER_SIZE <= self.size
             if ok and not self.use_pread:
-                magic, length, base, _ = WALK.unpack_from(self._mapped(pos + HEADER_SIZE), pos)
+                magic, length, base, _ = WALK.unpack_from(self.mapped(pos + HEADER_SIZE), pos)
                 ok = magic == MAGIC and base == self.base_offset + rel_hint
             elif ok:
                 try:
@@ -446,13 +505,15 @@ class Segment:
         """
         oi = self._offset_index
         size = self.size
-        if oi is None or self.pending or size <= 0 or offset >= self.next_offset:
+        writer = self.writer
+        if oi is None or size <= 0 or offset >= self.next_offset or (
+                writer is not None and writer.pending):
             return None
         if self.use_pread:
             mm = None
             fd = self.fd
         else:
-            mm = self._map if self._map_len >= size else self._mapped(size)
+            mm = self._map if self._map_len >= size else self.mapped(size)
         base_offset = self.base_offset
         rel, pos = oi.lookup(offset - base_offset)
         expect = base_offset + rel
@@ -501,8 +562,8 @@ class Segment:
         written part is walked first: the buffer is written out only if the target is in it (so
         reads of older records keep working while the disk is full).
         """
-        if self.pending:
-            written = self.size - len(self.pending)
+        if self.writer is not None and self.writer.pending:
+            written = self.size - len(self.writer.pending)
             if pos < written:
                 found = self._walk(offset, pos, written)
                 if found is not None:
@@ -521,7 +582,7 @@ class Segment:
             return None
         if pos + HEADER_SIZE > size:
             return None if pos >= size else (pos, self.header_at(pos))  # (the latter raises)
-        mm = self._mapped(size)
+        mm = self.mapped(size)
         walk = WALK.unpack_from
         magic_ok = MAGIC
         # Tight loop: only magic, length and offsets are read. The batch finally chosen is fully
@@ -558,7 +619,7 @@ class Segment:
         if pos < 0:
             return
         h = self.header_at(pos)
-        if not crc_ok(self._mapped(pos + h.length), pos, h):
+        if not crc_ok(self.mapped(pos + h.length), pos, h):
             raise CorruptLogError("CRC32C mismatch", self.path, pos)
 
     def _index_broken(self) -> None:
@@ -601,7 +662,7 @@ class Segment:
         if self.use_pread:
             file_size = os.fstat(self.fd).st_size
         elif frozen:
-            self._ensure_size()  # scan exactly the file this object mapped
+            self.ensure_open()  # scan exactly the file this object mapped
             file_size = self.size
         else:
             file_size = self.file_size()
@@ -611,7 +672,7 @@ class Segment:
         expect = self.base_offset if prev_next is None else prev_next
         error: Optional[CorruptLogError] = None
         if end > 0 and not self.use_pread:
-            buf = self._map if frozen else self._scan_map(end)
+            buf = self._map if frozen else self.scan_view(end)
         else:
             buf = None
         while pos < end:
@@ -651,7 +712,7 @@ class Segment:
             return not np.frombuffer(buf, dtype=np.uint8, count=end - pos, offset=pos).any()
         return zeros_between(self.fd, pos, end)
 
-    def _scan_map(self, end: int):
+    def scan_view(self, end: int):
         fd = self.fd if self.fd is not None else os.open(self.path, os.O_RDONLY)
         try:
             return mmap.mmap(fd, end, access=mmap.ACCESS_READ)
@@ -661,158 +722,47 @@ class Segment:
 
     # ------------------------------------------------------------------ writing
     def append(self, data, base_offset: int, next_offset: int, max_ts: int, first_ts: int) -> None:
-        """Write a framed batch at the end. On failure the file is cut back and StorageError raised.
-
-        With a write buffer (``buffer_limit`` > 0) small batches are collected in memory and
-        written together; the buffer is written before it would overflow, before any read that
-        needs it, and by :meth:`sync`.
-        """
+        """Write a framed batch at the end (through :attr:`writer`, see
+        :mod:`~logstore.storage.active_file`). On failure the file is cut back and StorageError
+        raised; this segment's state is unchanged."""
         pos = self.size
-        length = len(data)
-        buffered = False
-        if self.buffer_limit:
-            if len(self.pending) + length > self.buffer_limit:
-                self.flush_pending()
-            buffered = length < self.buffer_limit
-            if buffered:
-                self.pending += data
-        if not buffered:
-            end = pos + length
-            if length <= MAP_WRITE_MAX_BYTES and (
-                    end <= self._wmap_len or (self.map_writes and self._map_ahead(end))):
-                self._wmap[pos:end] = data  # a memcpy into the page cache: no system call
-            else:
-                self._pwrite_batch(data, pos, length)
-        self.size = pos + length
+        self.writer.write(data, pos)
+        self.size = pos + len(data)
         self.next_offset = next_offset
         if self.first_timestamp is None:
             self.first_timestamp = first_ts
         # Index entries and writeback hints are due only every index_interval bytes (or for a
         # new maximum timestamp): skip the call otherwise, this runs once per append.
         if pos - self._last_index_pos >= self.index_interval or max_ts > self.max_timestamp:
-            self._note_batch(pos, base_offset, max_ts)
-            if self.writeback_bytes and pos - self._writeback_from >= self.writeback_bytes:
-                self._start_writeback()
+            self.note_batch(pos, base_offset, max_ts)
+            writer = self.writer
+            if writer.writeback_bytes and pos - writer.writeback_from >= writer.writeback_bytes:
+                writer.start_writeback(self.size)
 
-    def _pwrite_batch(self, data, pos: int, length: int) -> None:
-        if pos + length > self.allocated:
-            self._extend(pos + length)
-        os_pwrite = self._os_pwrite
-        try:
-            # (A short write is redone whole: the write is positional, so that is idempotent.)
-            if os_pwrite is None or os_pwrite(self.fd, data, pos) != length:
-                self.fs.pwrite(self.fd, data, pos)
-        except OSError as e:
-            self._cut_back(pos, e)
-            raise StorageError(
-                f"write to {self.path} failed: {e}; nothing was appended", e) from e
+    @property
+    def pending(self) -> bytes:
+        """Bytes appended but still in the write buffer (not yet in the file)."""
+        return self.writer.pending if self.writer is not None else b""
 
-    def _map_ahead(self, end: int) -> bool:
-        """Reserve and map the file up to at least ``end`` for :meth:`append`'s copy.
-
-        Reserves ahead of the data, doubling with the file up to 4 MiB at a time (a small log
-        reserves little), capped at the segment size. False: write this batch with pwrite
-        (the reservation failed; the pwrite path reports a real problem, e.g. ENOSPC, as
-        every write failure is reported).
-        """
-        step = min(max(self.allocated, 64 << 10), 4 << 20)
-        target = max(end, min(end + step, self.map_write_limit))
-        start = min(self.allocated, self.size)
-        try:
-            if target > start:
-                os.posix_fallocate(self.fd, start, target - start)
-            wmap = mmap.mmap(self.fd, target, access=mmap.ACCESS_WRITE)
-        except OSError as e:
-            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENODEV):
-                self.map_writes = False  # this file system cannot reserve: pwrite from now on
-            self.allocated = max(self.allocated, os.fstat(self.fd).st_size)
-            return False
-        self._drop_write_map()
-        self._wmap, self._wmap_len = wmap, target
-        self.allocated = max(self.allocated, target)
-        return True
-
-    def _drop_write_map(self) -> None:
-        if self._wmap is not None:
-            wmap, self._wmap, self._wmap_len = self._wmap, None, 0
-            wmap.close()  # never exported (only written by slice assignment)
-
-    def _extend(self, end: int) -> None:
-        """The file is about to grow to ``end``: preallocate ahead of it if configured."""
-        if self.preallocate:
-            target = max(end, min(end + self.preallocate, self.preallocate_limit))
-            if target > end:
-                try:
-                    self.fs.truncate(self.fd, target)  # sparse: no zeros written
-                except OSError:
-                    # Only an optimisation (EFBIG under a file size limit, say): stop trying;
-                    # the write itself reports any real problem.
-                    self.preallocate = 0
-                else:
-                    self.allocated = target
-                    return
-        self.allocated = end
+    def flush_pending(self) -> None:
+        """Write the write buffer to the file (not fsync). On failure the buffer is kept."""
+        if self.writer is not None:
+            self.writer.flush(self.size)
 
     def trim(self) -> bool:
         """Cut the preallocated bytes past the data (seal and close: sealed and cleanly closed
         segments end exactly at their last batch); True if there were any. Not durable until the
         caller's :meth:`sync`."""
-        self.flush_pending()
-        self._drop_write_map()
-        cut = self.allocated > self.size
-        if cut:
-            self.fs.truncate(self.fd, self.size)
-        self.allocated = self.size
-        return cut
-
-    def _start_writeback(self) -> None:
-        """Hint the kernel to write out what was written since the last hint (no waiting)."""
-        written = self.size - len(self.pending)
-        if written > self._writeback_from:
-            try:
-                self.fs.start_writeback(self.fd, self._writeback_from,
-                                        written - self._writeback_from)
-            except OSError:
-                return  # only a hint: the fdatasync that matters reports real errors
-            self._writeback_from = written
-
-    def flush_pending(self) -> None:
-        """Write the write buffer to the file (not fsync). On failure the buffer is kept."""
-        if not self.pending:
-            return
-        start = self.size - len(self.pending)
-        if self.size > self.allocated:
-            self._extend(self.size)
-        try:
-            self.fs.pwrite(self.fd, self.pending, start)
-        except OSError as e:
-            self._cut_back(start, e)
-            raise StorageError(
-                f"writing buffered records to {self.path} failed: {e}; they stay buffered "
-                f"and are retried by the next flush", e) from e
-        self.pending = bytearray()
-
-    def _cut_back(self, pos: int, cause: OSError) -> None:
-        self._drop_write_map()
-        try:
-            self.fs.truncate(self.fd, pos)
-            self.allocated = pos
-        except OSError as e:
-            raise StorageError(
-                f"write to {self.path} failed ({cause}) and the partial batch could not be "
-                f"removed ({e}); reopen the log to recover", e) from e
+        return self.writer.trim(self.size)
 
     def truncate_to(self, size: int) -> None:
         """Cut the file at ``size`` (recovery of a torn tail) and make that durable."""
-        self._drop_write_map()
-        self.fs.truncate(self.fd, size)
-        self.fs.fdatasync(self.fd)
+        self._map = None  # never truncate under our own mapping
+        self.writer.truncate(size)
         self.synced_size = size
-        self.allocated = size
 
     def sync(self) -> None:
-        self.flush_pending()
-        self.fs.fdatasync(self.fd)
+        self.writer.sync(self.size)
         self.synced_size = self.size
 
     def seal(self) -> None:

@@ -19,7 +19,7 @@ import itertools
 import os
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional
 
 from . import leases
 from ..errors import (
@@ -38,10 +38,6 @@ _POLL_SLICE = 0.05  # also re-check the logs this often while blocked (appends b
 #: How often a polling member looks at the group's membership and leases (seconds): the longest
 #: a partition waits, after a member joins or dies, before its new owner can take it.
 REBALANCE_INTERVAL_S = 0.2
-
-
-def _group_state_key(group: str, topic: str) -> Tuple[str, str]:
-    return group, topic
 
 
 def validate_group(group_id: object) -> str:
@@ -70,7 +66,7 @@ class _GroupState:
         self.lock = threading.RLock()
         self.members: List["Consumer"] = []
         self.closed = False
-        self.dir = leases.ensure_group_dir(store._fs, store.root, topic.name, group)
+        self.dir = leases.ensure_group_dir(store.fs, store.root, topic.name, group)
         self.members_dir = os.path.join(self.dir, leases.MEMBERS_DIR)
         self.leases: Dict[int, Log] = {}
         self.positions: Dict[int, int] = {}  # of leased partitions
@@ -113,7 +109,7 @@ class _GroupState:
             self.assigned = {m: [p for p in ps if p in self.leases] for m, ps in wanted.items()}
 
     def _acquire(self, p: int) -> None:
-        log = leases.try_lease(self.store._open_lease_log, os.path.join(self.dir, str(p)))
+        log = leases.try_lease(self.store.open_lease_log, os.path.join(self.dir, str(p)))
         if log is None:
             return  # another process still holds it; try again at the next rebalance
         try:
@@ -176,14 +172,8 @@ class Consumer:
         self.topic = topic
         self._closed = False
         self._rr = itertools.count()
-        key = _group_state_key(group_id, topic.name)
-        with store._lock:
-            store._check_open()
-            state = store._groups.get(key)
-            if state is None or state.closed:
-                state = store._groups[key] = _GroupState(store, group_id, topic, start)
-            state.join(self)
-        self._state = state
+        self._state = store.join_group(
+            group_id, topic.name, lambda: _GroupState(store, group_id, topic, start), self)
 
     # ------------------------------------------------------------------ membership
     def assignment(self) -> List[int]:
@@ -197,7 +187,7 @@ class Consumer:
     def _check(self) -> None:
         if self._closed or self._state.closed:
             raise LogClosedError(f"consumer {self.group_id!r} on {self.topic.name!r} is closed")
-        self.store._check_open()
+        self.store.check_open()
 
     # ------------------------------------------------------------------ reading
     def poll(self, max_records: int = 500, timeout: float = 0.0) -> List[Record]:
@@ -238,7 +228,7 @@ class Consumer:
                 pos = start  # retention removed what we had not read: continue at the start
             if pos >= log.end_offset:
                 continue
-            recs = log._read(pos, max_records - len(out), None, p)
+            recs = log.read_records(pos, max_records - len(out), None, p)
             if recs:
                 with st.lock:
                     if st.leases.get(p) is not lease:
@@ -271,7 +261,7 @@ class Consumer:
     def committed(self) -> Dict[int, int]:
         """``{partition: committed next offset}`` of the group, for every partition that has one
         (including partitions other members, in any process, hold)."""
-        out = self.store._group_commits(self.group_id, self.topic.name)
+        out = self.store.group_commits(self.group_id, self.topic.name)
         with self._state.lock:
             out.update(self._state.committed)
         return out
@@ -339,10 +329,12 @@ class Consumer:
             self._set_position(p, self.topic.partitions[p].offset_for_time(timestamp_ms))
 
     def seek_to_beginning(self) -> None:
+        """Move every assigned partition to its first retained record (``start_offset``)."""
         for p in self.assignment():
             self.seek(p, self.topic.partitions[p].start_offset)
 
     def seek_to_end(self) -> None:
+        """Move every assigned partition to its end: only records published later are read."""
         for p in self.assignment():
             self.seek(p, self.topic.partitions[p].end_offset)
 

@@ -110,10 +110,6 @@ def lease_partitions(group_dir: str) -> List[int]:
 
 
 # ---------------------------------------------------------------------------------- commits
-def encode_commit(offset: int) -> bytes:
-    return _OFFSET.pack(offset)
-
-
 def last_commit(log: Log) -> Optional[int]:
     """The offset of the last commit in lease log ``log`` (None if nothing was committed)."""
     end = log.end_offset

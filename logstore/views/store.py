@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import threading
 import uuid
@@ -27,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
 from ..config import LogConfig
-from ..format.encode import check_batch_shape, prepare_batch
+from ..format.encode import check_batch_shape
 from ..errors import (
     ConfigError,
     LogClosedError,
@@ -43,14 +44,17 @@ from . import leases
 from ..fs import DEFAULT_FS, FileSystem
 from ..storage.lockfile import DirectoryLock
 from ..storage.log import Log
+from .consumer import SUBSCRIPTION_PREFIX, Consumer, Subscription
 from .names import partition_for_key, validate_name
 from .offsets import OffsetStore
+from .workqueue import WorkQueue
 from ..format.names import (
     INTERNAL_DIR, OFFSETS_LOG, STORE_META, TOPIC_META, TOPICS_DIR, LOCK_NAME, topic_dir,
 )
 from ..record import Record
 from ..util import now_ms
 
+logger = logging.getLogger("logstore")
 STORE_FORMAT = "logstore-store"
 # 2: consumer groups and subscriptions commit into per-partition lease logs (internal/groups);
 #    version 1 stores are upgraded when opened for writing (their commits are read as a fallback).
@@ -71,7 +75,7 @@ class Topic:
         self._rr = itertools.count()
         self._dedup_lock = threading.Lock()
         self._dedup: Dict[str, Tuple[int, int, int]] = {}  # msg_id -> (partition, offset, ts)
-        self._listeners: List[Callable[[Record], None]] = []
+        self.listeners: List[Callable[[Record], None]] = []
         self.retention = "limits"
         if store.dedup_window_s > 0:
             self._load_dedup()
@@ -126,7 +130,7 @@ class Topic:
         publish of the same id within ``dedup_window_s`` returns the first one's position and
         appends nothing.
         """
-        self.store._check_writable()
+        self.store.check_writable()
         if partition is None:
             partition = self.partition_of(key)
         elif not isinstance(partition, int) or not 0 <= partition < len(self.partitions):
@@ -147,7 +151,7 @@ class Topic:
                 self._dedup[msg_id] = (partition, offset, ts)
         else:
             offset = log.append(value, key=key, headers=headers, timestamp_ms=ts)
-        self.store._published(self, partition, offset, ts, key, value, headers)
+        self.store.notify_published(self, partition, offset, ts, key, value, headers)
         return partition, offset
 
     def publish_batch(
@@ -169,7 +173,7 @@ class Topic:
         error on the second partition leaves the first one's batch written). No ``msg_id``
         deduplication here: use :meth:`publish` for that.
         """
-        self.store._check_writable()
+        self.store.check_writable()
         n = check_batch_shape(values, keys=keys, headers=headers)
         if n == 0:
             return []
@@ -184,25 +188,23 @@ class Topic:
         for p, idx in groups.items():
             log = self.partitions[p]
             ks = None if keys is None else [keys[i] for i in idx]
-            if not log._allow_keyless and (ks is None or any(k is None for k in ks)):
+            if log.config.compacted and (ks is None or any(k is None for k in ks)):
                 raise MissingKeyError(f"topic {self.name!r} is compacted: every message needs a "
                                       f"key; nothing was published")
-            cfg = log.config
-            prepared.append((p, idx, prepare_batch(
+            prepared.append((p, idx, log.prepare_batch(
                 [values[i] for i in idx], ks,
-                None if headers is None else [headers[i] for i in idx], None, ts,
-                log._codec, cfg.compression_level, cfg.max_record_bytes)))
+                None if headers is None else [headers[i] for i in idx], None, ts)))
         out: List[Tuple[int, int]] = [(0, 0)] * n
         for p, idx, batch in prepared:
-            offsets = self.partitions[p]._append_prepared(batch)
+            offsets = self.partitions[p].append_prepared(batch)
             for i, off in zip(idx, offsets):
                 out[i] = (p, off)
-        if self._listeners:
+        if self.listeners:
             for i, (p, off) in enumerate(out):
-                self.store._published(self, p, off, ts, None if keys is None else keys[i],
+                self.store.notify_published(self, p, off, ts, None if keys is None else keys[i],
                                       values[i], None if headers is None else headers[i])
         else:
-            self.store._published(self, out[-1][0], out[-1][1], ts, None, None, None)
+            self.store.notify_published(self, out[-1][0], out[-1][1], ts, None, None, None)
         return out
 
     def end_offsets(self) -> Dict[int, int]:
@@ -229,7 +231,7 @@ class Store:
         self.config = config
         self.readonly = readonly
         self.dedup_window_s = dedup_window_s
-        self._fs = fs
+        self.fs = fs  # the I/O seam every log of the store uses
         self._log_options = log_options
         self._lock = threading.RLock()
         self._data = threading.Condition(threading.Lock())  # notified on every publish
@@ -273,22 +275,22 @@ class Store:
             if os.path.isdir(root) and [n for n in os.listdir(root) if n != LOCK_NAME]:
                 raise NotALogError(f"{root} is not empty and has no {STORE_META}: not a store")
         if not self.readonly:
-            self._fs.makedirs(root)
+            self.fs.makedirs(root)
             self._dir_lock = DirectoryLock(root).acquire()
         try:
             if meta is None:
                 meta = {"format": STORE_FORMAT, "version": STORE_VERSION, "id": uuid.uuid4().hex}
-                self._fs.makedirs(os.path.join(root, TOPICS_DIR))
-                self._fs.makedirs(os.path.join(root, INTERNAL_DIR))
-                self._fs.write_file_atomic(meta_path, json.dumps(meta).encode())
+                self.fs.makedirs(os.path.join(root, TOPICS_DIR))
+                self.fs.makedirs(os.path.join(root, INTERNAL_DIR))
+                self.fs.write_file_atomic(meta_path, json.dumps(meta).encode())
             elif not self.readonly and int(meta.get("version", 1)) < STORE_VERSION:
                 meta = dict(meta, version=STORE_VERSION)
-                self._fs.write_file_atomic(meta_path, json.dumps(meta).encode())
+                self.fs.write_file_atomic(meta_path, json.dumps(meta).encode())
             if not self.readonly:
                 leases.remove_trash(root)
             self.meta = meta
             self.offsets = OffsetStore(
-                self._open_internal_log(os.path.join(root, OFFSETS_LOG), True))
+                self.open_internal_log(os.path.join(root, OFFSETS_LOG), True))
             interval = self.config.retention_check_interval_s
             if not self.readonly and interval > 0:
                 self._cleaner = threading.Thread(target=self._cleanup_loop, daemon=True,
@@ -324,38 +326,38 @@ class Store:
         options = dict(self._log_options)
         options["retention_check_interval_s"] = 0  # the store runs one cleanup thread for all
         options.update(extra)
-        return Log.open(path, readonly=self.readonly, fs=self._fs, **options)
+        return Log.open(path, readonly=self.readonly, fs=self.fs, **options)
 
-    def _open_internal_log(self, path: str, compacted: bool) -> Log:
+    def open_internal_log(self, path: str, compacted: bool) -> Log:
         # Internal logs never inherit user retention limits: losing commits or acks is not an
         # option. The offsets log is compacted (latest commit per key); event logs are trimmed
         # below their last checkpoint.
         return self._open_log(path, retention_ms=None, retention_bytes=None,
                               cleanup_policy="compact" if compacted else "delete")
 
-    def _open_lease_log(self, path: str) -> Log:
+    def open_lease_log(self, path: str) -> Log:
         """Open a consumer group's lease log for writing (the lease), even in a read-only store:
         the lease holder is its only writer. Raises LogLockedError while another holds it."""
         options = dict(self._log_options)
         options.update(retention_check_interval_s=0, retention_ms=None, retention_bytes=None,
                        cleanup_policy="delete", segment_bytes=leases.LEASE_SEGMENT_BYTES)
-        return Log.open(path, fs=self._fs, **options)
+        return Log.open(path, fs=self.fs, **options)
 
-    def _group_commits(self, group: str, topic: str) -> Dict[int, int]:
+    def group_commits(self, group: str, topic: str) -> Dict[int, int]:
         """Committed offsets of one group on one topic, as stored (lease logs over the
         offsets log of stores before version 2)."""
         out = self.offsets.group_offsets(group, topic)
         path = leases.group_path(self.root, topic, group)
         if os.path.isdir(path):
-            out.update(leases.read_group_commits(path, self._fs))
+            out.update(leases.read_group_commits(path, self.fs))
         return out
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
         if self._closed:
             raise LogClosedError(f"store {self.root} is closed")
 
-    def _check_writable(self) -> None:
-        self._check_open()
+    def check_writable(self) -> None:
+        self.check_open()
         if self.readonly:
             raise ReadOnlyError(f"store {self.root} was opened with readonly=True")
 
@@ -376,7 +378,7 @@ class Store:
             raise ConfigError(f"partitions must be an int in [1, {MAX_PARTITIONS}], "
                               f"got {partitions!r}")
         with self._lock:
-            self._check_open()
+            self.check_open()
             topic = self._topics.get(name)
             if topic is None:
                 topic = self._open_topic(name, partitions, retention)
@@ -404,10 +406,10 @@ class Store:
                 raise UnknownTopicError(f"no topic {name!r} in {self.root}")
             existing = partitions or 1
             policy = retention or "limits"
-            self._fs.makedirs(tdir)
+            self.fs.makedirs(tdir)
             for p in range(existing):
                 self._open_log(os.path.join(tdir, str(p))).close()
-            self._fs.write_file_atomic(meta_path, json.dumps(
+            self.fs.write_file_atomic(meta_path, json.dumps(
                 {"partitions": existing, "retention": policy}).encode())
         elif retention is not None and retention != policy:
             raise ConfigError(f"topic {name!r} has retention={policy!r}, not {retention!r}")
@@ -440,22 +442,20 @@ class Store:
         return self.topic(topic).publish(value, key, headers, **kw)
 
     # ------------------------------------------------------------------ notifications
-    def _published(self, topic: Topic, partition: int, offset: int, ts: int,
+    def notify_published(self, topic: Topic, partition: int, offset: int, ts: int,
                    key: Optional[bytes], value: Optional[bytes],
                    headers: Optional[Dict[str, bytes]]) -> None:
         if self._waiters:
             with self._data:
                 self._data.notify_all()
-        if topic._listeners:
+        if topic.listeners:
             rec = Record(offset, ts, None if key is None else bytes(key),
                          None if value is None else bytes(value), dict(headers or {}), partition)
-            for callback in list(topic._listeners):
+            for callback in list(topic.listeners):
                 try:
                     callback(rec)
                 except Exception:  # an ephemeral subscriber must not break publishers
-                    import logging
-
-                    logging.getLogger("logstore").exception("subscriber callback failed")
+                    logger.exception("subscriber callback failed")
 
     def wait_for_data(self, timeout: float) -> None:
         """Block until something is published (in this process) or ``timeout`` passes."""
@@ -469,29 +469,36 @@ class Store:
                 self._waiters -= 1
 
     # ------------------------------------------------------------------ views
-    def consumer(self, group_id: str, topic: str, start: str = "earliest"):
-        """A member of consumer group ``group_id`` on ``topic`` (Kafka-style stream view)."""
-        from .consumer import Consumer
+    def join_group(self, group_id: str, topic: str, create: Callable[[], Any],
+                   member: Any) -> Any:
+        """(For views) The in-process state shared by the members of ``group_id`` on ``topic``
+        (made by ``create`` if there is none yet, or the last one was closed), with ``member``
+        joined to it, under the store's lock."""
+        with self._lock:
+            self.check_open()
+            state = self._groups.get((group_id, topic))
+            if state is None or state.closed:
+                state = self._groups[(group_id, topic)] = create()
+            state.join(member)
+            return state
 
+    def consumer(self, group_id: str, topic: str, start: str = "earliest") -> Consumer:
+        """A member of consumer group ``group_id`` on ``topic`` (Kafka-style stream view)."""
         return Consumer(self, group_id, self.topic(topic), start)
 
-    def subscribe(self, topic: str, name: str, start: str = "latest"):
+    def subscribe(self, topic: str, name: str, start: str = "latest") -> Subscription:
         """A durable subscription: it receives every message published after it was created
         (``start="latest"``, the default) or all retained ones (``"earliest"``)."""
-        from .consumer import Subscription
-
         return Subscription(self, name, self.topic(topic), start)
 
     def unsubscribe(self, topic: str, name: str) -> None:
         """Remove a durable subscription and its committed position. Its members in this process
         are closed; :class:`LogLockedError` if a member in another process still holds it."""
-        from .consumer import SUBSCRIPTION_PREFIX, _group_state_key
-
         validate_name("subscription", name)
-        self._check_writable()
+        self.check_writable()
         group = SUBSCRIPTION_PREFIX + name
         with self._lock:
-            state = self._groups.pop(_group_state_key(group, topic), None)
+            state = self._groups.pop((group, topic), None)
             if state is not None:
                 state.close()
             path = leases.group_path(self.root, topic, group)
@@ -506,11 +513,11 @@ class Store:
             if leases.live_members(os.path.join(path, leases.MEMBERS_DIR)):
                 raise LogLockedError(f"{what} has a live member in another process")
             for p in leases.lease_partitions(path):
-                log = leases.try_lease(self._open_lease_log, os.path.join(path, str(p)))
+                log = leases.try_lease(self.open_lease_log, os.path.join(path, str(p)))
                 if log is None:
                     raise LogLockedError(f"{what}: partition {p} is leased by another process")
                 held.append(log)
-            trash = leases.retire_group_dir(self._fs, path)  # still holding every lease
+            trash = leases.retire_group_dir(self.fs, path)  # still holding every lease
         except BaseException:
             for log in held:
                 log.close()
@@ -524,8 +531,6 @@ class Store:
 
     def subscriptions(self, topic: str) -> List[str]:
         """Names of the durable subscriptions of ``topic``."""
-        from .consumer import SUBSCRIPTION_PREFIX
-
         # Directory names only: no lease log is opened (plus stores before version 2).
         names = {g for t, g, _path in leases.list_groups(self.root) if t == topic}
         names.update(g for (g, t, _p), _o in self.offsets.items() if t == topic)
@@ -540,18 +545,18 @@ class Store:
             out.setdefault(g, {}).setdefault(t, {})[p] = o
         for t, g, path in leases.list_groups(self.root):
             out.setdefault(g, {}).setdefault(t, {}).update(
-                leases.read_group_commits(path, self._fs))
+                leases.read_group_commits(path, self.fs))
         return out
 
     def on(self, topic: str, callback: Callable[[Record], None]) -> Callable[[], None]:
         """Register an ephemeral (not durable) subscriber called with each Record published in this
         process, in the publisher's thread. Returns a function that removes it."""
         t = self.topic(topic)
-        t._listeners.append(callback)
+        t.listeners.append(callback)
 
         def remove() -> None:
-            if callback in t._listeners:
-                t._listeners.remove(callback)
+            if callback in t.listeners:
+                t.listeners.remove(callback)
 
         return remove
 
@@ -560,11 +565,9 @@ class Store:
               overflow: str = "reject", partitions: Optional[int] = None,
               backoff: Tuple[float, float] = (1.0, 60.0)):
         """A work queue over topic ``name`` (SQS-like: get, ack, redelivery, dead letters)."""
-        from .workqueue import WorkQueue
-
         validate_name("queue", name)
         with self._lock:
-            self._check_writable()
+            self.check_writable()
             q = self._queues.get(name)
             if q is None or q.closed:
                 q = WorkQueue(self, name, visibility_timeout=visibility_timeout,
@@ -584,7 +587,7 @@ class Store:
         never a message that is not yet acked (below the queue's low watermark only). Queue event
         logs are trimmed below their last checkpoint; the offsets log is compacted.
         """
-        self._check_writable()
+        self.check_writable()
         report: Dict[str, Any] = {}
         with self._lock:
             topics = list(self._topics.values())
@@ -620,8 +623,6 @@ class Store:
         return report
 
     def _cleanup_loop(self) -> None:
-        import logging
-
         interval = self.config.retention_check_interval_s
         while not self._stop.wait(interval):
             try:
@@ -629,7 +630,7 @@ class Store:
             except (LogClosedError, ReadOnlyError):
                 return
             except Exception:
-                logging.getLogger("logstore").exception("store cleanup of %s failed", self.root)
+                logger.exception("store cleanup of %s failed", self.root)
 
     # ------------------------------------------------------------------ lifecycle
     def flush(self) -> None:

@@ -149,7 +149,7 @@ class WorkQueue:
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
         self._sleepers = 0  # threads in self._cond.wait(): notify only when someone waits
-        self._events = store._open_internal_log(
+        self._events = store.open_internal_log(
             queue_events_dir(store.root, name), False)
         self._checkpoint_offset: Optional[int] = None
         self._since_checkpoint = 0
@@ -198,7 +198,7 @@ class WorkQueue:
     def _event(self, kind: bytes, p: int, off: int, count: int, t: int = 0) -> None:
         # Delivery counts (G) only bound redeliveries: written at once (they survive a process
         # crash) but not waited on for fsync; the next ack's fsync covers them.
-        self._events._append_internal(_EVENT.pack(kind, p, off, count, t), kind != b"G")
+        self._events.append_internal(_EVENT.pack(kind, p, off, count, t), kind != b"G")
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self.checkpoint()
@@ -235,7 +235,7 @@ class WorkQueue:
     def _check(self) -> None:
         if self.closed:
             raise LogClosedError(f"queue {self.name!r} is closed")
-        self.store._check_open()
+        self.store.check_open()
 
     def _scan(self, p: int, now_ms: int, limit: int = 1000) -> None:
         """Look at new messages of partition p: make them ready or delayed."""
@@ -243,7 +243,7 @@ class WorkQueue:
         log = self.topic.partitions[p]
         if part.scan >= log.end_offset:
             return
-        for rec in log._read(part.scan, limit, None, p):
+        for rec in log.read_records(part.scan, limit, None, p):
             off = rec.offset
             part.scan = off + 1
             if off < part.low or off in part.done:
@@ -303,7 +303,7 @@ class WorkQueue:
         With ``max_depth`` reached: ``overflow="reject"`` raises :class:`QueueFullError`;
         ``"block"`` waits (up to ``timeout`` seconds, then QueueFullError).
         """
-        if self.closed or self.store._closed:
+        if self.closed or self.store.closed:
             self._check()
         if not isinstance(delay, (int, float)) or delay < 0:
             raise ValueError(f"delay must be a number of seconds >= 0, got {delay!r}")
@@ -354,7 +354,7 @@ class WorkQueue:
         while True:
             doomed: List[Tuple[int, int, int]] = []
             with self._mutex:
-                if self.closed or self.store._closed:
+                if self.closed or self.store.closed:
                     self._check()
                 now = time.monotonic()
                 now_ms = time.time_ns() // 1_000_000
@@ -395,7 +395,7 @@ class WorkQueue:
                     continue
                 rec = part.cache.pop(off, None)
                 if rec is None:
-                    rec = self.topic.partitions[p]._read(off, 1, None, p)[0]
+                    rec = self.topic.partitions[p].read_records(off, 1, None, p)[0]
                 count = part.counts.get(off, 0) + 1
                 part.counts[off] = count
                 deadline = now + self.visibility_timeout
@@ -445,7 +445,7 @@ class WorkQueue:
         """Mark ``msg`` done, durably: it is never delivered again. AckError if unknown,
         already acked or expired (state unchanged)."""
         with self._mutex:
-            if self.closed or self.store._closed:
+            if self.closed or self.store.closed:
                 self._check()
             part = self._claim(msg)
         try:
@@ -500,7 +500,7 @@ class WorkQueue:
             heapq.heappush(part.deadlines, (deadline, msg.offset, msg.delivery_count))
 
     def _dead_letter(self, p: int, off: int, count: int, reason: str) -> None:
-        rec = self.topic.partitions[p]._read(off, 1, None, p)[0]
+        rec = self.topic.partitions[p].read_records(off, 1, None, p)[0]
         if self.dead_letter is not None:
             headers = dict(rec.headers)
             headers.pop(NOT_BEFORE_HEADER, None)

@@ -1,0 +1,132 @@
+"""Judging the active segment's tail after a crash: a torn tail to cut, or corruption.
+
+Only the active segment can be damaged by a crash (every segment is fsynced before the next one
+is created). A scan stops at the first invalid batch; what follows decides what it was:
+
+* nothing valid after it (or only zero bytes): a torn tail (or the never-written preallocated
+  tail), cut off by recovery;
+* a CRC-valid batch after it: corruption, never silently cut, unless every valid batch after the
+  damage says (its ``synced_before`` field) that the damaged bytes were never fsynced when it was
+  written: then they were never acknowledged, and a power loss with out-of-order write-back can
+  leave exactly that ("zero hole"): a torn tail after all.
+
+Read-only: :func:`inspect_active` changes nothing; :meth:`Segment.recover` applies its verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, List, Optional, Tuple
+
+from ..format.header import ALIGN, HEADER_SIZE, MAGIC, crc_ok, header_problem, parse_header
+
+if TYPE_CHECKING:
+    from .segment import ScanResult, Segment
+
+
+@dataclass
+class RecoveryReport:
+    """What recovery found (and did, unless it was a dry run) for the active segment."""
+
+    segment: str
+    clean: bool
+    scanned_bytes: int = 0
+    valid_bytes: int = 0
+    file_bytes: int = 0
+    batches: int = 0
+    truncated_bytes: int = 0
+    problem: Optional[str] = None
+    problem_position: Optional[int] = None
+    data_after_problem: bool = False
+    zero_hole: bool = False
+    unwritten_tail: bool = False  # the tail is all zero bytes: preallocated, never written
+    indexes_rebuilt: bool = False
+    removed_files: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.clean:
+            return f"{self.segment}: clean shutdown, nothing to recover"
+        lines = [f"{self.segment}: scanned {self.scanned_bytes} bytes, {self.batches} valid batches"]
+        if self.problem:
+            lines.append(f"  first invalid batch at byte {self.problem_position}: {self.problem}")
+        if self.truncated_bytes:
+            what = ("preallocated, never written tail" if self.unwritten_tail else "torn tail")
+            lines.append(f"  {what}: {self.truncated_bytes} bytes after byte {self.valid_bytes}")
+        if self.data_after_problem:
+            lines.append("  valid batches follow the damage: corruption, not a torn tail")
+        if self.zero_hole:
+            lines.append("  the damage lies in bytes never fsynced (later batches say so): "
+                         "unsynced data lost to a power failure; a torn tail")
+        if self.indexes_rebuilt:
+            lines.append("  indexes rebuilt")
+        for name in self.removed_files:
+            lines.append(f"  leftover file {name}")
+        return "\n".join(lines)
+
+
+def valid_batch_after(segment: "Segment", start: int, end: int, min_offset: int) -> Optional[int]:
+    """Position of a CRC-valid batch at or after ``start`` (8-aligned), or None.
+
+    Used to tell a torn tail (nothing valid after the damage) from mid-file corruption.
+    """
+    if end - start < HEADER_SIZE:
+        return None
+    buf = segment.scan_view(end)
+    pos = start + (-start % ALIGN)
+    while True:
+        pos = buf.find(MAGIC, pos, end)
+        if pos < 0:
+            return None
+        if pos % ALIGN == 0 and pos + HEADER_SIZE <= end:
+            h = parse_header(buf, pos)
+            if (header_problem(h) is None and pos + h.length <= end
+                    and h.base_offset >= min_offset and crc_ok(buf, pos, h)):
+                return pos
+        pos += 1
+
+
+def synced_before_of_later_batches(segment: "Segment", first: int, end: int) -> int:
+    """The largest ``synced_before`` among the CRC-valid batches from ``first`` on.
+
+    If it exceeds the position of some damage, that damage lies in bytes an fsync had already
+    made durable before a later batch was written: real corruption, never truncated.
+    """
+    buf = segment.scan_view(end)
+    best = 0
+    pos: Optional[int] = first
+    while pos is not None:
+        h = parse_header(buf, pos)
+        best = max(best, h.synced_before)
+        pos = valid_batch_after(segment, pos + h.length, end, h.next_offset)
+    return best
+
+
+def inspect_active(segment: "Segment") -> Tuple["ScanResult", RecoveryReport]:
+    """Scan the active segment; return (ScanResult, RecoveryReport) without changing anything."""
+    scan = segment.scan(0)
+    report = RecoveryReport(
+        segment=segment.path,
+        clean=False,
+        scanned_bytes=scan.file_size,
+        valid_bytes=scan.valid_end,
+        file_bytes=scan.file_size,
+        batches=len(scan.batches),
+    )
+    if scan.error is not None:
+        report.problem = scan.error.reason
+        report.problem_position = scan.error.position
+        nxt = scan.next_offset if scan.batches else segment.base_offset
+        after = valid_batch_after(segment, scan.valid_end + 1, scan.file_size, nxt)
+        report.data_after_problem = after is not None
+        if after is not None and synced_before_of_later_batches(
+                segment, after, scan.file_size) <= scan.valid_end:
+            # Every valid batch after the damage was written while the damaged bytes were not
+            # yet known durable (its synced_before field says so), and no later batch vouches
+            # for them: they were never fsynced, so never acknowledged under any policy. A power
+            # loss with out-of-order write-back can leave exactly this: a torn tail.
+            report.data_after_problem = False
+            report.zero_hole = True
+    elif scan.file_size > scan.valid_end:
+        report.unwritten_tail = True  # zero bytes only (Segment.scan): preallocated space
+    report.truncated_bytes = scan.file_size - scan.valid_end
+    return scan, report
