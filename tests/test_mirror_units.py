@@ -8,9 +8,11 @@ JetStreamMirror takes its options, and run_mirror_cli's exit codes before it con
 from __future__ import annotations
 
 import ast
+import asyncio
 import dataclasses
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -20,8 +22,9 @@ pytest.importorskip("nats", reason="nats-py is not installed: pip install 'logst
 
 import logstore  # noqa: E402
 from logstore.errors import ConfigError  # noqa: E402
-from logstore.mirror import JetStreamMirror, MirrorConfig, decode_message, encode_headers  # noqa: E402
-from logstore.mirror import messages, runner  # noqa: E402
+from logstore.mirror import JetStreamMirror, MirrorConfig  # noqa: E402
+from logstore.mirror import decode_message, encode_headers, messages, runner, stream  # noqa: E402
+from logstore.mirror.nats_api import js_errors  # noqa: E402
 
 UNREACHABLE = "nats://127.0.0.1:1"
 
@@ -306,6 +309,60 @@ def test_ack_errors_say_what_went_wrong():
         "status 408 Request Timeout"
     assert "unreadable ack" in _ack(None, b"garbage")
     assert "unreadable ack" in _ack(None, b"[1, 2]")
+
+
+# ---------------------------------------------------------------------- stream position
+class FakeJetStream:
+    """Just enough of a nats-py JetStream context for stream.stream_position: last messages per
+    subject, and a last sequence that may move between reads."""
+
+    def __init__(self, last_msg_ids, last_seqs):
+        self.last_msg_ids = last_msg_ids       # subject -> Nats-Msg-Id (absent: no message)
+        self.last_seqs = list(last_seqs)       # returned by successive stream_info calls
+
+    async def stream_info(self, name):
+        seq = self.last_seqs.pop(0) if len(self.last_seqs) > 1 else self.last_seqs[0]
+        return SimpleNamespace(state=SimpleNamespace(last_seq=seq))
+
+    async def get_last_msg(self, name, subject):
+        if subject not in self.last_msg_ids:
+            raise js_errors.NotFoundError()
+        return SimpleNamespace(headers={"Nats-Msg-Id": self.last_msg_ids[subject]})
+
+
+SUBJECTS = ["p.orders.0", "p.orders.1", "p.orders.2"]
+
+
+def _position(js):
+    return asyncio.run(stream.stream_position(js, "S", SUBJECTS, "store1", "orders"))
+
+
+def test_stream_position_reads_the_last_offset_of_each_partition():
+    js = FakeJetStream({"p.orders.0": "store1:orders:0:41", "p.orders.2": "store1:orders:2:0"},
+                       [57])
+    assert _position(js) == (57, [41, None, 0])
+
+
+def test_stream_position_retries_while_the_stream_moves_then_gives_up():
+    ids = {"p.orders.0": "store1:orders:0:1"}
+    assert _position(FakeJetStream(ids, [5, 6, 6, 6])) == (6, [1, None, None])
+    assert _position(FakeJetStream(ids, list(range(20)))) is None   # always moving
+
+
+def test_stream_position_refuses_messages_of_another_store_or_a_bad_id():
+    with pytest.raises(ConfigError, match="not from this store"):
+        _position(FakeJetStream({"p.orders.1": "other:orders:1:5"}, [9]))
+    with pytest.raises(logstore.MirrorError, match="unexpected Nats-Msg-Id"):
+        _position(FakeJetStream({"p.orders.1": "store1:orders:2:5"}, [9]))   # wrong partition
+    with pytest.raises(logstore.MirrorError, match="unexpected Nats-Msg-Id"):
+        _position(FakeJetStream({"p.orders.1": "store1:orders:1:x"}, [9]))
+
+
+def test_cluster_size_from_the_server_info():
+    assert stream.cluster_size(SimpleNamespace()) == 1
+    assert stream.cluster_size(SimpleNamespace(_server_info={"connect_urls": ["a", "b"]})) == 1
+    info = {"cluster": "c", "connect_urls": ["a:1", "b:1", "c:1", "a:1"]}
+    assert stream.cluster_size(SimpleNamespace(_server_info=info)) == 3
 
 
 # ---------------------------------------------------------------------- layering

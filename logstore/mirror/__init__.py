@@ -5,8 +5,10 @@ exactly once and in order per partition, with the local store as the durable out
 ``MirrorConfig`` holds its options; ``decode_message`` turns a mirrored message back into a
 :class:`~logstore.Record`.
 
-Modules: ``config`` (MirrorConfig), ``messages`` (record <-> NATS message, no nats-py needed),
-``jetstream`` (the mirror itself), ``runner`` (``run_mirror_cli``, what ``logstore mirror`` runs).
+Modules, in import order: ``config`` (MirrorConfig) and ``messages`` (record <-> NATS message),
+which need no nats-py; ``nats_api`` (the optional nats-py import, in one place); ``stream``
+(check/create the stream, read where it ends); ``jetstream`` (the mirror itself); ``runner``
+(``run_mirror_cli``, what ``logstore mirror`` runs).
 """
 
 from ..errors import MirrorError

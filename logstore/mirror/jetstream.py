@@ -7,9 +7,11 @@
     mirror.status()           # per-partition lag, connected flag, last error
     mirror.stop()
 
-Needs the optional dependency nats-py (``pip install 'logstore[nats]'``). The options live in
+Needs the optional dependency nats-py (``pip install 'logstore[nats]'``). This module is the
+engine (connection, resync, the publish pipeline, commits). The options live in
 :class:`~logstore.mirror.config.MirrorConfig`; the message layout (headers, ids, subjects) in
-:mod:`logstore.mirror.messages`; the ``logstore mirror`` command in :mod:`logstore.mirror.runner`.
+:mod:`logstore.mirror.messages`; checking/creating the stream and reading where it ends in
+:mod:`logstore.mirror.stream`; the ``logstore mirror`` command in :mod:`logstore.mirror.runner`.
 
 How it works
 ------------
@@ -65,35 +67,13 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 from ..errors import ConfigError, LogstoreError, MirrorError
 from ..record import Record
 from .config import MirrorConfig
-from .messages import (
-    H_EXPECTED_LAST_SEQ,
-    H_MSG_ID,
-    ack_error,
-    encode_headers,
-    parse_message_id,
-    subject_filter,
-    subject_for,
-    subject_matches,
-)
-
-# nats-py is an optional dependency (the `nats` extra): `import logstore` never imports this
-# module, and importing it without nats-py says how to install it instead of a bare
-# ModuleNotFoundError.
-try:
-    import nats
-    import nats.errors as _nats_errors
-    import nats.js.errors as _js_errors
-    from nats.js.api import StorageType, StreamConfig
-except ImportError as _e:  # pragma: no cover - exercised only without nats-py
-    raise ImportError(
-        "logstore.mirror needs the NATS client nats-py, which is not installed: "
-        "pip install 'logstore[nats]'  (or: pip install 'nats-py>=2.6')") from _e
+from .messages import H_EXPECTED_LAST_SEQ, ack_error, encode_headers, subject_filter, subject_for
+from .nats_api import nats, nats_errors
+from .stream import ensure_stream, stream_position
 
 __all__ = ["JetStreamMirror"]
 
 log = logging.getLogger("logstore.mirror")
-
-_ERR_STREAM_NAME_IN_USE = 10058
 
 
 class _Broken(Exception):
@@ -395,7 +375,7 @@ class JetStreamMirror:
                     await self._end_epoch(str(e), reconnect=e.reconnect)
                     if once:
                         raise MirrorError(str(e)) from None
-                except (asyncio.TimeoutError, OSError, _nats_errors.Error) as e:
+                except (asyncio.TimeoutError, OSError, nats_errors.Error) as e:
                     text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                     await self._end_epoch(text, reconnect=True)
                     if once:
@@ -477,7 +457,9 @@ class JetStreamMirror:
         with self._lock:
             self._connected = True
             self._stats["connects"] += 1
-        await self._ensure_stream()
+        replicas = await ensure_stream(nc, self._js, self.config, self.topic_name)
+        with self._lock:
+            self._stream_replicas = replicas
 
     async def _disconnect(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
@@ -489,110 +471,16 @@ class JetStreamMirror:
             except Exception:  # already closed or dead: nothing to do
                 pass
 
-    def _cluster_size(self) -> int:
-        # nats-py has no public accessor for the server's INFO (whose "cluster" and
-        # "connect_urls" tell the cluster's size); its Client keeps it in _server_info.
-        # getattr with a default: a client without it counts as one node (replicas 1).
-        info = getattr(self._nc, "_server_info", None) or {}
-        if not info.get("cluster"):
-            return 1
-        return max(1, len(set(info.get("connect_urls") or [])))
-
-    async def _ensure_stream(self) -> None:
-        js = self._js
-        filt = subject_filter(self.subject_prefix, self.topic_name)
-        try:
-            info = await js.stream_info(self.stream)
-        except _js_errors.NotFoundError:
-            if not self.create_stream:
-                raise ConfigError(f"JetStream stream {self.stream!r} does not exist "
-                                  f"(create_stream=False)") from None
-            info = await self._create_stream(filt)
-        cfg = info.config
-        subjects = list(cfg.subjects or [])
-        if not any(subject_matches(s, self._subjects[0]) for s in subjects):
-            raise ConfigError(f"JetStream stream {self.stream!r} has subjects {subjects}, which "
-                              f"do not include {filt!r}")
-        window = float(cfg.duplicate_window or 0)
-        self.config.check_dedup_window(window,
-                                       f"the duplicate_window of stream {self.stream!r}")
-        if cfg.sealed or cfg.no_ack:
-            raise ConfigError(f"JetStream stream {self.stream!r} is sealed or has no_ack set")
-        if cfg.mirror is not None:
-            raise ConfigError(f"JetStream stream {self.stream!r} is itself a NATS mirror stream")
-        with self._lock:
-            self._stream_replicas = cfg.num_replicas
-
-    async def _create_stream(self, filt: str) -> Any:
-        replicas = self.replicas
-        if replicas is None:
-            replicas = 3 if self._cluster_size() >= 3 else 1
-        while True:
-            config = StreamConfig(name=self.stream, subjects=[filt], num_replicas=replicas,
-                                  storage=StorageType.FILE,
-                                  duplicate_window=self.dedup_window_s,
-                                  description=f"logstore mirror of topic {self.topic_name}")
-            try:
-                info = await self._js.add_stream(config)
-                log.info("logstore mirror: created stream %s (%s, R%d)", self.stream, filt,
-                         replicas)
-                return info
-            except _js_errors.BadRequestError as e:
-                # An existing stream created concurrently, or replicas the server cannot host.
-                if getattr(e, "err_code", None) == _ERR_STREAM_NAME_IN_USE:
-                    return await self._js.stream_info(self.stream)
-                if self.replicas is None and replicas > 1 and "replica" in str(e).lower():
-                    replicas = 1
-                    continue
-                raise ConfigError(f"cannot create JetStream stream {self.stream!r}: {e}") from None
-            except _js_errors.ServerError as e:
-                if self.replicas is None and replicas > 1 and "resources" in str(e).lower():
-                    replicas = 1
-                    continue
-                raise
-
     # ------------------------------------------------------------------ resync
-    async def _last_offset(self, p: int) -> Optional[int]:
-        """The offset of the last message the stream holds for partition ``p`` (None: none)."""
-        subject = self._subjects[p]
-        try:
-            msg = await self._js.get_last_msg(self.stream, subject)
-        except _js_errors.NotFoundError:
-            return None
-        mid = (msg.headers or {}).get(H_MSG_ID, "")
-        try:
-            found = parse_message_id(mid, self._store_id, self.topic_name)
-        except ValueError:
-            found = (-1, -1)
-        if found is None:
-            raise ConfigError(
-                f"subject {subject!r} of stream {self.stream!r} holds messages that "
-                f"are not from this store (last Nats-Msg-Id {mid!r}, this store's id is "
-                f"{self._store_id}): use another stream or subject_prefix")
-        if found[0] != p:
-            raise MirrorError(f"unexpected Nats-Msg-Id {mid!r} on {subject!r}")
-        return found[1]
-
-    async def _last_offsets(self) -> List[Optional[int]]:
-        out: List[Optional[int]] = []
-        parts = list(range(self.topic.partition_count))
-        for i in range(0, len(parts), 64):
-            out.extend(await asyncio.gather(*(self._last_offset(p) for p in parts[i:i + 64])))
-        return out
-
     async def _resync(self) -> None:
         """Read where the stream is (its last sequence and, per partition, the last mirrored
         offset) and start a new chain from there."""
-        js = self._js
-        for _attempt in range(5):
-            before = (await js.stream_info(self.stream)).state.last_seq
-            lasts = await self._last_offsets()
-            after = (await js.stream_info(self.stream)).state.last_seq
-            if before == after:
-                break
-        else:
+        position = await stream_position(self._js, self.stream, self._subjects, self._store_id,
+                                         self.topic_name)
+        if position is None:
             raise _Broken("the stream kept changing during resync: is something else "
                           "publishing into it?")
+        after, lasts = position
         commits = {}
         notes: List[str] = []
         for p, plog in enumerate(self.topic.partitions):
@@ -666,7 +554,7 @@ class JetStreamMirror:
         try:
             await nc.publish(self._subjects[p], rec.value or b"", reply=self._inbox + str(token),
                              headers=headers)
-        except _nats_errors.MaxPayloadError:
+        except nats_errors.MaxPayloadError:
             raise MirrorError(
                 f"offset {rec.offset} of partition {p} ({len(rec.value or b'')} bytes plus "
                 f"headers) is larger than the NATS server's max_payload ({nc.max_payload} "
