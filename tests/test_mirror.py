@@ -387,7 +387,7 @@ def test_messages_the_stream_lost_after_acking_them_are_published_again(cluster,
 
 MIRROR_PROC = textwrap.dedent("""
     import sys
-    from logstore.mirror.jetstream import run_mirror_cli
+    from logstore.mirror.runner import run_mirror_cli
     sys.exit(run_mirror_cli(sys.argv[1], "orders", sys.argv[2], sys.argv[3],
                             until_caught_up=True, subject_prefix=sys.argv[3].lower(),
                             fsync="never", ack_timeout_s=1.5, max_backoff_s=1.0,

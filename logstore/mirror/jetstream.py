@@ -7,7 +7,11 @@
     mirror.status()           # per-partition lag, connected flag, last error
     mirror.stop()
 
-Needs the optional dependency nats-py (``pip install 'logstore[nats]'``).
+Needs the optional dependency nats-py (``pip install 'logstore[nats]'``). This module is the
+engine (connection, resync, the publish pipeline, commits). The options live in
+:class:`~logstore.mirror.config.MirrorConfig`; the message layout (headers, ids, subjects) in
+:mod:`logstore.mirror.messages`; checking/creating the stream and reading where it ends in
+:mod:`logstore.mirror.stream`; the ``logstore mirror`` command in :mod:`logstore.mirror.runner`.
 
 How it works
 ------------
@@ -15,8 +19,8 @@ The mirror is an ordinary consumer of the topic: its position per partition live
 offset store under the reserved group ``__mirror__<stream>``. Record ``offset`` of partition
 ``p`` becomes one JetStream message on subject ``<prefix>.<topic>.<p>`` whose payload is the
 record value, with the key, timestamp, position and the record's headers carried in NATS headers
-(see :func:`encode_headers` / :func:`decode_message`) and ``Nats-Msg-Id =
-<store id>:<topic>:<p>:<offset>``.
+(see :func:`~logstore.mirror.messages.encode_headers` / :func:`~logstore.mirror.decode_message`)
+and ``Nats-Msg-Id = <store id>:<topic>:<p>:<offset>``.
 
 Publishes are pipelined (up to ``max_in_flight`` unacknowledged), and a partition's position is
 committed only after JetStream acknowledged every record before it. Exactly-once and order rest
@@ -42,63 +46,34 @@ on three things:
 When the cluster is unreachable the mirror backs off (exponential, with jitter, up to
 ``max_backoff_s``) and retries for ever; the local log is the buffer and ``status()`` shows the lag
 growing. It resumes where the stream left off.
+
+Threads: everything below "loop plumbing" runs on the mirror's private asyncio loop (one thread at
+a time); ``status``/``stop`` may be called from any thread and read the shared fields under
+``_lock``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
-import json
 import logging
+import operator
 import random
-import re
-import signal
-import sys
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigError, LogstoreError, MirrorError
 from ..record import Record
+from .config import MirrorConfig
+from .messages import H_EXPECTED_LAST_SEQ, ack_error, encode_headers, subject_filter, subject_for
+from .nats_api import nats, nats_errors
+from .stream import ensure_stream, stream_position
 
-try:
-    import nats
-    import nats.errors as _nats_errors
-    import nats.js.errors as _js_errors
-except ImportError as _e:  # pragma: no cover - exercised only without nats-py
-    raise ImportError(
-        "logstore.mirror needs the NATS client nats-py, which is not installed: "
-        "pip install 'logstore[nats]'  (or: pip install 'nats-py>=2.6')") from _e
-
-__all__ = [
-    "JetStreamMirror",
-    "MirrorError",
-    "decode_message",
-    "encode_headers",
-    "mirror_group",
-    "run_mirror_cli",
-    "subject_for",
-]
+__all__ = ["JetStreamMirror"]
 
 log = logging.getLogger("logstore.mirror")
-
-# NATS header names written on every mirrored message.
-H_PARTITION = "Logstore-Partition"
-H_OFFSET = "Logstore-Offset"
-H_TIMESTAMP = "Logstore-Timestamp"
-H_KEY = "Logstore-Key"              # base64 (standard alphabet) of the key; absent for no key
-H_TOMBSTONE = "Logstore-Tombstone"  # "1" when the record's value is None
-H_HEADER_PREFIX = "Logstore-H-"     # Logstore-H-<name>: <value> for plain-text record headers
-H_HEADERS_B64 = "Logstore-Headers"  # JSON {name: base64(value)} for the other record headers
-H_MSG_ID = "Nats-Msg-Id"
-H_EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
-
-_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # an HTTP/NATS header-name token
-_SUBJECT_TOKEN = re.compile(r"^[^\s*>.]+$")
-_STREAM_NAME = re.compile(r"^[^\s*>./\\]+$")
-_ERR_WRONG_LAST_SEQ = 10071
-
 
 
 class _Broken(Exception):
@@ -108,91 +83,6 @@ class _Broken(Exception):
     def __init__(self, reason: str, reconnect: bool = False):
         super().__init__(reason)
         self.reconnect = reconnect
-
-
-def mirror_group(stream: str) -> str:
-    """The reserved consumer-group id holding a mirror's committed positions."""
-    return f"__mirror__{stream}"
-
-
-def subject_for(prefix: str, topic: str, partition: int) -> str:
-    return f"{prefix}.{topic}.{partition}"
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _plain_text(value: bytes) -> Optional[str]:
-    """``value`` as a header value if it is printable ASCII without edge spaces, else None."""
-    try:
-        text = value.decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    if not text or text != text.strip() or not text.isprintable():
-        return None
-    return text
-
-
-def encode_headers(topic: str, partition: int, rec: Record, store_id: str) -> Dict[str, str]:
-    """The NATS headers the mirror writes for ``rec`` (without the sequence-chain header)."""
-    h = {
-        H_MSG_ID: f"{store_id}:{topic}:{partition}:{rec.offset}",
-        H_PARTITION: str(partition),
-        H_OFFSET: str(rec.offset),
-        H_TIMESTAMP: str(rec.timestamp_ms),
-    }
-    if rec.key is not None:
-        h[H_KEY] = _b64(rec.key)
-    if rec.value is None:
-        h[H_TOMBSTONE] = "1"
-    if rec.headers:
-        coded = {}
-        for name, value in rec.headers.items():
-            text = _plain_text(bytes(value)) if _TOKEN.match(name) else None
-            hname = H_HEADER_PREFIX + name
-            if text is not None and hname not in h:
-                h[hname] = text
-            else:
-                coded[name] = _b64(bytes(value))
-        if coded:
-            h[H_HEADERS_B64] = json.dumps(coded, ensure_ascii=True, separators=(",", ":"))
-    return h
-
-
-def decode_message(headers: Optional[Mapping[str, str]], data: bytes) -> Record:
-    """Rebuild the logstore :class:`Record` (with ``partition`` set) from a mirrored message.
-
-    ``headers``/``data`` are a NATS message's ``headers`` and ``data`` (e.g. from a JetStream
-    consumer or ``js.get_msg``). Raises ``ValueError`` if it is not a message of a mirror.
-    """
-    h = dict(headers or {})
-    try:
-        partition = int(h[H_PARTITION])
-        offset = int(h[H_OFFSET])
-        ts = int(h[H_TIMESTAMP])
-    except (KeyError, ValueError):
-        raise ValueError("not a logstore mirror message (Logstore-* headers missing)") from None
-    key = base64.b64decode(h[H_KEY]) if H_KEY in h else None
-    value = None if h.get(H_TOMBSTONE) == "1" else bytes(data or b"")
-    rec_headers: Dict[str, bytes] = {}
-    for name, text in h.items():
-        if name.startswith(H_HEADER_PREFIX):
-            rec_headers[name[len(H_HEADER_PREFIX):]] = text.encode("ascii")
-    if H_HEADERS_B64 in h:
-        for name, b in json.loads(h[H_HEADERS_B64]).items():
-            rec_headers[name] = base64.b64decode(b)
-    return Record(offset, ts, key, value, rec_headers, partition)
-
-
-def _subject_matches(pattern: str, subject: str) -> bool:
-    pt, st = pattern.split("."), subject.split(".")
-    for i, tok in enumerate(pt):
-        if tok == ">":
-            return len(st) > i
-        if i >= len(st) or (tok != "*" and tok != st[i]):
-            return False
-    return len(pt) == len(st)
 
 
 def _jitter(delay: float) -> float:
@@ -207,6 +97,8 @@ def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: Dict[str,
 
 
 class _Entry:
+    """One publish in flight, in chain order."""
+
     __slots__ = ("partition", "offset", "seq", "sent", "state", "error")
 
     PENDING, OK, FAILED = 0, 1, 2
@@ -223,19 +115,14 @@ class _Entry:
 class JetStreamMirror:
     """Tail every partition of ``topic`` in ``store`` into the JetStream stream ``stream``.
 
-    Parameters (durations in seconds):
-
-    - ``servers``: NATS URLs (a list, or one string with commas), e.g. the cluster's nodes.
-    - ``stream``: JetStream stream name; created if missing with subjects
-      ``<subject_prefix>.<topic>.>``, ``replicas`` copies (default: 3 if the cluster has at least
-      3 nodes, else 1), file storage and ``duplicate_window = dedup_window_s``.
-    - ``group``: consumer group holding the committed positions (default ``__mirror__<stream>``).
-    - ``max_in_flight``: publishes awaiting their ack at once.
-    - ``ack_timeout_s``: a publish not acked by then counts as lost (reconnect and resync).
-    - ``backoff_initial_s`` / ``max_backoff_s``: reconnect backoff (doubling, with jitter).
-    - ``commit_interval_s``: commit positions at most this often while busy (always when idle or
-      stopping).
-    - ``nats_options``: extra keyword arguments for ``nats.connect`` (credentials, TLS...).
+    Options are the fields of :class:`~logstore.mirror.config.MirrorConfig`, given as keyword
+    arguments (``servers``, ``stream``, ``subject_prefix``, ``replicas``, ``group``,
+    ``max_in_flight``, ``dedup_window_s``, ``ack_timeout_s``, ``backoff_initial_s``,
+    ``max_backoff_s``, ``commit_interval_s``, ``connect_timeout_s``, ``api_timeout_s``,
+    ``create_stream``, ``nats_options``) and/or as ``config=MirrorConfig(...)`` (keywords given
+    as well override its fields). Each option is readable as an attribute of the mirror
+    (``mirror.stream``, ``mirror.max_in_flight``...); ``mirror.config`` is the whole config, with
+    ``stream`` and ``group`` filled in.
 
     The store must be open for writing (positions are committed). Use one mirror per stream.
     """
@@ -244,85 +131,34 @@ class JetStreamMirror:
         self,
         store: Any,
         topic: str,
-        servers: Union[str, Sequence[str]] = ("nats://127.0.0.1:4222",),
+        servers: Union[str, Sequence[str], None] = None,
         stream: Optional[str] = None,
-        subject_prefix: str = "logstore",
-        replicas: Optional[int] = None,
-        group: Optional[str] = None,
-        max_in_flight: int = 1000,
-        dedup_window_s: float = 120.0,
         *,
-        ack_timeout_s: float = 5.0,
-        backoff_initial_s: float = 0.1,
-        max_backoff_s: float = 5.0,
-        commit_interval_s: float = 0.5,
-        connect_timeout_s: float = 2.0,
-        api_timeout_s: float = 5.0,
-        create_stream: bool = True,
-        nats_options: Optional[Dict[str, Any]] = None,
+        config: Optional[MirrorConfig] = None,
+        **options: Any,
     ):
         if getattr(store, "readonly", False):
             raise ConfigError("the mirror commits its positions: open the store for writing "
                               "(readonly=False)")
         self.store = store
         self.topic = store.get_topic(topic)
-        self.topic_name = self.topic.name
-        if isinstance(servers, str):
-            servers = [s.strip() for s in servers.split(",") if s.strip()]
-        self.servers = list(servers)
-        if not self.servers or not all(isinstance(s, str) for s in self.servers):
-            raise ConfigError(f"servers must be one or more NATS URLs (got {servers!r})")
-        if stream is None:
-            stream = f"logstore-{self.topic_name}".replace(".", "_")
-        if not isinstance(stream, str) or not _STREAM_NAME.match(stream):
-            raise ConfigError(f"invalid stream name {stream!r}: no spaces, '.', '*', '>', '/'")
-        self.stream = stream
-        if not isinstance(subject_prefix, str) or not subject_prefix or not all(
-                _SUBJECT_TOKEN.match(t) for t in subject_prefix.split(".")):
-            raise ConfigError(f"invalid subject_prefix {subject_prefix!r}: dot-separated tokens "
-                              f"without spaces, '*' or '>'")
-        self.subject_prefix = subject_prefix
-        if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)
-                                     or not 1 <= replicas <= 5):
-            raise ConfigError(f"replicas must be an int in [1, 5] or None (got {replicas!r})")
-        self.replicas = replicas
-        self.group = group if group is not None else mirror_group(stream)
-        if not isinstance(self.group, str) or not self.group or "\0" in self.group:
-            raise ConfigError(f"invalid group {self.group!r}")
-        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or \
-                max_in_flight < 1:
-            raise ConfigError(f"max_in_flight must be an int >= 1 (got {max_in_flight!r})")
-        self.max_in_flight = max_in_flight
-        for name, v in (("dedup_window_s", dedup_window_s), ("ack_timeout_s", ack_timeout_s),
-                        ("backoff_initial_s", backoff_initial_s),
-                        ("max_backoff_s", max_backoff_s),
-                        ("commit_interval_s", commit_interval_s),
-                        ("connect_timeout_s", connect_timeout_s),
-                        ("api_timeout_s", api_timeout_s)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise ConfigError(f"{name} must be a number > 0 (got {v!r})")
-        self.dedup_window_s = float(dedup_window_s)
-        self.ack_timeout_s = float(ack_timeout_s)
-        self.backoff_initial_s = float(backoff_initial_s)
-        self.max_backoff_s = max(float(max_backoff_s), self.backoff_initial_s)
-        self.commit_interval_s = float(commit_interval_s)
-        self.connect_timeout_s = float(connect_timeout_s)
-        self.api_timeout_s = float(api_timeout_s)
-        self.create_stream = bool(create_stream)
-        self.nats_options = dict(nats_options or {})
-        self._check_dedup_window(self.dedup_window_s, "dedup_window_s")
+        self.topic_name: str = self.topic.name
+        given = {k: v for k, v in (("servers", servers), ("stream", stream)) if v is not None}
+        self.config: MirrorConfig = MirrorConfig.from_options(
+            config, **given, **options).for_topic(self.topic_name)
+        self._init_state()
 
+    def _init_state(self) -> None:
         n = self.topic.partition_count
-        self._subjects = [subject_for(subject_prefix, self.topic_name, p) for p in range(n)]
-        self._msgid_prefix = f"{store.id}:{self.topic_name}:"
+        self._store_id: str = self.store.id
+        self._subjects = [subject_for(self.subject_prefix, self.topic_name, p) for p in range(n)]
         # Positions: next offset to publish / acked contiguously / committed.
         self._send_next: List[int] = [0] * n
         self._acked_next: List[int] = [0] * n
         self._committed: List[Optional[int]] = [
-            store.offsets.get(self.group, self.topic_name, p) for p in range(n)]
+            self.store.offsets.get(self.group, self.topic_name, p) for p in range(n)]
         self._last_commit = 0.0
         self._rr = 0
-        self._batch: List[Tuple[int, Record]] = []
         # Connection and run state (owned by the loop thread).
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._nc: Any = None
@@ -335,7 +171,7 @@ class JetStreamMirror:
         self._next_seq = 0
         self._wake: Optional[asyncio.Event] = None
         self._conn_broken: Optional[str] = None
-        self._executor = None
+        self._executor: Optional[ThreadPoolExecutor] = None
         # Shared with other threads.
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -348,20 +184,28 @@ class JetStreamMirror:
         self._stats = {"published": 0, "acked": 0, "connects": 0, "resyncs": 0, "errors": 0}
         self._stream_replicas: Optional[int] = None
 
-    # ------------------------------------------------------------------ configuration checks
+    # Options read as attributes (mirror.stream, mirror.ack_timeout_s...), as before MirrorConfig.
+    servers: Tuple[str, ...]
+    stream: str
+    subject_prefix: str
+    replicas: Optional[int]
+    group: str
+    max_in_flight: int
+    dedup_window_s: float
+    ack_timeout_s: float
+    backoff_initial_s: float
+    max_backoff_s: float
+    commit_interval_s: float
+    connect_timeout_s: float
+    api_timeout_s: float
+    create_stream: bool
+    nats_options: Dict[str, Any]
+
     @property
     def retry_horizon_s(self) -> float:
         """Longest time between two publishes of one record while the mirror runs: an ack
         timeout, the wait for the rest of the window, and one backoff."""
-        return 2 * self.ack_timeout_s + self.max_backoff_s
-
-    def _check_dedup_window(self, window_s: float, what: str) -> None:
-        if window_s <= self.retry_horizon_s:
-            raise ConfigError(
-                f"{what} ({window_s:g} s) must be longer than the mirror's retry horizon "
-                f"({self.retry_horizon_s:g} s = 2 * ack_timeout_s + max_backoff_s): a retried "
-                f"publish outside the window would be stored twice. Raise the window or lower "
-                f"ack_timeout_s / max_backoff_s.")
+        return self.config.retry_horizon_s
 
     # ------------------------------------------------------------------ public API
     def status(self) -> Dict[str, Any]:
@@ -387,7 +231,7 @@ class JetStreamMirror:
                 "topic": self.topic_name,
                 "stream": self.stream,
                 "group": self.group,
-                "subjects": f"{self.subject_prefix}.{self.topic_name}.>",
+                "subjects": subject_filter(self.subject_prefix, self.topic_name),
                 "connected": self._connected,
                 "running": self._active,
                 "last_error": self._last_error,
@@ -477,7 +321,7 @@ class JetStreamMirror:
 
     def __repr__(self) -> str:
         return (f"<logstore.JetStreamMirror {self.topic_name!r} -> {self.stream!r} "
-                f"servers={self.servers}>")
+                f"servers={list(self.servers)}>")
 
     # ------------------------------------------------------------------ loop plumbing
     def _run_loop(self, coro: Any) -> Any:
@@ -504,15 +348,11 @@ class JetStreamMirror:
                 self._stats["errors"] += 1
 
     async def _main(self, until_caught_up: bool, once: bool) -> int:
+        """Epochs until done: (re)connect, resync, pump; after a failed epoch, back off and
+        retry (``once``: raise :class:`MirrorError` instead). Returns the records acked."""
         self._wake = asyncio.Event()
         if self._nc is not None:
-            # A connection kept from an earlier run_once: check it (it may have been closed as
-            # stale while the loop was idle) and re-read the stream's position.
-            try:
-                await self._nc.flush(timeout=self.api_timeout_s)
-            except Exception:
-                self._conn_broken = "the connection was lost while idle"
-            self._synced = False
+            await self._check_kept_connection()
         acked_before = self._stats["acked"]
         backoff = self.backoff_initial_s
         try:
@@ -526,30 +366,18 @@ class JetStreamMirror:
                         await self._connect()
                     if not self._synced:
                         await self._resync()
-                    done = await self._pump(until_caught_up)
-                    if done:
+                    if await self._pump(until_caught_up):
                         self._maybe_commit(force=True)
                         return self._stats["acked"] - acked_before
                 except (ConfigError, MirrorError):
                     raise
                 except _Broken as e:
-                    await self._settle()
-                    self._maybe_commit(force=True)
-                    self._synced = False
-                    if e.reconnect:
-                        await self._disconnect()
-                    self._set_error(str(e))
-                    log.warning("logstore mirror %s: %s", self.stream, e)
+                    await self._end_epoch(str(e), reconnect=e.reconnect)
                     if once:
                         raise MirrorError(str(e)) from None
-                except (asyncio.TimeoutError, OSError, _nats_errors.Error) as e:
+                except (asyncio.TimeoutError, OSError, nats_errors.Error) as e:
                     text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-                    await self._settle()
-                    self._maybe_commit(force=True)
-                    self._synced = False
-                    await self._disconnect()
-                    self._set_error(text)
-                    log.warning("logstore mirror %s: %s", self.stream, text)
+                    await self._end_epoch(text, reconnect=True)
                     if once:
                         raise MirrorError(text) from e
                 if self._stats["acked"] > progress_mark:
@@ -561,6 +389,27 @@ class JetStreamMirror:
                 await self._settle()
                 self._maybe_commit(force=True)
                 await self._disconnect()
+
+    async def _check_kept_connection(self) -> None:
+        """A connection kept from an earlier run_once: check it (it may have been closed as
+        stale while the loop was idle) and re-read the stream's position."""
+        try:
+            await self._nc.flush(timeout=self.api_timeout_s)
+        except Exception:  # any failure means the same: reconnect before publishing
+            self._conn_broken = "the connection was lost while idle"
+        self._synced = False
+
+    async def _end_epoch(self, reason: str, reconnect: bool) -> None:
+        """After a failed epoch: let the publishes in flight settle, commit what was acked,
+        forget the stream position (resync before publishing again), drop the connection if
+        asked, and report ``reason``."""
+        await self._settle()
+        self._maybe_commit(force=True)
+        self._synced = False
+        if reconnect:
+            await self._disconnect()
+        self._set_error(reason)
+        log.warning("logstore mirror %s: %s", self.stream, reason)
 
     async def _sleep(self, seconds: float) -> None:
         wake = self._wake
@@ -586,7 +435,7 @@ class JetStreamMirror:
             log.debug("logstore mirror %s: nats error: %s", self.stream, e)
 
         opts: Dict[str, Any] = dict(
-            servers=self.servers,
+            servers=list(self.servers),
             allow_reconnect=False,
             # Initial connect: try each server (twice, at once); our own loop backs off.
             max_reconnect_attempts=1,
@@ -608,7 +457,9 @@ class JetStreamMirror:
         with self._lock:
             self._connected = True
             self._stats["connects"] += 1
-        await self._ensure_stream()
+        replicas = await ensure_stream(nc, self._js, self.config, self.topic_name)
+        with self._lock:
+            self._stream_replicas = replicas
 
     async def _disconnect(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
@@ -620,137 +471,22 @@ class JetStreamMirror:
             except Exception:  # already closed or dead: nothing to do
                 pass
 
-    def _cluster_size(self) -> int:
-        info = getattr(self._nc, "_server_info", None) or {}
-        if not info.get("cluster"):
-            return 1
-        return max(1, len(set(info.get("connect_urls") or [])))
-
-    async def _ensure_stream(self) -> None:
-        js = self._js
-        filt = f"{self.subject_prefix}.{self.topic_name}.>"
-        try:
-            info = await js.stream_info(self.stream)
-        except _js_errors.NotFoundError:
-            if not self.create_stream:
-                raise ConfigError(f"JetStream stream {self.stream!r} does not exist "
-                                  f"(create_stream=False)") from None
-            info = await self._create_stream(filt)
-        cfg = info.config
-        subjects = list(cfg.subjects or [])
-        if not any(_subject_matches(s, self._subjects[0]) for s in subjects):
-            raise ConfigError(f"JetStream stream {self.stream!r} has subjects {subjects}, which "
-                              f"do not include {filt!r}")
-        window = float(cfg.duplicate_window or 0)
-        self._check_dedup_window(window, f"the duplicate_window of stream {self.stream!r}")
-        if cfg.sealed or cfg.no_ack:
-            raise ConfigError(f"JetStream stream {self.stream!r} is sealed or has no_ack set")
-        if cfg.mirror is not None:
-            raise ConfigError(f"JetStream stream {self.stream!r} is itself a NATS mirror stream")
-        with self._lock:
-            self._stream_replicas = cfg.num_replicas
-
-    async def _create_stream(self, filt: str) -> Any:
-        from nats.js.api import StreamConfig, StorageType
-
-        replicas = self.replicas
-        if replicas is None:
-            replicas = 3 if self._cluster_size() >= 3 else 1
-        while True:
-            config = StreamConfig(name=self.stream, subjects=[filt], num_replicas=replicas,
-                                  storage=StorageType.FILE,
-                                  duplicate_window=self.dedup_window_s,
-                                  description=f"logstore mirror of topic {self.topic_name}")
-            try:
-                info = await self._js.add_stream(config)
-                log.info("logstore mirror: created stream %s (%s, R%d)", self.stream, filt,
-                         replicas)
-                return info
-            except _js_errors.BadRequestError as e:
-                # An existing stream created concurrently, or replicas the server cannot host.
-                if getattr(e, "err_code", None) == 10058:  # stream name already in use
-                    return await self._js.stream_info(self.stream)
-                if self.replicas is None and replicas > 1 and "replica" in str(e).lower():
-                    replicas = 1
-                    continue
-                raise ConfigError(f"cannot create JetStream stream {self.stream!r}: {e}") from None
-            except _js_errors.ServerError as e:
-                if self.replicas is None and replicas > 1 and "resources" in str(e).lower():
-                    replicas = 1
-                    continue
-                raise
-
     # ------------------------------------------------------------------ resync
-    async def _last_offsets(self) -> List[Optional[int]]:
-        js = self._js
-
-        async def one(p: int) -> Optional[int]:
-            try:
-                msg = await js.get_last_msg(self.stream, self._subjects[p])
-            except _js_errors.NotFoundError:
-                return None
-            headers = msg.headers or {}
-            mid = headers.get(H_MSG_ID, "")
-            if not mid.startswith(self._msgid_prefix):
-                raise ConfigError(
-                    f"subject {self._subjects[p]!r} of stream {self.stream!r} holds messages that "
-                    f"are not from this store (last Nats-Msg-Id {mid!r}, this store's id is "
-                    f"{self.store.id}): use another stream or subject_prefix")
-            try:
-                tail = mid[len(self._msgid_prefix):].split(":")
-                if int(tail[0]) != p:
-                    raise ValueError
-                return int(tail[1])
-            except (ValueError, IndexError):
-                raise MirrorError(f"unexpected Nats-Msg-Id {mid!r} on {self._subjects[p]!r}") \
-                    from None
-
-        out: List[Optional[int]] = []
-        parts = list(range(self.topic.partition_count))
-        for i in range(0, len(parts), 64):
-            out.extend(await asyncio.gather(*(one(p) for p in parts[i:i + 64])))
-        return out
-
     async def _resync(self) -> None:
         """Read where the stream is (its last sequence and, per partition, the last mirrored
         offset) and start a new chain from there."""
-        js = self._js
-        for _attempt in range(5):
-            before = (await js.stream_info(self.stream)).state.last_seq
-            lasts = await self._last_offsets()
-            after = (await js.stream_info(self.stream)).state.last_seq
-            if before == after:
-                break
-        else:
+        position = await stream_position(self._js, self.stream, self._subjects, self._store_id,
+                                         self.topic_name)
+        if position is None:
             raise _Broken("the stream kept changing during resync: is something else "
                           "publishing into it?")
+        after, lasts = position
         commits = {}
-        notes = []
+        notes: List[str] = []
         for p, plog in enumerate(self.topic.partitions):
-            committed = self._committed[p]
-            start, end = plog.start_offset, plog.end_offset
-            pos = committed if committed is not None else start
-            last = lasts[p]
-            if last is not None and last + 1 > pos:
-                pos = last + 1  # acked by the stream but not committed here (or no commit yet)
-            elif last is not None and committed is not None and last + 1 < committed:
-                # The stream acknowledged offsets last+1..pos-1 and no longer holds them (an R1
-                # stream whose server was killed before writing them, a failover that lost
-                # acknowledged writes). The local log still has them: publish them again
-                # rather than leave a hole (stream limits drop the oldest, never the last).
-                notes.append(f"partition {p}: the stream lost offsets {last + 1}..{pos - 1} "
-                             f"after acknowledging them; publishing them again")
-                pos = last + 1
-            if pos < start:
-                notes.append(f"partition {p}: offsets {pos}..{start - 1} were removed from the "
-                             f"local log before they were mirrored")
-                pos = start
-            if pos > end:
-                notes.append(f"partition {p}: the stream holds offsets up to {pos - 1} but the "
-                             f"local log ends at {end} (local records lost?); waiting for new "
-                             f"records past {pos - 1}")
+            pos = self._resume_position(p, plog.start_offset, plog.end_offset, lasts[p], notes)
             self._send_next[p] = self._acked_next[p] = pos
-            if pos != committed and pos <= end:
+            if pos != self._committed[p] and pos <= plog.end_offset:
                 commits[p] = pos
         if commits:
             self._commit(commits)
@@ -765,6 +501,32 @@ class JetStreamMirror:
             for n in notes:
                 log.warning("logstore mirror %s: %s", self.stream, n)
 
+    def _resume_position(self, p: int, start: int, end: int, last: Optional[int],
+                         notes: List[str]) -> int:
+        """Where partition ``p`` resumes, given the local log's ``start``/``end`` and the last
+        offset the stream holds (``last``); appends what is worth reporting to ``notes``."""
+        committed = self._committed[p]
+        pos = committed if committed is not None else start
+        if last is not None and last + 1 > pos:
+            pos = last + 1  # acked by the stream but not committed here (or no commit yet)
+        elif last is not None and committed is not None and last + 1 < committed:
+            # The stream acknowledged offsets last+1..pos-1 and no longer holds them (an R1
+            # stream whose server was killed before writing them, a failover that lost
+            # acknowledged writes). The local log still has them: publish them again
+            # rather than leave a hole (stream limits drop the oldest, never the last).
+            notes.append(f"partition {p}: the stream lost offsets {last + 1}..{pos - 1} "
+                         f"after acknowledging them; publishing them again")
+            pos = last + 1
+        if pos < start:
+            notes.append(f"partition {p}: offsets {pos}..{start - 1} were removed from the "
+                         f"local log before they were mirrored")
+            pos = start
+        if pos > end:
+            notes.append(f"partition {p}: the stream holds offsets up to {pos - 1} but the "
+                         f"local log ends at {end} (local records lost?); waiting for new "
+                         f"records past {pos - 1}")
+        return pos
+
     # ------------------------------------------------------------------ publishing
     async def _on_reply(self, msg: Any) -> None:
         try:
@@ -774,33 +536,8 @@ class JetStreamMirror:
         e = self._by_token.pop(token, None)
         if e is None:
             return
-        hdrs = msg.headers or {}
-        status = hdrs.get("Status")
-        if status is not None and not msg.data:
-            e.state, e.error = _Entry.FAILED, (
-                "no JetStream responder for the stream's subjects (stream leader unavailable?)"
-                if status == "503" else f"status {status} {hdrs.get('Description', '')}".strip())
-        else:
-            try:
-                resp = json.loads(msg.data)
-            except ValueError:
-                resp = {"error": {"description": f"unreadable ack {msg.data[:100]!r}"}}
-            err = resp.get("error")
-            if err:
-                e.state = _Entry.FAILED
-                e.error = (f"JetStream refused offset {e.offset} of partition {e.partition}: "
-                           f"{err.get('description')} (err_code {err.get('err_code')})")
-                if err.get("err_code") == _ERR_WRONG_LAST_SEQ:
-                    e.error = ("a message before offset %d of partition %d was lost in transit "
-                               "(JetStream: %s); resyncing" % (e.offset, e.partition,
-                                                               err.get("description")))
-            elif resp.get("seq") != e.seq:
-                e.state = _Entry.FAILED
-                e.error = (f"offset {e.offset} of partition {e.partition} was stored at stream "
-                           f"sequence {resp.get('seq')}, expected {e.seq}: something else "
-                           f"published into stream {self.stream!r}; resyncing")
-            else:
-                e.state = _Entry.OK
+        e.error = ack_error(msg.headers, msg.data, e.partition, e.offset, e.seq, self.stream)
+        e.state = _Entry.OK if e.error is None else _Entry.FAILED
         if self._wake is not None:
             self._wake.set()
 
@@ -809,7 +546,7 @@ class JetStreamMirror:
         token = self._token = self._token + 1
         seq = self._next_seq
         self._next_seq += 1
-        headers = encode_headers(self.topic_name, p, rec, self.store.id)
+        headers = encode_headers(self.topic_name, p, rec, self._store_id)
         headers[H_EXPECTED_LAST_SEQ] = str(seq - 1)
         entry = _Entry(p, rec.offset, seq, time.monotonic())
         self._by_token[token] = entry
@@ -817,7 +554,7 @@ class JetStreamMirror:
         try:
             await nc.publish(self._subjects[p], rec.value or b"", reply=self._inbox + str(token),
                              headers=headers)
-        except _nats_errors.MaxPayloadError:
+        except nats_errors.MaxPayloadError:
             raise MirrorError(
                 f"offset {rec.offset} of partition {p} ({len(rec.value or b'')} bytes plus "
                 f"headers) is larger than the NATS server's max_payload ({nc.max_payload} "
@@ -825,15 +562,16 @@ class JetStreamMirror:
         with self._lock:
             self._stats["published"] += 1
 
-    def _fill(self) -> int:
-        """Records to publish now: [(partition, Record)], at most the free window."""
+    def _fill(self) -> List[Tuple[int, Record]]:
+        """Records to publish now, [(partition, Record)]: at most the free window, taken from
+        the partitions in turn (a round robin that starts one further each call)."""
         room = self.max_in_flight - len(self._chain)
         if room <= 0:
-            return 0
+            return []
         parts = self.topic.partitions
         n = len(parts)
         chunk = max(1, min(500, self.max_in_flight // n if n else 1))
-        self._batch = []
+        batch: List[Tuple[int, Record]] = []
         progressed = True
         while room > 0 and progressed:
             progressed = False
@@ -851,16 +589,15 @@ class JetStreamMirror:
                 recs = plog.read(pos, max_records=min(room, chunk))
                 if not recs:
                     continue
-                self._batch.extend((p, r) for r in recs)
+                batch.extend((p, r) for r in recs)
                 self._send_next[p] = recs[-1].offset + 1
                 room -= len(recs)
                 progressed = True
             self._rr = (self._rr + 1) % max(1, n)
-        return len(self._batch)
+        return batch
 
-    def _drain(self) -> None:
-        """Advance acked positions over the acked head of the chain; raise _Broken on a failed
-        or timed-out head."""
+    def _pop_acked(self) -> None:
+        """Advance the acked positions over the acked head of the chain."""
         chain = self._chain
         acked = 0
         while chain and chain[0].state == _Entry.OK:
@@ -870,8 +607,13 @@ class JetStreamMirror:
         if acked:
             with self._lock:
                 self._stats["acked"] += acked
-        if chain:
-            head = chain[0]
+
+    def _drain(self) -> None:
+        """Advance acked positions over the acked head of the chain; raise _Broken on a failed
+        or timed-out head."""
+        self._pop_acked()
+        if self._chain:
+            head = self._chain[0]
             if head.state == _Entry.FAILED:
                 raise _Broken(head.error or "publish failed")
             if time.monotonic() - head.sent > self.ack_timeout_s:
@@ -894,8 +636,8 @@ class JetStreamMirror:
             self._maybe_commit()
             if self._stop.is_set():
                 return False
-            if self._fill():
-                batch, self._batch = self._batch, []
+            batch = self._fill()
+            if batch:
                 for i, (p, rec) in enumerate(batch):
                     await self._publish(p, rec)
                     if i % 128 == 127:
@@ -914,9 +656,9 @@ class JetStreamMirror:
             await self._sleep(timeout)
 
     async def _wait_for_data(self) -> None:
+        # store.wait_for_data blocks a thread: run it on a one-thread pool, created on first use
+        # (a mirror that never catches up never starts the thread).
         if self._executor is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="logstore-mirror-wait")
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.store.wait_for_data, 0.2)
@@ -930,14 +672,8 @@ class JetStreamMirror:
             if not pending or time.monotonic() >= deadline:
                 break
             await self._sleep(min(0.05, max(0.001, deadline - time.monotonic())))
-        # Whatever was acked at the head still counts.
-        chain = self._chain
-        while chain and chain[0].state == _Entry.OK:
-            e = chain.popleft()
-            self._acked_next[e.partition] = e.offset + 1
-            with self._lock:
-                self._stats["acked"] += 1
-        chain.clear()
+        self._pop_acked()  # whatever was acked at the head still counts
+        self._chain.clear()
         self._by_token.clear()
 
     # ------------------------------------------------------------------ commits
@@ -964,105 +700,20 @@ class JetStreamMirror:
         self._last_commit = now
 
 
-# ---------------------------------------------------------------------- command line helper
-def run_mirror_cli(
-    store_path: str,
-    topic: str,
-    servers: Union[str, Sequence[str]],
-    stream: str,
-    *,
-    subject_prefix: str = "logstore",
-    replicas: Optional[int] = None,
-    until_caught_up: bool = False,
-    max_in_flight: int = 1000,
-    dedup_window_s: float = 120.0,
-    ack_timeout_s: float = 5.0,
-    max_backoff_s: float = 5.0,
-    status_interval_s: float = 10.0,
-    fsync: Optional[str] = None,
-    echo: Optional[Callable[[str], None]] = None,
-) -> int:
-    """What ``logstore mirror STORE TOPIC --servers ... --stream NAME`` runs.
+# Each option is readable on the mirror (mirror.stream, mirror.max_in_flight...) as it was
+# before MirrorConfig: read-only properties that read self.config.
+for _name in MirrorConfig.option_names():
+    setattr(JetStreamMirror, _name, property(operator.attrgetter(f"config.{_name}"),
+                                             doc=f"``config.{_name}`` (read-only)."))
+del _name
 
-    Opens the store for writing, mirrors until SIGINT/SIGTERM (or, with ``until_caught_up``,
-    until everything present is acked), printing a status line every ``status_interval_s``.
-    Returns the exit code: 0 done/stopped, 2 configuration error (no store, no topic, bad stream
-    settings), 3 the store is locked by another writer, 4 any other error.
-    """
-    import os
 
-    from ..errors import LogLockedError, NotALogError, UnknownTopicError
-    from ..format.names import STORE_META
-    from ..views.store import Store
+def __getattr__(name: str) -> Any:
+    # Compatibility for ``from logstore.mirror.jetstream import run_mirror_cli`` (cli/ imports
+    # it so until it moves to logstore.mirror.runner). runner imports this module, so a
+    # top-level import here would be a cycle; PEP 562 resolves it on first use instead.
+    if name == "run_mirror_cli":
+        from .runner import run_mirror_cli
 
-    def say(text: str) -> None:
-        (echo or (lambda s: print(s, file=sys.stderr, flush=True)))(text)
-
-    def error(text: str) -> None:
-        say(f"logstore: error: {text}")
-
-    if not os.path.exists(os.path.join(store_path, STORE_META)):
-        error(f"{store_path} is not a logstore store (no {STORE_META})")
-        return 2
-    opts = {} if fsync is None else {"fsync": fsync}
-    try:
-        store = Store.open(store_path, **opts)
-    except LogLockedError as e:
-        error(f"{e}")
-        return 3
-    except (NotALogError, ConfigError) as e:
-        error(f"{e}")
-        return 2
-    try:
-        try:
-            mirror = JetStreamMirror(store, topic, servers=servers, stream=stream,
-                                     subject_prefix=subject_prefix, replicas=replicas,
-                                     max_in_flight=max_in_flight, dedup_window_s=dedup_window_s,
-                                     ack_timeout_s=ack_timeout_s, max_backoff_s=max_backoff_s)
-        except (ConfigError, UnknownTopicError) as e:
-            error(f"{e}")
-            return 2
-        def on_signal(_signum: int, _frame: Any) -> None:
-            mirror.stop()
-
-        old = {}
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                old[s] = signal.signal(s, on_signal)
-
-        def report(final: bool = False) -> str:
-            st = mirror.status()
-            state = "stopped" if final else "connected" if st["connected"] else "NOT connected"
-            line = f"mirror {topic} -> {stream}: {state}, lag {st['lag']}, acked {st['acked']}"
-            if st["last_error"]:
-                age = time.time() - (st["last_error_at"] or time.time())
-                line += f", last error {age:.0f} s ago: {st['last_error']}"
-            return line
-
-        ticker_stop = threading.Event()
-
-        def ticker() -> None:
-            while not ticker_stop.wait(status_interval_s):
-                say(report())
-
-        tick = threading.Thread(target=ticker, daemon=True)
-        tick.start()
-        try:
-            say(f"mirroring topic {topic!r} of {store.root} to JetStream stream {stream!r} "
-                f"(subjects {subject_prefix}.{topic}.>) via {', '.join(mirror.servers)}")
-            mirror.run(until_caught_up=until_caught_up)
-        except ConfigError as e:
-            error(f"{e}")
-            return 2
-        except MirrorError as e:
-            error(f"{e}")
-            return 4
-        finally:
-            ticker_stop.set()
-            for s, h in old.items():
-                signal.signal(s, h)
-            mirror.close()
-        say(report(final=True))
-        return 0
-    finally:
-        store.close()
+        return run_mirror_cli
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
