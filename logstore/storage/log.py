@@ -46,14 +46,13 @@ from ..errors import (
     RecordTooLargeError,
     StorageError,
 )
-from ..format.decode import DecodedBatch, decode, extract_record, extract_records
+from ..format.decode import DecodedBatch, extract_record
 from ..format.encode import (
     PreparedBatch, check_batch_shape, check_timestamp, frame, frame_single, prepare_batch,
     prepare_from_buffer, prepare_one,
 )
 from ..format.header import (
-    ATTR_OFFSET_DELTAS, CODEC_MASK, CODEC_NONE, HEADER_SIZE, BatchHeader, check_crc, codec_id,
-    crc_ok,
+    CODEC_NONE, HEADER_SIZE, codec_id,
 )
 from ..format.names import META_NAME
 from ..fs import DEFAULT_FS, FileSystem
@@ -64,6 +63,9 @@ from .index import index_capacity
 from .lockfile import DirectoryLock
 from .retention import segments_to_delete
 from .segment import MAX_RELATIVE_OFFSET, Segment
+from .reading import (
+    ReadHooks, batch_for, batches, collect_sorted, first_offset_at, records, take,
+)
 from .segments import SegmentList, list_segments
 from .sync import GroupCommit
 from .tail import RecoveryReport
@@ -72,9 +74,6 @@ logger = logging.getLogger("logstore")
 DEFAULT_MAX_RECORDS = 1000
 _WRITEBACK_BYTES = 1 << 20
 _PREALLOCATE_BYTES = 4 << 20  # how far ahead of the data a syncing writer extends the file
-_SPAN_BATCHES = 64  # batches located per hold of the log lock while reading
-# Batches that _records decodes whole (not with get's one-record extraction).
-_WHOLE_BATCH_ATTRS = CODEC_MASK | ATTR_OFFSET_DELTAS
 
 
 
@@ -99,6 +98,9 @@ class Log:
         self._segs = SegmentList(directory, fs, config.index_interval_bytes, not readonly,
                                  self._lock)
         self._next_offset = 0
+        self._hooks = ReadHooks(self._lock, self._segs, self._check_open,
+                                self._refresh_locked if readonly else None,
+                                self._gaps_allowed, self._gap)
         self._dir_lock: Optional[DirectoryLock] = None
         self._codec = codec_id(config.compression)
         self._always = config.fsync == "always" and not readonly
@@ -594,19 +596,6 @@ class Log:
                 f"offset {offset} is end_offset: no record there yet (use read() to poll)")
         self._check_range(offset, end)
 
-    def _batch_for_locked(self, offset: int) -> Tuple[Segment, Any, int, Any, int]:
-        """(lock held) ``get``'s general route: ``(segment, buf, at, header, position)`` of the
-        first batch reaching ``offset``, its bytes being ``buf[at : at + header.length]``."""
-        loc = self._segs.locate(offset)
-        if loc is None:
-            raise CorruptLogError(f"offset {offset} should exist but no batch holds it",
-                                  self._segs.active.path)
-        i, pos, h = loc
-        seg = self._segs.items[i]
-        if seg.use_pread:
-            return seg, seg.read_bytes(pos, h.length), 0, h, pos
-        return seg, seg.mapped(pos + h.length), pos, h, pos
-
     def get(self, offset: int) -> Record:
         """The record at ``offset``. Raises OffsetOutOfRangeError outside [start, end)."""
         if type(offset) is not int:
@@ -628,7 +617,7 @@ class Log:
                     if rec is not None:
                         return rec
             self._check_get_range(offset, end)
-            seg, buf, at, h, pos = self._batch_for_locked(offset)
+            seg, buf, at, h, pos = batch_for(self._segs, offset)
             rec = extract_record(buf, h, offset, seg.path, pos, at)
         if rec is None:
             self._gap(offset, h.base_offset if h.base_offset > offset else offset + 1, seg, pos)
@@ -677,51 +666,7 @@ class Log:
             end = self._visible_end()
             self._check_get_range(sorted_offs[0], end)
             self._check_get_range(sorted_offs[-1], end)
-            bases, segments = self._segs.bases, self._segs.items
-            k = 0
-            while k < n:
-                offset = sorted_offs[k]
-                seg = segments[bisect.bisect_right(bases, offset) - 1]
-                found = seg.quick_locate(offset)  # get's route, when it applies
-                if found is not None:
-                    buf, at, h, pos = found
-                else:
-                    seg, buf, at, h, pos = self._batch_for_locked(offset)
-                # Header fields by index: h is a BatchHeader or quick_locate's plain tuple.
-                stop = bisect.bisect_right(sorted_offs, h[5] + h[9], k)  # base + last delta
-                path = seg.path
-                if stop == k:  # (the located batch must reach the offset: never loop on it)
-                    raise CorruptLogError(f"the batch located for offset {offset} ends before "
-                                          f"it", path, pos)
-                if h[4] & (CODEC_MASK | ATTR_OFFSET_DELTAS):
-                    # Compressed or sparse: decode it once (CRC, decompression, columns).
-                    batch = decode(buf, at, h, path, pos, header_checked=True)
-                    count = len(batch)
-                    for kk in range(k, stop):
-                        offset = sorted_offs[kk]
-                        j = batch.index_of(offset)
-                        if j >= count or batch.offset_at(j) != offset:
-                            self._gap(offset, batch.offset_at(j) if j < count else offset + 1,
-                                      seg, pos)
-                            raise RecordRemovedError(
-                                f"offset {offset} was removed by compaction")
-                        out[order_list[kk]] = batch.record_at(j)
-                else:
-                    if offset < h[5]:  # the first batch reaching it starts after it: a gap
-                        self._gap(offset, h[5], seg, pos)
-                        raise RecordRemovedError(f"offset {offset} was removed by compaction")
-                    # Plain: one CRC check for the batch. A few records: get's column reads
-                    # for each; more: read the columns once (~4 records is break-even here).
-                    check_crc(buf, h, path, pos, at)
-                    if stop - k >= 4:
-                        recs = extract_records(buf, h, sorted_offs[k:stop], path, pos, at)
-                        for kk, rec in zip(range(k, stop), recs):
-                            out[order_list[kk]] = rec
-                    else:
-                        for kk in range(k, stop):
-                            out[order_list[kk]] = extract_record(
-                                buf, h, sorted_offs[kk], path, pos, at, None, True)
-                k = stop
+            collect_sorted(self._segs, sorted_offs, order_list, out, self._gap)
         return out
 
     def read(
@@ -752,30 +697,7 @@ class Log:
                 self._refresh_locked()
             end = self._visible_end()
             self._check_range(offset, end)
-        out: List[Record] = []
-        budget = max_bytes
-        for recs in self._records(offset, end, partition):
-            if len(out) + len(recs) > max_records:
-                recs = recs[: max_records - len(out)]
-            if budget is not None:
-                taken = 0
-                for rec in recs:
-                    size = (0 if rec.value is None else len(rec.value)) + (
-                        0 if rec.key is None else len(rec.key))
-                    # Take records while the total stays <= max_bytes and the budget is not yet
-                    # used up (so zero-size records after an exactly spent budget are not taken,
-                    # whatever the batching); the first record is always taken.
-                    if (out or taken) and (budget <= 0 or size > budget):
-                        break
-                    budget -= size
-                    taken += 1
-                if taken < len(recs):
-                    out.extend(recs[:taken])
-                    break
-            out.extend(recs)
-            if len(out) >= max_records or (budget is not None and budget <= 0):
-                break
-        return out
+        return take(records(self._hooks, offset, end, partition), max_records, max_bytes)
 
     def replay(self, from_offset: int = 0, to_offset: Optional[int] = None) -> Iterator[Record]:
         """Iterate records in ``[from_offset, to_offset)``; ``to_offset`` defaults to the current end.
@@ -784,7 +706,7 @@ class Log:
         """
         start, stop = self._replay_bounds(from_offset, to_offset)
         # chain, not a generator with "yield from": no Python frame resumed per record.
-        return chain.from_iterable(self._records(start, stop, None))
+        return chain.from_iterable(records(self._hooks, start, stop, None))
 
     def replay_batches(self, from_offset: int = 0, to_offset: Optional[int] = None
                        ) -> Iterator[DecodedBatch]:
@@ -796,7 +718,7 @@ class Log:
         range: filter with ``offsets``.
         """
         start, stop = self._replay_bounds(from_offset, to_offset)
-        return self._batches(start, stop)
+        return batches(self._hooks, start, stop)
 
     def _replay_bounds(self, from_offset: int, to_offset: Optional[int]):
         from_offset = check_offset("from_offset", from_offset)
@@ -813,90 +735,6 @@ class Log:
             raise ValueError(f"to_offset {to_offset} is below from_offset {from_offset}")
         return from_offset, min(to_offset, end)
 
-    def _spans(self, start: int, stop: int) -> Iterator[Tuple[Any, int, BatchHeader,
-                                                              Segment, int]]:
-        """The stored batches covering ``[start, stop)``, in order, as ``(buf, at, header,
-        segment, position)``: the batch's bytes are ``buf[at : at + header.length]`` (the
-        segment's mapping, or bytes read with pread). Headers are validated and the bytes
-        pinned under the lock, up to ``_SPAN_BATCHES`` batches per lock hold; the caller checks
-        CRCs and decodes outside it.
-
-        The cursor is an offset; the (segment, position) pair is only a shortcut, dropped when
-        the segment was retired by compaction or retention (the new layout is found by offset).
-        """
-        cursor = start
-        seg: Optional[Segment] = None
-        pos = 0
-        while cursor < stop:
-            chunk = []
-            with self._lock:
-                self._check_open()
-                if self.readonly and (seg is None or pos >= seg.size):
-                    self._refresh_locked()
-                if seg is None or seg.retired or pos >= seg.size:
-                    if cursor < (self._segs.start_offset):
-                        raise OffsetOutOfRangeError(
-                            f"offset {cursor} was removed by retention while reading")
-                    loc = self._segs.locate(cursor)
-                    if loc is None:
-                        if self._gaps_allowed():
-                            return  # the rest of the range was compacted away
-                        raise CorruptLogError(f"offset {cursor} should exist but no batch holds it",
-                                              self._segs.active.path)
-                    i, pos, h = loc
-                    seg = self._segs.items[i]
-                else:
-                    h = seg.header_at(pos)
-                size = seg.size
-                last = h.next_offset
-                while True:
-                    if seg.use_pread:
-                        chunk.append((seg.read_bytes(pos, h.length), 0, h, pos))
-                    else:
-                        chunk.append((seg.mapped(pos + h.length), pos, h, pos))
-                    pos += h.length
-                    if len(chunk) >= _SPAN_BATCHES or pos >= size or last >= stop:
-                        break
-                    try:
-                        h = seg.header_at(pos)
-                    except CorruptLogError:
-                        break  # raised when the reader gets there, after the batches before it
-                    last = h.next_offset
-            for buf, at, h, p in chunk:
-                if h.base_offset != cursor:
-                    # Not where the previous batch ended (a compaction gap, a batch before the
-                    # cursor, or damage): an intact batch is judged by its offsets, a damaged
-                    # one is reported as such, at its own position.
-                    if not crc_ok(buf, at, h):
-                        raise CorruptLogError("CRC32C mismatch", seg.path, p)
-                    self._gap(cursor, h.base_offset, seg, p)
-                if h.next_offset <= cursor:
-                    continue
-                cursor = h.next_offset
-                yield buf, at, h, seg, p
-
-    def _batches(self, start: int, stop: int) -> Iterator[DecodedBatch]:
-        """Decoded (CRC-checked, lazily parsed) batches covering ``[start, stop)``."""
-        for buf, at, h, seg, pos in self._spans(start, stop):
-            yield decode(buf, at, h, seg.path, pos, True, lazy=True)
-
-    def _records(self, start: int, stop: int, partition: Optional[int]) -> Iterator[List[Record]]:
-        """Lists of the records in ``[start, stop)``, batch by batch. A one-record batch (one
-        ``append``) is read like ``get`` reads it, without building a DecodedBatch."""
-        for buf, at, h, seg, pos in self._spans(start, stop):
-            if h.record_count == 1 and not h.attributes & _WHOLE_BATCH_ATTRS:
-                rec = extract_record(buf, h, h.base_offset, seg.path, pos, at, partition)
-                if rec is None:  # cannot be: a dense one-record batch holds its base offset
-                    raise CorruptLogError("one-record batch without its record", seg.path, pos)
-                if start <= rec.offset < stop:
-                    yield [rec]
-                continue
-            batch = decode(buf, at, h, seg.path, pos, True, lazy=True)
-            j = batch.index_of(start) if h.base_offset < start else 0
-            k = batch.index_of(stop) if h.last_offset >= stop else len(batch)
-            if j < k:
-                yield batch.records(j, k, partition)
-
     def offset_for_time(self, timestamp_ms: int) -> int:
         """The first offset whose record timestamp is >= ``timestamp_ms`` (``end_offset`` if none)."""
         ts = check_timestamp(timestamp_ms)
@@ -904,26 +742,7 @@ class Log:
             self._check_open()
             if self.readonly:
                 self._refresh_locked()
-            end = self._visible_end()
-            for seg in self._segs.items:
-                if seg.sealed:
-                    seg.time_index()  # loads max_timestamp
-                if seg.max_timestamp < ts:
-                    continue
-                seg.ensure_open()
-                for pos, h in seg.iter_headers(seg.position_for_time(ts)):
-                    if h.max_timestamp < ts:
-                        # Skipping on the header's word: make sure that word is not damaged.
-                        if not crc_ok(seg.read_bytes(pos, h.length), 0, h):
-                            raise CorruptLogError("CRC32C mismatch", seg.path, pos)
-                        continue
-                    batch = seg.batch_at(pos, h)  # CRC-checked: its header can be trusted now
-                    if h.base_offset >= end:
-                        return end
-                    hits = np.flatnonzero(batch.timestamps >= ts)
-                    if len(hits):
-                        return min(batch.offset_at(int(hits[0])), end)
-            return end
+            return first_offset_at(self._segs, ts, self._visible_end())
 
     # ------------------------------------------------------------------ retention, compaction
     def enforce_retention(self, keep_from: Optional[int] = None,
