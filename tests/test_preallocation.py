@@ -14,11 +14,10 @@ import json
 import os
 
 import pytest
-from click.testing import CliRunner
 
 import logstore
 from logstore import Log
-from logstore.cli import main
+from helpers import run as cli
 from test_faults import FaultyFS  # the .log-fd tracking test double
 
 
@@ -40,11 +39,6 @@ def abandon(log: Log) -> None:
     log._dir_lock.release()
     for seg in log._segments:
         seg.close()
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return r
 
 
 @pytest.mark.parametrize("options", [{"fsync": "always"}, {"fsync": "every", "fsync_records": 5}])
