@@ -14,7 +14,9 @@ import pytest
 import logstore
 from logstore import CorruptLogError
 from logstore.format import damage, encode, queue_events
-from logstore.format.header import ALIGN, HEADER_SIZE, MAGIC
+from logstore.format.header import (
+    ALIGN, HEADER_SIZE, MAGIC, crc_ok, header_problem, parse_header,
+)
 from logstore.format.index_entries import (
     first_entry_above, pack_offset_entry, unpack_offset_entry,
 )
@@ -59,11 +61,11 @@ def damaged(data, pos):
 
 def brute_force_next(data, start, end, min_offset):
     """The reference rule: try every 8-aligned position."""
-    src = Bytes(data)
+    data = bytes(data[:end])
     for p in range(start + (-start % ALIGN), end - HEADER_SIZE + 1, ALIGN):
-        if data[p : p + len(MAGIC)] != MAGIC:
-            continue
-        if damage._valid_batch_at(src, bytes(data[p : p + HEADER_SIZE]), 0, p, end, min_offset):
+        h = parse_header(data, p)
+        if (h.magic == MAGIC and header_problem(h) is None and p + h.length <= end
+                and (min_offset is None or h.base_offset >= min_offset) and crc_ok(data, p, h)):
             return p
     return None
 
