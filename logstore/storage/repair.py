@@ -51,7 +51,7 @@ def repair_log(log_dir: str, *, remove_marker: bool = False,
     finally:
         lock.release()
     # A normal writer open: deletes *.tmp, truncates a torn tail, rebuilds the active indexes.
-    log = Log.open(log_dir)
+    log = Log.open(log_dir, fs=fs)
     try:
         rep = log.recovery_report
         result["summary"] = rep.summary() if rep is not None else ""
