@@ -17,10 +17,9 @@ import sys
 import time
 
 import pytest
-from click.testing import CliRunner
 
 import logstore
-from logstore.cli import main
+from helpers import flip, lines, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(ROOT, "segments", "golden")
@@ -34,19 +33,6 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
 @pytest.fixture(autouse=True)
 def in_root(monkeypatch):
     monkeypatch.chdir(ROOT)
-
-
-def run(*args, input=None):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        runner = CliRunner()
-    result = runner.invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
-    return result
-
-
-def lines(result):
-    return result.stdout.splitlines()
 
 
 def copy_golden(tmp_path, name="plain"):
@@ -63,14 +49,6 @@ def snapshot(directory):
         with open(p, "rb") as f:
             out[name] = (f.read(), st.st_mtime_ns, st.st_size)
     return out
-
-
-def flip(path, pos):
-    with open(path, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0x55]))
 
 
 # ------------------------------------------------------------------------------ golden output

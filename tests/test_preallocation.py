@@ -14,11 +14,10 @@ import json
 import os
 
 import pytest
-from click.testing import CliRunner
 
 import logstore
 from logstore import Log
-from logstore.cli import main
+from helpers import run as cli
 from test_faults import FaultyFS  # the .log-fd tracking test double
 
 
@@ -38,11 +37,6 @@ def zero_tail(path: str, data_end: int) -> bytes:
 def abandon(log: Log) -> None:
     """What a killed process leaves: no close(), no marker; the lock dies with the fds."""
     log.abandon()
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return r
 
 
 @pytest.mark.parametrize("options", [{"fsync": "always"}, {"fsync": "every", "fsync_records": 5}])

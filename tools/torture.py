@@ -382,13 +382,14 @@ def verify_directory(directory: str) -> List[str]:
 def inspect_problems(directory: str) -> List[str]:
     """Problems ``logstore.inspect`` (``logstore verify``) reports, if that module exists."""
     try:
-        from logstore.diagnostics import report as ls_inspect
-        targets = ls_inspect.resolve_targets(directory)
+        from logstore.diagnostics.report import inspect_log
+        from logstore.diagnostics.targets import resolve_targets
+        targets = resolve_targets(directory)
     except ImportError:
         return []
     out = []
     for target in targets:
-        report = ls_inspect.inspect_log(target, verify=True, settle=0)
+        report = inspect_log(target, verify=True, settle=0)
         out += [f"{p.kind} {os.path.basename(p.file)}@{p.position}: {p.reason}"
                 for p in report.problems]
     return out

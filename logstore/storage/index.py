@@ -28,15 +28,6 @@ OFFSET_ENTRY = np.dtype("<i8")  # relative offsets are < 2**31, so the sign bit 
 TIME_ENTRY = np.dtype([("ts", "<i8"), ("rel", "<i4")])  # 12 bytes, packed
 
 
-MAX_INDEX_CAPACITY = 1 << 22  # entries preallocated for an active segment, at most
-
-
-def index_capacity(segment_bytes: int, index_interval_bytes: int) -> int:
-    """Entries to preallocate in an active segment's index files: one per ``index_interval``
-    bytes of a full segment, plus slack, capped (a longer index grows its file)."""
-    return min(MAX_INDEX_CAPACITY, segment_bytes // index_interval_bytes + 2)
-
-
 class _MappedArray:
     """A numpy array of entries: a preallocated writable memmap, a read-only memmap, or RAM."""
 

@@ -59,7 +59,7 @@ from ..fs import DEFAULT_FS, FileSystem
 from ..record import Record
 from ..util import check_offset, now_ms, storage_errors
 from . import cleaner, loader, meta
-from .index import index_capacity
+from .sizing import index_capacity
 from .lockfile import DirectoryLock
 from .retention import segments_to_delete
 from .segment import MAX_RELATIVE_OFFSET, Segment
@@ -72,8 +72,6 @@ from .tail import RecoveryReport
 
 logger = logging.getLogger("logstore")
 DEFAULT_MAX_RECORDS = 1000
-_WRITEBACK_BYTES = 1 << 20
-_PREALLOCATE_BYTES = 4 << 20  # how far ahead of the data a syncing writer extends the file
 
 
 
@@ -117,7 +115,7 @@ class Log:
         self._segment_bytes = config.segment_bytes
         self._segment_ms = config.segment_ms
         self._fsync_records = config.fsync_records
-        self._index_capacity = index_capacity(config.segment_bytes, config.index_interval_bytes)
+        self._index_capacity = index_capacity(config)
 
     @classmethod
     def open(
@@ -190,25 +188,7 @@ class Log:
 
     def _configure_active(self, seg: Segment) -> None:
         """Writer settings of a segment that becomes the active one."""
-        writer = seg.writer
-        writer.buffer_limit = self.config.write_buffer_bytes
-        # Without an fsync per append, dirty pages pile up until the seal's fdatasync: start
-        # their writeback as the segment fills, so sealing does not stall the writer for long.
-        writer.writeback_bytes = 0 if self._always else _WRITEBACK_BYTES
-        writer.writeback_from = seg.size
-        # Policies that fdatasync while the segment fills: extend the file ahead of the data, so
-        # that those fdatasyncs need not also commit a new file size (~20% faster here).
-        syncs = self._always or self.config.fsync_records is not None or \
-            self.config.fsync_ms is not None
-        writer.preallocate = _PREALLOCATE_BYTES if syncs else 0
-        writer.preallocate_limit = self.config.segment_bytes
-        # No fsync policy at all: copy batches into a write mapping instead of one pwrite system
-        # call each (see logstore.storage.active_file). Not through a test double of the file
-        # system (its pwrite is the seam fault-injection tests use), not with a write buffer
-        # (that already writes in large pieces).
-        writer.map_writes = (self.config.fsync == "never" and not self.config.write_buffer_bytes
-                             and type(self._fs) is FileSystem and hasattr(os, "posix_fallocate"))
-        writer.map_write_limit = self.config.segment_bytes
+        seg.writer.apply_policy(self.config, seg.size, default_fs=type(self._fs) is FileSystem)
 
     def _open_reader(self) -> None:
         d = self.path

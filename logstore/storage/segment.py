@@ -712,7 +712,8 @@ class Segment:
             return not np.frombuffer(buf, dtype=np.uint8, count=end - pos, offset=pos).any()
         return zeros_between(self.fd, pos, end)
 
-    def scan_view(self, end: int):
+    def scan_view(self, end: int) -> mmap.mmap:
+        """A fresh read-only mapping of the file's first ``end`` bytes (scans, damage rules)."""
         fd = self.fd if self.fd is not None else os.open(self.path, os.O_RDONLY)
         try:
             return mmap.mmap(fd, end, access=mmap.ACCESS_READ)
