@@ -352,3 +352,392 @@ def test_redrive_cursor_beyond_dead_letter_topic_end_is_repaired(tmp_path, warn_
         assert q.redrive() == 3
         assert sorted(drain(q)) == [b"d0", b"d1", b"d2"]
         assert_repaired(s, warn_log, "redrive cursor")
+
+
+# ======================================================================================= case 4
+def _compactable_log(d):
+    with logstore.Log.open(d, segment_bytes=1024, cleanup_policy="compact", fsync="never") as log:
+        for i in range(120):
+            log.append(b"%d" % i * 5, key=b"k%d" % (i % 6))
+
+
+def _records(log):
+    return [(r.offset, r.key, r.value) for r in log.replay()]
+
+
+_COMPACT_AND_DIE = """
+import logstore
+from storefaults import FaultFS, kill_self
+point = sys.argv[2]
+def when(op, path):
+    if point == "swap_rename":      # the first .swap renamed over its .log (after the commit)
+        return op == "replace" and path.endswith(".swap")
+    if point == "commit_unlink":    # every swap done, the commit file being removed
+        return op == "unlink" and path.endswith("compaction.commit")
+    return op == "open" and path.endswith("logstore.meta.tmp")   # the "compacted" rewrite
+fs = FaultFS(when, make_error=kill_self)
+log = logstore.Log.open(sys.argv[1], fs=fs, cleanup_policy="compact", **{"retention_check_interval_s": 0})
+log.compact()
+print("compaction finished without reaching the kill point")
+die()
+"""
+
+
+@pytest.mark.parametrize("point", ["swap_rename", "commit_unlink", "meta_rewrite"])
+def test_crash_after_compaction_commit_leaves_a_readable_log(tmp_path, point):
+    """Issue 17 case 4: a process killed after compaction's commit point but before the
+    "compacted": true metadata rewrite left a log that read-only openers, replay and verify
+    call corrupt forever (offsets missing, "the log is not compacted")."""
+    ref, d = str(tmp_path / "ref"), str(tmp_path / "log")
+    _compactable_log(ref)
+    _compactable_log(d)
+    with logstore.Log.open(ref, readonly=True) as ro:
+        pre = _records(ro)
+    with logstore.Log.open(ref, cleanup_policy="compact") as log:
+        log.compact()
+        post = _records(log)
+    assert post != pre
+    out = run_child(_COMPACT_AND_DIE, d, point)
+    assert "finished" not in out
+    with logstore.Log.open(d) as log:  # a writer without the compact policy runs recovery
+        assert _records(log) == post
+    with logstore.Log.open(d, readonly=True) as ro:
+        assert _records(ro) == post
+    r = run_cli("verify", d)
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    r = run_cli("replay", d)
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(r.stdout.splitlines()) == len(post)
+
+
+# ======================================================================================= case 5
+def test_failed_swap_rename_then_retention_never_resurrects_segments(tmp_path):
+    """Issue 17 case 5: an I/O error renaming a .swap into place, then a retention pass, then a
+    reopen: the deleted segments came back (start_offset went backwards)."""
+    d = str(tmp_path / "log")
+    with logstore.Log.open(d, segment_bytes=1024, cleanup_policy="compact", fsync="never") as log:
+        for i in range(300):
+            log.append(b"%d" % i * 5, key=b"k%d" % (i % 6))
+    opts = dict(segment_bytes=1024, cleanup_policy="compact,delete", retention_bytes=2048,
+                **NO_CLEANER)
+    fs = FaultFS(lambda op, path: op == "replace" and path.endswith(".swap"))
+    log = logstore.Log.open(d, fs=fs, **opts)
+    with pytest.raises(logstore.StorageError):
+        log.compact()
+    try:
+        log.enforce_retention()
+    except logstore.StorageError:
+        pass  # refusing is fine; bringing deleted data back is not
+    start = log.start_offset
+    try:
+        log.close()
+    except logstore.StorageError:
+        pass
+    with logstore.Log.open(d, **opts) as log:
+        assert log.start_offset >= start, \
+            f"segments deleted by retention came back: start_offset {start} -> {log.start_offset}"
+        offsets = [r.offset for r in log.replay()]
+        assert offsets and min(offsets) >= start
+
+
+# ======================================================================================= case 6
+def test_damaged_last_time_index_entry_of_sealed_segment_is_not_trusted(tmp_path):
+    """Issue 17 case 6: the last .timeindex entry of a sealed segment says "everything here is
+    older than T"; a damaged T (here: 1970) made offset_for_time skip the segment and
+    retention_ms delete records written a moment ago."""
+    d = str(tmp_path / "log")
+    t0 = int(time.time() * 1000)
+    with logstore.Log.open(d, segment_bytes=1024) as log:
+        for i in range(40):
+            log.append(b"v%03d" % i * 10)
+        assert len(log.segments()) >= 3
+    ti = segment_files(d)[0][:-len(".log")] + ".timeindex"
+    with open(ti, "r+b") as f:
+        data = f.read()
+        assert len(data) % 12 == 0 and data
+        f.seek(len(data) - 12)
+        f.write(struct.pack("<q", 1))  # the entry's timestamp; its offset stays right
+    with logstore.Log.open(d, segment_bytes=1024, retention_ms=60_000, **NO_CLEANER) as log:
+        assert log.offset_for_time(t0 - 1000) == 0
+        report = log.enforce_retention()
+        assert report["segments_removed"] == 0, "retention_ms deleted records written just now"
+        assert log.start_offset == 0
+        assert log.get(0).value == b"v000" * 10
+
+
+# ======================================================================================= case 7
+@pytest.mark.parametrize("log_path", ["internal/offsets", "internal/queues/jobs", "topics/t/0",
+                                      "internal/groups/t/g/0"])
+def test_verify_reports_damaged_meta_of_a_store_log(tmp_path, log_path):
+    """Issue 17 case 7: `logstore verify STORE` said OK (exit 0) when a log of the store had a
+    damaged logstore.meta, while the store refuses that log."""
+    root = str(tmp_path / "s")
+    with logstore.Store.open(root, **NO_CLEANER) as s:
+        s.topic("t").publish(b"x")
+        c = s.consumer("g", "t")
+        c.poll(10)
+        c.commit()
+        s.queue("jobs").put(b"y")
+    with open(os.path.join(root, log_path, "logstore.meta"), "wb") as f:
+        f.write(b'{"format": "logstore-lo')  # a torn rewrite
+    with pytest.raises(logstore.NotALogError):  # the store refuses it (precondition)
+        with logstore.Store.open(root, **NO_CLEANER) as s:
+            if log_path.startswith("topics"):
+                s.topic("t")
+            elif "queues" in log_path:
+                s.queue("jobs")
+            elif "groups" in log_path:
+                s.consumer("g", "t")
+    r = run_cli("verify", root)
+    out = r.stdout.decode() + r.stderr.decode()
+    assert r.returncode == 1, f"verify exit {r.returncode}: {out.splitlines()[-1:]}"
+    assert "logstore.meta" in out
+
+
+# ======================================================================================= case 8
+def test_dedup_of_old_timestamp_is_by_publish_time(tmp_path):
+    """Issue 17 case 8: with timestamp_ms older than the window, an immediate retry appended a
+    duplicate."""
+    with logstore.Store.open(str(tmp_path / "s"), dedup_window_s=120, **NO_CLEANER) as s:
+        t = s.topic("t")
+        old = int(time.time() * 1000) - 3_600_000
+        first = t.publish(b"x", msg_id="order-1", timestamp_ms=old)
+        again = t.publish(b"x", msg_id="order-1", timestamp_ms=old)
+        assert again == first
+        assert t.partitions[0].end_offset == 1, "the retry appended a duplicate"
+
+
+def test_dedup_of_old_timestamp_survives_reopen(tmp_path):
+    """Rest of the class (dedup windows across reopen): the window rebuilt at open selected
+    records by their timestamp, so a retry after a restart appended a duplicate."""
+    root = str(tmp_path / "s")
+    old = int(time.time() * 1000) - 3_600_000
+    with logstore.Store.open(root, dedup_window_s=120, **NO_CLEANER) as s:
+        first = s.topic("t").publish(b"x", msg_id="order-1", timestamp_ms=old)
+    with logstore.Store.open(root, dedup_window_s=120, **NO_CLEANER) as s:
+        t = s.topic("t")
+        assert t.publish(b"x", msg_id="order-1", timestamp_ms=old) == first
+        assert t.partitions[0].end_offset == 1, "the retry after reopen appended a duplicate"
+
+
+def test_dedup_future_timestamp_does_not_block_expiry(tmp_path):
+    """Issue 17 case 8: one far-future timestamp_ms kept its entry, and every entry after it,
+    forever (the window never expired; the dict grew without bound)."""
+    with logstore.Store.open(str(tmp_path / "s"), dedup_window_s=0.2, **NO_CLEANER) as s:
+        t = s.topic("t")
+        future = int(time.time() * 1000) + 10 * 365 * 86_400_000
+        t.publish(b"f", msg_id="future", timestamp_ms=future)
+        t.publish(b"b", msg_id="later")
+        time.sleep(0.5)  # past the window (publish time)
+        t.publish(b"b", msg_id="later")
+        t.publish(b"f", msg_id="future", timestamp_ms=future)
+        assert t.partitions[0].end_offset == 4, \
+            "msg ids published before the window were still deduplicated"
+
+
+# ======================================================================================= case 9
+def test_failed_topic_open_releases_its_logs(tmp_path):
+    """Issue 17 case 9: a failed store.topic() kept the partitions it had opened: every retry
+    raised LogLockedError, still after store.close()."""
+    root = str(tmp_path / "s")
+    with logstore.Store.open(root, **NO_CLEANER) as s:
+        s.topic("t", partitions=3).publish(b"x", partition=0)
+    with open(os.path.join(topic_dir(root, "t", 2), "logstore.meta"), "wb") as f:
+        f.write(b"garbage")
+    s = logstore.Store.open(root, **NO_CLEANER)
+    try:
+        for _ in range(2):
+            with pytest.raises(logstore.NotALogError):
+                s.topic("t")
+    finally:
+        s.close()
+    with logstore.Log.open(topic_dir(root, "t", 0)) as log:  # nothing left locked
+        assert log.end_offset == 1
+
+
+_QUEUE_WORK_AND_DIE = """
+import logstore
+s = logstore.Store.open(sys.argv[1], fsync="never", segment_bytes=1024,
+                        **{"retention_check_interval_s": 0})
+q = s.queue("jobs")
+for i in range(50):
+    q.put(b"m%d" % i)
+for i in range(50):
+    q.get(timeout=1).ack()
+die()
+"""
+
+
+def test_failed_queue_open_releases_its_event_log(tmp_path):
+    """Issue 17 case 9: a failed store.queue() kept its event log open: the retry raised
+    LogLockedError instead of the real error, and the lock outlived store.close()."""
+    root = str(tmp_path / "s")
+    run_child(_QUEUE_WORK_AND_DIE, root)  # no checkpoint: the next open replays every event
+    first = segment_files(events_dir(root, "jobs"))[0]
+    flip_byte(first, batches(first)[0].position + 70)  # damage in a sealed segment
+    s = logstore.Store.open(root, **NO_CLEANER)
+    try:
+        for _ in range(2):
+            with pytest.raises(logstore.CorruptLogError):
+                s.queue("jobs")
+    finally:
+        s.close()
+    logstore.Log.open(events_dir(root, "jobs")).close()  # not locked any more
+
+
+def test_failed_store_open_releases_the_offsets_log(tmp_path):
+    """Rest of the class (failure paths): Store.open failing while loading the committed
+    offsets kept the offsets log locked: the retry raised LogLockedError."""
+    root = str(tmp_path / "s")
+    with logstore.Store.open(root, segment_bytes=1024, fsync="never", **NO_CLEANER) as s:
+        q = s.queue("jobs")
+        for _ in range(60):
+            q.checkpoint()  # each commits a position into internal/offsets
+    offsets_dir = os.path.join(root, "internal", "offsets")
+    segs = segment_files(offsets_dir)
+    assert len(segs) >= 3
+    flip_byte(segs[0], batches(segs[0])[1].position + 70)
+    for _ in range(2):
+        with pytest.raises(logstore.CorruptLogError):
+            logstore.Store.open(root, **NO_CLEANER)
+    logstore.Log.open(offsets_dir).close()  # not locked
+
+
+def test_store_close_releases_everything_when_a_view_close_fails(tmp_path):
+    """Issue 17 case 9: Store.close() stopped at the first view whose close failed, leaving
+    the store lock, the other views and the logs held."""
+    root = str(tmp_path / "s")
+    fs = FaultFS(lambda op, path: op == "fdatasync" and under("internal", "queues", "a")(path),
+                 times=10 ** 6, armed=False)
+    s = logstore.Store.open(root, fs=fs, **NO_CLEANER)
+    qa, qb = s.queue("a"), s.queue("b")
+    qa.put(b"x")
+    qb.put(b"y")
+    qb.get(timeout=1).ack()
+    g = s.consumer("g", "a")
+    g.poll(10)
+    g.commit()
+    fs.armed = True  # queue a's checkpoint at close cannot be made durable
+    with pytest.raises(logstore.StorageError):
+        s.close()
+    assert s.closed
+    with logstore.Store.open(root, **NO_CLEANER) as again:  # the store lock was released
+        assert len(again.queue("b")) == 0  # queue b was closed (checkpointed) too
+        assert len(again.queue("a")) == 1
+        c = again.consumer("g", "a")  # its lease was released
+        assert c.committed() == {0: 1}
+        assert c.assignment() == [0]
+
+
+def test_failed_consumer_join_leaves_no_zombie_member(tmp_path):
+    """Rest of the class (a view's construction): store.consumer() failing while taking a
+    lease left its member registered in the group: the next member of the group was assigned
+    only half the partitions, the other half belonged to the dead member forever."""
+    root = str(tmp_path / "s")
+    fs = FaultFS(lambda op, path: op == "open" and under("internal", "groups", "t", "g", "1")(path),
+                 armed=False)
+    with logstore.Store.open(root, fs=fs, fsync="never", **NO_CLEANER) as s:
+        t = s.topic("t", partitions=2)
+        for i in range(20):
+            t.publish(b"v%d" % i)
+        fs.armed = True
+        with pytest.raises(logstore.StorageError):
+            s.consumer("g", "t")
+        c = s.consumer("g", "t")
+        got = poll_all(c, 20, timeout=1.0)
+        assert len(got) == 20, f"only partitions {c.assignment()} were assigned: " \
+                               f"{len(got)} of 20 records delivered"
+
+
+class _InterruptFS(SimFS):
+    """SimFS (power-loss model of one log directory) that raises KeyboardInterrupt at the k-th
+    seam operation once armed."""
+
+    def __init__(self, root, k):
+        super().__init__(root)
+        self.k, self.armed, self.n, self.hit = k, False, 0, None
+
+    def _step(self, op):
+        if self.armed and not self.crashed:
+            self.n += 1
+            if self.n == self.k:
+                self.armed = False
+                self.hit = op
+                raise KeyboardInterrupt(f"interrupt at {op}")
+        super()._step(op)
+
+
+def _value(i):
+    return b"%04d" % i * 25  # 100 bytes: a one-record batch is 168 bytes framed
+
+
+def _interrupted_roll(d, k):
+    """A log whose next append rolls; the k-th seam operation from there raises
+    KeyboardInterrupt. Returns (fs, log, acked, outcomes of the appends after it)."""
+    fs = _InterruptFS(d, k)
+    log = logstore.Log.open(d, fs=fs, segment_bytes=1024, fsync="always")
+    acked = {}
+    i = 0
+    while log.segments()[-1]["size"] + 168 <= 1024:
+        acked[log.append(_value(i))] = _value(i)
+        i += 1
+    fs.armed = True
+    outcomes = []
+    for j in range(4):
+        v = _value(1000 + j)
+        try:
+            acked[log.append(v)] = v
+            outcomes.append("ok")
+        except KeyboardInterrupt:
+            outcomes.append("interrupted")
+        except (logstore.StorageError, logstore.LogClosedError):
+            outcomes.append("refused")
+        except Exception as e:  # noqa: BLE001 - anything else is the bug
+            outcomes.append(f"{type(e).__name__}: {e}")
+    fs.armed = False  # the sweep is over the roll and the appends after it, not close()
+    return fs, log, acked, outcomes
+
+
+@pytest.mark.parametrize("then", ["close", "power_loss"])
+def test_keyboard_interrupt_during_roll(tmp_path, then):
+    """Issue 17 case 9: a KeyboardInterrupt at any seam operation of a segment roll leaves the
+    log usable or cleanly refusing (StorageError/LogClosedError), never raising TypeError from
+    half-sealed state; close() works; and every acknowledged record (fsync="always") survives
+    a reopen (``close``) or a power loss right after (``power_loss``)."""
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else str(tmp_path)
+    work = os.path.join(base, f"logstore-h17-{os.getpid()}-{then}")
+    shutil.rmtree(work, ignore_errors=True)
+    problems = []
+    try:
+        for k in range(1, 60):
+            d = os.path.join(work, str(k))
+            fs, log, acked, outcomes = _interrupted_roll(d, k)
+            where = f"interrupt at op {k} ({fs.hit})"
+            if fs.hit is None:
+                log.close()
+                break
+            bad = [o for o in outcomes if o not in ("ok", "interrupted", "refused")]
+            if bad:
+                problems.append(f"{where}: append raised {bad[0]}")
+            if then == "close":
+                try:
+                    log.close()
+                except logstore.StorageError:
+                    pass
+                except Exception as e:  # noqa: BLE001
+                    problems.append(f"{where}: close raised {type(e).__name__}: {e}")
+                    fs.abandon(log)
+            else:
+                fs.crash()
+                fs.abandon(log)
+                fs.materialize(random.Random(k), modes=("drop",))
+            with logstore.Log.open(d, segment_bytes=1024) as again:
+                end = again.end_offset
+                lost = [o for o in acked if o >= end or again.get(o).value != acked[o]]
+            if lost:
+                problems.append(f"{where}: acknowledged offsets {lost} lost")
+        else:
+            raise AssertionError("the sweep never got past the roll")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert not problems, "\n".join(problems)
