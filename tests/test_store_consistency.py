@@ -741,3 +741,76 @@ def test_keyboard_interrupt_during_roll(tmp_path, then):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     assert not problems, "\n".join(problems)
+
+
+# ============================================================= rest of the class: trimming
+_TRIM_EVENTS_AND_LOSE_POWER = """
+import logstore
+from storefaults import DirsSimFS
+root = sys.argv[1]
+fs = DirsSimFS([os.path.join(root, "internal", "queues", "jobs"),
+                os.path.join(root, "internal", "offsets")])
+s = logstore.Store.open(root, fs=fs, fsync="never", segment_bytes=1024,
+                        **{"retention_check_interval_s": 0})
+q = s.queue("jobs")
+for i in range(100):
+    q.put(b"m%d" % i)
+msgs = [q.get(timeout=1) for _ in range(100)]
+for m in msgs[1:]:
+    m.ack()  # m0 stays in flight: the topic keeps every message
+q.checkpoint()
+report = s.enforce_retention()
+print("trimmed", report.get("queue-events/jobs", {}).get("segments_removed", 0))
+fs.power_loss()  # the queue's event log and the offsets log lose what was never fsynced
+die()
+"""
+
+
+def test_event_log_trim_never_outruns_a_durable_checkpoint(tmp_path):
+    """Rest of the class (fsync="never"): the retention pass trimmed the queue's event log
+    below a checkpoint that was not durable yet (the deletion is durable at once, the
+    checkpoint record and its commit are not). After a power loss every ack in the trimmed,
+    long-fsynced segments was gone: 99 acked messages delivered again. At most the acks of the
+    event log's unsynced tail (its active segment, under 10 events) may be lost."""
+    root = str(tmp_path / "s")
+    out = run_child(_TRIM_EVENTS_AND_LOSE_POWER, root)
+    assert int(out.split()[-1]) > 5, out  # the pass trimmed the event log (precondition)
+    with logstore.Store.open(root, fsync="never", **NO_CLEANER) as s:
+        got = drain(s.queue("jobs"))
+    assert b"m0" in got
+    assert len(got) <= 10, f"{len(got)} messages acked before the last fsyncs were delivered again"
+
+
+_TRIM_LEASE_AND_LOSE_POWER = """
+import logstore
+from storefaults import DirsSimFS
+root = sys.argv[1]
+lease = os.path.join(root, "internal", "groups", "t", "__sub__audit", "0")
+fs = DirsSimFS([lease])
+s = logstore.Store.open(root, fs=fs, fsync="never", **{"retention_check_interval_s": 0})
+t = s.topic("t")
+sub = s.subscribe("t", "audit")
+for i in range(10):
+    t.publish(b"m%d" % i)
+assert len(sub.poll(5)) == 5
+for _ in range(33_000):  # enough commits for the lease log to drop its first segment
+    sub.commit({0: 5})
+print("trimmed" if "00000000000000000000.log" not in os.listdir(lease) else "not-trimmed")
+fs.power_loss()  # the lease log loses what was never fsynced (fsync="never")
+die()
+"""
+
+
+def test_lease_log_trim_never_outruns_a_durable_commit(tmp_path):
+    """Rest of the class (group commits, fsync="never"): a lease log drops its old segments
+    (durably) once it holds 32,768 commits, while the newest commits are not fsynced yet. A
+    power loss then left no commit at all: the subscription restarted at "latest" and
+    skipped the 5 records it had not read. It must resume from its last durable commit."""
+    root = str(tmp_path / "s")
+    out = run_child(_TRIM_LEASE_AND_LOSE_POWER, root)
+    assert out.strip() == "trimmed", out  # precondition: the lease log was trimmed
+    with logstore.Store.open(root, fsync="never", **NO_CLEANER) as s:
+        sub = s.subscribe("t", "audit")
+        got = [r.value for r in poll_all(sub, 5, timeout=1.0)]
+    assert got == [b"m5", b"m6", b"m7", b"m8", b"m9"], \
+        f"the subscription skipped records after losing its commits: {got}"
