@@ -814,3 +814,36 @@ def test_lease_log_trim_never_outruns_a_durable_commit(tmp_path):
         got = [r.value for r in poll_all(sub, 5, timeout=1.0)]
     assert got == [b"m5", b"m6", b"m7", b"m8", b"m9"], \
         f"the subscription skipped records after losing its commits: {got}"
+
+
+@pytest.mark.parametrize("stale", ["delivery_count", "not_before"])
+def test_queue_per_offset_state_beyond_topic_end_is_dropped(tmp_path, warn_log, stale):
+    """Rest of the class: the queue's delivery counts and nack delays are kept per offset too.
+    Offset 5 was delivered twice (or nacked for an hour) when the topic lost it; the message
+    put after recovery at offset 5 must start fresh: first delivery 1, not delayed (it was
+    handed out as delivery 3 of max_deliveries=3 and dead-lettered after one nack, or held
+    back for the old message's hour)."""
+    root = str(tmp_path / "s")
+    with logstore.Store.open(root, fsync="never", **NO_CLEANER) as s:
+        q = s.queue("jobs", max_deliveries=3)
+        for i in range(6):
+            q.put(b"m%d" % i)
+        for _ in range(5):
+            q.get(timeout=1).ack()
+        m5 = q.get(timeout=1)
+        if stale == "delivery_count":
+            m5.nack(delay=0)
+            assert q.get(timeout=1).delivery_count == 2  # in flight at close
+        else:
+            m5.nack(delay=3600)
+    cut_log(topic_dir(root, "jobs"), 5)
+    with logstore.Store.open(root, fsync="never", **NO_CLEANER) as s:
+        q = s.queue("jobs", max_deliveries=3)
+        q.put(b"new")
+        msg = q.get(timeout=0.5)
+        assert msg is not None, "the new message inherited the lost message's nack delay"
+        assert (msg.value, msg.delivery_count) == (b"new", 1), \
+            f"the new message inherited the lost message's deliveries: {msg}"
+        msg.ack()
+        assert s.topic("jobs.dlq").partitions[0].end_offset == 0
+        assert_repaired(s, warn_log, f"queue {stale}")
