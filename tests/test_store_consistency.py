@@ -615,7 +615,7 @@ def test_store_close_releases_everything_when_a_view_close_fails(tmp_path):
     qb.put(b"y")
     qb.get(timeout=1).ack()
     g = s.consumer("g", "a")
-    g.poll(10)
+    assert len(poll_all(g, 1)) == 1
     g.commit()
     fs.armed = True  # queue a's checkpoint at close cannot be made durable
     with pytest.raises(logstore.StorageError):
