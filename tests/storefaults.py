@@ -201,12 +201,6 @@ def under(*parts: str) -> Callable[[str], bool]:
     return lambda path: needle in path
 
 
-def store_dirs(root: str, topic: Optional[str] = None):
-    """Paths of a store's logs: ``(partition dir of topic/0, internal/offsets)``."""
-    return (os.path.join(root, "topics", topic, "0") if topic else None,
-            os.path.join(root, "internal", "offsets"))
-
-
 # ------------------------------------------------------------------ the only engine internals
 # Kept here, in one place, so the package reorganisation (issue 18) has one spot to repoint.
 def _workqueue_module():

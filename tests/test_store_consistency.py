@@ -20,8 +20,6 @@ child processes (``storefaults.run_child``); faults come through the public I/O 
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
 import os
 import random
@@ -32,14 +30,12 @@ import time
 import pytest
 
 import logstore
-from logstore.fs import FileSystem
 from simfs import SimFS
 from storefaults import (
     FaultFS,
     batches,
     cut_log,
     flip_byte,
-    kill_self,
     log_end,
     run_child,
     run_cli,
