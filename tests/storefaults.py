@@ -23,7 +23,7 @@ import struct
 import subprocess
 import sys
 import textwrap
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple
 
 import logstore
 from logstore.fs import FileSystem
