@@ -119,7 +119,9 @@ class _MappedArray:
         self._drop_view()
         keep = np.array(self._arr[: self.n])
         self._map.flush()
-        self._arr = self._map = None  # unmap before resizing the file
+        # Unmap before resizing the file; the entries stay usable from the copy whatever
+        # happens next (an interrupt, an I/O error).
+        self._arr, self._map = keep, None
         arr = np.memmap(self.path, dtype=self.dtype, mode="r+", shape=(2 * len(keep) + 16,))
         arr[: len(keep)] = keep
         self._map = arr
@@ -136,15 +138,16 @@ class _MappedArray:
         self._drop_view()
         used = np.array(self._arr[: self.n])
         self._map.flush()
-        self._arr = self._map = None  # unmap before shrinking the file: never truncate under a live mapping
+        # Unmap before shrinking the file (never truncate under a live mapping); the entries
+        # stay usable from the copy whatever happens next (an interrupt, an I/O error).
+        self._arr, self._map = used, None
+        self.writable = False
         fd = fs.open(self.path, os.O_RDWR)
         try:
             fs.truncate(fd, self.n * self.dtype.itemsize)
             fs.fsync(fd)
         finally:
             fs.close(fd)
-        self._arr = used
-        self.writable = False
 
     def write_file(self, path: str, fs: FileSystem) -> None:
         """Atomically write the used entries to ``path`` (rebuilds)."""

@@ -73,9 +73,14 @@ def finish_interrupted_cleanups(directory: str, fs) -> List[str]:
             fs.unlink(path)
             done.append(f"removed {name}")
         elif name.endswith(SWAP):
-            if committed:
+            if committed and os.path.exists(path[: -len(SWAP)]):
                 finish_swap(fs, path)
                 done.append(f"completed compaction swap {name}")
+            elif committed:
+                # Its segment is gone (retention deleted it after the pass committed): the
+                # cleaned copy must not bring it back.
+                fs.unlink(path)
+                done.append(f"removed {name} of a deleted segment")
             else:
                 fs.unlink(path)
                 done.append(f"removed uncommitted {name}")

@@ -54,7 +54,7 @@ from ..format.encode import (
 from ..format.header import (
     CODEC_NONE, HEADER_SIZE, codec_id,
 )
-from ..format.names import META_NAME
+from ..format.names import COMPACTION_COMMIT, META_NAME
 from ..fs import DEFAULT_FS, FileSystem
 from ..record import Record
 from ..util import check_offset, now_ms, storage_errors
@@ -394,6 +394,12 @@ class Log:
             active = self._segs.active
         return active
 
+    def await_policy(self, next_offset: int) -> None:
+        """(Engine API, for views) After ``append_internal(..., wait=False)``: return once the
+        records below ``next_offset`` are as durable as an append's return promises under the
+        fsync policy (group commit: threads waiting together share fsyncs)."""
+        self._sync_per_policy(next_offset)
+
     def _sync_per_policy(self, nxt: int) -> None:
         """After an append up to ``nxt``: wait for durability as the fsync policy says."""
         if self._always:
@@ -411,16 +417,23 @@ class Log:
             old.seal()
             new = Segment.create(self.path, self._next_offset, self._fs,
                                  self.config.index_interval_bytes, self._index_capacity)
-        except OSError as e:
+        except BaseException as e:
+            # Whatever stopped the roll (an I/O error, or an interrupt such as ^C between two of
+            # its steps), the log is now between two states: refuse writes until a reopen
+            # recovers it. The cause is raised as it is (KeyboardInterrupt stays one).
             self._sync.fail(e)
-            raise StorageError(f"rolling to a new segment failed: {e}", e) from e
+            if isinstance(e, OSError) and not isinstance(e, StorageError):
+                raise StorageError(f"rolling to a new segment failed: {e}", e) from e
+            raise
         self._configure_active(new)
         self._segs.add(new)
         try:
             self._fs.fsync_dir(self.path)
-        except OSError as e:
+        except BaseException as e:
             self._sync.fail(e)
-            raise StorageError(f"fsync of directory {self.path} failed: {e}", e) from e
+            if isinstance(e, OSError) and not isinstance(e, StorageError):
+                raise StorageError(f"fsync of directory {self.path} failed: {e}", e) from e
+            raise
         self._sync.advance(self._next_offset)
 
     def _sync_snapshot(self) -> Tuple[int, int, Callable[[], None]]:
@@ -753,9 +766,16 @@ class Log:
         with self._cleaner_lock:
             with self._lock:
                 self._check_writable()
-            with storage_errors(f"compaction of {self.path}"):
-                return cleaner.compact(self._segs, self.config, self._mark_compacted,
-                                       now_ms).as_dict()
+            try:
+                with storage_errors(f"compaction of {self.path}"):
+                    return cleaner.compact(self._segs, self.config, self._mark_compacted,
+                                           now_ms).as_dict()
+            except BaseException as e:
+                if os.path.exists(os.path.join(self.path, COMPACTION_COMMIT)):
+                    # Failed after its commit point: the files are half swapped. Nothing may
+                    # change the log until a reopen completes the swap.
+                    self._sync.fail(e)
+                raise
 
     def _mark_compacted(self) -> None:
         """Record in the metadata that offsets may now have gaps (read-only openers need it).

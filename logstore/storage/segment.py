@@ -383,7 +383,7 @@ class Segment:
             and ti.last()[1] == rel_end
         )
         if good:
-            good = self._time_index_agrees(oi, ti)
+            good = self._time_index_agrees(oi, ti) and self._final_time_entry_ok(oi, ti)
         if good:
             self._offset_index, self._time_index = oi, ti
             self.max_timestamp = ti.last()[0]
@@ -428,6 +428,27 @@ class Segment:
                     or tss[i + 1] < h.max_timestamp:
                 return False
         return True
+
+    def _final_time_entry_ok(self, oi: OffsetIndex, ti: TimeIndex) -> bool:
+        """The last entry of a sealed segment's time index is its largest timestamp, which
+        retention and ``offset_for_time`` trust: it must equal the largest ``max_timestamp``
+        of the batches, read from their headers after the previous entry's batch (about one
+        index interval of batches; the entries before it are checked by the sample)."""
+        entries = ti.entries
+        n = len(entries)
+        pos, best = 0, 0
+        if n >= 2:
+            rel_prev = int(entries["rel"][n - 2])
+            rel, pos = oi.lookup(rel_prev)
+            if rel != rel_prev:
+                return False
+            best = int(entries["ts"][n - 2])
+        try:
+            for _pos, h in self.iter_headers(pos):
+                best = max(best, h.max_timestamp)
+        except CorruptLogError:
+            return False  # the rebuild reports the damage where it is
+        return int(entries["ts"][n - 1]) == best
 
     def rebuild_indexes(self, scan: ScanResult, capacity: Optional[int],
                         persist: bool = True) -> None:

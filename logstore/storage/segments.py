@@ -19,7 +19,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from ..format.header import BatchHeader
 from ..format.names import (
-    DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, parse_segment_name, segment_name,
+    CLEANED, DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, parse_segment_name,
+    segment_name,
 )
 from ..fs import FileSystem
 from .segment import Segment
@@ -138,6 +139,11 @@ class SegmentList:
             for path in (seg.path, seg.index_path, seg.timeindex_path):
                 try:
                     fs.unlink(path + DELETED)
+                except FileNotFoundError:
+                    pass
+            for path in (seg.path + SWAP, seg.path + CLEANED):
+                try:  # an unfinished compaction's copy must not bring the segment back
+                    fs.unlink(path)
                 except FileNotFoundError:
                     pass
 

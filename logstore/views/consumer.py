@@ -79,7 +79,19 @@ class _GroupState:
         with self.lock:
             member._member = leases.Member(self.members_dir)
             self.members.append(member)
-            self.rebalance(force=True)
+            try:
+                self.rebalance(force=True)
+            except BaseException:
+                # A member that failed to join must not stay in the group: the others would
+                # leave its share of the partitions unread.
+                self.members.remove(member)
+                member._member.leave()
+                self.assigned.pop(member, None)
+                try:
+                    self.rebalance(force=True)  # give its share back to the others
+                except Exception:
+                    pass  # the next poll's rebalance retries; the join's error is the news
+                raise
 
     def leave(self, member: "Consumer") -> None:
         with self.lock:
@@ -122,6 +134,14 @@ class _GroupState:
                     pos = part.start_offset if self.start == "earliest" else part.end_offset
                 # Durable at once: a "latest" group created before a crash must not skip what
                 # was published between its creation and its first commit.
+                leases.append_commit(log, pos)
+            end = self.topic.partitions[p].end_offset
+            if pos > end:
+                # The topic lost an unsynced tail the commit's log kept (power loss): records
+                # published from now on would be skipped. Cut back, say so, durably.
+                self.store.repaired(f"group {self.group!r} topic {self.topic.name!r} partition "
+                                    f"{p}: commit {pos} beyond the end {end}: cut back to {end}")
+                pos = end
                 leases.append_commit(log, pos)
         except BaseException:
             log.close()

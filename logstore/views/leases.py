@@ -126,6 +126,9 @@ def append_commit(log: Log, offset: int) -> None:
     log.append(_OFFSET.pack(offset), key=COMMIT_KEY)
     end = log.end_offset
     if end - log.start_offset > _TRIM_AFTER_RECORDS:
+        # Never trim below a commit that is not yet durable (fsync="never"/"every"): a power
+        # loss would leave no commit at all, and the group would start over.
+        log.flush()
         log.enforce_retention(keep_from=end - 1)  # never the active segment (holds the last)
 
 

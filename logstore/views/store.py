@@ -47,9 +47,11 @@ from ..storage.log import Log
 from .consumer import SUBSCRIPTION_PREFIX, Consumer, Subscription
 from .names import partition_for_key, validate_name
 from .offsets import OffsetStore
+from .queue_state import QueueState
 from .workqueue import WorkQueue
 from ..format.names import (
-    INTERNAL_DIR, OFFSETS_LOG, STORE_META, TOPIC_META, TOPICS_DIR, LOCK_NAME, topic_dir,
+    INTERNAL_DIR, LOCK_NAME, OFFSETS_LOG, QUEUE_GROUP, STORE_META, TOPIC_META, TOPICS_DIR,
+    queue_events_dir, topic_dir,
 )
 from ..record import Record
 from ..util import now_ms
@@ -60,6 +62,9 @@ STORE_FORMAT = "logstore-store"
 #    version 1 stores are upgraded when opened for writing (their commits are read as a fallback).
 STORE_VERSION = 2
 MSG_ID_HEADER = "x-msg-id"
+# Publish time (ms, the store's clock) of a message with msg_id whose timestamp_ms was given:
+# the dedup window counts from when a message was published, whatever its own timestamp.
+MSG_ID_TIME_HEADER = "x-msg-id-ms"
 MAX_PARTITIONS = 4096
 
 
@@ -85,22 +90,39 @@ class Topic:
         return len(self.partitions)
 
     def _load_dedup(self) -> None:
-        """Rebuild the msg-id window from the records published within it (survives reopen)."""
+        """Rebuild the msg-id window from the messages published within it (survives reopen):
+        each partition is read back from its newest segment until a whole segment was published
+        before the window (publish times grow with offsets; record timestamps need not)."""
         since = max(0, now_ms() - int(self.store.dedup_window_s * 1000))
         found = []
         for p, log in enumerate(self.partitions):
-            for rec in log.replay(log.offset_for_time(since)):
-                mid = rec.headers.get(MSG_ID_HEADER)
-                if mid is not None:
-                    found.append((rec.timestamp_ms, mid.decode("utf-8", "replace"), p, rec.offset))
-        for ts, mid, p, off in sorted(found):
-            self._dedup[mid] = (p, off, ts)
+            for seg in reversed(log.segments()):
+                newest = -1
+                for rec in log.replay(max(seg["base_offset"], log.start_offset),
+                                      seg["next_offset"]):
+                    headers = rec.headers
+                    published = rec.timestamp_ms
+                    raw = headers.get(MSG_ID_TIME_HEADER)
+                    if raw is not None:
+                        try:
+                            published = int(raw)
+                        except ValueError:
+                            pass
+                    newest = max(newest, published)
+                    mid = headers.get(MSG_ID_HEADER)
+                    if mid is not None and published >= since:
+                        found.append((published, mid.decode("utf-8", "replace"), p, rec.offset))
+                if newest < since:
+                    break
+        for published, mid, p, off in sorted(found):
+            self._dedup[mid] = (p, off, published)
 
     def _expire_dedup(self, now: int) -> None:
+        # Entries are in publish order (insertion order of the dict): expire from the oldest.
         horizon = now - int(self.store.dedup_window_s * 1000)
         while self._dedup:
-            mid, (_, _, ts) = next(iter(self._dedup.items()))
-            if ts >= horizon:
+            mid, (_, _, published) = next(iter(self._dedup.items()))
+            if published >= horizon:
                 break
             del self._dedup[mid]
 
@@ -141,14 +163,18 @@ class Topic:
             if not isinstance(msg_id, str) or not msg_id:
                 raise TypeError("msg_id must be a non-empty str")
             with self._dedup_lock:
-                self._expire_dedup(now_ms())
+                published = now_ms()
+                self._expire_dedup(published)
                 seen = self._dedup.get(msg_id)
                 if seen is not None:
                     return seen[0], seen[1]
                 headers = dict(headers or {})
                 headers[MSG_ID_HEADER] = msg_id.encode("utf-8")
+                if timestamp_ms is not None:
+                    headers[MSG_ID_TIME_HEADER] = str(published).encode()
                 offset = log.append(value, key=key, headers=headers, timestamp_ms=ts)
-                self._dedup[msg_id] = (partition, offset, ts)
+                self._dedup.pop(msg_id, None)
+                self._dedup[msg_id] = (partition, offset, published)
         else:
             offset = log.append(value, key=key, headers=headers, timestamp_ms=ts)
         self.store.notify_published(self, partition, offset, ts, key, value, headers)
@@ -238,6 +264,8 @@ class Store:
         self._waiters = 0
         self._topics: Dict[str, Topic] = {}
         self._queues: Dict[str, Any] = {}
+        self._queue_states: Dict[str, QueueState] = {}
+        self._repairs: List[str] = []
         self._groups: Dict[Tuple[str, str], Any] = {}
         self._closed = False
         self._dir_lock: Optional[DirectoryLock] = None
@@ -289,8 +317,12 @@ class Store:
             if not self.readonly:
                 leases.remove_trash(root)
             self.meta = meta
-            self.offsets = OffsetStore(
-                self.open_internal_log(os.path.join(root, OFFSETS_LOG), True))
+            offsets_log = self.open_internal_log(os.path.join(root, OFFSETS_LOG), True)
+            try:
+                self.offsets = OffsetStore(offsets_log)
+            except BaseException:
+                offsets_log.close()
+                raise
             interval = self.config.retention_check_interval_s
             if not self.readonly and interval > 0:
                 self._cleaner = threading.Thread(target=self._cleanup_loop, daemon=True,
@@ -320,7 +352,20 @@ class Store:
 
     @property
     def id(self) -> str:
+        """The store's permanent id (a uuid in ``store.meta``; mirrors embed it in message ids)."""
         return self.meta["id"]
+
+    @property
+    def repairs(self) -> List[str]:
+        """What this store object found inconsistent between its logs and repaired (a position
+        kept in one log beyond the end of the log it points into, after a power loss), one
+        line each; every one is also logged as a warning on the ``logstore`` logger."""
+        return list(self._repairs)
+
+    def repaired(self, line: str) -> None:
+        """(For views) Record a repair: logged as a warning and listed in :attr:`repairs`."""
+        logger.warning("%s", line)
+        self._repairs.append(line)
 
     def _open_log(self, path: str, **extra: Any) -> Log:
         options = dict(self._log_options)
@@ -416,10 +461,75 @@ class Store:
         elif partitions is not None and partitions != existing:
             raise ConfigError(f"topic {name!r} has {existing} partitions, not {partitions} "
                               f"(the count cannot change)")
-        logs = [self._open_log(os.path.join(tdir, str(p))) for p in range(existing)]
-        topic = Topic(self, name, logs)
-        topic.retention = policy
+        logs: List[Log] = []
+        try:
+            for p in range(existing):
+                logs.append(self._open_log(os.path.join(tdir, str(p))))
+            topic = Topic(self, name, logs)
+            topic.retention = policy
+            if not self.readonly:
+                # Positions other logs keep into this topic are checked now, before anything
+                # is published: afterwards a stale one could not be told from a valid one.
+                if os.path.isdir(queue_events_dir(self.root, name)):
+                    self._load_queue_state(name, logs)
+                self._check_group_commits(name, logs)
+        except BaseException:
+            state = self._queue_states.pop(name, None)
+            if state is not None:
+                state.events.close()
+            for log in logs:
+                log.close()
+            raise
         return topic
+
+    def _load_queue_state(self, name: str, partitions: List[Log]) -> QueueState:
+        events = self.open_internal_log(queue_events_dir(self.root, name), False)
+        try:
+            state = QueueState(name, events, self.offsets)
+            with state.lock:
+                repairs = state.load(partitions)
+        except BaseException:
+            events.close()
+            raise
+        self._repairs.extend(repairs)
+        self._queue_states[name] = state
+        return state
+
+    def queue_state(self, name: str) -> QueueState:
+        """(For views) The durable state of work queue ``name`` (its topic opened, the state
+        loaded and checked against it on first use)."""
+        with self._lock:
+            self.check_writable()
+            topic = self.topic(name)
+            state = self._queue_states.get(name)
+            if state is None:
+                state = self._load_queue_state(name, topic.partitions)
+            return state
+
+    def _check_group_commits(self, topic: str, partitions: List[Log]) -> None:
+        """Cut back every group's commit beyond the end of the partition it points into (the
+        topic lost an unsynced tail that the lease log kept); a partition whose lease another
+        process holds is checked by that member when it takes it."""
+        for t, group, path in leases.list_groups(self.root):
+            if t != topic:
+                continue
+            for p in leases.lease_partitions(path):
+                if p >= len(partitions):
+                    continue
+                end = partitions[p].end_offset
+                if (leases.read_commit(os.path.join(path, str(p)), self.fs) or 0) <= end:
+                    continue
+                log = leases.try_lease(self.open_lease_log, os.path.join(path, str(p)))
+                if log is None:
+                    continue
+                try:
+                    last = leases.last_commit(log)
+                    if last is not None and last > end:
+                        leases.append_commit(log, end)
+                        self.repaired(f"group {group!r} topic {topic!r} partition {p}: commit "
+                                      f"{last} beyond the end {end}: cut back to {end}")
+                finally:
+                    log.close()
 
     def topics(self) -> List[str]:
         """Names of every topic in the store."""
@@ -580,33 +690,41 @@ class Store:
 
     # ------------------------------------------------------------------ retention
     def enforce_retention(self) -> Dict[str, Any]:
-        """One retention pass over every open topic and internal log. Returns what was removed.
+        """One retention pass over every topic and internal log. Returns what was removed.
 
         Per partition: the store's ``retention_ms``/``retention_bytes``; for an ``"interest"``
         topic, everything all its groups and subscriptions committed past; for a queue's topic,
-        never a message that is not yet acked (below the queue's low watermark only). Queue event
-        logs are trimmed below their last checkpoint; the offsets log is compacted.
+        never a message that is not yet acked (below the queue's low watermark only), whether or
+        not the queue is open. Queue event logs are trimmed below their last durable checkpoint;
+        the offsets log is compacted.
         """
         self.check_writable()
+        for name in self.topics():
+            self.topic(name)  # every topic on disk (opening checks it and loads queue states)
         report: Dict[str, Any] = {}
         with self._lock:
             topics = list(self._topics.values())
-            queues = {q.name: q for q in self._queues.values() if not q.closed}
+            states = dict(self._queue_states)
         # Reading every group's commits opens their lease logs: only when a topic needs them.
         groups = self.groups() if any(t.retention == "interest" for t in topics) else {}
         for topic in topics:
             committed: Dict[int, List[int]] = {}
             for g, by_topic in groups.items():
-                if topic.name in by_topic and not g.startswith("__queue__"):
+                if topic.name in by_topic and not g.startswith(QUEUE_GROUP):
                     for p, off in by_topic[topic.name].items():
                         committed.setdefault(p, []).append(off)
-            queue = queues.get(topic.name)
-            lows = queue.low_watermarks() if queue is not None else {}
+            state = states.get(topic.name)
+            if state is not None:
+                # Every applied event durable first: an ack in memory that a crash could still
+                # undo must not let its message go.
+                state.events.flush()
+                with state.lock:
+                    lows = state.low_watermarks()
             for p, log in enumerate(topic.partitions):
                 keep_from: Optional[int] = None
                 if topic.retention == "interest" and committed.get(p):
                     keep_from = min(committed[p])
-                if queue is not None:
+                if state is not None:
                     # A queue's acked prefix may go; time/size limits never delete unacked ones.
                     low = lows.get(p, 0)
                     r = log.enforce_retention(low, protect_from=low)
@@ -614,10 +732,10 @@ class Store:
                     r = log.enforce_retention(keep_from)
                 if r["segments_removed"]:
                     report[f"{topic.name}/{p}"] = r
-        for q in queues.values():
-            r = q.trim_events()
+        for name, state in states.items():
+            r = state.trim()
             if r and r["segments_removed"]:
-                report[f"queue-events/{q.name}"] = r
+                report[f"queue-events/{name}"] = r
         if len(self.offsets.log.segments()) > 1:
             report["offsets"] = self.offsets.log.compact()
         return report
@@ -640,26 +758,37 @@ class Store:
         self.offsets.log.flush()
 
     def close(self) -> None:
-        """Close every view, topic and internal log, and release the store lock. Idempotent."""
+        """Close every view, topic and internal log, and release the store lock. Idempotent.
+        Everything is released even if closing one of them fails; the first error is raised
+        afterwards."""
         self._stop.set()
-        if self._cleaner is not None:
+        if self._cleaner is not None and self._cleaner is not threading.current_thread():
             self._cleaner.join()
         with self._lock:
             if self._closed:
                 return
-            for q in list(self._queues.values()):
-                q.close()
-            for state in list(self._groups.values()):
-                state.close()
             self._closed = True
-            with self._data:
-                self._data.notify_all()
-            for t in self._topics.values():
-                for log in t.partitions:
-                    log.close()
-            self.offsets.log.close()
-            if self._dir_lock is not None:
-                self._dir_lock.release()
+            closers: List[Callable[[], None]] = [q.close for q in list(self._queues.values())]
+            closers += [state.close for state in list(self._groups.values())]
+            closers += [state.events.close for state in self._queue_states.values()]
+            closers += [log.close for t in self._topics.values() for log in t.partitions]
+            if getattr(self, "offsets", None) is not None:
+                closers.append(self.offsets.log.close)
+            first: Optional[BaseException] = None
+            try:
+                for close in closers:
+                    try:
+                        close()
+                    except BaseException as e:  # release the rest, report the first
+                        if first is None:
+                            first = e
+            finally:
+                with self._data:
+                    self._data.notify_all()
+                if self._dir_lock is not None:
+                    self._dir_lock.release()
+            if first is not None:
+                raise first
 
     @property
     def closed(self) -> bool:
