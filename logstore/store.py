@@ -81,6 +81,20 @@ def partition_for_key(key: bytes, partitions: int) -> int:
     return _crc32c.crc32c(key) % partitions
 
 
+def _only_creation_leftovers(root: str) -> bool:
+    """Whether ``root`` (no store.meta) holds only what an interrupted creation leaves: the lock
+    file, store.meta.tmp (its atomic write cut short) and, from versions that created them
+    before store.meta, empty topics/ and internal/ directories."""
+    for name in os.listdir(root):
+        if name in (".lock", STORE_META + ".tmp"):
+            continue
+        path = os.path.join(root, name)
+        if name in ("topics", "internal") and os.path.isdir(path) and not os.listdir(path):
+            continue
+        return False
+    return True
+
+
 class Topic:
     """A named set of partitions. ``publish`` appends to one of them."""
 
@@ -290,7 +304,7 @@ class Store:
         if meta is None:
             if self.readonly:
                 raise NotALogError(f"{root} is not a logstore store (no {STORE_META})")
-            if os.path.isdir(root) and [n for n in os.listdir(root) if n != ".lock"]:
+            if os.path.isdir(root) and not _only_creation_leftovers(root):
                 raise NotALogError(f"{root} is not empty and has no {STORE_META}: not a store")
         if not self.readonly:
             self._fs.makedirs(root)
@@ -298,9 +312,11 @@ class Store:
         try:
             if meta is None:
                 meta = {"format": STORE_FORMAT, "version": STORE_VERSION, "id": uuid.uuid4().hex}
+                # store.meta first: a crash before it leaves nothing but what
+                # _only_creation_leftovers accepts, so the next open creates the store again.
+                self._fs.write_file_atomic(meta_path, json.dumps(meta).encode())
                 self._fs.makedirs(os.path.join(root, "topics"))
                 self._fs.makedirs(os.path.join(root, "internal"))
-                self._fs.write_file_atomic(meta_path, json.dumps(meta).encode())
             elif not self.readonly and int(meta.get("version", 1)) < STORE_VERSION:
                 meta = dict(meta, version=STORE_VERSION)
                 self._fs.write_file_atomic(meta_path, json.dumps(meta).encode())
