@@ -889,6 +889,12 @@ class PowerLossFS(FileSystem):
             self.acks.append((self.ops, value))
 
     # ------------------------------------------------------------------ queries
+    def path_of(self, fd: int) -> Optional[str]:
+        """The path (relative to the root) ``fd`` was opened with through this file system, or
+        None for a descriptor it does not track."""
+        t = self._fds.get(fd)
+        return None if t is None else t[1]
+
     def node_at(self, path: "str | os.PathLike[str]") -> Optional[_File]:
         """The model's file at ``path`` (volatile namespace), or None."""
         rel = self.rel(path)
@@ -943,13 +949,16 @@ class PowerLossFS(FileSystem):
                 pass
 
     def materialize(self, rng: random.Random, modes: Sequence[str] = ALL_MODES,
-                    dir_modes: Sequence[str] = DIR_MODES) -> List[Damage]:
+                    dir_modes: Sequence[str] = DIR_MODES, observe: bool = True) -> List[Damage]:
         """After :meth:`crash` (or a :class:`Crash`): rewrite ``root`` in place as found after
-        power-up. Drop the engine's objects first (see :meth:`release_fds`)."""
+        power-up. Drop the engine's objects first (see :meth:`release_fds`). ``observe``: first
+        read what every file really holds (writes that bypassed the seam, e.g. index mappings,
+        then count as written but unsynced); False: use what the seam saw only."""
         if not self.crashed:
             raise RuntimeError("materialize() is for after the crash: call crash() first")
         with self.lock:
-            self._observe_all()
+            if observe:
+                self._observe_all()
             if os.path.lexists(self.root):
                 shutil.rmtree(self.root)
             return self.model.materialize(self.root, rng, modes, dir_modes)

@@ -20,6 +20,7 @@ import bisect
 import hashlib
 import os
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -213,14 +214,16 @@ class _Acker:
 
 
 def record(workload: Workload, *, kind: str = "log", options: Optional[Mapping[str, Any]] = None,
-           directory: Optional[str] = None, name: Optional[str] = None) -> Recording:
+           directory: Optional[str] = None, name: Optional[str] = None,
+           initial: Optional[str] = None) -> Recording:
     """Run ``workload`` once on a :class:`~.powerloss.PowerLossFS` and keep its trace.
 
     ``kind="log"``/``"store"``: the workload is called as ``workload(target, ack)`` with a
     ``Log``/``Store`` opened with ``options`` on the simulated file system, closed afterwards if
     the workload did not. ``kind="dir"``: ``workload(path, fs, ack)``; open what you like at or
     under ``path`` with ``fs=fs``. ``directory``: where the recorded tree goes (a new scratch
-    directory by default; the caller removes it).
+    directory by default; the caller removes it). ``initial``: a directory (a log, a store, a
+    crash state kept by an earlier run...) copied in as the starting state, all of it durable.
     """
     _common.check_kind(kind, KINDS)
     options = dict(options or {})
@@ -228,6 +231,10 @@ def record(workload: Workload, *, kind: str = "log", options: Optional[Mapping[s
         raise SweepError("options must not contain 'fs': the sweep supplies the file system")
     base = directory or _common.make_scratch("logstore-record-")
     root = os.path.join(base, name or (kind if kind != "dir" else "data"))
+    if initial is not None:
+        if not os.path.isdir(initial):
+            raise SweepError(f"initial must be an existing directory (got {initial!r})")
+        shutil.copytree(initial, root, symlinks=True)
     fs = PowerLossFS(root)
     acker = _Acker(fs)
     t0 = time.perf_counter()
@@ -274,7 +281,8 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
           modes: Sequence[str] = ALL_MODES, dir_modes: Sequence[str] = DIR_MODES,
           scratch: Optional[str] = None, keep_failed: Optional[str] = None,
           keep_going: bool = False, verify: bool = False, dedup: bool = True,
-          replay_hint: Optional[str] = None, label: Optional[str] = None) -> SweepReport:
+          initial: Optional[str] = None, replay_hint: Optional[str] = None,
+          label: Optional[str] = None) -> SweepReport:
     """Cut the power at every operation of ``workload`` (or a sample) and ``check`` each state.
 
     ``workload(target, ack)`` (``kind="log"``: a ``Log``; ``"store"``: a ``Store``, opened with
@@ -300,6 +308,7 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
     first failure listing the others. ``dedup``: a crash point whose state after power-up (every
     file and directory, byte for byte) and acknowledged values equal those of a point already
     checked is not reopened and checked again (the check must not depend on anything else).
+    ``initial``: a directory copied in as the durable starting state (see :func:`record`).
     Returns a :class:`SweepReport`.
     """
     _common.check_kind(kind, KINDS)
@@ -316,7 +325,8 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
     try:
         rec_dir = os.path.join(work, "recorded")
         os.mkdir(rec_dir)
-        rec = record(workload, kind=kind, options=options, directory=rec_dir, name=name)
+        rec = record(workload, kind=kind, options=options, directory=rec_dir, name=name,
+                     initial=initial)
         _common.remove_tree(rec_dir)  # the trace is all that is needed from here on
         chosen = _select_points(rec.ops, points, seed)
         here = os.path.join(work, "point")
