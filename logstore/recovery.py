@@ -153,17 +153,23 @@ def valid_batch_after(segment: Segment, start: int, end: int, min_offset: int) -
     if end - start < HEADER_SIZE:
         return None
     buf = segment._scan_map(end)
-    pos = start + (-start % ALIGN)
-    while True:
-        pos = buf.find(MAGIC, pos, end)
-        if pos < 0:
-            return None
-        if pos % ALIGN == 0 and pos + HEADER_SIZE <= end:
-            h = codec.parse_header(buf, pos)
-            if (codec.header_problem(h) is None and pos + h.length <= end
-                    and h.base_offset >= min_offset and codec.crc_ok(buf, pos, h)):
-                return pos
-        pos += 1
+    # A batch starts with its (non-zero) magic, in written data: search the data ranges only
+    # (a preallocated tail is a hole: faulting it in through the mapping costs milliseconds).
+    # The batch itself is checked in full, wherever it ends.
+    for lo, hi in segment._data_ranges(start, end):
+        pos = max(lo, start)
+        pos += -pos % ALIGN
+        while True:
+            pos = buf.find(MAGIC, pos, hi)
+            if pos < 0:
+                break
+            if pos % ALIGN == 0 and pos + HEADER_SIZE <= end:
+                h = codec.parse_header(buf, pos)
+                if (codec.header_problem(h) is None and pos + h.length <= end
+                        and h.base_offset >= min_offset and codec.crc_ok(buf, pos, h)):
+                    return pos
+            pos += 1
+    return None
 
 
 def synced_before_of_later_batches(segment: Segment, first: int, end: int) -> int:

@@ -64,14 +64,56 @@ def parse_segment_name(name: str) -> Optional[int]:
     return None
 
 
+_SEEK_DATA: Optional[int] = getattr(os, "SEEK_DATA", None)
+_SEEK_HOLE: Optional[int] = getattr(os, "SEEK_HOLE", None)
+
+
+def data_ranges(fd: int, start: int, end: int) -> List[Tuple[int, int]]:
+    """The parts of ``[start, end)`` of the file that may hold data, in order.
+
+    Holes (space never written, e.g. the preallocated tail of an active segment, made by
+    ``ftruncate``) read as zeros and need not be read to be checked for zeros or searched for a
+    batch: the file system names them with ``lseek(SEEK_DATA/SEEK_HOLE)`` (ext4, xfs, btrfs and
+    tmpfs count written but not yet allocated pages in the page cache as data). Where those
+    calls are not supported, the whole range. The file offset of ``fd`` moves (the engine only
+    uses positional I/O).
+    """
+    if start >= end:
+        return []
+    if _SEEK_DATA is None or _SEEK_HOLE is None:
+        return [(start, end)]
+    out: List[Tuple[int, int]] = []
+    pos = start
+    try:
+        while pos < end:
+            try:
+                lo = os.lseek(fd, pos, _SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # nothing but holes from pos to the end of the file
+                    break
+                raise
+            if lo >= end:
+                break
+            hi = min(os.lseek(fd, lo, _SEEK_HOLE), end)
+            if hi <= lo:  # pragma: no cover - a file system answering nonsense: read it all
+                return [(start, end)]
+            out.append((lo, hi))
+            pos = hi
+    except OSError:
+        return [(start, end)]
+    return out
+
+
 def zeros_between(fd: int, pos: int, end: int) -> bool:
     """Whether bytes ``[pos, end)`` of the file are all zero (an active segment's preallocated,
-    never-written tail; see FORMAT.md). Reads with pread, 4 MiB at a time."""
-    while pos < end:
-        data = os.pread(fd, min(1 << 22, end - pos), pos)
-        if not data or data.count(0) != len(data):
-            return False
-        pos += len(data)
+    never-written tail; see FORMAT.md). Reads the data ranges (:func:`data_ranges`) with pread,
+    4 MiB at a time."""
+    for lo, hi in data_ranges(fd, pos, end):
+        while lo < hi:
+            data = os.pread(fd, min(1 << 22, hi - lo), lo)
+            if not data or data != bytes(len(data)):
+                return False
+            lo += len(data)
     return True
 
 
@@ -661,10 +703,28 @@ class Segment:
         return ScanResult(batches, pos, file_size, error)
 
     def _zeros(self, pos: int, end: int, buf) -> bool:
-        """Whether bytes ``[pos, end)`` are all zero (``buf``: a mapping of the file, or None)."""
-        if buf is not None:
-            return not np.frombuffer(buf, dtype=np.uint8, count=end - pos, offset=pos).any()
-        return zeros_between(self.fd, pos, end)
+        """Whether bytes ``[pos, end)`` are all zero (``buf``: a mapping of the file, or None).
+        Only the data ranges are read (:func:`data_ranges`): a 4 MiB preallocated tail is a
+        hole, and faulting it in through the mapping costs milliseconds."""
+        if buf is None:
+            return zeros_between(self.fd, pos, end)
+        for lo, hi in self._data_ranges(pos, end):
+            if np.frombuffer(buf, dtype=np.uint8, count=hi - lo, offset=lo).any():
+                return False
+        return True
+
+    def _data_ranges(self, pos: int, end: int) -> List[Tuple[int, int]]:
+        """:func:`data_ranges` of this segment's file (opened for the call if not open)."""
+        if self.fd is not None:
+            return data_ranges(self.fd, pos, end)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return [(pos, end)] if pos < end else []
+        try:
+            return data_ranges(fd, pos, end)
+        finally:
+            os.close(fd)
 
     def _scan_map(self, end: int):
         fd = self.fd if self.fd is not None else os.open(self.path, os.O_RDONLY)
