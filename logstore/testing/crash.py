@@ -122,6 +122,7 @@ def run_and_kill(fn: Callable[..., Any], path: "str | os.PathLike[str]", *,
     child must start, and be killed or return, within this many seconds. ``reopen``: reopen
     ``path`` with ``options`` in this process after the kill (the result's ``target``).
     """
+    __tracebackhide__ = True  # pytest: show the caller's line, not this helper's
     _common.check_kind(kind, KINDS)
     if after_acks is not None and after_s is not None:
         raise ValueError("give after_acks or after_s, not both (neither: a random moment)")

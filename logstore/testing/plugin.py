@@ -155,6 +155,7 @@ class CrashRunner:
     def __call__(self, fn: Callable[..., Any], *, kind: str = "log",
                  path: "Union[str, os.PathLike[str], None]" = None,
                  options: Optional[Dict[str, Any]] = None, **kwargs: Any) -> CrashResult:
+        __tracebackhide__ = True
         where = os.fspath(path) if path is not None else self.path(kind)
         if "seed" not in kwargs:
             kwargs["seed"] = random.Random(f"{self._seed}:{self._calls}").randrange(2**32)
@@ -200,6 +201,7 @@ class PowerLossSweep:
     def __call__(self, workload: Callable[..., Any], check: Callable[..., Any], *,
                  kind: str = "log", options: Optional[Dict[str, Any]] = None,
                  points: Union[None, int, Sequence[int]] = None, **kwargs: Any) -> SweepReport:
+        __tracebackhide__ = True
         if self.only:
             points = self.only
         elif points is None and self.sample:

@@ -112,6 +112,7 @@ def rebuild(source: Source, apply: Callable[[S, E], S], initial: S, *,
     A violation raises :class:`RecoveryMismatch` naming the first acknowledged event that is
     missing or different.
     """
+    __tracebackhide__ = True  # pytest: show the caller's line, not this helper's
     dec = decode if decode is not None else _value
     out: Rebuilt[S, E] = Rebuilt(initial, None)
     state = initial

@@ -311,6 +311,7 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
     ``initial``: a directory copied in as the durable starting state (see :func:`record`).
     Returns a :class:`SweepReport`.
     """
+    __tracebackhide__ = True  # pytest: show the caller's line, not this helper's
     _common.check_kind(kind, KINDS)
     unknown = [m for m in modes if m not in ALL_MODES]
     if unknown or not modes:
