@@ -90,20 +90,38 @@ ALL_MODES: Tuple[str, ...] = SUFFIX_MODES + ("zero_page",)
 #: Directory modes: unsynced entry changes all lost, all kept, or a prefix of them kept.
 DIR_MODES: Tuple[str, ...] = ("drop", "keep", "prefix")
 
-#: The engine's writes that do not go through the ``fs`` seam, and why that is safe. Checked by
-#: reading every ``os.*``/``mmap`` write call of ``logstore/`` (see the test of this list).
-BYPASS: Tuple[Tuple[str, str], ...] = (
-    ("index files (np.memmap writes of the active segment's .index/.timeindex)",
-     "hints: made durable by an fsync through the seam at seal/close; rebuilt by recovery"),
-    ("the lock file .lock of a log or store (os.open/ftruncate/pwrite of the writer's pid)",
-     "informational; the flock is the lock and dies with the process"),
-    ("group member files internal/groups/<t>/<g>/members/* (os.open/rename/unlink)",
-     "liveness only: a member file is valid while its flock is held, never after a crash"),
-    ("removal of a group directory renamed to .removed-* (shutil.rmtree)",
-     "after the durable rename; a leftover .removed-* directory is removed at the next open"),
-    ("fsync=\"never\" batches copied into a write mapping (mmap + posix_fallocate)",
-     "only with the default FileSystem: any FileSystem subclass (this simulator too) gets "
-     "pwrite, so the sweep covers the pwrite path of fsync=\"never\", not the mapped copy"),
+#: The engine's writes that do not go through the ``fs`` seam, and why the simulator may ignore
+#: them: ``(module, function, call, why)``. Every other write, truncate, rename, unlink, mkdir
+#: and fsync of the engine (of a Log, and of a Store: topics, internal logs, group leases, work
+#: queues, compaction, retention) goes through the seam. Kept exact by a test that reads the
+#: engine's source (tests/test_powerloss.py).
+BYPASS: Tuple[Tuple[str, str, str, str], ...] = (
+    ("index.py", "_MappedArray.create", "np.memmap(r+)",
+     "index entries of the active segment are written through a mapping (and msync'd by "
+     "flush() before a resize): hints, made durable by the fsync through the seam at seal and "
+     "close, checked before use and rebuilt by recovery"),
+    ("index.py", "_MappedArray._grow_file", "np.memmap(r+)",
+     "the same mapping made larger (numpy extends the file)"),
+    ("lockfile.py", "DirectoryLock.acquire", "os.ftruncate",
+     "the .lock file's content is the writer's pid, informational: the flock is the lock"),
+    ("lockfile.py", "DirectoryLock.acquire", "os.pwrite", "the same"),
+    ("lockfile.py", "DirectoryLock.acquire", "os.open(create)", "the same"),
+    ("leases.py", "Member.__init__", "os.open(create)",
+     "group member files (internal/groups/<t>/<g>/members/*) mean 'alive' only while their "
+     "flock is held, never after a crash"),
+    ("leases.py", "Member.__init__", "os.rename", "the same"),
+    ("leases.py", "Member.__init__", "os.unlink", "the same"),
+    ("leases.py", "Member.leave", "os.unlink", "the same"),
+    ("leases.py", "_unlink", "os.unlink", "the same (a dead member's file)"),
+    ("leases.py", "remove_trash_dir", "shutil.rmtree",
+     "a group directory already renamed to .removed-* durably (through the seam); a leftover "
+     "is removed again at the next open"),
+    ("segment.py", "Segment._map_ahead", "os.posix_fallocate",
+     "fsync=\"never\" with the default FileSystem only: reserves space for batches copied "
+     "into a write mapping; any FileSystem subclass (this simulator too) gets pwrite, so a "
+     "sweep covers the pwrite path of fsync=\"never\", not the mapped copy"),
+    ("segment.py", "Segment._map_ahead", "mmap(ACCESS_WRITE)", "the same mapping"),
+    ("cli.py", "_Out.__init__", "open('wb')", "the CLI's output file (-o), not log data"),
 )
 
 
