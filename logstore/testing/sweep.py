@@ -86,8 +86,9 @@ class CrashPointFailure(AssertionError):
             f"(of 0..{self.total}, seed {self.seed!r})",
             f"  {self.operation}",
         ]
-        hurt = [str(d) for d in self.damage]
-        lines.append("  after power-up: " + ("; ".join(hurt) if hurt else
+        hurt = [str(d) for d in sorted(self.damage, key=_relevance)]
+        more = f"; and {len(hurt) - 5} more (.damage)" if len(hurt) > 5 else ""
+        lines.append("  after power-up: " + ("; ".join(hurt[:5]) + more if hurt else
                                              "nothing unsynced (every file as last synced)"))
         last = f", the last: {self.acked[-1]!r:.80}" if self.acked else ""
         lines.append(f"  acknowledged before the power loss: {len(self.acked)} values{last}")
@@ -102,6 +103,17 @@ class CrashPointFailure(AssertionError):
         self.others = others
         more = ", ".join(str(o.point) for o in others[:50])
         self.args = (self._message() + f"\n{len(others)} more failing crash point(s): {more}",)
+
+
+def _relevance(d: Damage) -> int:
+    """Order of the damage list in a report: directories and data files first, indexes (hints)
+    and lock files (informational) last."""
+    name = d.path.rsplit("/", 1)[-1]
+    if name == ".lock":
+        return 3
+    if name.endswith((".index", ".timeindex")):
+        return 2
+    return 0 if d.is_dir else 1
 
 
 @dataclass
