@@ -65,6 +65,8 @@ def check_rebuild(target: Any, acked: List[int]) -> None:
     assert r.acked_state == sum(acked)
 
 
+PHASES = ("materialize", "reopen", "check", "close", "cleanup")
+
 ROWS = [
     ("log, 100 appends", "min", "log", log_appends(100), check_min, None),
     ("log, 100 appends", "rebuild", "log", log_appends(100), check_rebuild, None),
@@ -93,19 +95,24 @@ def main() -> None:
             runs.append(report)
         rates = [r.points_per_s for r in runs]
         med = sorted(runs, key=lambda r: r.points_per_s)[len(runs) // 2]
+        per_point = {k: v * 1000 / med.checked for k, v in med.timings.items()}
         row: Dict[str, Any] = {
             "workload": name, "check": check_name, "ops": med.ops, "points": med.checked,
             "duplicates": med.duplicates, "points_per_s": statistics.median(rates),
             "points_per_s_runs": rates, "record_ms": med.record_s * 1000,
-            "ms_per_point": med.check_s * 1000 / med.checked,
+            "ms_per_point": med.check_s * 1000 / med.checked, "ms_per_point_by_phase": per_point,
         }
         results.append(row)
         lines.append([name, check_name, str(med.ops), str(med.checked),
                       f"{row['points_per_s']:,.0f}",
                       " ".join(f"{x:,.0f}" for x in rates), f"{row['record_ms']:.0f}",
-                      f"{row['ms_per_point']:.2f}"])
+                      f"{row['ms_per_point']:.2f}"]
+                     + [f"{per_point.get(k, 0):.2f}" for k in PHASES])
     print(render(["workload (fsync=always)", "check", "ops", "crash points", "points/s",
-                  "runs", "record ms", "ms/point"], lines, left={0, 1}))
+                  "runs", "record ms", "ms/point", *[f"{k} ms" for k in PHASES]],
+                 lines, left={0, 1}))
+    print("ms/point: mean time per crash point: writing the crash state (materialize), reopening "
+          "(crash recovery), the check, closing, removing the copy (cleanup)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"scratch": where, "rows": results}, f, indent=1)

@@ -11,7 +11,7 @@ import copy
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import logstore
 from logstore.fs import DEFAULT_FS, FileSystem
@@ -20,7 +20,7 @@ Target = Union["logstore.Log", "logstore.Store"]
 KINDS = ("log", "store")
 
 
-def check_kind(kind: str, allowed: tuple = KINDS) -> str:
+def check_kind(kind: str, allowed: Tuple[str, ...] = KINDS) -> str:
     if kind not in allowed:
         raise ValueError(f"kind must be one of {', '.join(map(repr, allowed))} (got {kind!r})")
     return kind

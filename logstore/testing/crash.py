@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import _child, _common
 
@@ -87,8 +87,8 @@ def _pickled(what: str, obj: Any) -> bytes:
             f"a lambda, a closure or a function defined inside the test) ({e})") from e
 
 
-def _wait_frames(path: str, proc: subprocess.Popen, want: bytes, deadline: float
-                 ) -> Optional[List]:
+def _wait_frames(path: str, proc: "subprocess.Popen[bytes]", want: bytes, deadline: float
+                 ) -> Optional[List[Tuple[bytes, bytes]]]:
     """Poll the acknowledgement file until a frame of kind ``want`` appears (its frames), the
     child exits (None) or the deadline passes (raises)."""
     delay = 0.0005

@@ -342,12 +342,12 @@ class DiskModel:
                 parent.set(name, d)
         elif k == "rename":
             src_parent, src_name = self._parent(ev.path or "")
-            node = src_parent.live.get(src_name)
-            if node is None:
+            moved = src_parent.live.get(src_name)
+            if moved is None:
                 return
             dst_parent, dst_name = self._parent(ev.dest or "")
             src_parent.set(src_name, None)
-            dst_parent.set(dst_name, node)
+            dst_parent.set(dst_name, moved)
         elif k in ("unlink", "forget"):
             parent, name = self._parent(ev.path or "")
             parent.set(name, None)
@@ -355,9 +355,9 @@ class DiskModel:
             if ev.path is None:
                 self.root_durable = self.root_live
             else:
-                d = self.lookup(ev.path)
-                if isinstance(d, _Dir):
-                    d.synced()
+                synced = self.lookup(ev.path)
+                if isinstance(synced, _Dir):
+                    synced.synced()
         elif k == "assume_durable":
             self._assume_durable(self.root)
             self.root_durable = self.root_live
@@ -712,7 +712,7 @@ class PowerLossFS(FileSystem):
         d = self.model.lookup(rel)
         if not isinstance(d, _Dir):
             return
-        real: Dict[str, os.DirEntry] = {e.name: e for e in os.scandir(path)}
+        real: Dict[str, "os.DirEntry[str]"] = {e.name: e for e in os.scandir(path)}
         prefix = f"{rel}/" if rel else ""
         for name in sorted(set(d.live) - set(real)):
             self._emit(Event("forget", prefix + name, op=False))
@@ -776,11 +776,10 @@ class PowerLossFS(FileSystem):
                 if truncating:
                     self._step(f"truncate({rel} to 0)")
                 fd = super().open(path, flags, mode)
-                node = existing if existing is not None else self._known(rel, path)
-                if node is None:
-                    node = self._adopt(rel, path)
-                elif not truncating:
-                    self._observe(node, _read_sparse(fd), rel)
+                found = existing if existing is not None else self._known(rel, path)
+                node = found if found is not None else self._adopt(rel, path)
+                if found is not None and not truncating:
+                    self._observe(node, _read_sparse(fd), rel)  # written outside the seam?
                 if truncating:
                     self._emit(Event("truncate", rel, node.id, size=0))
             self._fds[fd] = (node, rel)
@@ -810,7 +809,8 @@ class PowerLossFS(FileSystem):
     def _sync(self, fd: int, kind: str) -> None:
         t = self._fds.get(fd)
         if t is None:
-            return getattr(super(), kind)(fd)
+            getattr(super(), kind)(fd)
+            return
         with self.lock:
             self._step(f"{kind}({t[1]})")
             node, rel = t

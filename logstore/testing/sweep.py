@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from logstore.fs import FileSystem
 
@@ -119,7 +119,8 @@ def _relevance(d: Damage) -> int:
 @dataclass
 class SweepReport:
     """What a sweep did: ``ops`` operations recorded (crash points ``0..ops``), the ``points``
-    checked, ``acks`` made by the workload, timings (``record_s``, ``check_s``)."""
+    checked, ``acks`` made by the workload, timings (``record_s``, ``check_s`` and per phase
+    ``timings``), the file damage modes drawn (``damage_modes``)."""
 
     ops: int
     points: List[int]
@@ -129,6 +130,9 @@ class SweepReport:
     check_s: float
     duplicates: int = 0
     damage_modes: Dict[str, int] = field(default_factory=dict)
+    #: Seconds spent in each phase over all points: materialize, reopen (crash recovery),
+    #: check, close, verify, cleanup.
+    timings: Dict[str, float] = field(default_factory=dict)
 
     @property
     def checked(self) -> int:
@@ -351,10 +355,15 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
         modes_seen: Dict[str, int] = {}
         seen = set()
         duplicates = 0
-        t0 = time.perf_counter()
+        times = dict.fromkeys(("materialize", "reopen", "check", "close", "verify", "cleanup"),
+                              0.0)
+        clock = time.perf_counter
+        t0 = clock()
         for point in chosen:
             fp = hashlib.blake2b(digest_size=16) if dedup else None
+            tm = clock()
             damage = rec.materialize(point, dest, seed, modes, dir_modes, fp)
+            times["materialize"] += clock() - tm
             for d in damage:
                 if not d.is_dir:
                     modes_seen[d.mode] = modes_seen.get(d.mode, 0) + 1
@@ -366,8 +375,10 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
                     _common.remove_tree(dest)
                     continue
                 seen.add(key)
-            error = _check_point(check, kind, dest, options, acked, reopen_fs, verify)
+            error = _check_point(check, kind, dest, options, acked, reopen_fs, verify, times)
+            tc = clock()
             _common.remove_tree(dest)
+            times["cleanup"] += clock() - tc
             if error is None:
                 continue
             stage, exc = error
@@ -385,7 +396,7 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
             first.add_others(failures[1:])
             raise first
         return SweepReport(rec.ops, chosen, len(rec.acks), seed, rec.seconds, check_s,
-                           duplicates, modes_seen)
+                           duplicates, modes_seen, times)
     finally:
         _common.remove_tree(work)
 
@@ -398,18 +409,26 @@ def _format_hint(hint: str, point: int, seed: Any) -> str:
 
 
 def _check_point(check: Check, kind: str, dest: str, options: Mapping[str, Any],
-                 acked: List[Any], reopen_fs: FileSystem, verify: bool):
-    """Reopen and check one materialized crash state; ``(stage, exception)`` or None."""
+                 acked: List[Any], reopen_fs: FileSystem, verify: bool,
+                 times: Dict[str, float]) -> Optional[Tuple[str, BaseException]]:
+    """Reopen and check one materialized crash state; ``(stage, exception)`` or None.
+    ``times`` accumulates the seconds spent reopening, checking and closing."""
+    clock = time.perf_counter
+    t0 = clock()
     if kind == "dir":
         try:
             check(dest, acked)
         except Exception as e:  # noqa: BLE001 - reported with the crash point
             return "the check", e
+        finally:
+            times["check"] += clock() - t0
     else:
         try:
             target = _common.open_target(kind, dest, options, fs=reopen_fs)
         except Exception as e:  # noqa: BLE001
             return f"reopening the {kind} after the power loss", e
+        t1 = clock()
+        times["reopen"] += t1 - t0
         try:
             check(target, acked)
         except Exception as e:  # noqa: BLE001
@@ -418,12 +437,17 @@ def _check_point(check: Check, kind: str, dest: str, options: Mapping[str, Any],
             except Exception:  # noqa: BLE001 - the check's error is the one to report
                 pass
             return "the check", e
+        t2 = clock()
+        times["check"] += t2 - t1
         try:
             _common.close_target(target)
         except Exception as e:  # noqa: BLE001
             return f"closing the reopened {kind}", e
+        times["close"] += clock() - t2
     if verify and os.path.exists(dest):
+        t3 = clock()
         problems = _common.verify(dest)
+        times["verify"] += clock() - t3
         if problems:
             return "verify after the check", AssertionError(
                 f"{len(problems)} problem(s): " + "; ".join(problems))
