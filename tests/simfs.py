@@ -24,6 +24,9 @@ from logstore.testing.powerloss import (  # noqa: F401 - re-exported
 
 SimFS = PowerLossFS
 
+__all__ = ["ALL_MODES", "DIR_MODES", "PAGE", "SUFFIX_MODES", "Crash", "Damage", "DiskModel",
+           "Event", "PowerLossFS", "SimFS", "abandon", "damage"]
+
 
 def abandon(fs: Optional[PowerLossFS], log: Any) -> None:
     """Drop ``log`` like a dead process: release its directory lock, forget its mappings, close

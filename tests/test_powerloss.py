@@ -37,6 +37,7 @@ from logstore.testing.powerloss import ALL_MODES, DIR_MODES, SUFFIX_MODES, Crash
 from simfs import abandon
 
 SEGMENT_BYTES = 1024
+TS = 1_700_000_000_000  # record timestamps: every run writes the same bytes (but the log id)
 
 
 # ------------------------------------------------------------------------------ model + workload
@@ -112,7 +113,7 @@ def run_workload(root: str, fs, note: Callable[[Any], None], policy: str, seed: 
         if r < 0.45:
             key, value, headers = record_for(rng, nxt)
             note(("attempt", nxt, digest(key, value, headers)))
-            off = log.append(value, key=key, headers=headers or None)
+            off = log.append(value, key=key, headers=headers or None, timestamp_ms=TS + nxt)
             assert off == nxt
             state["next"] += 1
             promise(state["next"] if policy == "always" else log.durable_offset)
@@ -124,7 +125,8 @@ def run_workload(root: str, fs, note: Callable[[Any], None], policy: str, seed: 
             keys = [k for k, _, _ in recs]
             offs = log.append_batch([v for _, v, _ in recs],
                                     keys=keys if any(k is not None for k in keys) else None,
-                                    headers=[h for _, _, h in recs])
+                                    headers=[h for _, _, h in recs],
+                                    timestamps_ms=[TS + nxt + i for i in range(n)])
             assert offs == range(nxt, nxt + n)
             state["next"] += n
             promise(state["next"] if policy == "always" else log.durable_offset)

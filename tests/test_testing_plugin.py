@@ -36,7 +36,7 @@ def prefix_check(log, acked):
 
 @pytest.fixture
 def suite(pytester):
-    pytester.makepyfile(workloads=WORKLOADS)
+    pytester.makepyfile(logstore_plugin_workloads=WORKLOADS)
     return pytester
 
 
@@ -54,7 +54,7 @@ def test_importing_logstore_testing_does_not_import_pytest():
 
 
 def test_tmp_log_and_tmp_store_options_teardown_and_verify(suite):
-    suite.makepyfile(test_fixtures='''
+    suite.makepyfile(test_uses_fixtures='''
         import os
         import pytest
 
@@ -98,8 +98,8 @@ def test_tmp_log_and_tmp_store_options_teardown_and_verify(suite):
 
 
 def test_sweep_passes_and_a_failure_names_point_seed_operation_and_replay(suite):
-    suite.makepyfile(test_sweeps='''
-        from workloads import appender, acks_too_early, prefix_check
+    suite.makepyfile(test_uses_sweeps='''
+        from logstore_plugin_workloads import appender, acks_too_early, prefix_check
 
 
         def test_sweep_ok(power_loss_sweep):
@@ -123,26 +123,26 @@ def test_sweep_passes_and_a_failure_names_point_seed_operation_and_replay(suite)
         "*the check raised AssertionError: acknowledged*",
         "*the crash state (before recovery) is kept in *crash-point-*",
         "*replay this crash point alone:*",
-        f"*pytest test_sweeps.py::test_sweep_bug --logstore-crash-point={point} "
+        f"*pytest test_uses_sweeps.py::test_sweep_bug --logstore-crash-point={point} "
         f"--logstore-seed=0*",
     ])
     # The replay runs that one crash point and fails the same way.
-    again = suite.runpytest("-p", "no:cacheprovider", "test_sweeps.py::test_sweep_bug",
+    again = suite.runpytest("-p", "no:cacheprovider", "test_uses_sweeps.py::test_sweep_bug",
                             f"--logstore-crash-point={point}", "--logstore-seed=0")
     again.assert_outcomes(failed=1)
     again.stdout.fnmatch_lines([f"*failed at crash point {point} (of 0..{m.group(2)}, seed 0)*",
                                 f"*power lost before operation {point}: *(0000*.log*"])
     assert "logstore.testing: seed 0, only crash point(s) %d" % point in again.stdout.str()
     # ...and a passing sweep, asked for one point, checks exactly that one.
-    one = suite.runpytest("-p", "no:cacheprovider", "-s", "test_sweeps.py::test_sweep_ok",
+    one = suite.runpytest("-p", "no:cacheprovider", "-s", "test_uses_sweeps.py::test_sweep_ok",
                           f"--logstore-crash-point={point}")
     one.assert_outcomes(failed=1)  # its own assertion: it checked 1 point, not all
     one.stdout.fnmatch_lines([f"*CHECKED [[]{point}[]]*"])
 
 
 def test_seed_and_sample_options(suite):
-    suite.makepyfile(test_opts='''
-        from workloads import appender, prefix_check
+    suite.makepyfile(test_uses_options='''
+        from logstore_plugin_workloads import appender, prefix_check
 
 
         def test_sampled(power_loss_sweep):
@@ -161,8 +161,8 @@ def test_seed_and_sample_options(suite):
 
 
 def test_the_same_seed_gives_the_same_damage(suite):
-    suite.makepyfile(test_seeded='''
-        from workloads import appender
+    suite.makepyfile(test_uses_seed='''
+        from logstore_plugin_workloads import appender
 
 
         def test_record_damage(power_loss_sweep):
@@ -182,7 +182,7 @@ def test_the_same_seed_gives_the_same_damage(suite):
 
 
 def test_crash_runner_fixture(suite):
-    suite.makepyfile(test_crash='''
+    suite.makepyfile(test_uses_crash_runner='''
         import pytest
         from logstore.testing import CrashRunnerError, rebuild
 
@@ -242,7 +242,8 @@ def test_crash_runner_fixture(suite):
 
 
         def test_child_errors_are_reported(crash_runner):
-            with pytest.raises(CrashRunnerError, match="(?s)raised in the child.*boom in the child"):
+            with pytest.raises(CrashRunnerError,
+                               match="(?s)raised in the child.*boom in the child"):
                 crash_runner(explodes, after_acks=3)
 
 
