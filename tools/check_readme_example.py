@@ -86,6 +86,11 @@ def main(argv: List[str] = None) -> int:
             print(f"creating {venv} and installing {ROOT} (not editable) and pytest ...")
             subprocess.run([sys.executable, "-m", "venv", venv], check=True)
             subprocess.run([python, "-m", "pip", "install", "-q", ROOT, "pytest"], check=True)
+        else:  # an existing venv gets this checkout installed again (never a stale copy)
+            print(f"reinstalling {ROOT} (not editable) into {venv} ...")
+            subprocess.run([python, "-m", "pip", "install", "-q", "--force-reinstall",
+                            "--no-deps", ROOT], check=True)
+            subprocess.run([python, "-m", "pip", "install", "-q", ROOT, "pytest"], check=True)
         where = subprocess.run([python, "-c", "import logstore, os; print(os.path.dirname("
                                 "logstore.__file__))"], check=True, cwd=work,
                                stdout=subprocess.PIPE, text=True).stdout.strip()
