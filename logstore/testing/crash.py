@@ -151,14 +151,15 @@ def run_and_kill(fn: Callable[..., Any], path: "str | os.PathLike[str]", *,
     main = sys.modules.get("__main__")
     main_path = getattr(main, "__file__", None) if getattr(fn, "__module__", None) == "__main__" \
         else None
+    fn_bytes, args_bytes = _pickled("function", fn), _pickled("args", tuple(args))
     work = tempfile.mkdtemp(prefix="logstore-crash-")
     ack_path = os.path.join(work, "acks")
     spec = {
         "sys_path": [p for p in sys.path],
         "cwd": os.getcwd(),
         "main_path": main_path,
-        "fn": _pickled("function", fn),
-        "args": _pickled("args", tuple(args)),
+        "fn": fn_bytes,
+        "args": args_bytes,
         "kind": kind,
         "path": path,
         "options": options,

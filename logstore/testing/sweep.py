@@ -237,15 +237,26 @@ def record(workload: Workload, *, kind: str = "log", options: Optional[Mapping[s
     ``kind="log"``/``"store"``: the workload is called as ``workload(target, ack)`` with a
     ``Log``/``Store`` opened with ``options`` on the simulated file system, closed afterwards if
     the workload did not. ``kind="dir"``: ``workload(path, fs, ack)``; open what you like at or
-    under ``path`` with ``fs=fs``. ``directory``: where the recorded tree goes (a new scratch
-    directory by default; the caller removes it). ``initial``: a directory (a log, a store, a
-    crash state kept by an earlier run...) copied in as the starting state, all of it durable.
+    under ``path`` with ``fs=fs``. ``directory``: where the recorded tree goes (the caller
+    removes it); by default a scratch directory, removed once the run is recorded (the trace is
+    all a :class:`Recording` needs). ``initial``: a directory (a log, a store, a crash state kept
+    by an earlier run...) copied in as the starting state, all of it durable.
     """
     _common.check_kind(kind, KINDS)
     options = dict(options or {})
     if "fs" in options:
         raise SweepError("options must not contain 'fs': the sweep supplies the file system")
+    own = directory is None
     base = directory or _common.make_scratch("logstore-record-")
+    try:
+        return _record(workload, kind, options, base, name, initial)
+    finally:
+        if own:
+            _common.remove_tree(base)
+
+
+def _record(workload: Workload, kind: str, options: Dict[str, Any], base: str,
+            name: Optional[str], initial: Optional[str]) -> Recording:
     root = os.path.join(base, name or (kind if kind != "dir" else "data"))
     if initial is not None:
         if not os.path.isdir(initial):
