@@ -80,6 +80,8 @@ def main(argv: List[str] = None) -> int:
         print("the venv must be outside the repository", file=sys.stderr)
         return 2
     ok = True
+    build = os.path.join(ROOT, "build")
+    had_build = os.path.exists(build)
     try:
         python = os.path.join(venv, "bin", "python")
         if not os.path.exists(python):
@@ -111,6 +113,8 @@ def main(argv: List[str] = None) -> int:
             print(out2)
         ok = good and bad
     finally:
+        if not had_build:  # setuptools builds in the checkout: leave no build/ behind
+            shutil.rmtree(build, ignore_errors=True)
         if args.keep:
             print(f"kept {work}")
         else:
