@@ -28,7 +28,8 @@ from ..format.header import BatchHeader, HEADER_SIZE, header_problem, parse_head
 from ..format.index_entries import first_entry_above, unpack_offset_entry
 from ..format.names import INDEX_SUFFIX
 from ..storage.index import OFFSET_ENTRY
-from ..storage.segment import MAX_RELATIVE_OFFSET, zeros_between
+from ..storage.segment import MAX_RELATIVE_OFFSET
+from ..storage.sparse import zeros_between
 from .reader import Reader, read_entries
 from .targets import SegmentFile, Target, segment_files, writer_pid
 

@@ -537,9 +537,10 @@ class Log:
             raise StorageError(f"closing {self.path} failed: {problem}; the next open will "
                                f"recover the log", problem) from problem
 
-    def abandon(self) -> None:
+    def abandon(self, release_files: bool = True) -> None:
         """Let go of the log as a killed process would (for crash tests): no flush, no
-        clean-shutdown marker, no fsync; the directory lock and the files are released, and
+        clean-shutdown marker, no fsync; the directory lock is released (and the files, unless
+        ``release_files`` is false: a simulated power cut took the descriptors already), and
         this object refuses every later call. What the kernel would keep after a SIGKILL (bytes
         already written) stays; a buffered append (``write_buffer_bytes``) is lost."""
         if self._closed:
@@ -548,7 +549,10 @@ class Log:
         with self._lock:
             self._closed = True
             for seg in self._segs.items:
-                seg.close()
+                if release_files:
+                    seg.close()
+                else:
+                    seg.close_mappings()
             if self._dir_lock is not None:
                 self._dir_lock.release()
 

@@ -32,19 +32,10 @@ from ..format.names import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
 from .active_file import ActiveFile
 from .tail import RecoveryReport, inspect_active
 from .index import OffsetIndex, TimeIndex
+from .sparse import zeros_between, zeros_in_mapping
 
 MAX_RELATIVE_OFFSET = 2**31 - 1  # index entries store offsets relative to the segment base
 
-
-def zeros_between(fd: int, pos: int, end: int) -> bool:
-    """Whether bytes ``[pos, end)`` of the file are all zero (an active segment's preallocated,
-    never-written tail; see FORMAT.md). Reads with pread, 4 MiB at a time."""
-    while pos < end:
-        data = os.pread(fd, min(1 << 22, end - pos), pos)
-        if not data or data.count(0) != len(data):
-            return False
-        pos += len(data)
-    return True
 
 
 # Batches quick_locate leaves to the general path: compressed, with offset deltas, unknown flags.
@@ -728,10 +719,16 @@ class Segment:
         return ScanResult(batches, pos, file_size, error)
 
     def _zeros(self, pos: int, end: int, buf) -> bool:
-        """Whether bytes ``[pos, end)`` are all zero (``buf``: a mapping of the file, or None)."""
-        if buf is not None:
-            return not np.frombuffer(buf, dtype=np.uint8, count=end - pos, offset=pos).any()
-        return zeros_between(self.fd, pos, end)
+        """Whether bytes ``[pos, end)`` are all zero (``buf``: a mapping of the file, or None),
+        reading only the file's data ranges (:mod:`~logstore.storage.sparse`)."""
+        if buf is None:
+            return zeros_between(self.fd, pos, end)
+        fd = self.fd if self.fd is not None else os.open(self.path, os.O_RDONLY)
+        try:
+            return zeros_in_mapping(fd, buf, pos, end)
+        finally:
+            if fd != self.fd:
+                os.close(fd)
 
     def scan_view(self, end: int) -> mmap.mmap:
         """A fresh read-only mapping of the file's first ``end`` bytes (scans, damage rules)."""

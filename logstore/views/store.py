@@ -50,7 +50,7 @@ from .offsets import OffsetStore
 from .queue_state import QueueState
 from .workqueue import WorkQueue
 from ..format.names import (
-    INTERNAL_DIR, LOCK_NAME, OFFSETS_LOG, QUEUE_GROUP, STORE_META, TOPIC_META, TOPICS_DIR,
+    INTERNAL_DIR, LOCK_NAME, OFFSETS_LOG, QUEUE_GROUP, STORE_META, TMP, TOPIC_META, TOPICS_DIR,
     queue_events_dir, topic_dir,
 )
 from ..record import Record
@@ -68,6 +68,20 @@ MSG_ID_TIME_HEADER = "x-msg-id-ms"
 MAX_PARTITIONS = 4096
 
 
+
+
+def _only_creation_leftovers(root: str) -> bool:
+    """Whether ``root`` (no store.meta) holds only what an interrupted creation leaves: the lock
+    file, store.meta.tmp (its atomic write cut short) and, from versions that created them
+    before store.meta, empty topics/ and internal/ directories."""
+    for name in os.listdir(root):
+        if name in (LOCK_NAME, STORE_META + TMP):
+            continue
+        path = os.path.join(root, name)
+        if name in (TOPICS_DIR, INTERNAL_DIR) and os.path.isdir(path) and not os.listdir(path):
+            continue
+        return False
+    return True
 
 
 class Topic:
@@ -300,7 +314,7 @@ class Store:
         if meta is None:
             if self.readonly:
                 raise NotALogError(f"{root} is not a logstore store (no {STORE_META})")
-            if os.path.isdir(root) and [n for n in os.listdir(root) if n != LOCK_NAME]:
+            if os.path.isdir(root) and not _only_creation_leftovers(root):
                 raise NotALogError(f"{root} is not empty and has no {STORE_META}: not a store")
         if not self.readonly:
             self.fs.makedirs(root)
@@ -308,9 +322,11 @@ class Store:
         try:
             if meta is None:
                 meta = {"format": STORE_FORMAT, "version": STORE_VERSION, "id": uuid.uuid4().hex}
+                # store.meta first: a crash before it leaves nothing but what
+                # _only_creation_leftovers accepts, so the next open creates the store again.
+                self.fs.write_file_atomic(meta_path, json.dumps(meta).encode())
                 self.fs.makedirs(os.path.join(root, TOPICS_DIR))
                 self.fs.makedirs(os.path.join(root, INTERNAL_DIR))
-                self.fs.write_file_atomic(meta_path, json.dumps(meta).encode())
             elif not self.readonly and int(meta.get("version", 1)) < STORE_VERSION:
                 meta = dict(meta, version=STORE_VERSION)
                 self.fs.write_file_atomic(meta_path, json.dumps(meta).encode())
