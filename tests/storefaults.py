@@ -256,7 +256,7 @@ class DirsSimFS(FileSystem):
 
     def _for_path(self, path):
         for s in self.sims:
-            if s._under_root(path):
+            if s.rel(path) is not None:
                 return s
         return None
 
@@ -319,4 +319,5 @@ class DirsSimFS(FileSystem):
         for s in self.sims:
             s.crash()
         for s in self.sims:
-            s.materialize(random.Random(seed), modes)
+            s.release_fds()
+            s.materialize(random.Random(seed), modes, dir_modes=("keep",))

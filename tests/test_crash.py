@@ -74,7 +74,7 @@ def kill_round(directory, seed, threads, options, rng):
 
 
 def check(directory, all_acked):
-    with logstore.Log.open(directory, segment_bytes=4096) as log:
+    with logstore.Log.open(directory) as log:  # (its stored settings apply)
         end = log.end_offset
         seen = 0
         for rec in log.replay():

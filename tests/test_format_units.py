@@ -261,7 +261,7 @@ def test_fold_rebuilds_what_a_reopened_work_queue_rebuilds(tmp_path):
     try:
         wq = store.queue("jobs", partitions=2, visibility_timeout=60)
         mine = [(p.low, p.done, p.counts, p.not_before) for p in parts]
-        theirs = [(p.low, p.done, p.counts, p.not_before) for p in wq._parts]
+        theirs = [(p.low, p.done, p.counts, p.not_before) for p in wq._state.parts]
         assert mine == theirs
         assert sum(len(p.counts) for p in parts) == 3  # delivered, not acked: 9, 10, 11
         assert sum(len(p.not_before) for p in parts) == 1

@@ -72,9 +72,10 @@ def subscription_check(store, acked):
     if ("unsubscribed",) in acked:
         assert "audit" not in subs, subs  # the removal (rename + directory fsync) held
     elif acked:
-        assert "audit" in subs
-        commits = store.groups().get("__sub__audit", {}).get("t", {})
-        assert commits.get(0, 0) >= acked[0][1], commits
+        # After the commit only the unsubscribe runs: cut short, it may have happened or not.
+        if "audit" in subs:
+            commits = store.groups().get("__sub__audit", {}).get("t", {})
+            assert commits.get(0, 0) >= acked[0][1], commits
 
 
 def test_subscription_commit_and_unsubscribe_survive_power_loss():

@@ -30,7 +30,7 @@ import time
 import pytest
 
 import logstore
-from simfs import SimFS
+from simfs import SimFS, abandon
 from storefaults import (
     FaultFS,
     batches,
@@ -414,7 +414,8 @@ def test_failed_swap_rename_then_retention_never_resurrects_segments(tmp_path):
     """Issue 17 case 5: an I/O error renaming a .swap into place, then a retention pass, then a
     reopen: the deleted segments came back (start_offset went backwards)."""
     d = str(tmp_path / "log")
-    with logstore.Log.open(d, segment_bytes=1024, cleanup_policy="compact", fsync="never") as log:
+    with logstore.Log.open(d, segment_bytes=1024, cleanup_policy="compact,delete",
+                           retention_bytes=2048, fsync="never", **NO_CLEANER) as log:
         for i in range(300):
             log.append(b"%d" % i * 5, key=b"k%d" % (i % 6))
     opts = dict(segment_bytes=1024, cleanup_policy="compact,delete", retention_bytes=2048,
@@ -446,7 +447,7 @@ def test_damaged_last_time_index_entry_of_sealed_segment_is_not_trusted(tmp_path
     retention_ms delete records written a moment ago."""
     d = str(tmp_path / "log")
     t0 = int(time.time() * 1000)
-    with logstore.Log.open(d, segment_bytes=1024) as log:
+    with logstore.Log.open(d, segment_bytes=1024, retention_ms=60_000) as log:
         for i in range(40):
             log.append(b"v%03d" % i * 10)
         assert len(log.segments()) >= 3
@@ -456,7 +457,7 @@ def test_damaged_last_time_index_entry_of_sealed_segment_is_not_trusted(tmp_path
         assert len(data) % 12 == 0 and data
         f.seek(len(data) - 12)
         f.write(struct.pack("<q", 1))  # the entry's timestamp; its offset stays right
-    with logstore.Log.open(d, segment_bytes=1024, retention_ms=60_000, **NO_CLEANER) as log:
+    with logstore.Log.open(d, **NO_CLEANER) as log:  # (the stored settings apply)
         assert log.offset_for_time(t0 - 1000) == 0
         report = log.enforce_retention()
         assert report["segments_removed"] == 0, "retention_ms deleted records written just now"
@@ -725,10 +726,9 @@ def test_keyboard_interrupt_during_roll(tmp_path, then):
                     pass
                 except Exception as e:  # noqa: BLE001
                     problems.append(f"{where}: close raised {type(e).__name__}: {e}")
-                    fs.abandon(log)
+                    abandon(fs, log)
             else:
-                fs.crash()
-                fs.abandon(log)
+                abandon(fs, log)
                 fs.materialize(random.Random(k), modes=("drop",))
             with logstore.Log.open(d, segment_bytes=1024) as again:
                 end = again.end_offset

@@ -189,7 +189,10 @@ def retention(path: str, as_json: bool, options: tuple, topic: Optional[str],
     """
     opts = parse_options(options)
     opts.setdefault("retention_check_interval_s", 0)
-    limits = opts.get("retention_ms") is not None or opts.get("retention_bytes") is not None
+    # Limits given here are for this pass only (the logs' stored ones are not changed: use
+    # `logstore config` for that).
+    pass_limits = {k: opts.pop(k) for k in ("retention_ms", "retention_bytes") if k in opts}
+    limits = any(v is not None for v in pass_limits.values())
     if store_path(path) is None:
         owner = partition_of_store(path)
         if owner is not None:
@@ -200,12 +203,12 @@ def retention(path: str, as_json: bool, options: tuple, topic: Optional[str],
     scope = cleanup_scope(path, topic, None, "retention")
     out = Out()
     if scope is None:
-        _retention_log(out, path, opts, as_json, not limits and not quiet)
+        _retention_log(out, path, opts, pass_limits, as_json, not limits and not quiet)
     else:
         root, topic, _ = scope
         store = open_store(root, opts)
         try:
-            docs = _retention_store(store, root, topic)
+            docs = _retention_store(store, root, topic, pass_limits)
         finally:
             store.close()
         if as_json:
@@ -215,12 +218,13 @@ def retention(path: str, as_json: bool, options: tuple, topic: Optional[str],
     out.close()
 
 
-def _retention_log(out: Out, path: str, opts: Dict[str, Any], as_json: bool,
-                   note: bool) -> None:
+def _retention_log(out: Out, path: str, opts: Dict[str, Any], limits: Dict[str, Any],
+                   as_json: bool, note: bool) -> None:
     """One retention pass over a plain log (``note``: say that no limit was given)."""
     with Log.open(path, **opts) as log:
         before = log.start_offset
-        report = log.enforce_retention()
+        report = log.enforce_retention(limits=limits)
+        note = note and log.config.retention_ms is None and log.config.retention_bytes is None
     if as_json:
         out.line(dumps({"path": path, "logs": [{"label": path, "start_offset_before": before,
                                                 "report": report}]}))
@@ -231,7 +235,8 @@ def _retention_log(out: Out, path: str, opts: Dict[str, Any], as_json: bool,
                  "a plain log has no other limit")
 
 
-def _retention_store(store: Store, root: str, topic: Optional[str]) -> List[Dict[str, Any]]:
+def _retention_store(store: Store, root: str, topic: Optional[str],
+                     limits: Dict[str, Any]) -> List[Dict[str, Any]]:
     """One pass of Store.enforce_retention; a report per partition and internal log."""
     names = [topic] if topic is not None else store.topics()
     topics = [store.topic(n) for n in names]
@@ -242,7 +247,7 @@ def _retention_store(store: Store, root: str, topic: Optional[str]) -> List[Dict
             store.queue(q, dead_letter="").checkpoint()
     before = {f"{t.name}/{p}": log.start_offset for t in topics
               for p, log in enumerate(t.partitions)}
-    report = store.enforce_retention()
+    report = store.enforce_retention(limits, topics=names)
     docs: List[Dict[str, Any]] = []
     for t in topics:
         for p, log in enumerate(t.partitions):

@@ -47,6 +47,7 @@ class PartitionState:
         self.done: Set[int] = set()  # done offsets >= low
         self.counts: Dict[int, int] = {}  # deliveries so far (not done)
         self.not_before: Dict[int, int] = {}  # nacked: not deliverable before this time (ms)
+        self.skipped = 0  # messages not done that retention removed (skip_to), since loading
 
     def mark_done(self, off: int) -> None:
         """Record ``off`` as done (acked or dead-lettered), advancing the watermark."""
@@ -73,14 +74,19 @@ class PartitionState:
             if kind == NACKED:
                 self.not_before[off] = t
 
-    def skip_to(self, start_offset: int) -> None:
-        """Retention removed the messages below ``start_offset``: nothing left to deliver."""
+    def skip_to(self, start_offset: int) -> int:
+        """Retention removed the messages below ``start_offset``: nothing left to deliver.
+        Returns how many of them were not done (also added to :attr:`skipped`)."""
+        lost = 0
         if self.low < start_offset:
+            lost = start_offset - self.low - sum(1 for o in self.done if o < start_offset)
+            self.skipped += lost
             self.done = {o for o in self.done if o >= start_offset}
             self.low = start_offset
             while self.low in self.done:
                 self.done.discard(self.low)
                 self.low += 1
+        return lost
 
     def snapshot(self) -> Dict[str, Any]:
         """This partition in a checkpoint's JSON."""

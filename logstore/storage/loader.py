@@ -22,14 +22,17 @@ Recovery is idempotent: a crash during recovery just means it runs again.
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
+from ..config import SHAPING_SETTINGS, LogConfig
+from ..errors import ConfigError
 from ..format.header import HEADER_SIZE, crc_ok, header_problem, parse_header
 from ..format.names import (
     CLEANED, COMPACTION_COMMIT, DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, TMP,
     parse_segment_name,
 )
 from . import meta
+from ..fs import FileSystem
 from .segment import Segment
 from .segments import SegmentList, finish_swap, list_segments
 from .tail import RecoveryReport
@@ -137,3 +140,37 @@ def open_for_writing(segs: SegmentList, index_capacity: int) -> Optional[Recover
         report = active.recover(index_capacity)
     meta.remove_clean_shutdown(d, fs)
     return report
+
+
+def settled_config(directory: str, options: Mapping[str, Any],
+                   found: Optional[Dict[str, Any]] = None) -> LogConfig:
+    """The configuration a log opens with: the options passed, with the shaping settings stored
+    in its metadata (``found``, else read now) taking their place. A passed shaping setting
+    that differs from the stored one raises ConfigError (nothing is changed)."""
+    config = LogConfig.from_options(options)
+    if found is None:
+        found = meta.read_meta(directory) if os.path.isdir(directory) else None
+    stored = {} if found is None else found.get("settings", {})
+    shaping = {k: v for k, v in stored.items() if k in SHAPING_SETTINGS}
+    return config.with_stored(shaping, options, f"log {directory}") if shaping else config
+
+
+def store_missing_settings(directory: str, fs: FileSystem, found: Dict[str, Any],
+                           config: LogConfig) -> None:
+    """A log written before its settings were stored (or by an older version that stored
+    some): store the ones it lacks, as opened now, so that every later open applies them."""
+    settings = found.setdefault("settings", {})
+    missing = {k: v for k, v in config.settings().items() if k not in settings}
+    if missing:
+        settings.update(missing)
+        meta.rewrite_meta(directory, fs, found)
+
+
+def configured(config: LogConfig, settings: Mapping[str, Any]) -> LogConfig:
+    """``config`` with the shaping ``settings`` changed (``configure``): ConfigError for a name
+    that is not a shaping setting, or a bad value."""
+    unknown = sorted(set(settings) - set(SHAPING_SETTINGS))
+    if unknown:
+        raise ConfigError(f"{', '.join(map(repr, unknown))}: not a setting stored with a log; "
+                          f"settings: {', '.join(SHAPING_SETTINGS)}")
+    return config.replace(**settings)

@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from itertools import chain
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -36,6 +37,7 @@ from ..config import LogConfig
 from ..errors import (
     ConfigError,
     CorruptLogError,
+    ForkedProcessError,
     LogClosedError,
     LogLockedError,
     MissingKeyError,
@@ -56,6 +58,7 @@ from ..format.header import (
 )
 from ..format.names import COMPACTION_COMMIT, META_NAME
 from ..fs import DEFAULT_FS, FileSystem
+from .. import process
 from ..record import Record
 from ..util import check_offset, now_ms, storage_errors
 from . import cleaner, loader, meta
@@ -72,6 +75,18 @@ from .tail import RecoveryReport
 
 logger = logging.getLogger("logstore")
 DEFAULT_MAX_RECORDS = 1000
+
+
+def _write_buffer_out(segs: SegmentList, lock: threading.Lock, pid: int) -> None:
+    """(weakref.finalize of a log with a write buffer, at exit or when it is dropped unclosed)
+    Write the buffered appends to the file, in the process that opened the log only."""
+    if os.getpid() != pid or not lock.acquire(timeout=5):
+        return
+    try:
+        if segs.items:
+            segs.active.flush_pending()
+    finally:
+        lock.release()
 
 
 
@@ -100,22 +115,31 @@ class Log:
                                 self._refresh_locked if readonly else None,
                                 self._gaps_allowed, self._gap)
         self._dir_lock: Optional[DirectoryLock] = None
-        self._codec = codec_id(config.compression)
         self._always = config.fsync == "always" and not readonly
         self._flusher: Optional[threading.Thread] = None
         self._stop = threading.Event()
-        self._allow_gaps = config.compacted
-        self._allow_keyless = not config.compacted
         self._cleaner_lock = threading.Lock()  # one retention/compaction pass at a time
         self._cleaner: Optional[threading.Thread] = None
+        self._pid = os.getpid()
+        self._forked = False
+        self._exit_flush: Optional[weakref.finalize] = None
         self.meta: Dict[str, Any] = {}
         self.recovery_report: Optional[RecoveryReport] = None
-        # Copies of settings read on every append (attribute lookups on the hot path).
+        self._apply_config(config)
+
+    def _apply_config(self, config: LogConfig) -> None:
+        """Take ``config`` (at open, and from ``configure``), with the copies of settings read on
+        every append (attribute lookups on the hot path)."""
+        self.config = config
+        self._codec = codec_id(config.compression)
+        self._allow_gaps = config.compacted or bool(self.meta.get("settings", {}).get("compacted"))
+        self._allow_keyless = not config.compacted
         self._max_record_bytes = config.max_record_bytes
         self._segment_bytes = config.segment_bytes
         self._segment_ms = config.segment_ms
         self._fsync_records = config.fsync_records
         self._index_capacity = index_capacity(config)
+        self._segs.index_interval = config.index_interval_bytes
 
     @classmethod
     def open(
@@ -133,21 +157,56 @@ class Log:
         ``index_interval_bytes``, ``max_record_bytes``...); unknown names raise
         :class:`~logstore.errors.ConfigError`. ``fs`` replaces the I/O layer (tests only).
         """
-        config = LogConfig.from_options(options)
         directory = os.path.abspath(os.fspath(path))
+        # The stored settings win; a passed one that differs is refused before anything changes.
+        config = loader.settled_config(directory, options)
         log = cls(directory, config, fs or DEFAULT_FS, readonly)
         try:
             if readonly:
                 log._open_reader()
             else:
-                log._open_writer()
+                log._open_writer(options)
         except (StorageError, LogLockedError):
             raise
         except OSError as e:
             raise StorageError(f"opening {directory} failed: {e}", e) from e
+        process.register(log)
+        if not readonly and config.write_buffer_bytes:
+            # Buffered appends are written out at a normal exit, or when the object is dropped
+            # unclosed, as a file object's buffer is (never in a forked child: pid checked).
+            log._exit_flush = weakref.finalize(log, _write_buffer_out, log._segs, log._lock,
+                                               log._pid)
         return log
 
-    def _open_writer(self) -> None:
+    def mark_forked(self) -> None:
+        """(In a forked child, by :mod:`logstore.process`) Refuse every call from now on."""
+        self._forked = True
+        self._closed = True
+        if self._exit_flush is not None:
+            self._exit_flush.detach()
+
+    @property
+    def settings(self) -> Dict[str, Any]:
+        """The shaping settings stored with this log (``logstore.config.SHAPING_SETTINGS``)."""
+        return self.config.settings()
+
+    def configure(self, **settings: Any) -> None:
+        """Change shaping settings (``retention_ms=...``, ``cleanup_policy=...``, see
+        ``logstore.config.SHAPING_SETTINGS``) durably (an atomic rewrite of ``logstore.meta``);
+        they apply now and at every later open. Invalid names or values raise ConfigError and
+        change nothing. Segment size and index interval apply to segments created from now on."""
+        new = loader.configured(self.config, settings)
+        with self._cleaner_lock, self._lock:
+            self._check_writable()
+            stored = dict(self.meta.get("settings", {}), **settings)
+            with storage_errors(f"changing the settings of {self.path}"):
+                meta.rewrite_meta(self.path, self._fs, dict(self.meta, settings=stored))
+            self.meta["settings"] = stored
+            self._apply_config(new)
+            self._configure_active(self._segs.active)
+        self._start_threads()
+
+    def _open_writer(self, options: Dict[str, Any]) -> None:
         d = self.path
         if os.path.exists(d):
             if not os.path.isdir(d):
@@ -165,10 +224,11 @@ class Log:
             if found is None:
                 if not meta.is_empty_dir(d):
                     raise NotALogError(f"{d} is not empty and has no {META_NAME}")
-                found = meta.create_meta(d, self._fs, {})
+                found = meta.create_meta(d, self._fs, self.config.settings())
             self.meta = found
-            if found.get("settings", {}).get("compacted"):
-                self._allow_gaps = True
+            # Under the lock now: the settings may have changed since open() read them.
+            self._apply_config(loader.settled_config(d, options, found))
+            loader.store_missing_settings(d, self._fs, found, self.config)
             self.recovery_report = loader.open_for_writing(self._segs, self._index_capacity)
         except BaseException:
             for seg in self._segs.items:
@@ -177,13 +237,19 @@ class Log:
             raise
         self._next_offset = self._sync.durable_offset = self._segs.active.next_offset
         self._configure_active(self._segs.active)
-        if self.config.has_cleanup and self.config.retention_check_interval_s > 0:
+        self._start_threads()
+
+    def _start_threads(self) -> None:
+        """The background retention/compaction pass and the fsync_ms flusher, when configured
+        and not yet running."""
+        cfg = self.config
+        if self._cleaner is None and cfg.has_cleanup and cfg.retention_check_interval_s > 0:
             self._cleaner = threading.Thread(
-                target=self._cleanup_loop, name=f"logstore-cleaner:{d}", daemon=True)
+                target=self._cleanup_loop, name=f"logstore-cleaner:{self.path}", daemon=True)
             self._cleaner.start()
-        if self.config.fsync == "every" and self.config.fsync_ms:
+        if self._flusher is None and cfg.fsync == "every" and cfg.fsync_ms:
             self._flusher = threading.Thread(
-                target=self._flush_loop, name=f"logstore-flusher:{d}", daemon=True)
+                target=self._flush_loop, name=f"logstore-flusher:{self.path}", daemon=True)
             self._flusher.start()
 
     def _configure_active(self, seg: Segment) -> None:
@@ -199,8 +265,7 @@ class Log:
         if found is None:
             raise NotALogError(f"{d} has no {META_NAME}: not a logstore log")
         self.meta = found
-        if found.get("settings", {}).get("compacted"):
-            self._allow_gaps = True
+        self._apply_config(self.config)  # (the "compacted" mark of the metadata)
         self._refresh_locked()
 
     # ------------------------------------------------------------------ read-only refresh
@@ -212,11 +277,18 @@ class Log:
     # ------------------------------------------------------------------ state
     def _check_open(self) -> None:
         if self._closed:
-            raise LogClosedError(f"log {self.path} is closed")
+            self._refuse_closed()
+
+    def _refuse_closed(self) -> None:
+        if self._forked:
+            raise ForkedProcessError(
+                f"log {self.path} was opened in process {self._pid}; this is a forked child "
+                f"(pid {os.getpid()}): open it again in this process")
+        raise LogClosedError(f"log {self.path} is closed")
 
     def _check_writable(self) -> None:
         if self._closed:
-            raise LogClosedError(f"log {self.path} is closed")
+            self._refuse_closed()
         if self.readonly:
             raise ReadOnlyError(f"log {self.path} was opened with readonly=True")
         if self._sync.failed is not None:
@@ -500,6 +572,9 @@ class Log:
             if self._closed:
                 return
             self._closed = True
+            process.unregister(self)
+            if self._exit_flush is not None:
+                self._exit_flush.detach()
             try:
                 if not self.readonly:
                     active = self._segs.active
@@ -546,6 +621,9 @@ class Log:
         if self._closed:
             return
         self._stop.set()
+        if self._exit_flush is not None:
+            self._exit_flush.detach()  # a killed process's buffer is lost
+        process.unregister(self)
         with self._lock:
             self._closed = True
             for seg in self._segs.items:
@@ -743,16 +821,20 @@ class Log:
 
     # ------------------------------------------------------------------ retention, compaction
     def enforce_retention(self, keep_from: Optional[int] = None,
-                          protect_from: Optional[int] = None) -> Dict[str, Any]:
+                          protect_from: Optional[int] = None,
+                          limits: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Delete the oldest sealed segments that ``retention_ms`` / ``retention_bytes`` (or
         ``keep_from``: every offset below it may go) allow, but never one holding an offset
         >= ``protect_from``. Never the active segment; only whole segments, oldest first.
-        Returns ``{"segments_removed", "bytes_freed", "start_offset"}``.
+        ``limits`` (``{"retention_ms": ..., "retention_bytes": ...}``) replaces the stored
+        limits for this pass only. Returns ``{"segments_removed", "bytes_freed",
+        "start_offset"}``.
         """
+        config = self.config.replace(**limits) if limits else self.config
         with self._cleaner_lock, self._lock:
             self._check_writable()
             removed = segments_to_delete(self._segs.items[:-1], self._segs.active.size,
-                                         self.config, now_ms(), keep_from, protect_from)
+                                         config, now_ms(), keep_from, protect_from)
             if removed:
                 with storage_errors(f"deleting segments of {self.path}"):
                     self._segs.delete(removed)

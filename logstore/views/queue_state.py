@@ -118,7 +118,9 @@ class QueueState:
                 part.done = {o for o in part.done if o < end}
                 part.counts = {o: c for o, c in part.counts.items() if o < end}
                 part.not_before = {o: t for o, t in part.not_before.items() if o < end}
-            part.skip_to(log.start_offset)
+            self.follow_start(p, log.start_offset)
+            if part.skipped:
+                self.warn_skipped(p, part.skipped, log.start_offset)
             if what:
                 line = (f"queue {self.name!r} partition {p}: {' and '.join(what)} beyond the "
                         f"topic's end {end} (the topic lost records the queue's event log "
@@ -126,6 +128,26 @@ class QueueState:
                 logger.warning("%s", line)
                 repairs.append(line)
         return repairs
+
+    def follow_start(self, p: int, start: int) -> int:
+        """The topic's partition ``p`` starts at ``start`` now: messages below it that were not
+        done are gone (deleted behind the queue's back: the store's retention never does).
+        Returns how many (counted in the partition's ``skipped``)."""
+        part = self.parts[p]
+        lost = part.skip_to(start)
+        part.counts = {o: c for o, c in part.counts.items() if o >= start}
+        part.not_before = {o: t for o, t in part.not_before.items() if o >= start}
+        return lost
+
+    def warn_skipped(self, p: int, lost: int, start: int) -> None:
+        logger.warning("queue %r partition %d: %d messages not yet done were removed from its "
+                       "topic (below its start offset %d) before delivery; continuing at %d",
+                       self.name, p, lost, start, start)
+
+    @property
+    def skipped(self) -> int:
+        """Messages not yet done that were removed from the topic under the queue."""
+        return sum(part.skipped for part in self.parts)
 
     # ------------------------------------------------------------------ changing
     def record(self, kind: bytes, p: int, off: int, count: int, t: int = 0) -> int:

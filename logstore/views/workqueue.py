@@ -214,6 +214,11 @@ class WorkQueue:
         log = self.topic.partitions[p]
         if sched.scan >= log.end_offset:
             return
+        start = log.start_offset
+        if part.low < start:  # deleted under the queue (not by the store's retention)
+            lost = self._state.follow_start(p, start)
+            if lost:
+                self._state.warn_skipped(p, lost, start)
         if sched.scan < part.low:
             sched.scan = part.low
         for rec in log.read_records(sched.scan, limit, None, p):
@@ -554,6 +559,7 @@ class WorkQueue:
             "dead_lettered": self.dead_lettered(),
             "oldest_age_s": 0.0 if oldest is None else max(0.0, (wall - oldest) / 1000.0),
             "total": total,
+            "skipped": self._state.skipped,
         }
 
     def low_watermarks(self) -> Dict[int, int]:
