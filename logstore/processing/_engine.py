@@ -1,0 +1,45 @@
+"""The one place where processing meets the engine: only public ``logstore`` names.
+
+Everything the processing layer uses of the storage and views layers is imported here, so that
+a restructuring of the package only has to repoint this file. Used beyond the names imported:
+``Store.root``, ``Store.readonly``, ``Store.config`` (a :class:`LogConfig`), ``Store.topic``,
+``Store.topics``, ``Store.consumer`` (``assignment``, ``position``, ``commit``, ``close``),
+``Store.wait_for_data``; ``Topic.partitions`` (the partition :class:`Log` objects) and
+``Topic.partition_count``; ``Log.read``, ``Log.replay``, ``Log.replay_batches`` (``len``,
+``headers(i)``, ``offset_at(i)`` of its batches), ``Log.append_batch`` (keys, per-record
+headers, timestamps), ``Log.end_offset``, ``Log.start_offset``, ``Log.segments``,
+``Log.compact``, ``Log.enforce_retention``; and ``crc32c(key) % partitions``, the documented
+partitioning rule of ``Topic.publish`` (README, "Store").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict
+
+from crc32c import crc32c  # noqa: F401  (the documented key -> partition rule)
+
+from logstore.fs import DEFAULT_FS  # noqa: F401  (atomic file writes, directory creation)
+from logstore import (  # noqa: F401
+    ConfigError,
+    CorruptLogError,
+    Log,
+    LogClosedError,
+    LogConfig,
+    LogLockedError,
+    LogstoreError,
+    NotAssignedError,
+    OffsetOutOfRangeError,
+    ReadOnlyError,
+    Record,
+    Store,
+    Topic,
+    UnknownTopicError,
+)
+
+
+def log_options(store: "Store", **overrides: Any) -> Dict[str, Any]:
+    """The store's log options (fsync policy, compression...) with ``overrides`` applied."""
+    options = dataclasses.asdict(store.config)
+    options.update(overrides)
+    return options
