@@ -74,7 +74,8 @@ def make_input(rnd: random.Random, partitions: int, n: int, disorder: int = 60
     return out
 
 
-def publish(store: logstore.Store, inputs, rnd: random.Random, start: int = 0) -> None:
+def publish(store: logstore.Store, inputs, rnd: random.Random, start: int = 0,
+            max_batch: int = 200) -> None:
     """Append ``inputs`` (from index ``start`` of each partition) in batches of random sizes,
     including single-record batches."""
     topic = store.topic("in", partitions=len(inputs))
@@ -82,7 +83,7 @@ def publish(store: logstore.Store, inputs, rnd: random.Random, start: int = 0) -
         log = topic.partitions[p]
         i = start
         while i < len(recs):
-            j = min(len(recs), i + rnd.choice([1, 1, 3, 40, 200]))
+            j = min(len(recs), i + min(max_batch, rnd.choice([1, 1, 3, 40, 200])))
             chunk = recs[i:j]
             log.append_batch([c[1] for c in chunk], keys=[c[0] for c in chunk],
                              timestamps_ms=[c[2] for c in chunk])

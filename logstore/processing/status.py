@@ -48,6 +48,7 @@ def describe(store: Store) -> List[Dict[str, Any]]:
                                        "watermark": None, "late": 0, "state_entries": 0,
                                        "state_bytes": 0, "changelog_bytes": 0,
                                        "records_in": 0, "records_out": 0, "transactions": 0,
+                                       "redone_transactions": 0,
                                        "committed_at_ms": None}
                 log = C.open_changelog_readonly(store.root, name, s["index"], p)
                 if log is not None:
@@ -64,6 +65,7 @@ def describe(store: Store) -> List[Dict[str, Any]]:
                                    records_in=commit.get("in", 0),
                                    records_out=commit.get("out", 0),
                                    transactions=commit.get("txns", 0),
+                                   redone_transactions=commit.get("redos", 0),
                                    committed_at_ms=commit.get("time_ms"))
                 parts.append(row)
             stages.append({"stage": s["index"], "input": s["input"],
@@ -76,7 +78,8 @@ def describe(store: Store) -> List[Dict[str, Any]]:
 
 
 def _totals(rows: List[Dict[str, Any]]) -> Dict[str, int]:
-    keys = ("lag", "late", "state_entries", "state_bytes", "records_in", "records_out")
+    keys = ("lag", "late", "state_entries", "state_bytes", "records_in", "records_out",
+            "redone_transactions")
     return {k: sum(int(r.get(k) or 0) for r in rows) for k in keys}
 
 

@@ -124,11 +124,14 @@ class Task:
         self.n_out = int(commit.get("out", 0))
         self.n_txns = int(commit.get("txns", 0))
         self.skipped = int(commit.get("skipped", 0))
+        self.n_redo = int(commit.get("redos", 0))
         self.marks: Dict[str, List[int]] = commit.get("marks", {})
         self.redo_to: Optional[int] = None
         self.landed: Dict[Tuple[str, int], Set[int]] = {}
         if self.eos:
             self._find_unfinished(self.marks)
+            if self.redo_to is not None:
+                self.n_redo += 1  # counted at the commit that completes it
         self.txn_began = time.monotonic()
         self.restored_entries = len(state)
 
@@ -267,7 +270,7 @@ class Task:
         commit = {"v": C.COMMIT_VERSION, "pos": stop, "from": start, "marks": self.marks,
                   "wm": self.wm, "ops": ops, "late": sum(n.late for n in self.stateful),
                   "in": self.n_in, "out": self.n_out, "txns": self.n_txns,
-                  "skipped": self.skipped, "entries": self.state_entries(),
+                  "skipped": self.skipped, "redos": self.n_redo, "entries": self.state_entries(),
                   "bytes": self.state_bytes(), "end": self.input.end_offset,
                   "time_ms": time.time_ns() // 1_000_000}
         # State entries and the commit record in one batch (the commit point); if they do not
@@ -324,7 +327,7 @@ class Task:
                 else self.wm, "late": sum(n.late for n in self.stateful),
                 "state_entries": self.state_entries(), "state_bytes": self.state_bytes(),
                 "records_in": self.n_in, "records_out": self.n_out,
-                "transactions": self.n_txns}
+                "transactions": self.n_txns, "redone_transactions": self.n_redo}
 
     # ------------------------------------------------------------------ lifecycle
     def close(self, commit: bool = True) -> None:
