@@ -211,7 +211,7 @@ def _run_op(spec, items):
             st = max(st, t)
             is_late = False
             for ws in [w for w in range((t // step - size // step - 2) * step, t + 1, step)
-                       if w <= t < w + size]:
+                       if w <= t < w + size and w >= 0]:
                 if ws + size + grace <= st:
                     is_late = True
                     continue

@@ -468,7 +468,7 @@ class WindowNode(StatefulNode):
 
 class TimeWindowNode(WindowNode):
     """Tumbling (step == size) and hopping windows: ``[start, start + size)`` for every start
-    that is a multiple of ``step``. A window closes (is emitted, with ``final``, and dropped)
+    that is a multiple of ``step`` (and >= 0). A window closes (is emitted, with ``final``, and dropped)
     once the operator's stream time reaches ``end + grace``; an item whose window has closed is
     late (for hopping windows: late if any of its windows has closed; it still counts in the
     others)."""
@@ -538,7 +538,8 @@ class TimeWindowNode(WindowNode):
             else:
                 is_late = False
                 step = self.step
-                ws = (t - size) // step * step + step  # the first start in (t - size, t]
+                # The first start in (t - size, t]; no window starts before 0 (as in Kafka).
+                ws = max(0, (t - size) // step * step + step)
                 while ws <= t:
                     if ws + reach <= st:
                         is_late = True

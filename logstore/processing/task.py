@@ -327,7 +327,8 @@ class Task:
                 else self.wm, "late": sum(n.late for n in self.stateful),
                 "state_entries": self.state_entries(), "state_bytes": self.state_bytes(),
                 "records_in": self.n_in, "records_out": self.n_out,
-                "transactions": self.n_txns, "redone_transactions": self.n_redo}
+                "transactions": self.n_txns, "redone_transactions": self.n_redo,
+                "restored_entries": self.restored_entries}
 
     # ------------------------------------------------------------------ lifecycle
     def close(self, commit: bool = True) -> None:
