@@ -27,9 +27,10 @@ import os
 import re
 import struct
 import time
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ._engine import DEFAULT_FS, ConfigError, CorruptLogError, Log, Store, log_options
+from .reader import read_items
 
 PROCESSING_DIR = os.path.join("internal", "processing")
 META_FILE = "processor.json"
@@ -174,31 +175,27 @@ def read_changelog(log: Log) -> Tuple[Dict[bytes, bytes], Optional[Dict[str, Any
     state: Dict[bytes, Any] = {}
     pending: Dict[bytes, Any] = {}
     commit_value = None
-    for batch in _record_lists(log):
-        for rec in batch:
-            key = rec[2]
-            if key == COMMIT_KEY:
-                if pending:
-                    state.update(pending)
-                    pending = {}
-                commit_value = rec[3]
-            else:
-                pending[key] = rec[3]
+    pos = log.start_offset
+    end = log.end_offset
+    while pos < end:
+        items, pos = read_items(log, pos, 65536, end)
+        if not items:
+            break
+        # Commit records are rare (one per transaction): find them, take the runs between.
+        commits = [i for i, it in enumerate(items) if it[0] == COMMIT_KEY]
+        start = 0
+        for i in commits:
+            pending.update([it[:2] for it in items[start:i]])
+            if pending:
+                state.update(pending)
+                pending = {}
+            commit_value = items[i][1]
+            start = i + 1
+        pending.update([it[:2] for it in items[start:]])
     for k in [k for k, v in state.items() if v is None]:
         del state[k]
     commit = None if commit_value is None else decode_commit(commit_value, log.path)
     return state, commit, set(pending)
-
-
-def _record_lists(log: Log) -> Iterator[List[Any]]:
-    chunk: List[Any] = []
-    for rec in log.replay():
-        chunk.append(rec)
-        if len(chunk) >= 4096:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 # ------------------------------------------------------------------------------ output markers
