@@ -109,6 +109,14 @@ class Processor:
             raise TypeError("timestamp must be a function of the value")
         if start not in ("earliest", "latest"):
             raise ConfigError(f"start must be 'earliest' or 'latest', got {start!r}")
+        for stage in self._stages:
+            if stage.topic == topic:
+                # One stage per input topic (one consumer group member per thread): a second
+                # stream of the same topic is another branch of the same reading.
+                if (stage.serde, stage.start, stage.timestamp) != (value, start, timestamp):
+                    raise ConfigError(f"topic {topic!r} is already streamed with other "
+                                      f"options (value, start, timestamp): branch that stream")
+                return Stream(self, stage, stage.children)
         stage = self._new_stage(topic, value, start, timestamp, internal=False)
         return Stream(self, stage, stage.children)
 
