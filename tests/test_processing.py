@@ -444,3 +444,19 @@ def test_read_only_store_with_outputs_is_refused(tmp_path):
     with logstore.Store.open(tmp_path, readonly=True) as ro:
         with pytest.raises(logstore.ReadOnlyError, match="multi-writer"):
             _count_app(ro).run(until_caught_up=True)
+
+
+def test_two_streams_of_one_topic_are_branches_of_one_reading(tmp_path):
+    with logstore.Store.open(tmp_path, fsync="never") as store:
+        _publish_events(store, 0, 400)
+        app = lp.Processor(store, "branches")
+        app.stream("events").filter(lambda v: int(v) % 2 == 0).to("even", partitions=1)
+        app.stream("events").filter(lambda v: int(v) % 2 == 1).to("odd", partitions=1)
+        with pytest.raises(logstore.ConfigError, match="other options"):
+            app.stream("events", value=lp.JSON)
+        stats = app.run(until_caught_up=True, threads=2)
+        assert stats["records_in"] == 400  # read once, not once per stream
+        even = sorted(int(v) for _k, v, _t in _read(store, "even", bytes)[0])
+        odd = sorted(int(v) for _k, v, _t in _read(store, "odd", bytes)[0])
+        assert even == list(range(0, 400, 2)) and odd == list(range(1, 400, 2))
+        assert len(lp.describe(store)[0]["stages"]) == 1

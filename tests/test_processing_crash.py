@@ -121,3 +121,120 @@ def test_sigkill_rounds_leave_exactly_the_reference_output(tmp_path, seed):
         store.close()
     print(f"seed {seed}: {kills} SIGKILLs, {desc[0]['redone_transactions']} transactions "
           f"completed after a restart, spec {json.dumps(spec)}")
+
+
+# ------------------------------------------------------------------------------ chosen steps
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(point: str, nth: int):
+    seen = [0]
+
+    def hook(p: str) -> None:
+        if p == point:
+            seen[0] += 1
+            if seen[0] == nth:
+                raise _Crash(f"{point} #{nth}")
+
+    return hook
+
+
+def _counting_app(store, name="cnt"):
+    from logstore import processing as lp
+
+    app = lp.Processor(store, name, batch_records=400, commit_interval_s=0)
+
+    def count(value, state):
+        n = state.get("n", 0) + 1
+        state.set("n", n)
+        return b"%s:%d" % (value, n)
+
+    app.stream("in").map(count, stateful=True, name="counts").to("out", partitions=3)
+    return app
+
+
+def _check_counts(store, n_keys, per_key):
+    from logstore import processing as lp
+
+    got = {}
+    for log in store.topic("out").partitions:
+        for r in log.replay():
+            v, n = r.value.rsplit(b":", 1)
+            got.setdefault(r.key, []).append(int(n))
+    assert got == {b"key-%d" % k: list(range(1, per_key + 1)) for k in range(n_keys)}
+    assert lp.read_state(store, "cnt", "counts") == {
+        b"key-%d" % k: {"n": per_key} for k in range(n_keys)}
+
+
+@pytest.mark.parametrize("point,nth", [("output", 1), ("output", 2), ("output", 5),
+                                       ("changelog", 1), ("changelog", 3),
+                                       ("changelog", 20)])
+def test_a_commit_interrupted_at_each_step_is_completed_exactly_once(tmp_path, point, nth):
+    """Small batches (max_record_bytes=2048): each transaction writes every output partition in
+    several parts and its changelog in several batches, so an interruption after one of them
+    leaves a partly written transaction: parts of outputs, or state entries after the last
+    commit record. The next run must finish it without a duplicate and without taking the
+    uncommitted entries for state."""
+    from logstore.processing import changelog as C
+
+    n_keys, per_key = 300, 4
+    root = str(tmp_path)
+    with logstore.Store.open(root, fsync="never", max_record_bytes=2048) as store:
+        topic = store.topic("in", partitions=2)
+        for r in range(per_key):
+            for k in range(0, n_keys, 20):
+                topic.publish_batch([b"v%d" % r] * 20,
+                                    keys=[b"key-%d" % j for j in range(k, k + 20)])
+        task_module.fault_hook = _crash_at(point, nth)
+        try:
+            with pytest.raises(_Crash):
+                _counting_app(store).run(until_caught_up=True)
+        finally:
+            task_module.fault_hook = None
+        tails = 0
+        for p in range(2):
+            log = C.open_changelog_readonly(root, "cnt", 0, p)
+            tails += len(C.read_changelog(log)[2])
+            log.close()
+        if point == "changelog":
+            assert tails > 0  # state entries after the last commit record
+        stats = _counting_app(store).run(until_caught_up=True)
+        if point == "output":
+            assert sum(t["redone_transactions"] for t in stats["tasks"]) == 1
+        _check_counts(store, n_keys, per_key)
+
+
+def test_uncommitted_state_entries_never_become_state_after_a_later_commit(tmp_path):
+    """A state-only processor (no outputs, so nothing pins the re-run to the same input range):
+    interrupted in the middle of a commit whose entries span several changelog batches, then
+    run with smaller transactions and interrupted after its first commit. The entries of the
+    first, unfinished commit now precede a commit record: they must have been rewritten with
+    their committed values, or the next restore would take them for state (double counts)."""
+    from logstore import processing as lp
+
+    def app_with(batch):
+        app = lp.Processor(store, "cnt", batch_records=batch, commit_interval_s=0)
+
+        def count(value, state):
+            state.set("n", state.get("n", 0) + 1)
+            return value
+
+        app.stream("in").map(count, stateful=True, name="counts")
+        return app
+
+    with logstore.Store.open(tmp_path, fsync="never", max_record_bytes=2048) as store:
+        topic = store.topic("in", partitions=1)
+        for r in range(3):
+            for k in range(0, 300, 20):
+                topic.publish_batch([b"v"] * 20, keys=[b"key-%d" % j for j in range(k, k + 20)])
+        for batch, point, nth in ((400, "changelog", 3), (50, "committed", 1)):
+            task_module.fault_hook = _crash_at(point, nth)
+            try:
+                with pytest.raises(_Crash):
+                    app_with(batch).run(until_caught_up=True)
+            finally:
+                task_module.fault_hook = None
+        app_with(400).run(until_caught_up=True)
+        assert lp.read_state(store, "cnt", "counts") == {
+            b"key-%d" % k: {"n": 3} for k in range(300)}
