@@ -17,10 +17,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict
 
-from crc32c import crc32c  # noqa: F401  (the documented key -> partition rule)
+from crc32c import crc32c  # the documented key -> partition rule
 
-from logstore.fs import DEFAULT_FS  # noqa: F401  (atomic file writes, directory creation)
-from logstore import (  # noqa: F401
+from logstore import (
     ConfigError,
     CorruptLogError,
     Log,
@@ -36,6 +35,13 @@ from logstore import (  # noqa: F401
     Topic,
     UnknownTopicError,
 )
+from logstore.fs import DEFAULT_FS  # atomic file writes, directory creation
+
+__all__ = [
+    "DEFAULT_FS", "crc32c", "log_options", "ConfigError", "CorruptLogError", "Log",
+    "LogClosedError", "LogConfig", "LogLockedError", "LogstoreError", "NotAssignedError",
+    "OffsetOutOfRangeError", "ReadOnlyError", "Record", "Store", "Topic", "UnknownTopicError",
+]
 
 
 def log_options(store: "Store", **overrides: Any) -> Dict[str, Any]:

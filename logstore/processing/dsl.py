@@ -7,17 +7,14 @@ Nothing runs here: every task builds its own runtime nodes from these definition
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import nodes as N
 from .aggregations import Agg, Aggregation, Count, Max, Mean, Min, Reduce, Sum, check_aggregation
 from ._engine import ConfigError, Topic
 from .serde import BYTES, PICKLE, check_serde
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .processor import Processor
-
-__all__ = ["Stream", "Window", "Windowed", "Table"]
+__all__ = ["Stream", "Window", "Windowed", "Table", "Topology"]
 
 
 def _fn(fn: Any, what: str) -> Callable:
@@ -162,6 +159,58 @@ class StageDef:
         return root
 
 
+class Topology:
+    """A processor's stages, stateful operators and tables, as the user defines them."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.stages: List[StageDef] = []
+        self.ops: Dict[str, int] = {}
+        self.tables: List["Table"] = []
+        self.frozen = False  # set while the processor runs
+
+    def check_building(self) -> None:
+        if self.frozen:
+            raise ConfigError("cannot change a processor's streams while it runs")
+
+    def new_stage(self, topic: Optional[str], serde: Any, start: str,
+                  timestamp: Optional[Callable], internal: bool,
+                  partitions: Optional[int] = None) -> StageDef:
+        self.check_building()
+        index = len(self.stages)
+        if topic is None:
+            topic = f"{self.name}.repartition-{index}"
+        stage = StageDef(index, topic, serde, start, timestamp, internal, partitions)
+        self.stages.append(stage)
+        return stage
+
+    def source(self, topic: str, serde: Any, start: str, timestamp: Optional[Callable]
+               ) -> StageDef:
+        """The stage reading ``topic``: a new one, or the existing one (another branch)."""
+        for stage in self.stages:
+            if stage.topic == topic:
+                # One stage per input topic (one consumer group member per thread): a second
+                # stream of the same topic is another branch of the same reading.
+                if (stage.serde, stage.start, stage.timestamp) != (serde, start, timestamp):
+                    raise ConfigError(f"topic {topic!r} is already streamed with other "
+                                      f"options (value, start, timestamp): branch that stream")
+                return stage
+        return self.new_stage(topic, serde, start, timestamp, internal=False)
+
+    def new_op(self, name: Optional[str], kind: str) -> Tuple[int, str]:
+        """An id (1, 2, ... in definition order: what the changelog keys carry) and a name."""
+        self.check_building()
+        op_id = len(self.ops) + 1
+        if name is None:
+            name = f"{kind}-{op_id}"
+        elif not isinstance(name, str) or not name:
+            raise ConfigError(f"name must be a non-empty str, got {name!r}")
+        if name in self.ops:
+            raise ConfigError(f"two stateful operators are named {name!r}")
+        self.ops[name] = op_id
+        return op_id, name
+
+
 # ------------------------------------------------------------------------------ user API
 class Stream:
     """A stream of ``(key, value, timestamp)`` items. Operators return new streams; nothing runs
@@ -169,21 +218,21 @@ class Stream:
     ``metadata=True`` they get ``fn(value, key, timestamp_ms)``; with ``stateful=True`` a
     :class:`State` of the item's key is passed last."""
 
-    def __init__(self, app: "Processor", stage: StageDef, attach: List[Def]):
-        self._app = app
+    def __init__(self, topology: Topology, stage: StageDef, attach: List[Def]):
+        self._topo = topology
         self._stage = stage
         self._attach = attach
 
     def _then(self, d: Def) -> "Stream":
-        self._app._check_building()
+        self._topo.check_building()
         self._attach.append(d)
-        return Stream(self._app, self._stage, d.children)
+        return Stream(self._topo, self._stage, d.children)
 
     def _stateful(self, kind: str, fn: Callable, metadata: bool, ttl_ms: Optional[int],
                   name: Optional[str]) -> "Stream":
         if ttl_ms is not None:
             _ms(ttl_ms, "ttl_ms", 1)
-        op_id, name = self._app._new_op(name, kind)
+        op_id, name = self._topo.new_op(name, kind)
         return self._then(KeyStateDef(op_id, name, fn, kind, metadata, ttl_ms))
 
     def map(self, fn: Callable, *, stateful: bool = False, metadata: bool = False,
@@ -227,22 +276,21 @@ class Stream:
         if partitions is not None and (isinstance(partitions, bool) or
                                        not isinstance(partitions, int) or partitions < 1):
             raise ConfigError(f"partitions must be an int >= 1, got {partitions!r}")
-        app = self._app
-        app._check_building()
-        stage = app._new_stage(None, PICKLE, "earliest", None, internal=True,
+        topo = self._topo
+        stage = topo.new_stage(None, PICKLE, "earliest", None, internal=True,
                                partitions=partitions)
         stage.upstream = self._stage
         d = FnDef(N.KeyByNode, fn, metadata)
         d.children.append(SinkDef(stage.topic, PICKLE, partitions, internal=True))
         self._attach.append(d)
-        return Stream(app, stage, stage.children)
+        return Stream(topo, stage, stage.children)
 
     def join(self, table: "Table", fn: Callable[[Any, Any], Any], *, how: str = "inner",
              on: Optional[Callable[[Any], Any]] = None) -> "Stream":
         """Stream-table join: ``fn(value, row)`` where ``row`` is the table's value for the
         item's key (or for ``on(value)``). ``how="inner"`` drops items without a row,
         ``"left"`` passes ``row=None``."""
-        if not isinstance(table, Table) or table._app is not self._app:
+        if not isinstance(table, Table) or table.topology is not self._topo:
             raise TypeError("join needs a Table of the same processor (processor.table(...))")
         _fn(fn, "join")
         if how not in ("inner", "left"):
@@ -295,7 +343,7 @@ class Window:
             raise ConfigError("session windows merge sessions: the aggregation needs a merge "
                               "(Reduce(..., merge=fn))")
         s = self._stream
-        op_id, name = s._app._new_op(name, self._kind)
+        op_id, name = s._topo.new_op(name, self._kind)
         d = WindowDef(op_id, name, self._kind, self._size, self._step, self._grace, aggregation)
         s._then(d)
         return Windowed(s, d)
@@ -336,16 +384,16 @@ class Windowed:
     def final(self) -> Stream:
         """One result per window and key, when the window closes (stream time past its end
         plus the grace period): Kafka Streams' ``suppress(untilWindowCloses)``."""
-        return Stream(self._stream._app, self._stream._stage, self._def.final)
+        return Stream(self._stream._topo, self._stream._stage, self._def.final)
 
     def current(self) -> Stream:
         """The updated result on every item that changes a window."""
-        return Stream(self._stream._app, self._stream._stage, self._def.current)
+        return Stream(self._stream._topo, self._stream._stage, self._def.current)
 
     def late(self) -> Stream:
         """The items that arrived after their window closed (original key, value, timestamp);
         they are also counted in the ``late`` metric."""
-        return Stream(self._stream._app, self._stream._stage, self._def.late)
+        return Stream(self._stream._topo, self._stream._stage, self._def.late)
 
 
 class Table:
@@ -353,8 +401,8 @@ class Table:
     joins. Every process holds the whole table in memory and follows the topic: a task
     refreshes it at the start of each transaction."""
 
-    def __init__(self, app: "Processor", topic: str, serde: Any):
-        self._app = app
+    def __init__(self, topology: Topology, topic: str, serde: Any):
+        self.topology = topology
         self.topic_name = topic
         self.serde = serde
         self.rows: Dict[Optional[bytes], Any] = {}

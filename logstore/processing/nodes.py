@@ -15,6 +15,7 @@ import pickle
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._engine import crc32c
+from .aggregations import Count
 from .changelog import state_prefix
 
 Item = Tuple[Optional[bytes], Any, int]
@@ -455,9 +456,7 @@ class WindowNode(StatefulNode):
         self.final = final
         self.current = current
         self.late_out = late_out
-        from .aggregations import Count  # a plain count gets a loop without function calls
-
-        self.is_count = type(agg) is Count
+        self.is_count = type(agg) is Count  # a plain count: a loop without function calls
 
     @staticmethod
     def _send(children: List[Node], items: List[Item]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -18,7 +17,7 @@ from ._engine import (
     Store,
     UnknownTopicError,
 )
-from .dsl import KeyStateDef, StageDef, Stream, Table, WindowDef
+from .dsl import KeyStateDef, StageDef, Stream, Table, Topology, WindowDef
 from .serde import BYTES, check_serde
 from .task import StageRuntime, Task
 
@@ -77,10 +76,7 @@ class Processor:
         self.max_state_bytes = max_state_bytes
         # Output and changelog batches stay under half the largest batch the logs accept.
         self.batch_bytes = store.config.max_record_bytes // 2
-        self._stages: List[StageDef] = []
-        self._ops: Dict[str, Any] = {}
-        self._op_ids = 0
-        self._tables: List[Table] = []
+        self._graph = Topology(name)
         self._running = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -101,7 +97,7 @@ class Processor:
         values, ``timestamp(value)`` gives an event time other than the record timestamp,
         ``start`` (``"earliest"``/``"latest"``) applies to partitions this processor has never
         read."""
-        self._check_building()
+        self._graph.check_building()
         if not isinstance(topic, str):
             raise TypeError(f"topic must be a str, got {type(topic).__name__}")
         check_serde(value, "value")
@@ -109,56 +105,22 @@ class Processor:
             raise TypeError("timestamp must be a function of the value")
         if start not in ("earliest", "latest"):
             raise ConfigError(f"start must be 'earliest' or 'latest', got {start!r}")
-        for stage in self._stages:
-            if stage.topic == topic:
-                # One stage per input topic (one consumer group member per thread): a second
-                # stream of the same topic is another branch of the same reading.
-                if (stage.serde, stage.start, stage.timestamp) != (value, start, timestamp):
-                    raise ConfigError(f"topic {topic!r} is already streamed with other "
-                                      f"options (value, start, timestamp): branch that stream")
-                return Stream(self, stage, stage.children)
-        stage = self._new_stage(topic, value, start, timestamp, internal=False)
-        return Stream(self, stage, stage.children)
+        stage = self._graph.source(topic, value, start, timestamp)
+        return Stream(self._graph, stage, stage.children)
 
     def table(self, topic: str, *, value: Any = BYTES) -> Table:
         """Topic ``topic`` as a table (latest value per key) for :meth:`Stream.join`."""
-        self._check_building()
+        self._graph.check_building()
         check_serde(value, "value")
-        t = Table(self, topic, value)
-        self._tables.append(t)
+        t = Table(self._graph, topic, value)
+        self._graph.tables.append(t)
         return t
-
-    def _check_building(self) -> None:
-        if self._running:
-            raise ConfigError("cannot change a processor's streams while it runs")
-
-    def _new_stage(self, topic: Optional[str], serde: Any, start: str,
-                   timestamp: Optional[Callable], internal: bool,
-                   partitions: Optional[int] = None) -> StageDef:
-        index = len(self._stages)
-        if topic is None:
-            topic = f"{self.name}.repartition-{index}"
-        stage = StageDef(index, topic, serde, start, timestamp, internal, partitions)
-        self._stages.append(stage)
-        return stage
-
-    def _new_op(self, name: Optional[str], kind: str) -> Tuple[int, str]:
-        self._op_ids += 1
-        op_id = self._op_ids
-        if name is None:
-            name = f"{kind}-{op_id}"
-        elif not isinstance(name, str) or not name:
-            raise ConfigError(f"name must be a non-empty str, got {name!r}")
-        if name in self._ops:
-            raise ConfigError(f"two stateful operators are named {name!r}")
-        self._ops[name] = op_id
-        return op_id, name
 
     # ------------------------------------------------------------------ topology
     def topology(self) -> Dict[str, Any]:
         """The stages as stored in ``processor.json`` (and compared at every start)."""
         stages = []
-        for s in self._stages:
+        for s in self._graph.stages:
             ops = []
             for d in s.state_ops():
                 if isinstance(d, WindowDef):
@@ -175,12 +137,12 @@ class Processor:
 
     def _open_topics(self) -> List[StageRuntime]:
         store = self.store
-        if not self._stages:
+        if not self._graph.stages:
             raise ConfigError(f"processor {self.name!r} has no streams: call .stream(topic)")
         existing = set(store.topics())
         counts: Dict[str, int] = {}
         runtimes = []
-        for s in self._stages:
+        for s in self._graph.stages:
             if s.internal:
                 n = s.partitions or counts[s.upstream.topic]  # type: ignore[union-attr]
                 if store.readonly and s.topic not in existing:
@@ -209,14 +171,14 @@ class Processor:
                     retention="interest" if d.internal and d.topic not in existing else None)
                 existing.add(d.topic)
             runtimes.append(StageRuntime(self, s, topic, sinks))
-        for t in self._tables:
+        for t in self._graph.tables:
             if t.topic_name not in existing:
                 raise UnknownTopicError(f"table topic {t.topic_name!r} does not exist")
             t.attach(store.topic(t.topic_name))
         return runtimes
 
     def _stage_by_topic(self, topic: str) -> StageDef:
-        return next(s for s in self._stages if s.topic == topic)
+        return next(s for s in self._graph.stages if s.topic == topic)
 
     def _readonly_message(self) -> str:
         return (f"processor {self.name!r} writes topics, which needs the store open for writing: "
@@ -254,6 +216,7 @@ class Processor:
             if self._running:
                 raise ConfigError(f"processor {self.name!r} is already running")
             self._running = True
+            self._graph.frozen = True
         self._stop.clear()
         self._errors = []
         self._epoch = 0
@@ -290,6 +253,7 @@ class Processor:
                 signal.signal(sig, handler)
             with self._lock:
                 self._running = False
+                self._graph.frozen = False
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop()
@@ -323,7 +287,8 @@ class Processor:
             self._errors.append(exc)
         self.stop()
 
-    def _warn(self, message: str) -> None:
+    def warn(self, message: str) -> None:
+        """Log ``message`` and keep it for :meth:`stats` (``warnings``)."""
         log.warning(message)
         with self._lock:
             self._warnings.append(message)
@@ -364,7 +329,7 @@ class Processor:
                 f"windows or grace) or raise the limit")
 
     def __repr__(self) -> str:
-        return f"<logstore.processing.Processor {self.name!r} stages={len(self._stages)}>"
+        return f"<logstore.processing.Processor {self.name!r} stages={len(self._graph.stages)}>"
 
 
 class _Worker:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from . import changelog as C
 from ._engine import ConfigError, Store, UnknownTopicError

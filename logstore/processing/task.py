@@ -193,7 +193,7 @@ class Task:
                     f"input offsets [{pos}, {redo}) of an unfinished transaction were removed "
                     f"by retention before it could be completed")
             self.skipped += start - pos
-            self.proc._warn(f"{self.proc.name}: input {self.rt.topic.name}/{self.p} offsets "
+            self.proc.warn(f"{self.proc.name}: input {self.rt.topic.name}/{self.p} offsets "
                             f"[{pos}, {start}) were removed by retention before being processed")
             pos = self.pos = start
         if pos >= log.end_offset:
