@@ -240,9 +240,17 @@ class Processor:
                                        daemon=True) for w in self._workers]
                 for t in ts:
                     t.start()
-                for t in ts:
-                    while t.is_alive():
-                        t.join(0.2)  # short joins: signal handlers run in between
+                try:
+                    for t in ts:
+                        while t.is_alive():
+                            t.join(0.2)  # short joins: signal handlers run in between
+                except BaseException:
+                    # (KeyboardInterrupt without our handlers): the workers commit and stop
+                    # before the members leave the group.
+                    self.stop()
+                    for t in ts:
+                        t.join()
+                    raise
             if self._errors:
                 raise self._errors[0]
             return self.stats()
