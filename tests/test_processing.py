@@ -397,6 +397,17 @@ def test_topology_change_is_refused(tmp_path):
         app.stream("events").tumbling_window(10).count().final().to("x")
         with pytest.raises(logstore.ConfigError, match="another topology"):
             app.run(until_caught_up=True)
+        # a grace period or a TTL may change: the stored state does not depend on them
+        w = lp.Processor(store, "win")
+        w.stream("events").tumbling_window(10, grace_ms=0).count().final().to("y")
+        w.run(until_caught_up=True)
+        w = lp.Processor(store, "win")
+        w.stream("events").tumbling_window(10, grace_ms=500).count().final().to("y")
+        w.run(until_caught_up=True)
+        w = lp.Processor(store, "win")
+        w.stream("events").tumbling_window(20).count().final().to("y")
+        with pytest.raises(logstore.ConfigError, match="another topology"):
+            w.run(until_caught_up=True)
 
 
 def test_at_least_once_mode_writes_no_markers(tmp_path):

@@ -13,6 +13,7 @@ from ._engine import (
     ConfigError,
     LogLockedError,
     LogstoreError,
+    NotAssignedError,
     ReadOnlyError,
     Store,
     UnknownTopicError,
@@ -186,16 +187,20 @@ class Processor:
                 f"several writing processes need multi-writer stores")
 
     def _check_meta(self) -> None:
+        """Refuse to run over state and positions written by another topology. What must match
+        is what the stored data depends on: the stages and their inputs and outputs, the
+        stateful operators (ids, kinds, window size and step, whether keyed state expires).
+        Grace periods and TTL values may change between runs (they apply from then on)."""
         mine = self.topology()
         stored = C.read_meta(self.store.root, self.name)
-        if stored is None:
-            C.write_meta(self.store.root, self.name, mine)
+        if stored is None or _layout(stored.get("stages")) == _layout(mine["stages"]):
+            if stored != mine:
+                C.write_meta(self.store.root, self.name, mine)
             return
-        if stored.get("stages") != mine["stages"]:
-            raise ConfigError(
-                f"processor {self.name!r} in {self.store.root} was run with another topology "
-                f"(stages, stateful operators or outputs differ): its state and positions do "
-                f"not fit this one. Use a new processor name.")
+        raise ConfigError(
+            f"processor {self.name!r} in {self.store.root} was run with another topology "
+            f"(stages, stateful operators or outputs differ): its state and positions do "
+            f"not fit this one. Use a new processor name.")
 
     # ------------------------------------------------------------------ running
     def run(self, *, until_caught_up: bool = False, threads: int = 1,
@@ -340,6 +345,18 @@ class Processor:
         return f"<logstore.processing.Processor {self.name!r} stages={len(self._graph.stages)}>"
 
 
+def _layout(stages: Any) -> Any:
+    """The parts of a topology (``processor.json`` stages) that stored state depends on."""
+    if not isinstance(stages, list):
+        return None
+    out = []
+    for s in stages:
+        ops = [(o.get("id"), o.get("kind"), o.get("size"), o.get("step"),
+                o.get("ttl_ms") is not None) for o in s.get("ops", [])]
+        out.append((s.get("index"), s.get("input"), s.get("internal"), s.get("outputs"), ops))
+    return out
+
+
 class _Worker:
     """One thread of a running processor: a member of the processor's group on every stage's
     input topic, and the tasks of the partitions it is assigned."""
@@ -385,8 +402,10 @@ class _Worker:
                 try:
                     self.tasks[(idx, p)] = Task(self.proc, rt, p, member)
                     changed = True
-                except LogLockedError:
-                    complete = False  # its previous owner has not released it yet
+                except (LogLockedError, NotAssignedError):
+                    # Its previous owner has not released it yet, or the partition moved on
+                    # again meanwhile (a rebalance in another thread): try at the next pass.
+                    complete = False
         return changed, complete
 
     def run(self, until_caught_up: bool, deadline: Optional[float]) -> None:
