@@ -62,11 +62,15 @@ class Count(Aggregation):
         return a + b
 
 
-class Sum(Aggregation):
-    """Sum of ``fn(value)`` (or of the values)."""
+class _OfValue(Aggregation):
+    """An aggregation of ``fn(value)`` (or of the value itself)."""
 
     def __init__(self, fn: Optional[Callable[[Any], Any]] = None):
-        self.fn = _pick(fn, "Sum")
+        self.fn = _pick(fn, type(self).__name__)
+
+
+class Sum(_OfValue):
+    """Sum of ``fn(value)`` (or of the values)."""
 
     def init(self) -> Any:
         return 0
@@ -78,11 +82,8 @@ class Sum(Aggregation):
         return a + b
 
 
-class Min(Aggregation):
+class Min(_OfValue):
     """Smallest ``fn(value)`` (None for no value)."""
-
-    def __init__(self, fn: Optional[Callable[[Any], Any]] = None):
-        self.fn = _pick(fn, "Min")
 
     def init(self) -> Any:
         return _EMPTY
@@ -95,11 +96,8 @@ class Min(Aggregation):
         return b if a is None else a if b is None else min(a, b)
 
 
-class Max(Aggregation):
+class Max(_OfValue):
     """Largest ``fn(value)`` (None for no value)."""
-
-    def __init__(self, fn: Optional[Callable[[Any], Any]] = None):
-        self.fn = _pick(fn, "Max")
 
     def init(self) -> Any:
         return _EMPTY
@@ -112,11 +110,8 @@ class Max(Aggregation):
         return b if a is None else a if b is None else max(a, b)
 
 
-class Mean(Aggregation):
+class Mean(_OfValue):
     """Arithmetic mean of ``fn(value)``; the accumulator is ``(sum, count)``."""
-
-    def __init__(self, fn: Optional[Callable[[Any], Any]] = None):
-        self.fn = _pick(fn, "Mean")
 
     def init(self) -> tuple:
         return (0, 0)

@@ -84,13 +84,20 @@ class Fanout(Node):
 
 
 # ------------------------------------------------------------------------------ stateless
-class MapNode(Node):
+class FnNode(Node):
+    """An operator applying a user function: ``fn(value)``, or ``fn(value, key, timestamp)``
+    with ``metadata``."""
+
     __slots__ = ("fn", "metadata")
 
     def __init__(self, fn: Callable, metadata: bool):
         super().__init__()
         self.fn = fn
         self.metadata = metadata
+
+
+class MapNode(FnNode):
+    __slots__ = ()
 
     def push(self, items: List[Item]) -> None:
         f = self.fn
@@ -100,13 +107,8 @@ class MapNode(Node):
             self.emit([(k, f(v), t) for k, v, t in items])
 
 
-class FilterNode(Node):
-    __slots__ = ("fn", "metadata")
-
-    def __init__(self, fn: Callable, metadata: bool):
-        super().__init__()
-        self.fn = fn
-        self.metadata = metadata
+class FilterNode(FnNode):
+    __slots__ = ()
 
     def push(self, items: List[Item]) -> None:
         f = self.fn
@@ -116,13 +118,8 @@ class FilterNode(Node):
             self.emit([it for it in items if f(it[1])])
 
 
-class FlatMapNode(Node):
-    __slots__ = ("fn", "metadata")
-
-    def __init__(self, fn: Callable, metadata: bool):
-        super().__init__()
-        self.fn = fn
-        self.metadata = metadata
+class FlatMapNode(FnNode):
+    __slots__ = ()
 
     def push(self, items: List[Item]) -> None:
         f = self.fn
@@ -132,15 +129,10 @@ class FlatMapNode(Node):
             self.emit([(k, x, t) for k, v, t in items for x in f(v)])
 
 
-class ForeachNode(Node):
+class ForeachNode(FnNode):
     """A side effect per item; the items pass on unchanged."""
 
-    __slots__ = ("fn", "metadata")
-
-    def __init__(self, fn: Callable, metadata: bool):
-        super().__init__()
-        self.fn = fn
-        self.metadata = metadata
+    __slots__ = ()
 
     def push(self, items: List[Item]) -> None:
         f = self.fn
@@ -153,13 +145,8 @@ class ForeachNode(Node):
         self.emit(items)
 
 
-class KeyByNode(Node):
-    __slots__ = ("fn", "metadata")
-
-    def __init__(self, fn: Callable, metadata: bool):
-        super().__init__()
-        self.fn = fn
-        self.metadata = metadata
+class KeyByNode(FnNode):
+    __slots__ = ()
 
     def push(self, items: List[Item]) -> None:
         f = self.fn

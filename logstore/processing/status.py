@@ -35,10 +35,7 @@ def describe(store: Store) -> List[Dict[str, Any]]:
             continue
         stages = []
         for s in meta.get("stages", []):
-            try:
-                topic = store.topic(s["input"]) if s["input"] in store.topics() else None
-            except UnknownTopicError:
-                topic = None
+            topic = store.topic(s["input"]) if s["input"] in store.topics() else None
             parts = []
             count = 0 if topic is None else topic.partition_count
             for p in range(count):
