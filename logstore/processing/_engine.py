@@ -2,14 +2,17 @@
 
 Everything the processing layer uses of the storage and views layers is imported here, so that
 a restructuring of the package only has to repoint this file. Used beyond the names imported:
-``Store.root``, ``Store.readonly``, ``Store.config`` (a :class:`LogConfig`), ``Store.topic``,
-``Store.topics``, ``Store.consumer`` (``assignment``, ``position``, ``commit``, ``close``),
-``Store.wait_for_data``; ``Topic.partitions`` (the partition :class:`Log` objects) and
-``Topic.partition_count``; ``Log.read``, ``Log.replay``, ``Log.replay_batches`` (``len``,
-``headers(i)``, ``offset_at(i)`` of its batches), ``Log.append_batch`` (keys, per-record
-headers, timestamps), ``Log.end_offset``, ``Log.start_offset``, ``Log.segments``,
-``Log.compact``, ``Log.enforce_retention``; and ``crc32c(key) % partitions``, the documented
-partitioning rule of ``Topic.publish`` (README, "Store").
+``Store.root``, ``Store.readonly``, ``Store.config`` (a :class:`LogConfig`), ``Store.topic``
+(with ``retention="interest"`` for repartition topics), ``Store.topics``, ``Store.consumer``
+(``assignment``, ``position``, ``commit``, ``close``), ``Store.wait_for_data``;
+``Topic.partitions`` (the partition :class:`Log` objects) and ``Topic.partition_count``;
+``Log.open`` (changelogs, also read-only), ``Log.read``, ``Log.replay``, ``Log.replay_batches``
+(of a batch: ``len``, ``index_of``, ``offset_at``, ``key``, ``value``, ``headers``,
+``timestamps``, ``value_offsets``/``value_lengths``, ``key_offsets``/``key_lengths``,
+``values_buffer``), ``Log.append_batch`` (keys, per-record headers, timestamps),
+``Log.end_offset``, ``Log.start_offset``, ``Log.segments``, ``Log.compact``, ``Log.path``;
+``logstore.fs.DEFAULT_FS`` (``write_file_atomic``, ``makedirs``); and ``crc32c(key) %
+partitions``, the documented partitioning rule of ``Topic.publish`` (README, "Store").
 """
 
 from __future__ import annotations
