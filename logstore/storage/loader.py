@@ -25,10 +25,11 @@ import os
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..config import SHAPING_SETTINGS, LogConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, NotALogError
 from ..format.header import HEADER_SIZE, crc_ok, header_problem, parse_header
 from ..format.names import (
-    CLEANED, COMPACTION_COMMIT, DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, TMP,
+    CLEANED, COMPACTION_COMMIT, DELETED, INDEX_SUFFIX, LOG_SUFFIX, META_NAME, SWAP,
+    TIMEINDEX_SUFFIX, TMP,
     parse_segment_name,
 )
 from . import meta
@@ -174,3 +175,43 @@ def configured(config: LogConfig, settings: Mapping[str, Any]) -> LogConfig:
         raise ConfigError(f"{', '.join(map(repr, unknown))}: not a setting stored with a log; "
                           f"settings: {', '.join(SHAPING_SETTINGS)}")
     return config.replace(**settings)
+
+
+def close_cleanly(active: Segment, next_offset: int) -> None:
+    """A clean close of a log (everything already fsynced): cut the active segment's
+    preallocated tail (durably), trim its indexes and write the clean-shutdown marker that lets
+    the next open skip recovery (FORMAT.md, ``clean-shutdown``)."""
+    if active.trim():  # the marker's size is then the file's size
+        active.sync()
+    last = active.find(next_offset - 1) if active.size else None
+    active.close_active()
+    meta.write_clean_shutdown(active.directory, active.fs, {
+        "segment": active.base_offset,
+        "size": active.size,
+        "end_offset": next_offset,
+        "max_timestamp": active.max_timestamp,
+        "last_batch": last[0] if last else -1,
+    })
+
+
+def check_writer_directory(d: str) -> None:
+    """Before a writer touches anything: ``d`` is a log, an empty directory or nothing (a
+    foreign directory must stay exactly as it was). NotALogError otherwise."""
+    if os.path.exists(d):
+        if not os.path.isdir(d):
+            raise NotALogError(f"{d} exists and is not a directory")
+        if meta.read_meta(d) is None and not meta.is_empty_dir(d):
+            raise NotALogError(
+                f"{d} is not empty and has no {META_NAME}: not a logstore log "
+                f"(refusing to initialise a log over existing files)")
+
+
+def meta_for_writer(d: str, fs: FileSystem, config: LogConfig) -> Dict[str, Any]:
+    """(directory lock held) The log's metadata, created with ``config``'s settings for a new
+    log."""
+    found = meta.read_meta(d)
+    if found is None:
+        if not meta.is_empty_dir(d):
+            raise NotALogError(f"{d} is not empty and has no {META_NAME}")
+        found = meta.create_meta(d, fs, config.settings())
+    return found

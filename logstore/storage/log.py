@@ -31,7 +31,6 @@ import weakref
 from itertools import chain
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
 
 from ..config import LogConfig
 from ..errors import (
@@ -61,13 +60,13 @@ from ..fs import DEFAULT_FS, FileSystem
 from .. import process
 from ..record import Record
 from ..util import check_offset, now_ms, storage_errors
-from . import cleaner, loader, meta
+from . import background, cleaner, loader, meta
 from .sizing import index_capacity
 from .lockfile import DirectoryLock
 from .retention import segments_to_delete
 from .segment import MAX_RELATIVE_OFFSET, Segment
 from .reading import (
-    ReadHooks, batch_for, batches, collect_sorted, first_offset_at, records, take,
+    ReadHooks, batch_for, batches, collect_sorted, first_offset_at, records, sort_request, take,
 )
 from .segments import SegmentList, list_segments
 from .sync import GroupCommit
@@ -76,17 +75,6 @@ from .tail import RecoveryReport
 logger = logging.getLogger("logstore")
 DEFAULT_MAX_RECORDS = 1000
 
-
-def _write_buffer_out(segs: SegmentList, lock: threading.Lock, pid: int) -> None:
-    """(weakref.finalize of a log with a write buffer, at exit or when it is dropped unclosed)
-    Write the buffered appends to the file, in the process that opened the log only."""
-    if os.getpid() != pid or not lock.acquire(timeout=5):
-        return
-    try:
-        if segs.items:
-            segs.active.flush_pending()
-    finally:
-        lock.release()
 
 
 
@@ -174,7 +162,7 @@ class Log:
         if not readonly and config.write_buffer_bytes:
             # Buffered appends are written out at a normal exit, or when the object is dropped
             # unclosed, as a file object's buffer is (never in a forked child: pid checked).
-            log._exit_flush = weakref.finalize(log, _write_buffer_out, log._segs, log._lock,
+            log._exit_flush = weakref.finalize(log, background.write_buffer_out, log._segs, log._lock,
                                                log._pid)
         return log
 
@@ -208,23 +196,11 @@ class Log:
 
     def _open_writer(self, options: Dict[str, Any]) -> None:
         d = self.path
-        if os.path.exists(d):
-            if not os.path.isdir(d):
-                raise NotALogError(f"{d} exists and is not a directory")
-            # Check before touching anything: a foreign directory must stay exactly as it was.
-            found = meta.read_meta(d)
-            if found is None and not meta.is_empty_dir(d):
-                raise NotALogError(
-                    f"{d} is not empty and has no {META_NAME}: not a logstore log "
-                    f"(refusing to initialise a log over existing files)")
+        loader.check_writer_directory(d)
         self._fs.makedirs(d)
         self._dir_lock = DirectoryLock(d).acquire()
         try:
-            found = meta.read_meta(d)
-            if found is None:
-                if not meta.is_empty_dir(d):
-                    raise NotALogError(f"{d} is not empty and has no {META_NAME}")
-                found = meta.create_meta(d, self._fs, self.config.settings())
+            found = loader.meta_for_writer(d, self._fs, self.config)
             self.meta = found
             # Under the lock now: the settings may have changed since open() read them.
             self._apply_config(loader.settled_config(d, options, found))
@@ -244,13 +220,23 @@ class Log:
         and not yet running."""
         cfg = self.config
         if self._cleaner is None and cfg.has_cleanup and cfg.retention_check_interval_s > 0:
-            self._cleaner = threading.Thread(
-                target=self._cleanup_loop, name=f"logstore-cleaner:{self.path}", daemon=True)
-            self._cleaner.start()
+            self._cleaner = background.start_periodic(
+                f"logstore-cleaner:{self.path}", cfg.retention_check_interval_s,
+                self._cleanup_pass, self._stop, (LogClosedError, StorageError))
         if self._flusher is None and cfg.fsync == "every" and cfg.fsync_ms:
-            self._flusher = threading.Thread(
-                target=self._flush_loop, name=f"logstore-flusher:{self.path}", daemon=True)
-            self._flusher.start()
+            self._flusher = background.start_periodic(
+                f"logstore-flusher:{self.path}", cfg.fsync_ms / 1000.0, self._flush_pass,
+                self._stop, (LogClosedError, StorageError))
+
+    def _cleanup_pass(self) -> None:
+        if self.config.retention_ms is not None or self.config.retention_bytes is not None:
+            self.enforce_retention()
+        if self.config.compacted:
+            self.compact()
+
+    def _flush_pass(self) -> None:
+        if self._sync.durable_offset < self._next_offset and self._sync.failed is None:
+            self._sync.sync_to(self._next_offset)
 
     def _configure_active(self, seg: Segment) -> None:
         """Writer settings of a segment that becomes the active one."""
@@ -526,15 +512,6 @@ class Log:
 
         return upto, fd, synced
 
-    def _flush_loop(self) -> None:
-        interval = self.config.fsync_ms / 1000.0
-        while not self._stop.wait(interval):
-            if self._sync.durable_offset < self._next_offset and self._sync.failed is None:
-                try:
-                    self._sync.sync_to(self._next_offset)
-                except (StorageError, LogClosedError):
-                    return
-
     def flush(self) -> None:
         """Make every record appended so far durable (whatever the fsync policy)."""
         if self.readonly:
@@ -555,10 +532,8 @@ class Log:
         if self._closed:
             return
         self._stop.set()
-        if self._flusher is not None:
-            self._flusher.join()
-        if self._cleaner is not None:
-            self._cleaner.join()
+        background.join(self._flusher)
+        background.join(self._cleaner)
         problem: Optional[BaseException] = None
         if not self.readonly:
             if self._sync.failed is not None:
@@ -583,17 +558,7 @@ class Log:
                                                f"{self.path} could not be written")
                     if problem is None:
                         try:
-                            if active.trim():  # the marker's size is then the file's size
-                                active.sync()
-                            last = active.find(self._next_offset - 1) if active.size else None
-                            active.close_active()
-                            meta.write_clean_shutdown(self.path, self._fs, {
-                                "segment": active.base_offset,
-                                "size": active.size,
-                                "end_offset": self._next_offset,
-                                "max_timestamp": active.max_timestamp,
-                                "last_batch": last[0] if last else -1,
-                            })
+                            loader.close_cleanly(active, self._next_offset)
                         except OSError as e:
                             problem = e
             finally:
@@ -713,27 +678,14 @@ class Log:
         :class:`RecordRemovedError` for an offset compaction removed, :class:`CorruptLogError`
         for a batch that fails its checks.
         """
-        wanted = offsets if isinstance(offsets, list) else list(offsets)
-        if not all(type(o) is int for o in wanted):
-            wanted = [check_offset("offset", o) for o in wanted]
-        n = len(wanted)
-        if n == 0:
+        sorted_offs, order_list, huge = sort_request(offsets)
+        if huge is not None or not sorted_offs:
             with self._lock:
                 self._check_open()
+                if huge is not None:  # beyond int64: no log holds such an offset
+                    self._check_range(huge, self._visible_end())
             return []
-        # Offset order (numpy argsort: ~20x faster than sorting indexes in Python).
-        try:
-            arr = np.fromiter(wanted, dtype=np.int64, count=n)
-        except OverflowError:  # beyond int64: no log holds such an offset
-            huge = next(o for o in wanted if not -(1 << 63) <= o < 1 << 63)
-            with self._lock:
-                self._check_open()
-                self._check_range(huge, self._visible_end())
-            raise  # (not reached: _check_range refuses it)
-        order = np.argsort(arr, kind="stable")
-        sorted_offs = arr[order].tolist()
-        order_list = order.tolist()
-        out: List[Any] = [None] * n
+        out: List[Any] = [None] * len(sorted_offs)
         with self._lock:
             self._check_open()
             if self.readonly and sorted_offs[-1] >= self._next_offset:
@@ -871,20 +823,6 @@ class Log:
         if not settings.get("compacted"):
             settings["compacted"] = True
             meta.rewrite_meta(self.path, self._fs, self.meta)
-
-    def _cleanup_loop(self) -> None:
-        interval = self.config.retention_check_interval_s
-        while not self._stop.wait(interval):
-            try:
-                if self.config.retention_ms is not None or self.config.retention_bytes is not None:
-                    self.enforce_retention()
-                if self.config.compacted:
-                    self.compact()
-            except (LogClosedError, StorageError):
-                return
-            except Exception:  # keep the thread alive; the next pass retries
-                logger.exception("background cleanup of %s failed",
-                                                        self.path)
 
     # ------------------------------------------------------------------ introspection
     def segments(self) -> List[Dict[str, Any]]:

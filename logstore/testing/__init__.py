@@ -20,7 +20,7 @@ with, for your own workloads.
 The simulator itself is :class:`~logstore.testing.powerloss.PowerLossFS`.
 """
 
-from ._common import assert_verified, verify
+from .targets import assert_verified, verify
 from .crash import CrashResult, CrashRunnerError, run_and_kill
 from .powerloss import ALL_MODES, DIR_MODES, SUFFIX_MODES, Crash, Damage, PowerLossFS
 from .replay import Rebuilt, RecoveryMismatch, events, rebuild

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import _child, _common
+from . import child, targets
 
 __all__ = ["CrashResult", "CrashRunnerError", "run_and_kill"]
 
@@ -68,7 +68,7 @@ class CrashResult:
     def close(self) -> None:
         """Close the reopened target (if any)."""
         target, self.target = self.target, None
-        _common.close_target(target)
+        targets.close_target(target)
 
     def __enter__(self) -> "CrashResult":
         return self
@@ -93,7 +93,7 @@ def _wait_frames(path: str, proc: "subprocess.Popen[bytes]", want: bytes, deadli
     child exits (None) or the deadline passes (raises)."""
     delay = 0.0005
     while True:
-        frames = _child.read_frames(path)
+        frames = child.read_frames(path)
         if any(k == want for k, _ in frames):
             return frames
         if proc.poll() is not None:
@@ -123,7 +123,7 @@ def run_and_kill(fn: Callable[..., Any], path: "str | os.PathLike[str]", *,
     ``path`` with ``options`` in this process after the kill (the result's ``target``).
     """
     __tracebackhide__ = True  # pytest: show the caller's line, not this helper's
-    _common.check_kind(kind, KINDS)
+    targets.check_kind(kind, KINDS)
     if after_acks is not None and after_s is not None:
         raise ValueError("give after_acks or after_s, not both (neither: a random moment)")
     if after_acks is not None and (isinstance(after_acks, bool) or not isinstance(after_acks, int)
@@ -174,7 +174,7 @@ def run_and_kill(fn: Callable[..., Any], path: "str | os.PathLike[str]", *,
     deadline = t0 + timeout
     try:
         with open(out_path, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-c", _child.BOOT, spec_path],
+            proc = subprocess.Popen([sys.executable, "-c", child.BOOT, spec_path],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=out)
         try:
             try:
@@ -198,10 +198,10 @@ def run_and_kill(fn: Callable[..., Any], path: "str | os.PathLike[str]", *,
             if proc.poll() is None:
                 proc.kill()  # SIGKILL our own child (an error above): never leave it running
                 proc.wait()
-        frames = _child.read_frames(ack_path)
+        frames = child.read_frames(ack_path)
         output = _read_text(out_path)
     finally:
-        _common.remove_tree(work)
+        targets.remove_tree(work)
     seconds = time.monotonic() - t0
     rc = proc.returncode
     acked = [pickle.loads(p) for k, p in frames if k == b"A"]
@@ -222,7 +222,7 @@ def run_and_kill(fn: Callable[..., Any], path: "str | os.PathLike[str]", *,
                          pickle.loads(done[0]) if done else None)
     if reopen and kind != "dir":
         try:
-            result.target = _common.open_target(kind, path, options)
+            result.target = targets.open_target(kind, path, options)
         except Exception as e:
             note = (f"logstore.testing: reopening {path} after the child was killed "
                     f"({how}; {len(acked)} values acknowledged) failed")

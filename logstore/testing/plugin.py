@@ -33,7 +33,7 @@ import pytest
 
 import logstore
 
-from . import _common
+from . import targets
 from .crash import CrashResult, run_and_kill
 from .sweep import SweepReport, sweep
 
@@ -108,9 +108,9 @@ def _options(request: pytest.FixtureRequest, explicit: Optional[Dict[str, Any]] 
 
 def _finish(target: Any, path: str) -> None:
     """Teardown: close (errors fail the test) and verify."""
-    _common.close_target(target)
+    targets.close_target(target)
     if os.path.exists(path):
-        problems = _common.verify(path)
+        problems = targets.verify(path)
         if problems:
             pytest.fail(f"logstore verify {path} at teardown: {len(problems)} problem(s):\n  "
                         + "\n  ".join(problems), pytrace=False)

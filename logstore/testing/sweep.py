@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from logstore.fs import FileSystem
 
-from . import _common
+from . import targets
 from .powerloss import ALL_MODES, DIR_MODES, Damage, DiskModel, Event, PowerLossFS, \
     describe_point
 
@@ -226,7 +226,7 @@ class _Acker:
         self._fs = fs
 
     def __call__(self, value: Any) -> None:
-        self._fs.ack(_common.snapshot(value))
+        self._fs.ack(targets.snapshot(value))
 
 
 def record(workload: Workload, *, kind: str = "log", options: Optional[Mapping[str, Any]] = None,
@@ -242,17 +242,17 @@ def record(workload: Workload, *, kind: str = "log", options: Optional[Mapping[s
     all a :class:`Recording` needs). ``initial``: a directory (a log, a store, a crash state kept
     by an earlier run...) copied in as the starting state, all of it durable.
     """
-    _common.check_kind(kind, KINDS)
+    targets.check_kind(kind, KINDS)
     options = dict(options or {})
     if "fs" in options:
         raise SweepError("options must not contain 'fs': the sweep supplies the file system")
     own = directory is None
-    base = directory or _common.make_scratch("logstore-record-")
+    base = directory or targets.make_scratch("logstore-record-")
     try:
         return _record(workload, kind, options, base, name, initial)
     finally:
         if own:
-            _common.remove_tree(base)
+            targets.remove_tree(base)
 
 
 def _record(workload: Workload, kind: str, options: Dict[str, Any], base: str,
@@ -269,11 +269,11 @@ def _record(workload: Workload, kind: str, options: Dict[str, Any], base: str,
         if kind == "dir":
             workload(root, fs, acker)
         else:
-            target = _common.open_target(kind, root, options, fs=fs)
+            target = targets.open_target(kind, root, options, fs=fs)
             try:
                 workload(target, acker)
             finally:
-                _common.close_target(target)
+                targets.close_target(target)
     except Exception as e:  # noqa: BLE001 - reported as the workload's failure
         raise SweepError(f"the workload raised {type(e).__name__}: {e} (before any simulated "
                          f"power loss: fix the workload first)") from e
@@ -339,7 +339,7 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
     Returns a :class:`SweepReport`.
     """
     __tracebackhide__ = True  # pytest: show the caller's line, not this helper's
-    _common.check_kind(kind, KINDS)
+    targets.check_kind(kind, KINDS)
     unknown = [m for m in modes if m not in ALL_MODES]
     if unknown or not modes:
         raise SweepError(f"modes must be a non-empty subset of {ALL_MODES} (got {modes!r})")
@@ -347,7 +347,7 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
         raise SweepError(f"dir_modes must be a non-empty subset of {DIR_MODES} "
                          f"(got {dir_modes!r})")
     options = dict(options or {})
-    work = _common.make_scratch("logstore-sweep-", scratch)
+    work = targets.make_scratch("logstore-sweep-", scratch)
     name = kind if kind != "dir" else "data"
     label_s = f" {label!r}" if label else ""
     try:
@@ -355,12 +355,12 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
         os.mkdir(rec_dir)
         rec = record(workload, kind=kind, options=options, directory=rec_dir, name=name,
                      initial=initial)
-        _common.remove_tree(rec_dir)  # the trace is all that is needed from here on
+        targets.remove_tree(rec_dir)  # the trace is all that is needed from here on
         chosen = _select_points(rec.ops, points, seed)
         here = os.path.join(work, "point")
         os.mkdir(here)
         dest = os.path.join(here, name)
-        reopen_fs = _common.reopen_fs_for(here)
+        reopen_fs = targets.reopen_fs_for(here)
         hint = replay_hint or ("sweep(..., points=[{point}], seed={seed!r})")
         failures: List[CrashPointFailure] = []
         modes_seen: Dict[str, int] = {}
@@ -383,12 +383,12 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
                 key = (fp.digest(), len(acked))
                 if key in seen:
                     duplicates += 1
-                    _common.remove_tree(dest)
+                    targets.remove_tree(dest)
                     continue
                 seen.add(key)
             error = _check_point(check, kind, dest, options, acked, reopen_fs, verify, times)
             tc = clock()
-            _common.remove_tree(dest)
+            targets.remove_tree(dest)
             times["cleanup"] += clock() - tc
             if error is None:
                 continue
@@ -409,7 +409,7 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
         return SweepReport(rec.ops, chosen, len(rec.acks), seed, rec.seconds, check_s,
                            duplicates, modes_seen, times)
     finally:
-        _common.remove_tree(work)
+        targets.remove_tree(work)
 
 
 def _format_hint(hint: str, point: int, seed: Any) -> str:
@@ -435,7 +435,7 @@ def _check_point(check: Check, kind: str, dest: str, options: Mapping[str, Any],
             times["check"] += clock() - t0
     else:
         try:
-            target = _common.open_target(kind, dest, options, fs=reopen_fs)
+            target = targets.open_target(kind, dest, options, fs=reopen_fs)
         except Exception as e:  # noqa: BLE001
             return f"reopening the {kind} after the power loss", e
         t1 = clock()
@@ -444,20 +444,20 @@ def _check_point(check: Check, kind: str, dest: str, options: Mapping[str, Any],
             check(target, acked)
         except Exception as e:  # noqa: BLE001
             try:
-                _common.close_target(target)
+                targets.close_target(target)
             except Exception:  # noqa: BLE001 - the check's error is the one to report
                 pass
             return "the check", e
         t2 = clock()
         times["check"] += t2 - t1
         try:
-            _common.close_target(target)
+            targets.close_target(target)
         except Exception as e:  # noqa: BLE001
             return f"closing the reopened {kind}", e
         times["close"] += clock() - t2
     if verify and os.path.exists(dest):
         t3 = clock()
-        problems = _common.verify(dest)
+        problems = targets.verify(dest)
         times["verify"] += clock() - t3
         if problems:
             return "verify after the check", AssertionError(
@@ -471,7 +471,7 @@ def _keep(rec: Recording, point: int, seed: Any, modes: Sequence[str],
     try:
         base = keep_failed or tempfile.mkdtemp(prefix="logstore-crash-point-")
         where = os.path.join(base, f"crash-point-{point}")
-        _common.remove_tree(where)
+        targets.remove_tree(where)
         os.makedirs(where)
         rec.materialize(point, os.path.join(where, name), seed, modes, dir_modes)
         return os.path.join(where, name)

@@ -25,6 +25,8 @@ import types
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
+from .targets import close_target, open_target
+
 MAGIC = b"LSAK"
 _HEAD = struct.Struct("<4scII")
 
@@ -103,8 +105,6 @@ def main(spec: Dict[str, Any]) -> None:
             _write_all(fd, frame(b"R", b""))
             result = fn(spec["path"], ack, *args)
         else:
-            from logstore.testing._common import close_target, open_target
-
             target = open_target(kind, spec["path"], spec["options"])
             _write_all(fd, frame(b"R", b""))
             try:
@@ -136,5 +136,5 @@ BOOT = ("import pickle, sys\n"
         "with open(sys.argv[1], 'rb') as f:\n"
         "    spec = pickle.load(f)\n"
         "sys.path[:] = spec['sys_path']\n"
-        "from logstore.testing._child import main\n"
+        "from logstore.testing.child import main\n"
         "main(spec)\n")
