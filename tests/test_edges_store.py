@@ -165,3 +165,29 @@ def test_delayed_message_not_stalled_by_a_clock_step_back(tmp_path, monkeypatch)
     finally:
         monkeypatch.undo()
         s.close()
+
+
+# ---------------------------------------------------------------------------- index hints
+def test_time_retention_does_not_trust_a_damaged_time_index(tmp_path):
+    """Indexes are hints (FORMAT.md), but retention_ms deletes on the word of a sealed
+    segment's last time-index entry: in a segment with one index entry nothing checks it.
+    Main: one damaged .timeindex entry (timestamp 1) and retention_ms=1h deletes a segment
+    whose records are seconds old."""
+    import struct
+
+    d = str(tmp_path / "log")
+    opts = dict(fsync="never", segment_bytes=2048, retention_ms=3_600_000,
+                retention_check_interval_s=0)
+    with logstore.Log.open(d, **opts) as w:
+        for i in range(200):
+            w.append(value(i))
+    ti = os.path.join(d, "00000000000000000000.timeindex")
+    size = os.path.getsize(ti)
+    assert size == 12  # one entry: (max timestamp, next offset - base)
+    with open(ti, "r+b") as f:
+        f.seek(size - 12)
+        f.write(struct.pack("<q", 1))
+    with logstore.Log.open(d, **opts) as w:
+        w.enforce_retention()
+        assert w.start_offset == 0, "fresh records deleted on a damaged index's word"
+        assert [r.value for r in w.replay()] == [value(i) for i in range(200)]
