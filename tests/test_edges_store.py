@@ -25,17 +25,19 @@ def test_store_retention_keeps_unacked_messages_of_a_queue_not_open_here(tmp_pat
     process that just publishes deletes 251 of 301 unacked jobs, and the queue later starts at
     the new start_offset without a word."""
     d = str(tmp_path / "store")
-    with logstore.Store.open(d, fsync="never", segment_bytes=2048,
-                             retention_check_interval_s=0) as s:
+    opts = dict(fsync="never", segment_bytes=2048, retention_bytes=4096,
+                retention_check_interval_s=0)
+    with logstore.Store.open(d, **opts) as s:
         q = s.queue("jobs", partitions=1)
         for i in range(300):
             q.put(b"job-%d" % i)
-    with logstore.Store.open(d, fsync="never", segment_bytes=2048, retention_bytes=4096,
-                             retention_check_interval_s=0) as s:
+        s.enforce_retention()  # the queue is open here: nothing unacked goes
+        assert s.topic("jobs").partitions[0].start_offset == 0
+    with logstore.Store.open(d, **opts) as s:
         s.topic("jobs").publish(b"job-300")  # a producer: never opens the queue
         s.enforce_retention()
         assert s.topic("jobs").partitions[0].start_offset == 0
-    with logstore.Store.open(d, fsync="never", retention_check_interval_s=0) as s:
+    with logstore.Store.open(d, **opts) as s:
         q = s.queue("jobs")
         got = []
         while True:
