@@ -121,6 +121,32 @@ def test_readonly_log_follows_rolls_retention_and_compaction(tmp_path):
     w.close()
 
 
+def test_readonly_get_and_segments_see_fresh_bounds(tmp_path):
+    """Found while fixing case 1: a reader's get of an offset in a sealed segment it had not
+    opened yet, deleted by retention since, said "segment ... no longer exists" (an
+    OffsetOutOfRangeError without the log's bounds); get_many and segments() used stale bounds."""
+    d = str(tmp_path / "log")
+    w = retained_writer(d, retention_bytes=None)
+    append_n(w, 300)
+    ro = logstore.Log.open(d, readonly=True)
+    assert ro.start_offset == 0
+    w.enforce_retention(keep_from=200)
+    start = w.start_offset
+    assert 0 < start <= 200
+    for off in (0, start - 1):
+        with pytest.raises(logstore.OffsetOutOfRangeError) as ei:
+            ro.get(off)
+        assert str(start) in str(ei.value), str(ei.value)
+        with pytest.raises(logstore.OffsetOutOfRangeError):
+            ro.get_many([off, start])
+    assert ro.get(start).value == value(start)
+    assert [r.offset for r in ro.get_many([start, 299])] == [start, 299]
+    assert ro.segments()[0]["base_offset"] == start
+    assert ro.start_offset == start
+    ro.close()
+    w.close()
+
+
 # ---------------------------------------------------------------------------- consumers
 def _retained_store(d, **kw):
     opts = dict(segment_bytes=2048, fsync="never", retention_bytes=4096,
@@ -442,7 +468,9 @@ def _rounds(follower, write_round, end_offset, rounds=20, stop_every=5):
 
 def test_second_process_log_reader_follows_retention_and_compaction(tmp_path):
     d = str(tmp_path / "log")
-    w = retained_writer(d, cleanup_policy="compact,delete", retention_bytes=6144)
+    # (retention_bytes below what compaction leaves of 40 keys, ~3.2 KB: with 6144, retention
+    # never deleted anything and the test checked only compaction)
+    w = retained_writer(d, cleanup_policy="compact,delete", retention_bytes=2048)
     w.append(value(0), key=b"k0")
     follower = _Follower("log", d)
     starts = []
@@ -471,7 +499,8 @@ def test_second_process_log_reader_follows_retention_and_compaction(tmp_path):
 
 def test_second_process_group_member_follows_retention_and_compaction(tmp_path):
     d = str(tmp_path / "store")
-    s = _retained_store(d, cleanup_policy="compact,delete", retention_bytes=6144)
+    # (retention_bytes below what compaction leaves: see the Log test above)
+    s = _retained_store(d, cleanup_policy="compact,delete", retention_bytes=2048)
     t = s.topic("t", partitions=1)
     log = t.partitions[0]
     t.publish(value(0), key=b"k0")

@@ -316,7 +316,18 @@ def _tail_poll(readers: List[Any], nexts: List[int], emit: Any) -> bool:
     """Emit what was appended since ``nexts``; whether anything was."""
     got = False
     for i, (target, log) in enumerate(readers):
-        recs = log.read(nexts[i], max_records=1000)
+        try:
+            recs = log.read(nexts[i], max_records=1000)
+        except OffsetOutOfRangeError:
+            start = log.start_offset
+            if start <= nexts[i]:
+                raise
+            # Retention deleted records before they were printed: say so, go on at the start.
+            click.echo(f"logstore: {target.label}: offsets {nexts[i]}..{start - 1} were "
+                       f"deleted by retention before they were printed; continuing at "
+                       f"{start}", err=True)
+            nexts[i] = start
+            recs = log.read(start, max_records=1000)
         if recs:
             emit(target, recs)
             nexts[i] = recs[-1].offset + 1

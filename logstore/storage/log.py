@@ -66,14 +66,12 @@ from .segment import MAX_RELATIVE_OFFSET, Segment
 from .reading import (
     ReadHooks, batch_for, batches, collect_sorted, first_offset_at, records, take,
 )
-from .segments import SegmentList, list_segments
+from .segments import SegmentList
 from .sync import GroupCommit
 from .tail import RecoveryReport
 
 logger = logging.getLogger("logstore")
 DEFAULT_MAX_RECORDS = 1000
-
-
 
 
 class Log:
@@ -201,13 +199,16 @@ class Log:
         self.meta = found
         if found.get("settings", {}).get("compacted"):
             self._allow_gaps = True
-        self._refresh_locked()
+        try:
+            self._refresh_locked()
+        except CorruptLogError:
+            pass  # damage in the active segment: every read that gets there raises it
 
     # ------------------------------------------------------------------ read-only refresh
     def _refresh_locked(self) -> None:
-        """Catch up with the writer: walk new whole, CRC-valid batches; follow segment rolls."""
-        if self._segs.items or list_segments(self.path):
-            self._next_offset = self._segs.follow()
+        """Catch up with the writer: the segments now in the directory (retention, compaction,
+        rolls), new whole, CRC-valid batches of the active one (``SegmentList.follow``)."""
+        self._next_offset = self._segs.follow()
 
     # ------------------------------------------------------------------ state
     def _check_open(self) -> None:
@@ -233,6 +234,8 @@ class Log:
         """The first offset still in the log."""
         with self._lock:
             self._check_open()
+            if self.readonly:
+                self._refresh_locked()
             return self._segs.start_offset
 
     @property
@@ -583,11 +586,14 @@ class Log:
         with self._lock:
             if self._closed:
                 self._check_open()
-            if self.readonly and offset >= self._next_offset:
-                self._refresh_locked()  # only needed for records this reader has not seen yet
-            end = self._sync.durable_offset if self._always else self._next_offset
             segs = self._segs
             bases = segs.bases
+            if self.readonly and (offset >= self._next_offset or not bases or offset < bases[0]):
+                # Only for offsets outside what this reader has seen (a stat per get would
+                # cost ~20%): a segment it mapped stays readable after the writer drops it.
+                self._refresh_locked()
+                bases = segs.bases
+            end = self._sync.durable_offset if self._always else self._next_offset
             if bases and bases[0] <= offset < end:
                 seg = segs.items[bisect.bisect_right(bases, offset) - 1]
                 found = seg.quick_locate(offset)
@@ -597,7 +603,7 @@ class Log:
                     if rec is not None:
                         return rec
             self._check_get_range(offset, end)
-            seg, buf, at, h, pos = batch_for(self._segs, offset)
+            seg, buf, at, h, pos = batch_for(segs, offset)
             rec = extract_record(buf, h, offset, seg.path, pos, at)
         if rec is None:
             self._gap(offset, h.base_offset if h.base_offset > offset else offset + 1, seg, pos)
@@ -641,14 +647,14 @@ class Log:
         out: List[Any] = [None] * n
         with self._lock:
             self._check_open()
-            if self.readonly and sorted_offs[-1] >= self._next_offset:
+            low, high = sorted_offs[0], sorted_offs[-1]
+            if self.readonly and (high >= self._next_offset or low < self._segs.start_offset):
                 self._refresh_locked()
             end = self._visible_end()
-            self._check_get_range(sorted_offs[0], end)
-            self._check_get_range(sorted_offs[-1], end)
+            self._check_get_range(low, end)
+            self._check_get_range(high, end)
             collect_sorted(self._segs, sorted_offs, order_list, out, self._gap)
         return out
-
     def read(
         self,
         offset: int,
@@ -787,12 +793,7 @@ class Log:
             self._check_open()
             if self.readonly:
                 self._refresh_locked()
-            out = []
-            for seg in self._segs.items:
-                seg.ensure_open()
-                out.append({"base_offset": seg.base_offset, "next_offset": seg.next_offset,
-                            "size": seg.size, "path": seg.path, "sealed": seg.sealed})
-            return out
+            return self._segs.describe()
 
 
 __all__ = ["Log", "ConfigError"]

@@ -30,7 +30,7 @@ from ..format.header import ALIGN, ATTR_OFFSET_DELTAS, BatchHeader, CODEC_MASK, 
 from ..fs import FileSystem
 from ..format.names import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
 from .active_file import ActiveFile
-from .tail import RecoveryReport, inspect_active
+from .tail import RecoveryReport, inspect_active, reader_stop_problem, whole_batches
 from .index import OffsetIndex, TimeIndex
 
 MAX_RELATIVE_OFFSET = 2**31 - 1  # index entries store offsets relative to the segment base
@@ -104,6 +104,8 @@ class Segment:
         self.first_timestamp: Optional[int] = None
         self.sealed = False
         self.retired = False  # replaced (compaction) or deleted (retention): readers relocate
+        self.inode: Optional[int] = None  # (readers) the file opened: another one replaced it
+        self.stop_checked: Optional[Tuple[int, int]] = None  # (reader) catch_up's last verdict
         self.use_pread = False
         self._map: Optional[mmap.mmap] = None
         self._map_len = 0
@@ -148,7 +150,8 @@ class Segment:
                 raise OffsetOutOfRangeError(
                     f"segment {self.path} no longer exists (removed by retention)") from None
             try:
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                size, self.inode = st.st_size, st.st_ino
                 if size:
                     self._map = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
                     self._map_len = size
@@ -232,34 +235,33 @@ class Segment:
         """Read-only view of the active segment: pread, in-memory index built while walking."""
         self.use_pread = True
         self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.inode = os.fstat(self.fd).st_ino
         self.size = 0
         self.next_offset = self.base_offset
         self._offset_index = OffsetIndex.in_memory()
         self._time_index = TimeIndex.in_memory()
         self._index_checked = True
 
-    def catch_up(self) -> None:
+    def catch_up(self, durable_floor: int = 0) -> None:
         """(A reader's active segment) Take in the whole, CRC-valid batches another writer
         appended since the last call; stop at anything not (yet) whole and valid: a batch being
-        written, the writer's preallocated tail, or a torn tail it will cut."""
+        written, the writer's preallocated tail, or a torn tail it will cut. Raises
+        :class:`CorruptLogError` where the stop is damage (``tail.reader_stop_problem``;
+        ``durable_floor``: the size a clean-shutdown marker gives this segment)."""
         file_size = os.fstat(self.fd).st_size
-        pos = self.size
-        while pos + HEADER_SIZE <= file_size:
-            raw = os.pread(self.fd, HEADER_SIZE, pos)
-            if len(raw) < HEADER_SIZE:
-                break  # the writer cut its preallocated tail since the fstat (a roll or close)
-            h = parse_header(raw, 0)
-            if header_problem(h) or pos + h.length > file_size:
-                break  # not written yet (or torn): look again next time
-            data = os.pread(self.fd, h.length, pos)
-            if len(data) < h.length or not crc_ok(data, 0, h):
-                break
-            self.size = pos + h.length
-            self.note_batch(pos, h.base_offset, h.max_timestamp)
+        found, pos, raw = whole_batches(self.fd, self.size, file_size)
+        for p, h in found:
+            self.note_batch(p, h.base_offset, h.max_timestamp)
             self.next_offset = h.next_offset
             if self.first_timestamp is None:
                 self.first_timestamp = h.base_timestamp
-            pos += h.length
+        self.size = pos
+        if pos < durable_floor or (raw is not None and self.stop_checked != (pos, file_size)):
+            problem = reader_stop_problem(self.fd, pos, file_size, self.next_offset,
+                                          durable_floor, raw)
+            if problem is not None:
+                raise CorruptLogError(problem, self.path, pos)
+            self.stop_checked = (pos, file_size)
 
     def become_sealed_reader(self) -> None:
         """(A reader's active segment) The writer sealed this segment: read it as a sealed one
