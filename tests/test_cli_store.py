@@ -373,6 +373,10 @@ def test_recover_store_dry_run_apply_and_lock(tmp_path):
     path = os.path.join(seg_dir, active)
     size = os.path.getsize(path)
     os.truncate(path, size - 5)
+    # The store closed cleanly: its marker says those bytes were durable (data damage).
+    r = run("recover", root, "--apply", "--topic", "orders")
+    assert r.exit_code == 1 and "refused" in r.stdout and os.path.getsize(path) == size - 5
+    os.unlink(os.path.join(seg_dir, "clean-shutdown"))  # as after a crash: a torn tail
     r = run("recover", root, "--topic", "orders")
     assert r.exit_code == 1
     assert "orders/1:" in r.stdout and f"would: truncate the torn tail of {active}" in r.stdout

@@ -162,10 +162,17 @@ def stats(path: str, as_json: bool, show_internal: bool, topic: Optional[str],
     out.close()
     for r in reports:
         for p in r.problems:
-            error(f"{seg_label(r, p.file)} at byte {p.position}: {p.reason} (run `logstore "
-                  f"verify`)")
+            error(stats_problem(seg_label(r, p.file), p.position, p.reason, p.kind))
     if not all(r.ok for r in reports):
         raise CommandExit(EXIT_CORRUPT)
+
+
+def stats_problem(where_: str, position: Optional[int], reason: str, kind: str) -> str:
+    """The stderr line of a problem ``stats`` met (details: ``logstore verify``)."""
+    at = f" at byte {position}" if position is not None else ""
+    what = {"index": "bad index", "marker": "bad clean-shutdown marker"}.get(kind,
+                                                                            "corrupt data")
+    return f"{what} in {where_}{at}: {reason} (run `logstore verify` for details)"
 
 
 def _print_stats(out: Out, r: LogReport) -> None:
@@ -214,8 +221,8 @@ def _store_stats_command(path: str, as_json: bool, show_internal: bool, topic: O
         print_store_stats(out, doc, show_internal)
     out.close()
     for p in doc["problems"]:
-        error(f"{p['label']}: {p['file']} at byte {p['position']}: {p['reason']} (run "
-              f"`logstore verify`)")
+        error(stats_problem(f"{p['label']} ({p['file']})", p["position"], p["reason"],
+                            p.get("kind", "damaged")))
     if doc["problems"]:
         raise CommandExit(EXIT_CORRUPT)
 

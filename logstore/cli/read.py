@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Optional
 import click
 
 from ..diagnostics.indexes import index_report
-from ..diagnostics.scan import BatchEvent, ErrorEvent, SegmentStart, scan
+from ..diagnostics.scan import BatchEvent, ErrorEvent, GapEvent, SegmentStart, scan
 from ..diagnostics.targets import Target, resolve_targets
 from ..errors import CorruptLogError, OffsetOutOfRangeError
 from .common import (
@@ -120,6 +120,13 @@ def _dump_target(out: Out, target: Target, o: DumpOptions, quiet: bool) -> bool:
             elif isinstance(ev, ErrorEvent):
                 bad = True
                 _dump_error(out, target, ev, o)
+            elif isinstance(ev, GapEvent):
+                bad = True
+                out.flush()
+                error(f"{seg_label(target, ev.seg.path)}"
+                      + ("" if ev.at_end else f" at byte {ev.pos}")
+                      + f": {ev.reason} (data damaged: the log is not compacted, so offsets "
+                        f"must be dense)")
     return bad
 
 

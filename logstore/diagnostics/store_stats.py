@@ -151,7 +151,7 @@ def store_stats(path: "str | os.PathLike[str]", topic: Optional[str] = None,
                               "internal": {"groups": [], "logs": []}, "problems": []}
     for rep in reports.values():
         for pr in rep.problems:
-            result["problems"].append({"label": rep.label, "file": pr.file,
+            result["problems"].append({"label": rep.label, "file": pr.file, "kind": pr.kind,
                                        "position": pr.position, "reason": pr.reason})
     store = Store.open(root, readonly=True, dedup_window_s=0)
     try:

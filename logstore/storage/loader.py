@@ -16,7 +16,11 @@ The file is cut after the last valid batch only if *nothing valid follows*, i.e.
 torn tail. If a valid batch follows the damage, the problem is corruption in the middle of the
 data, not a crash artefact: open refuses with :class:`CorruptLogError` rather than silently drop
 the records after it; ``logstore recover --apply`` (or :func:`recover`) truncates on request.
-Recovery is idempotent: a crash during recovery just means it runs again.
+A marker that names the active segment but does not match it is still a promise: close() had
+made that many bytes, up to that end offset, durable. Recovery that finds less (a shorter file,
+zeroed or damaged bytes below that size) refuses with :class:`CorruptLogError`, and so does a
+marker naming a segment after the last one (a missing last segment: opening would assign its
+offsets again). Recovery is idempotent: a crash during recovery just means it runs again.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
+from ..errors import CorruptLogError
 from ..format.header import HEADER_SIZE, crc_ok, header_problem, parse_header
 from ..format.names import (
     CLEANED, COMPACTION_COMMIT, DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, TMP,
-    parse_segment_name,
+    parse_segment_name, segment_name,
 )
 from . import meta
 from .segment import Segment
@@ -55,6 +60,20 @@ def marker_matches_segment(path: str, marker: dict) -> bool:
     return (header_problem(h) is None and last + h.length == size
             and h.next_offset == end and crc_ok(raw, 0, h))
 
+
+
+def check_marker_segment(directory: str, marker: Optional[dict], bases: List[int]) -> None:
+    """Refuse a log whose clean-shutdown marker names a segment after the last one there: the
+    last segment is missing, and opening would assign its offsets again."""
+    if marker is None or (bases and marker["segment"] <= bases[-1]):
+        return
+    have = (f"the last segment there is {segment_name(bases[-1])}" if bases
+            else "there is no segment")
+    raise CorruptLogError(
+        f"the clean-shutdown marker says the log ends in segment {segment_name(marker['segment'])}"
+        f" at offset {marker['end_offset']}, but {have}: the last segment is missing (data "
+        f"damage). Opening it would assign offsets again that were acknowledged; nothing was "
+        f"changed. Restore the segment from a copy", directory)
 
 
 def finish_interrupted_cleanups(directory: str, fs) -> List[str]:
@@ -105,6 +124,8 @@ def open_for_writing(segs: SegmentList, index_capacity: int) -> Optional[Recover
     would lie.
     """
     d, fs = segs.directory, segs.fs
+    marker = meta.read_clean_shutdown(d)
+    check_marker_segment(d, marker, list_segments(d))  # before anything is changed
     finish_interrupted_cleanups(d, fs)
     bases = list_segments(d)
     if not bases:
@@ -116,10 +137,9 @@ def open_for_writing(segs: SegmentList, index_capacity: int) -> Optional[Recover
     segs.open_sealed(bases)
     active = segs.new_segment(bases[-1])
     segs.add(active)
-    marker = meta.read_clean_shutdown(d)
+    ours = marker is not None and marker["segment"] == active.base_offset
     clean = (
-        marker is not None
-        and marker["segment"] == active.base_offset
+        ours
         and os.path.getsize(active.path) == marker["size"]
         and marker["end_offset"] >= active.base_offset
         and marker_matches_segment(active.path, marker)
@@ -129,6 +149,9 @@ def open_for_writing(segs: SegmentList, index_capacity: int) -> Optional[Recover
                            index_capacity, trust_indexes=True)
         report = RecoveryReport(segment=active.path, clean=True)
     else:
-        report = active.recover(index_capacity)
+        # A marker that names this segment but does not match it still says what close()
+        # made durable: recovery must find at least that (else it refuses: data damage).
+        report = active.recover(index_capacity, durable_floor=marker["size"] if ours else 0,
+                                durable_end=marker["end_offset"] if ours else None)
     meta.remove_clean_shutdown(d, fs)
     return report

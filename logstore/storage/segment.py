@@ -30,7 +30,9 @@ from ..format.header import ALIGN, ATTR_OFFSET_DELTAS, BatchHeader, CODEC_MASK, 
 from ..fs import FileSystem
 from ..format.names import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
 from .active_file import ActiveFile
-from .tail import RecoveryReport, inspect_active, reader_stop_problem, whole_batches
+from .tail import (
+    RecoveryReport, inspect_active, reader_stop_problem, refusal, whole_batches,
+)
 from .index import OffsetIndex, TimeIndex
 
 MAX_RELATIVE_OFFSET = 2**31 - 1  # index entries store offsets relative to the segment base
@@ -191,24 +193,22 @@ class Segment:
         else:
             self.rebuild_indexes(self.scan(0), index_capacity)
 
-    def recover(self, index_capacity: int, force_truncate: bool = False) -> RecoveryReport:
+    def recover(self, index_capacity: int, force_truncate: bool = False,
+                durable_floor: int = 0, durable_end: Optional[int] = None) -> RecoveryReport:
         """Recover this (writable) active segment after an unclean shutdown: scan it, cut a torn
         or never-written tail, make the rest durable, rebuild the indexes (Kafka's
         ``LogSegment.recover``). Returns the report.
 
-        Raises :class:`CorruptLogError` (changing nothing) if valid data follows the damage and
-        ``force_truncate`` is not set.
+        Raises :class:`CorruptLogError` (changing nothing) for data damage (``tail.refusal``:
+        valid data follows the damage, or data ends below ``durable_floor``/``durable_end``,
+        a clean-shutdown marker's size and end offset) unless ``force_truncate`` is set.
         """
         self.fd = self.fs.open(self.path, os.O_RDWR)
         self.writer = ActiveFile(self.fd, self.fs, self.path, os.fstat(self.fd).st_size)
-        scan, report = inspect_active(self)
-        if report.data_after_problem and not force_truncate:
-            raise CorruptLogError(
-                f"{report.problem}; valid batches follow it, so this is corruption inside the "
-                f"active segment, not a torn tail. Nothing was changed. Run `logstore recover "
-                f"--apply {self.directory}` to cut the segment at this point "
-                f"(dropping {report.truncated_bytes} bytes), or restore it from a copy",
-                self.path, report.problem_position)
+        scan, report = inspect_active(self, durable_floor, durable_end)
+        refused = refusal(report, self.directory)
+        if refused is not None and not force_truncate:
+            raise CorruptLogError(refused, self.path, report.valid_bytes)
         self.size = scan.valid_end
         if report.truncated_bytes:
             self.truncate_to(scan.valid_end)

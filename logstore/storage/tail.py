@@ -97,10 +97,11 @@ def floor_text(floor: int, valid_end: int, file_size: int) -> str:
             f"{have}: durable data was lost or damaged (data damage, not a torn tail)")
 
 
-def inspect_active(segment: "Segment", durable_floor: int = 0
-                   ) -> Tuple["ScanResult", RecoveryReport]:
+def inspect_active(segment: "Segment", durable_floor: int = 0,
+                   durable_end: Optional[int] = None) -> Tuple["ScanResult", RecoveryReport]:
     """Scan the active segment; return (ScanResult, RecoveryReport) without changing anything.
-    ``durable_floor``: the size a clean-shutdown marker naming this segment records (0: none)."""
+    ``durable_floor``/``durable_end``: the size and end offset a clean-shutdown marker naming
+    this segment records (0/None: no such marker)."""
     scan = segment.scan(0)
     report = RecoveryReport(
         segment=segment.path,
@@ -128,7 +129,28 @@ def inspect_active(segment: "Segment", durable_floor: int = 0
     elif scan.file_size > scan.valid_end:
         report.unwritten_tail = True  # zero bytes only (Segment.scan): preallocated space
     report.truncated_bytes = scan.file_size - scan.valid_end
+    end = scan.next_offset if scan.batches else segment.base_offset
+    if durable_end is not None and end < durable_end:
+        report.below_floor = True  # (the marker's end offset: the data it describes is gone)
+        report.durable_floor = max(durable_floor, scan.valid_end + 1)
     return scan, report
+
+
+def refusal(report: RecoveryReport, directory: str) -> Optional[str]:
+    """Why recovery must not cut the active segment as ``report`` found it (data damage:
+    valid batches written after the damaged bytes were durable, or durable bytes missing or
+    damaged below the durable floor), or None when cutting is a torn tail's repair."""
+    if report.below_floor:
+        what = floor_text(report.durable_floor, report.valid_bytes, report.file_bytes)
+    elif report.data_after_problem:
+        what = (f"{report.problem}; valid batches follow it, so this is corruption inside the "
+                f"active segment, not a torn tail")
+    else:
+        return None
+    lost = max(report.file_bytes, report.durable_floor) - report.valid_bytes
+    return (f"{what}. Nothing was changed. Restore the segment from a copy, or run `logstore "
+            f"recover --apply --force {directory}` to cut it at byte {report.valid_bytes}, "
+            f"accepting the loss of the {lost} bytes after it (durable data)")
 
 
 # ------------------------------------------------------------------ a reader beside the writer
