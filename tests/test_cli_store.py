@@ -403,7 +403,16 @@ def test_compact_plain_log_and_store(tmp_path):
         log.append(None, key=b"k0", timestamp_ms=T0 + 500)  # a tombstone
         for i in range(30):
             log.append(b"w%d" % i, key=b"k1", timestamp_ms=T0 + 1000 + i)
-    r = run("compact", d, "--now-ms", T0 + 600, "-o", "delete_retention_ms=0", "--json")
+    # Issue 16 (case 3): the log's stored cleanup_policy is "delete": refused (exit 2),
+    # unchanged; --dry-run counts; --force compacts.
+    r = run("compact", d)
+    assert r.exit_code == 2 and "cleanup_policy='delete'" in r.stderr
+    r = run("compact", d, "--now-ms", T0 + 600, "--dry-run", "--json")
+    assert r.exit_code == 0, r.stderr
+    dry = json.loads(r.stdout)["logs"][0]["report"]
+    assert dry["dry_run"] and dry["records_removed"] > 0
+    r = run("compact", d, "--now-ms", T0 + 600, "-o", "delete_retention_ms=0", "--json",
+            "--force")
     assert r.exit_code == 0, r.stderr
     [doc] = json.loads(r.stdout)["logs"]
     rep = doc["report"]
@@ -413,11 +422,11 @@ def test_compact_plain_log_and_store(tmp_path):
         for rec in log.replay():
             latest[rec.key] = rec.value
         assert latest[b"k1"] == b"w29" and b"k0" not in latest
-    r = run("compact", d)
+    r = run("compact", d, "--force")
     assert r.exit_code == 0 and lines(r)[0].startswith(f"compact {d}: ")
     # Locked by a writer: exit 3.
     with logstore.Log.open(d):
-        r = run("compact", d)
+        r = run("compact", d, "--force")
         assert r.exit_code == 3
     # A store: keyed topics are compacted, a queue's topic and keyless topics are skipped.
     root = str(tmp_path / "s")
@@ -431,7 +440,12 @@ def test_compact_plain_log_and_store(tmp_path):
         q = store.queue("jobs")
         for i in range(5):
             q.put(b"j", key=b"same")
-    r = run("compact", root)
+    before = api_records(root, "profiles")
+    r = run("compact", root)  # no topic's stored policy includes compact: all skipped
+    assert r.exit_code == 0, r.stderr
+    assert "  profiles/1: skipped: cleanup_policy='delete'" in r.stdout
+    assert api_records(root, "profiles") == before
+    r = run("compact", root, "--force")
     assert r.exit_code == 0, r.stderr
     out = r.stdout
     assert "  jobs: skipped: a work queue's topic" in out
@@ -448,9 +462,9 @@ def test_compact_plain_log_and_store(tmp_path):
     assert sum(1 for _ in api_records(root, "jobs")[0]) == 5  # untouched
     r = run("compact", root, "--topic", "jobs")
     assert r.exit_code == 2 and "work queue" in r.stderr
-    r = run("compact", root, "--topic", "logs")
+    r = run("compact", root, "--topic", "logs", "--force")
     assert r.exit_code == 2 and r.stderr.startswith("logstore: error: cannot compact ")
-    r = run("compact", os.path.join(root, "topics", "profiles", "1"), "--json")
+    r = run("compact", os.path.join(root, "topics", "profiles", "1"), "--json", "--force")
     assert r.exit_code == 0
     assert [x["label"] for x in json.loads(r.stdout)["logs"]] == ["profiles/1"]
     assert run("verify", root).exit_code == 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import NotALogError
 from ..format.names import (
@@ -112,6 +112,33 @@ def _topic_partitions(meta_path: str) -> int:
     if n < 1:
         raise NotALogError(f"{meta_path} is not a topic metadata file (partitions={n})")
     return n
+
+
+def topic_settings(root: str, name: str) -> Dict[str, Any]:
+    """The settings stored in topic ``name``'s ``topic.json`` (``{}`` if none are stored);
+    :class:`NotALogError` if the file is unreadable."""
+    path = os.path.join(root, TOPICS_DIR, name, TOPIC_META)
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except (OSError, ValueError):
+        raise NotALogError(f"{path} is not a topic metadata file") from None
+    settings = doc.get("settings") if isinstance(doc, dict) else None
+    return dict(settings) if isinstance(settings, dict) else {}
+
+
+def topic_cleanup_policy(root: str, name: str, partitions: int) -> str:
+    """The stored cleanup policy of topic ``name``: its ``topic.json`` settings, else (stores
+    from before topics stored settings) its partitions' own (``meta.stored_cleanup_policy``:
+    a partition ever compacted was opened with a compact policy), else ``"delete"``."""
+    settings = topic_settings(root, name)
+    if isinstance(settings.get("cleanup_policy"), str):
+        return settings["cleanup_policy"]
+    for p in range(partitions):
+        stored = meta.stored_settings(partition_dir(root, name, p))
+        if "cleanup_policy" in stored or stored.get("compacted"):
+            return meta.stored_cleanup_policy(stored)
+    return "delete"
 
 
 def store_queues(root: str) -> List[str]:

@@ -749,28 +749,29 @@ class Log:
         return {"segments_removed": len(removed),
                 "bytes_freed": sum(seg.size for seg in removed), "start_offset": start}
 
-    def compact(self, now_ms: Optional[int] = None) -> Dict[str, Any]:
+    def compact(self, now_ms: Optional[int] = None, *, dry_run: bool = False,
+                force: bool = False) -> Dict[str, Any]:
         """Run compaction now: keep the latest record per key in sealed segments (see
         :mod:`logstore.storage.cleaner`). Returns a report dict. Needs ``cleanup_policy`` with
-        compact."""
-        if not self.config.compacted:
+        compact, unless ``force`` (operator tools). ``dry_run``: count what a pass would remove
+        and change nothing (a read-only log too)."""
+        if not (self.config.compacted or force or dry_run):
             raise ConfigError(f"log {self.path} has cleanup_policy={self.config.cleanup_policy!r};"
                               f" open it with cleanup_policy='compact' (or 'compact,delete')")
         with self._cleaner_lock:
             with self._lock:
-                self._check_writable()
+                self._check_open() if dry_run and self.readonly else self._check_writable()
+                if self.readonly:
+                    self._refresh_locked()
             with storage_errors(f"compaction of {self.path}"):
                 return cleaner.compact(self._segs, self.config, self._mark_compacted,
-                                       now_ms).as_dict()
+                                       now_ms, dry_run).as_dict()
 
     def _mark_compacted(self) -> None:
         """Record in the metadata that offsets may now have gaps (read-only openers need it).
         Called by the cleaner before its commit point, so a log with gaps is never without it."""
         self._allow_gaps = True
-        settings = self.meta.setdefault("settings", {})
-        if not settings.get("compacted"):
-            settings["compacted"] = True
-            meta.rewrite_meta(self.path, self._fs, self.meta)
+        meta.mark_compacted(self.path, self._fs, self.meta)
 
     def _cleanup_loop(self) -> None:
         interval = self.config.retention_check_interval_s
@@ -783,8 +784,7 @@ class Log:
             except (LogClosedError, StorageError):
                 return
             except Exception:  # keep the thread alive; the next pass retries
-                logger.exception("background cleanup of %s failed",
-                                                        self.path)
+                logger.exception("background cleanup of %s failed", self.path)
 
     # ------------------------------------------------------------------ introspection
     def segments(self) -> List[Dict[str, Any]]:

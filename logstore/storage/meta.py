@@ -109,3 +109,31 @@ def remove_clean_shutdown(directory: str, fs: FileSystem) -> None:
 def rewrite_meta(directory: str, fs: FileSystem, meta: Dict[str, Any]) -> None:
     """Atomically replace the metadata (same format and id; settings updated)."""
     fs.write_file_atomic(os.path.join(directory, META_NAME), json.dumps(meta, indent=1).encode())
+
+
+def mark_compacted(directory: str, fs: FileSystem, meta: Dict[str, Any]) -> None:
+    """Record durably (``settings.compacted``) that the log may have offset gaps, once."""
+    settings = meta.setdefault("settings", {})
+    if not settings.get("compacted"):
+        settings["compacted"] = True
+        rewrite_meta(directory, fs, meta)
+
+
+def stored_settings(directory: str) -> Dict[str, Any]:
+    """The settings stored in the log's ``logstore.meta`` (``{}`` for none, or no log there)."""
+    try:
+        found = read_meta(directory)
+    except NotALogError:
+        return {}
+    settings = (found or {}).get("settings")
+    return dict(settings) if isinstance(settings, dict) else {}
+
+
+def stored_cleanup_policy(settings: Dict[str, Any]) -> str:
+    """The cleanup policy of stored ``settings``: ``cleanup_policy`` if stored; for a log from
+    before settings were stored, ``"compact"`` if it was ever compacted (it was opened with a
+    compact policy then), else the default ``"delete"``."""
+    policy = settings.get("cleanup_policy")
+    if isinstance(policy, str):
+        return policy
+    return "compact" if settings.get("compacted") else "delete"
