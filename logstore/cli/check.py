@@ -74,7 +74,7 @@ def print_problems(out: Out, r: LogReport, indent: str = "", repair: bool = True
 def print_verify(out: Out, r: LogReport, quiet: bool, summary: bool = True) -> None:
     t = r.totals()
     if not quiet and not summary and r.problems and not r.segments:
-        out.line(f"{r.label}: missing")
+        out.line(f"{r.label}: {'unreadable store metadata' if r.broken else 'missing'}")
     elif not quiet:
         rng = (f"offsets [{t['start_offset']}, {t['end_offset']})"
                if t["start_offset"] is not None else "no offsets")
@@ -259,6 +259,8 @@ def _print_topics(out: Any, topics: List[Dict[str, Any]]) -> None:
     rows = [["topic/partition", "segments", "start", "end", "records", "bytes",
              "first timestamp", "max timestamp", "status"]]
     for t in topics:
+        if t.get("error"):
+            rows.append([t["topic"], "-", "-", "-", "-", "-", "-", "-", "damaged"])
         for r in t["partition_stats"]:
             rows.append([r["label"], str(r["segments"]), num(r["start_offset"]),
                          num(r["end_offset"]), str(r["records"]), str(r["bytes"]),

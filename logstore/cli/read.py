@@ -95,6 +95,10 @@ def _dump_target(out: Out, target: Target, o: DumpOptions, quiet: bool) -> bool:
     """Dump one log; True if corrupt data was met."""
     count = 0
     bad = False
+    if target.broken is not None:  # (a store's unreadable topic.json: the others go on)
+        out.flush()
+        error(f"{target.label}: {target.broken} (data damaged)")
+        return True
     with Progress(total_bytes(target), "dump", quiet, output_is_stdout=True) as progress:
         for ev in scan(target, decode=True, continue_on_error=o.continue_on_error,
                        from_offset=o.from_offset, progress=progress):

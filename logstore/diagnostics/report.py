@@ -21,8 +21,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import CorruptLogError, NotALogError
 from ..format.header import ATTR_HEADERS
 from ..format.names import (
-    CLEAN_SHUTDOWN_NAME, CLEANED, COMPACTION_COMMIT, DELETED, INDEX_SUFFIX, LOG_SUFFIX, META_NAME,
-    SWAP, TIMEINDEX_SUFFIX, TMP, parse_segment_name,
+    CLEAN_SHUTDOWN_NAME, CLEANED, COMPACTION_COMMIT, DELETED, GROUP_META, INDEX_SUFFIX,
+    LOG_SUFFIX, META_NAME, SWAP, TIMEINDEX_SUFFIX, TMP, TOPIC_META, parse_segment_name,
 )
 from ..storage import meta
 from .indexes import BatchTable, IndexFiles, check_indexes, read_index_files
@@ -112,6 +112,7 @@ class LogReport:
     topic: Optional[str] = None  # a topic partition of a store: its topic and partition
     partition: Optional[int] = None
     internal: bool = False  # an internal log of a store
+    broken: bool = False  # the store's file describing this log is unreadable (Target.broken)
 
     @property
     def files_label(self) -> str:
@@ -185,6 +186,13 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
                        checked="full" if verify else "headers", dir_label=target.dir_label,
                        topic=target.topic, partition=target.partition,
                        internal=target.internal)
+    if target.broken is not None:
+        report.broken = True
+        name = GROUP_META if target.internal else TOPIC_META
+        report.problem("damaged", os.path.join(target.log_dir, name), None, target.broken,
+                       "the store's metadata of this log is damaged: restore the file from a "
+                       "copy (the store's other logs are not affected)", False)
+        return report
     if target.expanded and (not os.path.isdir(target.log_dir)
                             or not os.path.exists(os.path.join(target.log_dir, META_NAME))):
         # A store's topic.json promises this partition (or the store an internal log).

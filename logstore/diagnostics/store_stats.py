@@ -19,11 +19,14 @@ from ..errors import LogstoreError
 from ..format import queue_events
 from ..format.names import QUEUE_EVENTS_TOPIC, QUEUE_GROUP, REDRIVE_GROUP, queue_events_dir
 from ..storage.log import Log
+from ..views import leases
 from ..views.consumer import SUBSCRIPTION_PREFIX
 from ..views.store import Store
 from .report import LogReport, inspect_log
 from .scan import Progress
-from .targets import Target, is_store_root, resolve_targets, store_queues, store_topics
+from .targets import (
+    Target, broken_topics, group_dirs, is_store_root, resolve_targets, store_queues, store_topics,
+)
 
 Bounds = Dict[int, Tuple[int, int]]  # partition -> (start offset, end offset)
 
@@ -158,8 +161,9 @@ def store_stats(path: "str | os.PathLike[str]", topic: Optional[str] = None,
         result["id"] = store.id
         topic_names = store.topics()
         bounds = _topic_bounds(store, root, topic, partition, reports, result)
-        _group_stats(store, topic, partition, bounds, topic_names, result)
-        groups = store.groups()
+        result["topics"].sort(key=lambda t: t["topic"])
+        groups = committed_offsets(store, root)
+        _group_stats(groups, topic, partition, bounds, topic_names, result)
         for q in store_queues(root):
             if topic is not None and q != topic:
                 continue
@@ -185,6 +189,13 @@ def _topic_bounds(store: Store, root: str, topic: Optional[str], partition: Opti
     """Every topic's partition bounds (from the store); the rows of the topics in scope go to
     ``result["topics"]``."""
     bounds: Dict[str, Bounds] = {}
+    for name, problem in broken_topics(root):
+        if topic is None or name == topic:
+            result["topics"].append({
+                "topic": name, "partitions": None, "error": problem, "partition_stats": [],
+                "queue": False, "retention": None,
+                "totals": {"segments": 0, "records": 0, "batches": 0, "bytes": 0,
+                           "first_timestamp": None, "max_timestamp": None, "status": "damaged"}})
     for name, n in store_topics(root):
         try:
             logs = store.topic(name).partitions
@@ -232,11 +243,25 @@ def _partition_row(name: str, p: int, rep: Optional[LogReport], bounds: Bounds
             "status": "ok" if rep is not None and rep.ok else "problems"}
 
 
-def _group_stats(store: Store, topic: Optional[str], partition: Optional[int],
-                 bounds: Dict[str, Bounds], topic_names: List[str],
+def committed_offsets(store: Store, root: str) -> Dict[str, Dict[str, Dict[int, int]]]:
+    """``store.groups()`` (``{group: {topic: {partition: committed}}}``), but a group whose
+    ``group.json`` is unreadable is left out (``verify``/``stats`` report it as damaged through
+    its target) instead of failing the whole listing."""
+    out: Dict[str, Dict[str, Dict[int, int]]] = {}
+    for (g, t, p), o in store.offsets.items():
+        out.setdefault(g, {}).setdefault(t, {})[p] = o
+    for t, g, path, problem in group_dirs(root):
+        if problem is None and g is not None:
+            out.setdefault(g, {}).setdefault(t, {}).update(
+                leases.read_group_commits(path, store.fs))
+    return out
+
+
+def _group_stats(groups: Dict[str, Dict[str, Dict[int, int]]], topic: Optional[str],
+                 partition: Optional[int], bounds: Dict[str, Bounds], topic_names: List[str],
                  result: Dict[str, Any]) -> None:
     """Committed offsets and lag of every group, subscription and internal group in scope."""
-    for group, by_topic in sorted(store.groups().items()):
+    for group, by_topic in sorted(groups.items()):
         kind = group_kind(group)
         for tname, offsets in sorted(by_topic.items()):
             if topic is not None and tname != topic and group not in (
