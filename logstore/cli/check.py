@@ -140,8 +140,10 @@ def stats(path: str, as_json: bool, show_internal: bool, topic: Optional[str],
     \b
     A store root (or --topic NAME [--partition P] of one):
       - per topic partition: segments, start and end offsets, records, bytes, time range;
-      - consumer groups and durable subscriptions: committed offset, end offset and lag per
-        partition (lag = end - committed, Kafka's meaning);
+      - consumer groups and durable subscriptions, per partition: committed offset, start
+        and end offset, lag = end - max(committed, start) (records it can still read) and
+        skipped = max(0, start - committed) (records retention deleted before it read them:
+        it will never see them); a committed offset beyond the end is flagged;
       - work queues: messages not yet done (ready, in flight or delayed), delivered but not
         acked, delayed for a retry, dead-lettered (not yet redriven), age of the oldest;
       - with --internal: the internal logs and groups.
@@ -236,8 +238,8 @@ def print_store_stats(out: Any, doc: Dict[str, Any], show_internal: bool = False
                                               if doc.get("partition") is not None else "")
     out.line(f"store {doc['path']} (id {doc.get('id', '?')}{scope})")
     _print_topics(out, doc["topics"])
-    _print_lags(out, "consumer groups (committed offsets)", doc["groups"], "group", "group")
-    _print_lags(out, "subscriptions (committed offsets)", doc["subscriptions"], "subscription",
+    _print_lags(out, "consumer groups", doc["groups"], "group", "group")
+    _print_lags(out, "durable subscriptions", doc["subscriptions"], "subscription",
                 "subscription")
     _print_queues(out, doc["queues"])
     if show_internal:
@@ -285,14 +287,26 @@ def _print_lags(out: Any, title: str, entries: List[Dict[str, Any]], name_key: s
         out.line(f"{title}: none")
         return
     out.line(f"{title}:")
-    rows = [[head, "topic", "partition", "committed", "end", "lag"]]
+    rows = [[head, "topic", "partition", "committed", "start", "end", "lag", "skipped", ""]]
+    beyond = False
     for e in entries:
         for r in e["partitions"]:
+            note = ""
+            if r.get("committed_beyond_end"):
+                note, beyond = "committed > end (!)", True
             rows.append([e[name_key], e["topic"], str(r["partition"]), str(r["committed"]),
-                         num(r["end_offset"]), num(r["lag"])])
+                         num(r.get("start")), num(r["end_offset"]), num(r["lag"]),
+                         num(r.get("skipped")), note])
         if len(e["partitions"]) > 1:
-            rows.append([e[name_key], e["topic"], "total", "", "", num(e["lag"])])
-    table(out, rows, left=(0, 1), indent="  ")
+            rows.append([e[name_key], e["topic"], "total", "", "", "", num(e["lag"]),
+                         num(e.get("skipped")), ""])
+    table(out, rows, left=(0, 1, 8), indent="  ")
+    out.line("  (lag = end - max(committed, start): records it can still read; skipped = "
+             "max(0, start - committed): records retention deleted before it read them)")
+    if beyond:
+        out.line("  (!) committed > end: the partition has fewer records than the group "
+                 "committed (restored from an older copy?); new records at offsets below the "
+                 "committed position would not be delivered")
 
 
 def _print_queues(out: Any, queues: List[Dict[str, Any]]) -> None:

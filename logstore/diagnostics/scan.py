@@ -179,6 +179,7 @@ class SegmentEnd:
     seg: SegmentFile
     size: int  # bytes of data (an active segment's preallocated zero tail excluded)
     unwritten: int = 0  # that zero tail's length
+    next_offset: Optional[int] = None  # the offset after its last batch walked (None: none)
 
 
 # ---------------------------------------------------------------------------------- the walk
@@ -323,7 +324,7 @@ def _scan_segment(seg: SegmentFile, r: Reader, decode: bool, continue_on_error: 
         yield GapEvent(seg, r.size, last_next, seg.end_offset, True)
         if not continue_on_error:
             return True
-    yield SegmentEnd(seg, r.size, r.unwritten)
+    yield SegmentEnd(seg, r.size, r.unwritten, last_next)
     return False
 
 

@@ -272,8 +272,10 @@ def _group_stats(groups: Dict[str, Dict[str, Dict[int, int]]], topic: Optional[s
             if not rows:
                 continue
             lags = [r["lag"] for r in rows if r["lag"] is not None]
+            skipped = [r["skipped"] for r in rows if r["skipped"] is not None]
             entry: Dict[str, Any] = {"topic": tname, "partitions": rows,
-                                     "lag": sum(lags) if lags else None}
+                                     "lag": sum(lags) if lags else None,
+                                     "skipped": sum(skipped) if skipped else None}
             if kind == "subscription":
                 entry = {"subscription": group[len(SUBSCRIPTION_PREFIX):], **entry}
                 result["subscriptions"].append(entry)
@@ -282,9 +284,26 @@ def _group_stats(groups: Dict[str, Dict[str, Dict[int, int]]], topic: Optional[s
             else:
                 if tname not in topic_names:
                     for r in rows:
-                        r["lag"] = None
-                    entry["lag"] = None
+                        r["lag"] = r["skipped"] = None
+                    entry["lag"] = entry["skipped"] = None
                 result["internal"]["groups"].append({"group": group, **entry})
+
+
+def lag_row(p: int, committed: int, start: Optional[int], end: Optional[int]
+            ) -> Dict[str, Any]:
+    """One partition of a group: ``lag`` = end - max(committed, start), the records it can
+    still read; ``skipped`` = max(0, start - committed), the records retention deleted before
+    the group read them (it will never see them); ``committed_beyond_end``: the committed
+    position is past the partition's end (the partition lost records, e.g. restored from an
+    older copy: the group would wait there for offsets that were already assigned once)."""
+    row: Dict[str, Any] = {"partition": p, "committed": committed, "start": start,
+                           "end_offset": end, "lag": None, "skipped": None}
+    if start is not None and end is not None:
+        row["lag"] = max(0, end - max(committed, start))
+        row["skipped"] = max(0, start - committed)
+        if committed > end:
+            row["committed_beyond_end"] = True
+    return row
 
 
 def _lag_rows(offsets: Dict[int, int], bounds: Bounds,
@@ -293,8 +312,6 @@ def _lag_rows(offsets: Dict[int, int], bounds: Bounds,
     for p in sorted(offsets):
         if partition is not None and p != partition:
             continue
-        committed = offsets[p]
         start, end = bounds.get(p, (None, None))
-        lag = None if end is None else max(0, end - max(committed, start))
-        rows.append({"partition": p, "committed": committed, "end_offset": end, "lag": lag})
+        rows.append(lag_row(p, offsets[p], start, end))
     return rows
