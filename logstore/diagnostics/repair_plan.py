@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import LogConfig
-from ..errors import CorruptLogError
 from ..format.names import CLEAN_SHUTDOWN_NAME, parse_segment_name
 from ..fs import DEFAULT_FS
 from ..storage import meta
-from ..storage.loader import check_marker_segment
 from ..storage.segment import Segment
 from ..storage.segments import list_segments
 from ..storage.tail import inspect_active, refusal
@@ -66,10 +64,9 @@ def plan_repair(target: Target, report: LogReport, force: bool = False) -> Repai
     plan = RepairPlan()
     marker = meta.read_clean_shutdown(target.log_dir)
     bases = list_segments(target.log_dir)
-    try:
-        check_marker_segment(target.log_dir, marker, bases)
-    except CorruptLogError as e:
-        plan.refused.append(e.reason)
+    missing = meta.missing_last_segment(marker, bases)
+    if missing is not None:
+        plan.refused.append(missing)
     seg = _active_segment(target)
     if seg is not None:
         try:

@@ -427,11 +427,15 @@ def _check_marker(report: LogReport) -> None:
     """The clean-shutdown marker must describe the active segment (a writer trusts it, and
     holds the log to it: see the durable floor in ``logstore.storage.tail``)."""
     marker = meta.read_clean_shutdown(report.log_dir)
-    if marker is None or not report.segments:
+    if marker is None:
         return
-    last = report.segments[-1]
     name = CLEAN_SHUTDOWN_NAME
     path = os.path.join(report.log_dir, name)
+    if not report.segments:
+        report.problem("damaged", path, None, meta.missing_last_segment(marker, []) or "",
+                       "data damaged: restore the segments from a copy", False)
+        return
+    last = report.segments[-1]
     end = last.next_offset if last.next_offset is not None else last.base_offset
     if last.base_offset is not None and marker["segment"] > last.base_offset:
         report.problem(

@@ -32,7 +32,7 @@ from ..errors import CorruptLogError
 from ..format.header import HEADER_SIZE, crc_ok, header_problem, parse_header
 from ..format.names import (
     CLEANED, COMPACTION_COMMIT, DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, TMP,
-    parse_segment_name, segment_name,
+    parse_segment_name,
 )
 from . import meta
 from .segment import Segment
@@ -60,20 +60,6 @@ def marker_matches_segment(path: str, marker: dict) -> bool:
     return (header_problem(h) is None and last + h.length == size
             and h.next_offset == end and crc_ok(raw, 0, h))
 
-
-
-def check_marker_segment(directory: str, marker: Optional[dict], bases: List[int]) -> None:
-    """Refuse a log whose clean-shutdown marker names a segment after the last one there: the
-    last segment is missing, and opening would assign its offsets again."""
-    if marker is None or (bases and marker["segment"] <= bases[-1]):
-        return
-    have = (f"the last segment there is {segment_name(bases[-1])}" if bases
-            else "there is no segment")
-    raise CorruptLogError(
-        f"the clean-shutdown marker says the log ends in segment {segment_name(marker['segment'])}"
-        f" at offset {marker['end_offset']}, but {have}: the last segment is missing (data "
-        f"damage). Opening it would assign offsets again that were acknowledged; nothing was "
-        f"changed. Restore the segment from a copy", directory)
 
 
 def finish_interrupted_cleanups(directory: str, fs) -> List[str]:
@@ -125,7 +111,9 @@ def open_for_writing(segs: SegmentList, index_capacity: int) -> Optional[Recover
     """
     d, fs = segs.directory, segs.fs
     marker = meta.read_clean_shutdown(d)
-    check_marker_segment(d, marker, list_segments(d))  # before anything is changed
+    missing = meta.missing_last_segment(marker, list_segments(d))
+    if missing is not None:  # (checked before anything is changed)
+        raise CorruptLogError(missing, d)
     finish_interrupted_cleanups(d, fs)
     bases = list_segments(d)
     if not bases:

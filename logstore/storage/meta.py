@@ -13,12 +13,12 @@ import json
 import os
 import time
 import uuid
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import crc32c
 
 from ..errors import NotALogError, UnsupportedFormatError
-from ..format.names import CLEAN_SHUTDOWN_NAME, LOCK_NAME, META_NAME, TMP
+from ..format.names import CLEAN_SHUTDOWN_NAME, LOCK_NAME, META_NAME, TMP, segment_name
 from ..fs import FileSystem
 
 FORMAT_NAME = "logstore-log"
@@ -137,3 +137,18 @@ def stored_cleanup_policy(settings: Dict[str, Any]) -> str:
     if isinstance(policy, str):
         return policy
     return "compact" if settings.get("compacted") else "delete"
+
+
+def missing_last_segment(marker: Optional[Dict[str, int]], bases: List[int]) -> Optional[str]:
+    """Why a log whose clean-shutdown ``marker`` names a segment after the last of ``bases``
+    (the segments there) is damaged, or None. Its last segment is missing: opening it would
+    assign offsets again that were acknowledged, so writers refuse and readers raise."""
+    if marker is None or (bases and marker["segment"] <= bases[-1]):
+        return None
+    have = (f"the last segment there is {segment_name(bases[-1])}" if bases
+            else "there is no segment")
+    return (f"the clean-shutdown marker says the log ends in segment "
+            f"{segment_name(marker['segment'])} at offset {marker['end_offset']}, but {have}: "
+            f"the last segment is missing (data damage). Opening it for writing would assign "
+            f"offsets again that were acknowledged; nothing was changed. Restore the segment "
+            f"from a copy")

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import OffsetOutOfRangeError
+from ..errors import CorruptLogError, OffsetOutOfRangeError
 from ..format.header import BatchHeader
 from ..format.names import (
     DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, parse_segment_name,
@@ -255,3 +255,7 @@ class SegmentList:
                               and marker["segment"] == bases[-1] else 0)
         # Trust the mtime only once it is old enough that a later change must differ from it.
         self.dir_mtime = mtime if time.time_ns() - mtime > MTIME_TRUST_NS else None
+        missing = meta.missing_last_segment(marker, bases)
+        if missing is not None:
+            self.dir_mtime = None  # (look again next time: raise until it is restored)
+            raise CorruptLogError(missing, self.directory)
