@@ -521,3 +521,37 @@ def test_second_process_group_member_follows_retention_and_compaction(tmp_path):
     assert len(oks) == 20, err
     assert oks[-1][4] != "NA", "consumer.skipped is missing"
     assert int(oks[-1][4]) > 0  # skipped records were counted (the stopped rounds)
+
+
+@pytest.mark.parametrize("fsync", ["never", "every"])
+def test_second_process_reader_racing_the_writer_never_sees_damage(tmp_path, fsync):
+    """Issue 16 case 4 made a reader judge where its catch-up stops (a batch being written vs
+    damage). A reader racing a writer must never call a batch being written damage: under
+    "never" small batches are copied into a shared mapping and larger ones pwritten; under
+    "every" the file is preallocated and batches carry synced_before. Batches of 1..400
+    records (up to ~5 KB), segments of 64 KiB, no retention."""
+    d = str(tmp_path / "log")
+    opts = dict(segment_bytes=64 * 1024, fsync=fsync, retention_check_interval_s=0)
+    if fsync == "every":
+        opts["fsync_records"] = 500
+    w = logstore.Log.open(d, **opts)
+    w.append(value(0))
+    follower = _Follower("log", d)
+    sizes = [1, 7, 400, 3, 150, 1, 1, 300, 60, 2]
+
+    def write_round(rnd):
+        for i in range(60):
+            n = sizes[(rnd + i) % len(sizes)]
+            off = w.end_offset
+            if n == 1:
+                assert w.append(value(off)) == off
+            else:
+                assert w.append_batch([value(off + j) for j in range(n)]) == range(off, off + n)
+
+    try:
+        oks = _rounds(follower, write_round, lambda: w.end_offset, rounds=10, stop_every=0)
+    finally:
+        err = follower.close()
+        w.close()
+    assert len(oks) == 10, err
+    assert int(oks[-1][3]) == int(oks[-1][2])  # every record read once, in order
