@@ -10,6 +10,7 @@ reader in a second process (tests/follower_proc.py).
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,6 +146,21 @@ def test_readonly_get_and_segments_see_fresh_bounds(tmp_path):
     assert ro.start_offset == start
     ro.close()
     w.close()
+
+
+def test_readonly_log_whose_directory_was_removed_says_so(tmp_path):
+    """Found while fixing case 1: a reader whose log directory was deleted answered from its
+    stale view (old code) or with a bare FileNotFoundError; it raises NotALogError."""
+    d = str(tmp_path / "log")
+    w = retained_writer(d, retention_bytes=None)
+    append_n(w, 10)
+    w.close()
+    ro = logstore.Log.open(d, readonly=True)
+    shutil.rmtree(d)
+    for call in (lambda: ro.end_offset, lambda: ro.start_offset, lambda: ro.read(0)):
+        with pytest.raises(logstore.NotALogError):
+            call()
+    ro.close()
 
 
 # ---------------------------------------------------------------------------- consumers

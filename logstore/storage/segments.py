@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import CorruptLogError, OffsetOutOfRangeError
+from ..errors import CorruptLogError, NotALogError, OffsetOutOfRangeError
 from ..format.header import BatchHeader
 from ..format.names import (
     DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, parse_segment_name,
@@ -204,7 +204,10 @@ class SegmentList:
         Raises :class:`~logstore.errors.CorruptLogError` where the active segment's tail is
         damage rather than data not written yet (``Segment.catch_up``).
         """
-        mtime = os.stat(self.directory).st_mtime_ns
+        try:
+            mtime = os.stat(self.directory).st_mtime_ns
+        except FileNotFoundError:
+            raise NotALogError(f"the log directory {self.directory} no longer exists") from None
         if mtime != self.dir_mtime or not self.items:
             self.relist(mtime)
             if not self.items:
