@@ -249,12 +249,7 @@ class Segment:
         :class:`CorruptLogError` where the stop is damage (``tail.reader_stop_problem``;
         ``durable_floor``: the size a clean-shutdown marker gives this segment)."""
         file_size = os.fstat(self.fd).st_size
-        found, pos, raw = whole_batches(self.fd, self.size, file_size)
-        for p, h in found:
-            self.note_batch(p, h.base_offset, h.max_timestamp)
-            self.next_offset = h.next_offset
-            if self.first_timestamp is None:
-                self.first_timestamp = h.base_timestamp
+        pos, raw = whole_batches(self.fd, self.size, file_size, self._take_batch)
         self.size = pos
         if pos < durable_floor or (raw is not None and self.stop_checked != (pos, file_size)):
             problem = reader_stop_problem(self.fd, pos, file_size, self.next_offset,
@@ -262,6 +257,12 @@ class Segment:
             if problem is not None:
                 raise CorruptLogError(problem, self.path, pos)
             self.stop_checked = (pos, file_size)
+
+    def _take_batch(self, pos: int, h: BatchHeader) -> None:
+        self.note_batch(pos, h.base_offset, h.max_timestamp)
+        self.next_offset = h.next_offset
+        if self.first_timestamp is None:
+            self.first_timestamp = h.base_timestamp
 
     def become_sealed_reader(self) -> None:
         """(A reader's active segment) The writer sealed this segment: read it as a sealed one

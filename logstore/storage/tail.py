@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 from ..format.damage import classify_damage, find_valid_batch
 from ..format.header import HEADER_SIZE, BatchHeader, crc_ok, header_problem, parse_header
@@ -164,27 +164,26 @@ class _FdBytes:
         return os.pread(self.fd, n, pos)
 
 
-def whole_batches(fd: int, pos: int, file_size: int
-                  ) -> Tuple[List[Tuple[int, BatchHeader]], int, Optional[bytes]]:
-    """The whole, CRC-valid batches from ``pos`` on (a reader catching up with a writer in
-    another process, by pread): ``(batches, stop position, header bytes at the stop)``; the
-    last is None when fewer than a header's bytes are there."""
-    found: List[Tuple[int, BatchHeader]] = []
+def whole_batches(fd: int, pos: int, file_size: int,
+                  on_batch: Callable[[int, BatchHeader], None]) -> Tuple[int, Optional[bytes]]:
+    """Call ``on_batch(position, header)`` for each whole, CRC-valid batch from ``pos`` on (a
+    reader catching up with a writer in another process, by pread); return the stop position
+    and the header bytes there (None when fewer than a header's bytes are there)."""
     raw: Optional[bytes] = None
     while pos + HEADER_SIZE <= file_size:
         raw = os.pread(fd, HEADER_SIZE, pos)
         if len(raw) < HEADER_SIZE:
-            return found, pos, None  # the writer cut its preallocated tail since the fstat
+            return pos, None  # the writer cut its preallocated tail since the fstat
         h = parse_header(raw, 0)
         if header_problem(h) or pos + h.length > file_size:
             break
         data = os.pread(fd, h.length, pos)
         if len(data) < h.length or not crc_ok(data, 0, h):
             break
-        found.append((pos, h))
+        on_batch(pos, h)
         pos += h.length
         raw = None
-    return found, pos, raw
+    return pos, raw
 
 
 def _valid_at(src: _FdBytes, pos: int, end: int, min_offset: int) -> bool:
