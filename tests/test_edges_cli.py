@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 import logstore
-from edge_helpers import (ROOT, batch_positions, jsonl, overwrite, run_cli, segment_paths,
+from edge_helpers import (ROOT, batch_positions, overwrite, run_cli, segment_paths,
                           snapshot)
 
 

@@ -22,11 +22,13 @@ import mmap
 import os
 from typing import Any, Iterator, List, NamedTuple, Optional, Tuple
 
-import numpy as np
-
 from ..errors import CorruptLogError, OffsetOutOfRangeError
 from ..format.decode import DecodedBatch, decode
-from ..format.header import ALIGN, ATTR_OFFSET_DELTAS, BatchHeader, CODEC_MASK, FORMAT_VERSION, HEADER, HEADER_SIZE, KNOWN_ATTRS, MAGIC, MAGIC_INT, MAX_BATCH_LENGTH, MAX_TIMESTAMP, STEP, WALK, check_header, crc_ok, header_problem, parse_header
+from ..format.header import (
+    ALIGN, ATTR_OFFSET_DELTAS, CODEC_MASK, FORMAT_VERSION, HEADER, HEADER_SIZE, KNOWN_ATTRS, MAGIC,
+    MAGIC_INT, MAX_BATCH_LENGTH, MAX_TIMESTAMP, STEP, WALK, BatchHeader, check_header, crc_ok,
+    parse_header,
+)
 from ..fs import FileSystem
 from ..format.names import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
 from .active_file import ActiveFile
@@ -34,11 +36,10 @@ from .tail import (
     RecoveryReport, inspect_active, reader_stop_problem, refusal, whole_batches,
 )
 from .index import OffsetIndex, TimeIndex
+from .index_checks import final_time_entry_ok, time_index_agrees
 from .sparse import zeros_between, zeros_in_mapping
 
 MAX_RELATIVE_OFFSET = 2**31 - 1  # index entries store offsets relative to the segment base
-
-
 
 # Batches quick_locate leaves to the general path: compressed, with offset deltas, unknown flags.
 _NOT_QUICK = CODEC_MASK | ATTR_OFFSET_DELTAS | ~KNOWN_ATTRS
@@ -173,7 +174,7 @@ class Segment:
             oi = OffsetIndex.in_memory(off_entries)
             ti = TimeIndex.in_memory(time_entries)
             ok = oi.valid_prefix(rel_end, size) == oi.n and ti.valid_prefix(rel_end) == ti.n
-            ok = ok and self._time_index_agrees(oi, ti)
+            ok = ok and time_index_agrees(self, oi, ti)
         if ok:
             self._offset_index = OffsetIndex.create(self.index_path, index_capacity, self.fs,
                                                     off_entries)
@@ -409,7 +410,7 @@ class Segment:
             and ti.last()[1] == rel_end
         )
         if good:
-            good = self._time_index_agrees(oi, ti) and self._final_time_entry_ok(oi, ti)
+            good = time_index_agrees(self, oi, ti) and final_time_entry_ok(self, oi, ti)
         if good:
             self._offset_index, self._time_index = oi, ti
             self.max_timestamp = ti.last()[0]
@@ -425,56 +426,6 @@ class Segment:
         self.rebuild_indexes(scan, None, persist=scan.error is None)
         if scan.error is not None:
             self.max_timestamp = MAX_TIMESTAMP
-
-    def _time_index_agrees(self, oi: OffsetIndex, ti: TimeIndex) -> bool:
-        """Check the time index against the log: entry i+1 promises that every record before
-        it is <= its timestamp, so it must be >= the max timestamp (from its header) of the batch
-        that entry i points at. One header read per entry, on first use of the segment."""
-        entries = ti.entries
-        n = len(entries)
-        if n < 2:
-            return True
-        rels = entries["rel"].tolist()
-        tss = entries["ts"].tolist()
-        mm = self.mapped(self.size) if self.size and not self.use_pread else None
-        # A sample of entries spread over the segment (all of them for small indexes): this runs
-        # on the first use of a segment and must stay cheap (a 64 MiB segment has ~16k entries).
-        # A systematically wrong index (zeroed, stale, shifted) fails on any sampled entry.
-        if n - 1 <= 64:
-            sample = range(n - 1)
-        else:
-            sample = sorted(set(np.linspace(0, n - 2, 64).astype(int).tolist()))
-        for i in sample:
-            rel, pos = oi.lookup(rels[i])
-            if rel != rels[i] or pos + HEADER_SIZE > self.size:
-                return False
-            h = parse_header(mm, pos) if mm is not None else \
-                parse_header(self.read_bytes(pos, HEADER_SIZE), 0)
-            if header_problem(h) or h.base_offset != self.base_offset + rel \
-                    or tss[i + 1] < h.max_timestamp:
-                return False
-        return True
-
-    def _final_time_entry_ok(self, oi: OffsetIndex, ti: TimeIndex) -> bool:
-        """The last entry of a sealed segment's time index is its largest timestamp, which
-        retention and ``offset_for_time`` trust: it must equal the largest ``max_timestamp``
-        of the batches, read from their headers after the previous entry's batch (about one
-        index interval of batches; the entries before it are checked by the sample)."""
-        entries = ti.entries
-        n = len(entries)
-        pos, best = 0, 0
-        if n >= 2:
-            rel_prev = int(entries["rel"][n - 2])
-            rel, pos = oi.lookup(rel_prev)
-            if rel != rel_prev:
-                return False
-            best = int(entries["ts"][n - 2])
-        try:
-            for _pos, h in self.iter_headers(pos):
-                best = max(best, h.max_timestamp)
-        except CorruptLogError:
-            return False  # the rebuild reports the damage where it is
-        return int(entries["ts"][n - 1]) == best
 
     def rebuild_indexes(self, scan: ScanResult, capacity: Optional[int],
                         persist: bool = True) -> None:
