@@ -30,6 +30,8 @@ from .errors import (
     UnknownTopicError,
     UnsupportedFormatError,
     MirrorError,
+    RemoteError,
+    CircuitOpenError,
 )
 from .record import Record
 from .storage.log import Log
