@@ -141,33 +141,41 @@ class Requester:
             return lock
 
     # ------------------------------------------------------------------ sending
-    def _send(self, topic: str, payload: Optional[bytes], timeout: float,
-              headers: Optional[Dict[str, bytes]], pending: _Pending) -> str:
+    def _prepare(self, topic: str, timeout: float, headers: Optional[Dict[str, bytes]],
+                 pending: _Pending) -> Tuple[str, Dict[str, bytes]]:
+        """Check the arguments, make the request's headers and register ``pending`` under a
+        fresh correlation id (before the request exists: no reply can beat it)."""
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         validate_name("queue", topic)
-        cid = uuid.uuid4().hex
         h = dict(headers or {})
         for name in RPC_HEADERS:
             if name in h:
                 raise ValueError(f"header {name!r} is set by request() itself")
+        cid = uuid.uuid4().hex
         h[REPLY_TO] = self.inbox.encode()
         h[CORRELATION_ID] = cid.encode()
         h[DEADLINE] = str(now_ms() + int(timeout * 1000)).encode()
         with self._lock:
             self._check()
-            self._pending[cid] = pending  # before the request exists: no reply can beat it
+            self._pending[cid] = pending
             self._start_dispatcher()
             self._lock.notify_all()
+        return cid, h
+
+    def _put(self, topic: str, payload: Optional[bytes], headers: Dict[str, bytes],
+             cid: str) -> None:
         try:
-            self.store.queue(topic).put(payload, headers=h)
+            self.store.queue(topic).put(payload, headers=headers)
         except BaseException:
-            with self._lock:
-                self._pending.pop(cid, None)
+            self._forget(cid)
             raise
         with self._lock:
             self.sent += 1
-        return cid
+
+    def _forget(self, cid: str) -> None:
+        with self._lock:
+            self._pending.pop(cid, None)
 
     def _give_up(self, cid: str) -> bool:
         """The caller stops waiting: True if no reply came (counted as a timeout)."""
@@ -184,7 +192,8 @@ class Requester:
         after ``timeout`` seconds (a later reply is discarded and counted);
         :class:`~logstore.errors.RemoteError` if the handler raised."""
         pending = _Pending()
-        cid = self._send(topic, payload, timeout, headers, pending)
+        cid, h = self._prepare(topic, timeout, headers, pending)
+        self._put(topic, payload, h, cid)
         if not pending.event.wait(timeout) and self._give_up(cid):
             raise TimeoutError(f"no reply to request {cid} on {topic!r} within {timeout} s")
         pending.event.wait()  # (a reply that raced the timeout was delivered: take it)
@@ -195,20 +204,21 @@ class Requester:
     async def request_async(self, topic: str, payload: Optional[bytes], timeout: float = 5.0,
                             headers: Optional[Dict[str, bytes]] = None) -> Record:
         """:meth:`request` for a coroutine: the request is stored in the loop's default executor
-        and the reply awaited on a future (no thread waits for it)."""
+        and the reply awaited on a future (no thread waits for it). Cancelling it stops the
+        wait (a reply that comes later is counted as late)."""
         loop = asyncio.get_running_loop()
         pending = _Pending(loop)
-        cid = await loop.run_in_executor(None, self._send, topic, payload, timeout, headers,
-                                         pending)
+        cid, h = self._prepare(topic, timeout, headers, pending)
         try:
+            await loop.run_in_executor(None, self._put, topic, payload, h, cid)
             rec = await asyncio.wait_for(asyncio.shield(pending.future), timeout)
         except asyncio.TimeoutError:
             if self._give_up(cid):
                 raise TimeoutError(f"no reply to request {cid} on {topic!r} within "
                                    f"{timeout} s") from None
             rec = await pending.future
-        except asyncio.CancelledError:
-            self._give_up(cid)
+        except BaseException:
+            self._forget(cid)
             raise
         return _result(rec)
 
