@@ -44,6 +44,7 @@ import logging
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from types import GenericAlias
 from typing import Any, Deque, Dict, Optional, Tuple
 
 from .. import process
@@ -71,6 +72,8 @@ def _wakeup_next(waiters: Deque["asyncio.Future[None]"]) -> None:
 class DurableAsyncQueue:
     """``DurableAsyncQueue(path, maxsize=0, serializer=PICKLE, fsync="always",
     **store_options)``: see the module docstring. Opening reads the store (synchronously, once)."""
+
+    __class_getitem__ = classmethod(GenericAlias)  # DurableAsyncQueue[int], like asyncio.Queue
 
     def __init__(self, path: Any, maxsize: int = 0, serializer: Any = PICKLE,
                  fsync: str = "always", **store_options: Any):
