@@ -266,3 +266,21 @@ def test_requester_and_responder_in_two_processes(tmp_path):
         finally:
             child.kill()
             child.wait()
+
+
+def test_reply_not_announced_by_a_publish_is_read_from_the_inbox(store):
+    """A reply appended to the inbox log directly (as another process's would be: no publish
+    of this process announces it) is found by the requester's inbox reader."""
+    responder = store.responder("rpc.quiet")
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault(
+        "reply", store.request("rpc.quiet", b"q", timeout=30)))
+    t.start()
+    req = responder.get(timeout=30)
+    inbox = store.get_topic(req.reply_to).partitions[0]
+    inbox.append(b"quiet answer", headers={CORRELATION_ID: req.correlation_id.encode()})
+    t.join()
+    assert out["reply"].value == b"quiet answer"
+    req.message.ack()
+    figures = store.metrics()["requesters"]["rpc.inbox.0"]
+    assert figures["replies_total"] == 1 and figures["late_replies_total"] == 0

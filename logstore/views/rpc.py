@@ -43,7 +43,7 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ..errors import (
     LogClosedError, LogLockedError, OffsetOutOfRangeError, RemoteError, UnknownTopicError,
@@ -111,6 +111,7 @@ class Requester:
         self._lock = threading.Condition(threading.Lock())
         self._pending: Dict[str, _Pending] = {}
         self._reading = threading.Lock()
+        self._early: Set[int] = set()  # inbox offsets handed over before the reader read them
         self._closed = False
         self._slot = self._claim_slot()
         try:
@@ -124,6 +125,7 @@ class Requester:
             raise
         self.sent = self.replies = self.timeouts = self.late = self.remote_errors = 0
         self._thread: Optional[threading.Thread] = None
+        self._unlisten = store.on(self.inbox, self._published)
         store.attach(self)
 
     def _claim_slot(self) -> DirectoryLock:
@@ -230,6 +232,8 @@ class Requester:
             self._thread.start()
 
     def _dispatch_loop(self) -> None:
+        """Reads the inbox for replies no publish of this process announced (another process's,
+        once several may write a store): every slice while requests wait."""
         log = self.topic.partitions[0]
         while True:
             with self._lock:
@@ -243,8 +247,32 @@ class Requester:
                 return
             except Exception:
                 logger.exception("request-reply inbox %s: reading failed", self.inbox)
-                time.sleep(0.1)
-            self.store.wait_for_data(_PENDING_SLICE_S)
+            with self._lock:
+                if not self._closed:
+                    self._lock.wait(_PENDING_SLICE_S)
+
+    def _published(self, rec: Record) -> None:
+        """(``store.on`` callback, in the replying thread of this process) Hand the reply over
+        at once, without waiting for the dispatcher to read it."""
+        with self._lock:
+            if rec.offset < self._position or rec.offset in self._early:
+                return  # the reader got there first
+            self._early.add(rec.offset)
+            pending = self._take(rec)
+        if pending is not None:
+            pending.deliver(rec)
+
+    def _take(self, rec: Record) -> Optional[_Pending]:
+        """(lock held) The waiting request ``rec`` answers (None: a late reply, counted)."""
+        cid = rec.headers.get(CORRELATION_ID, b"").decode("ascii", "replace")
+        pending = self._pending.pop(cid, None)
+        if pending is None:
+            self.late += 1
+        else:
+            self.replies += 1
+            if ERROR in rec.headers:
+                self.remote_errors += 1
+        return pending
 
     def _read_inbox(self, log: Any) -> None:
         with self._reading:  # the dispatcher, or metrics() while no request waits
@@ -258,21 +286,19 @@ class Requester:
                 skipped = log.start_offset - self._position
                 logger.warning("request-reply inbox %s: %d replies removed by retention "
                                "before they were read", self.inbox, skipped)
-                self._position = log.start_offset
+                with self._lock:
+                    self._position = log.start_offset
                 continue
             for rec in recs:
-                cid = rec.headers.get(CORRELATION_ID, b"").decode("ascii", "replace")
                 with self._lock:
-                    pending = self._pending.pop(cid, None)
-                    if pending is None:
-                        self.late += 1
+                    if rec.offset in self._early:
+                        self._early.discard(rec.offset)  # handed over by _published
+                        pending = None
                     else:
-                        self.replies += 1
-                        if ERROR in rec.headers:
-                            self.remote_errors += 1
+                        pending = self._take(rec)
+                    self._position = rec.offset + 1
                 if pending is not None:
                     pending.deliver(rec)
-            self._position = recs[-1].offset + 1
 
     # ------------------------------------------------------------------ lifecycle, figures
     def _check(self) -> None:
@@ -307,6 +333,7 @@ class Requester:
             waiting = list(self._pending.values())
             self._pending.clear()
             self._lock.notify_all()
+        self._unlisten()
         for pending in waiting:
             pending.deliver(None, LogClosedError(f"requester {self.inbox!r} was closed"))
         if self._thread is not None and self._thread is not threading.current_thread():
