@@ -64,9 +64,11 @@ class ActiveFile:
         self._wmap: Optional[mmap.mmap] = None
         self._wmap_len = 0
 
-    def apply_policy(self, config: LogConfig, size: int, default_fs: bool) -> None:
+    def apply_policy(self, config: LogConfig, size: int, default_fs: bool,
+                     shared: bool = False) -> None:
         """Set how this file is written from the log's settings (``size``: its data now;
-        ``default_fs``: the real file system, not a test double of the seam)."""
+        ``default_fs``: the real file system, not a test double of the seam; ``shared``: other
+        processes write the file too: plain pwrites at the tail, no space reserved ahead)."""
         always = config.fsync == "always"
         self.buffer_limit = config.write_buffer_bytes
         # Without an fsync per append, dirty pages pile up until the seal's fdatasync: start
@@ -76,14 +78,14 @@ class ActiveFile:
         # Policies that fdatasync while the segment fills: extend the file ahead of the data, so
         # that those fdatasyncs need not also commit a new file size (~20% faster here).
         syncs = always or config.fsync_records is not None or config.fsync_ms is not None
-        self.preallocate = PREALLOCATE_BYTES if syncs else 0
+        self.preallocate = PREALLOCATE_BYTES if syncs and not shared else 0
         self.preallocate_limit = config.segment_bytes
         # No fsync policy at all: copy batches into a write mapping instead of one pwrite system
         # call each. Not through a test double of the file system (its pwrite is the seam
         # fault-injection tests use), not with a write buffer (that already writes in large
         # pieces).
         self.map_writes = (config.fsync == "never" and not config.write_buffer_bytes
-                           and default_fs and hasattr(os, "posix_fallocate"))
+                           and default_fs and not shared and hasattr(os, "posix_fallocate"))
         self.map_write_limit = config.segment_bytes
 
     # ------------------------------------------------------------------ writing

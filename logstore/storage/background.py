@@ -51,5 +51,8 @@ def write_buffer_out(segs: "SegmentList", lock: threading.Lock, pid: int) -> Non
     try:
         if segs.items:
             segs.active.flush_pending()
+    except Exception:  # (at exit or in a collector: nobody to raise to; recovery sees it)
+        logger.warning("writing the buffered appends of %s at exit failed", segs.directory,
+                       exc_info=True)
     finally:
         lock.release()

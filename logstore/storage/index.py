@@ -67,6 +67,27 @@ class _MappedArray:
         return cls(path, arr, existing_n, True)
 
     @classmethod
+    def map_shared(cls, path: str, n: int):
+        """Map the preallocated index file of an active segment that other processes write too
+        (``Log.open(shared=True)``): entries are appended into the shared mapping under the log's
+        write lock; ``n`` (how many are valid) comes from the shared tail."""
+        size = os.path.getsize(path) // cls.dtype.itemsize
+        arr = np.memmap(path, dtype=cls.dtype, mode="r+", shape=(max(size, n),))
+        return cls(path, arr, n, True)
+
+    def set_count(self, n: int) -> None:
+        """(shared active index) Another writer appended entries: ``n`` are valid now (the file
+        is remapped if it grew past this mapping)."""
+        if n > len(self._arr) and self.path is not None:
+            self._drop_view()
+            self._map = None
+            size = os.path.getsize(self.path) // self.dtype.itemsize
+            arr = np.memmap(self.path, dtype=self.dtype, mode="r+", shape=(max(size, n),))
+            self._map = arr
+            self._arr = arr.view(np.ndarray)
+        self.n = n
+
+    @classmethod
     def load(cls, path: str) -> Optional[np.ndarray]:
         """Read a (trimmed) index file into memory; None if missing or of an impossible size."""
         try:

@@ -23,6 +23,7 @@ Theory of operation
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import os
 import threading
@@ -69,11 +70,17 @@ from .reading import (
     ReadHooks, batch_for, batches, collect_sorted, first_offset_at, records, sort_request, take,
 )
 from .segments import SegmentList, list_segments
+from .shared import ROLLING, SharedTail, SharedWriter
 from .sync import GroupCommit
 from .tail import RecoveryReport
 
 logger = logging.getLogger("logstore")
 DEFAULT_MAX_RECORDS = 1000
+
+
+def _no_clean_close(active: Segment, next_offset: int) -> None:
+    """(a shared log's last writer after a failure) No clean-shutdown marker: the next open
+    recovers the log."""
 
 
 
@@ -88,10 +95,14 @@ class Log:
     """
 
     # ------------------------------------------------------------------ opening
-    def __init__(self, directory: str, config: LogConfig, fs: FileSystem, readonly: bool):
+    def __init__(self, directory: str, config: LogConfig, fs: FileSystem, readonly: bool,
+                 shared: bool = False):
         self.path = directory
         self.config = config
         self.readonly = readonly
+        self.shared = shared
+        self._shared: Optional[SharedWriter] = None  # set by a shared writer's open
+        self._follows = readonly or shared  # reads catch up with other processes' writes
         self._fs = fs
         self._lock = threading.Lock()
         self._sync = GroupCommit(directory, fs, self._sync_snapshot)
@@ -135,6 +146,7 @@ class Log:
         path: "str | os.PathLike[str]",
         *,
         readonly: bool = False,
+        shared: bool = False,
         fs: Optional[FileSystem] = None,
         **options: Any,
     ) -> "Log":
@@ -143,12 +155,19 @@ class Log:
         ``options`` are the fields of :class:`~logstore.config.LogConfig` (``fsync``,
         ``fsync_records``, ``fsync_ms``, ``compression``, ``segment_bytes``, ``segment_ms``,
         ``index_interval_bytes``, ``max_record_bytes``...); unknown names raise
-        :class:`~logstore.errors.ConfigError`. ``fs`` replaces the I/O layer (tests only).
+        :class:`~logstore.errors.ConfigError`. ``shared=True``: one of several writers, in any
+        number of processes (see README, "Many processes"); without it the only writer.
+        ``fs`` replaces the I/O layer (tests only).
         """
         directory = os.path.abspath(os.fspath(path))
+        if shared and readonly:
+            raise ConfigError("shared=True is for writers; a readonly=True open needs no lock")
+        if shared and options.get("write_buffer_bytes"):
+            raise ConfigError("write_buffer_bytes is not available with shared=True: every "
+                              "append must be in the file before another process appends")
         # The stored settings win; a passed one that differs is refused before anything changes.
         config = loader.settled_config(directory, options)
-        log = cls(directory, config, fs or DEFAULT_FS, readonly)
+        log = cls(directory, config, fs or DEFAULT_FS, readonly, shared)
         try:
             if readonly:
                 log._open_reader()
@@ -198,6 +217,9 @@ class Log:
         d = self.path
         loader.check_writer_directory(d)
         self._fs.makedirs(d)
+        if self.shared:
+            self._open_shared_writer(options)
+            return
         self._dir_lock = DirectoryLock(d).acquire()
         try:
             found = loader.meta_for_writer(d, self._fs, self.config)
@@ -214,6 +236,63 @@ class Log:
         self._next_offset = self._sync.durable_offset = self._segs.active.next_offset
         self._configure_active(self._segs.active)
         self._start_threads()
+
+    def _open_shared_writer(self, options: Dict[str, Any]) -> None:
+        """Join the writers of a shared log (the first recovers it), under the write lock."""
+        d = self.path
+        tail = SharedTail(d).open()
+        tail.lock_write()
+        lock = DirectoryLock(d)
+        try:
+            found = loader.meta_for_writer(d, self._fs, self.config)
+            self.meta = found
+            self._apply_config(loader.settled_config(d, options, found))
+            loader.store_missing_settings(d, self._fs, found, self.config)
+            shared = SharedWriter(self._segs, tail, lock)
+            self.recovery_report = shared.open(self._index_capacity)
+            t = tail.read()
+        except BaseException:
+            for seg in self._segs.items:
+                seg.close()
+            lock.release()
+            tail.unlock_write()
+            tail.close()
+            raise
+        tail.unlock_write()
+        self._dir_lock = lock
+        self._shared = shared
+        self._sync.shared_sync = self._shared_sync
+        self._next_offset = t.next_offset
+        self._sync.durable_offset = t.durable_offset
+        self._configure_active(self._segs.active)
+        self._start_threads()
+
+    def _shared_enter_locked(self) -> Any:
+        """(log lock held; shared writers) Take the write lock and catch up; returns the tail
+        snapshot ``_shared_leave_locked`` needs."""
+        t = self._shared.enter()
+        try:
+            if t.failed:
+                raise StorageError(f"an fsync of {self.path} failed in another process: the log "
+                                   f"refuses writes until reopened")
+            self._segs.active.synced_size = self._shared.synced_size()
+            self._next_offset = t.next_offset
+            if t.writing_to == ROLLING:  # a writer died in the middle of a roll: finish it
+                self._roll_locked()
+        except BaseException:
+            self._shared.leave(t)
+            raise
+        return t
+
+    def _shared_sync(self) -> int:
+        """(group commit's leader, shared writers) fsync shared with the other processes."""
+        try:
+            return self._shared.sync(self._fs, self._next_offset)
+        except StorageError:
+            raise
+        except OSError:
+            self._shared.fail()
+            raise
 
     def _start_threads(self) -> None:
         """The background retention/compaction pass and the fsync_ms flusher, when configured
@@ -240,7 +319,8 @@ class Log:
 
     def _configure_active(self, seg: Segment) -> None:
         """Writer settings of a segment that becomes the active one."""
-        seg.writer.apply_policy(self.config, seg.size, default_fs=type(self._fs) is FileSystem)
+        seg.writer.apply_policy(self.config, seg.size, default_fs=type(self._fs) is FileSystem,
+                                shared=self.shared)
 
     def _open_reader(self) -> None:
         d = self.path
@@ -256,8 +336,14 @@ class Log:
 
     # ------------------------------------------------------------------ read-only refresh
     def _refresh_locked(self) -> None:
-        """Catch up with the writer: walk new whole, CRC-valid batches; follow segment rolls."""
-        if self._segs.items or list_segments(self.path):
+        """Catch up with the writer(s): a reader walks new whole, CRC-valid batches and follows
+        segment rolls; a shared writer adopts what the other writers published."""
+        if self._shared is not None:
+            t = self._shared.follow()
+            self._next_offset = t.next_offset
+            if t.durable_offset > self._sync.durable_offset:
+                self._sync.advance(t.durable_offset)
+        elif self._segs.items or list_segments(self.path):
             self._next_offset = self._segs.follow()
 
     # ------------------------------------------------------------------ state
@@ -298,7 +384,7 @@ class Log:
         """The next offset to be assigned: every record below it is readable."""
         with self._lock:
             self._check_open()
-            if self.readonly:
+            if self._follows:
                 self._refresh_locked()
             return self._visible_end()
 
@@ -393,6 +479,10 @@ class Log:
             raise RecordTooLargeError(
                 f"record encodes to {raw_len} bytes, above max_record_bytes="
                 f"{self._max_record_bytes}; nothing was written")
+        if self._shared is not None:  # (one path for every batch of a shared log)
+            return self.append_prepared(prepare_one(
+                value, key, None, ts, self._codec, self.config.compression_level,
+                self._max_record_bytes), wait).start
         framed = (HEADER_SIZE + raw_len + 7) & ~7
         with self._lock:
             if self._closed or self.readonly or self._sync.failed is not None:
@@ -426,15 +516,38 @@ class Log:
         ``prepare_*``); ``wait=False`` does not wait for the fsync policy."""
         with self._lock:
             self._check_writable()
-            base = self._next_offset
-            active = self._active_for_locked(p.framed_length, p.max_timestamp, p.last_offset_delta)
-            data = frame(p, base, active.synced_size)
-            nxt = base + p.last_offset_delta + 1
-            active.append(data, base, nxt, p.max_timestamp, p.base_timestamp)
-            self._next_offset = nxt
+            if self._shared is not None:
+                nxt = self._append_shared_locked(p)
+                base = nxt - p.last_offset_delta - 1
+            else:
+                base = self._next_offset
+                active = self._active_for_locked(p.framed_length, p.max_timestamp,
+                                                 p.last_offset_delta)
+                data = frame(p, base, active.synced_size)
+                nxt = base + p.last_offset_delta + 1
+                active.append(data, base, nxt, p.max_timestamp, p.base_timestamp)
+                self._next_offset = nxt
         if wait:
             self._sync_per_policy(nxt)
         return range(base, nxt)
+
+    def _append_shared_locked(self, p: PreparedBatch) -> int:
+        """(log lock held) Append one batch to a shared log under its write lock: catch up with
+        the other writers, write at the tail, publish. Returns the next offset."""
+        shared = self._shared
+        t = self._shared_enter_locked()
+        try:
+            base = self._next_offset
+            active = self._active_for_locked(p.framed_length, p.max_timestamp, p.last_offset_delta)
+            data = frame(p, base, active.synced_size)
+            if active.base_offset == t.active_base:  # (after a roll the roll mark stays on)
+                t = shared.writing(t, active.size + len(data))  # (a kill now: torn)
+            nxt = base + p.last_offset_delta + 1
+            active.append(data, base, nxt, p.max_timestamp, p.base_timestamp)
+            self._next_offset = nxt
+        finally:
+            shared.leave(t)
+        return nxt
 
     def _active_for_locked(self, length: int, max_ts: int, last_delta: int) -> Segment:
         """(lock held) The segment the next batch goes to, rolling first if the batch would pass
@@ -470,7 +583,9 @@ class Log:
         """Seal the active segment (durably) and start a new one at ``_next_offset``."""
         old = self._segs.active
         try:
-            old.trim()
+            if self._shared is not None:
+                self._shared.rolling(self._next_offset)  # (a kill from here on: finished by
+            old.trim()                                   # the next writer, see shared.py)
             old.sync()
             old.seal()
             new = Segment.create(self.path, self._next_offset, self._fs,
@@ -556,7 +671,16 @@ class Log:
                     if active.pending and problem is None:
                         problem = StorageError(f"{len(active.pending)} buffered bytes of "
                                                f"{self.path} could not be written")
-                    if problem is None:
+                    if self._shared is not None:
+                        # The last writer closes the log cleanly; the others make their own
+                        # appends durable (the close is their durability point) and go.
+                        try:
+                            self._shared.close(
+                                loader.close_cleanly if problem is None else _no_clean_close,
+                                lambda: self._segs.active.sync())
+                        except OSError as e:
+                            problem = problem or e
+                    elif problem is None:
                         try:
                             loader.close_cleanly(active, self._next_offset)
                         except OSError as e:
@@ -643,7 +767,7 @@ class Log:
         with self._lock:
             if self._closed:
                 self._check_open()
-            if self.readonly and offset >= self._next_offset:
+            if self._follows and offset >= self._next_offset:
                 self._refresh_locked()  # only needed for records this reader has not seen yet
             end = self._sync.durable_offset if self._always else self._next_offset
             segs = self._segs
@@ -688,7 +812,7 @@ class Log:
         out: List[Any] = [None] * len(sorted_offs)
         with self._lock:
             self._check_open()
-            if self.readonly and sorted_offs[-1] >= self._next_offset:
+            if self._follows and sorted_offs[-1] >= self._next_offset:
                 self._refresh_locked()
             end = self._visible_end()
             self._check_get_range(sorted_offs[0], end)
@@ -720,7 +844,7 @@ class Log:
             raise ValueError(f"max_bytes must be an int >= 0 or None, got {max_bytes!r}")
         with self._lock:
             self._check_open()
-            if self.readonly:
+            if self._follows:
                 self._refresh_locked()
             end = self._visible_end()
             self._check_range(offset, end)
@@ -751,7 +875,7 @@ class Log:
         from_offset = check_offset("from_offset", from_offset)
         with self._lock:
             self._check_open()
-            if self.readonly:
+            if self._follows:
                 self._refresh_locked()
             end = self._visible_end()
             self._check_range(from_offset, end)
@@ -767,7 +891,7 @@ class Log:
         ts = check_timestamp(timestamp_ms)
         with self._lock:
             self._check_open()
-            if self.readonly:
+            if self._follows:
                 self._refresh_locked()
             return first_offset_at(self._segs, ts, self._visible_end())
 
@@ -783,14 +907,21 @@ class Log:
         "start_offset"}``.
         """
         config = self.config.replace(**limits) if limits else self.config
-        with self._cleaner_lock, self._lock:
+        with self._cleaner_lock, self._cleaning(), self._lock:
             self._check_writable()
-            removed = segments_to_delete(self._segs.items[:-1], self._segs.active.size,
-                                         config, now_ms(), keep_from, protect_from)
-            if removed:
-                with storage_errors(f"deleting segments of {self.path}"):
-                    self._segs.delete(removed)
-            start = self._segs.start_offset
+            t = self._shared_enter_locked() if self._shared is not None else None
+            try:
+                removed = segments_to_delete(self._segs.items[:-1], self._segs.active.size,
+                                             config, now_ms(), keep_from, protect_from)
+                if removed:
+                    with storage_errors(f"deleting segments of {self.path}"):
+                        self._segs.delete(removed)
+                    if t is not None:
+                        self._shared.segments_changed()
+                start = self._segs.start_offset
+            finally:
+                if t is not None:
+                    self._shared.leave(t)
         return {"segments_removed": len(removed),
                 "bytes_freed": sum(seg.size for seg in removed), "start_offset": start}
 
@@ -801,19 +932,48 @@ class Log:
         if not self.config.compacted:
             raise ConfigError(f"log {self.path} has cleanup_policy={self.config.cleanup_policy!r};"
                               f" open it with cleanup_policy='compact' (or 'compact,delete')")
-        with self._cleaner_lock:
+        with self._cleaner_lock, self._cleaning():
             with self._lock:
                 self._check_writable()
+                if self._shared is not None:
+                    self._refresh_locked()  # the sealed segments as the other writers left them
             try:
                 with storage_errors(f"compaction of {self.path}"):
                     return cleaner.compact(self._segs, self.config, self._mark_compacted,
-                                           now_ms).as_dict()
+                                           now_ms, self._swapping).as_dict()
             except BaseException as e:
                 if os.path.exists(os.path.join(self.path, COMPACTION_COMMIT)):
                     # Failed after its commit point: the files are half swapped. Nothing may
                     # change the log until a reopen completes the swap.
                     self._sync.fail(e)
                 raise
+
+    @contextlib.contextmanager
+    def _cleaning(self) -> Iterator[None]:
+        """One retention or compaction pass at a time across the writers of a shared log."""
+        if self._shared is None:
+            yield
+            return
+        self._shared.tail.lock_clean()
+        try:
+            yield
+        finally:
+            self._shared.tail.unlock_clean()
+
+    @contextlib.contextmanager
+    def _swapping(self) -> Iterator[None]:
+        """The cleaner swaps cleaned segments in under this (the log lock; for a shared log also
+        the write lock, with the other writers told that the segment list changed)."""
+        with self._lock:
+            if self._shared is None:
+                yield
+                return
+            t = self._shared.enter()
+            try:
+                yield
+                self._shared.segments_changed()
+            finally:
+                self._shared.leave(t)
 
     def _mark_compacted(self) -> None:
         """Record in the metadata that offsets may now have gaps (read-only openers need it).
@@ -829,7 +989,7 @@ class Log:
         """Per segment: base offset, next offset, size in bytes, file name (for tools and stats)."""
         with self._lock:
             self._check_open()
-            if self.readonly:
+            if self._follows:
                 self._refresh_locked()
             out = []
             for seg in self._segs.items:

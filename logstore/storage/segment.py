@@ -213,6 +213,38 @@ class Segment:
         report.indexes_rebuilt = True
         return report
 
+    # ------------------------------------------------------------------ shared logs
+    def shared_state(self) -> Tuple[int, int, int, int, int, int]:
+        """(active segment of a shared log) What other writers adopt after this one appended:
+        ``(size, next_offset, index entries, last indexed position, max timestamp, first
+        timestamp or -1)``."""
+        first = -1 if self.first_timestamp is None else self.first_timestamp
+        return (self.size, self.next_offset, self._offset_index.n, self._last_index_pos,
+                self.max_timestamp, first)
+
+    def adopt(self, size: int, next_offset: int, index_n: int, last_index_pos: int,
+              max_ts: int, first_ts: int) -> None:
+        """(active segment of a shared log) Take what other writers appended: the batches are
+        in the file and their index entries in the shared index mappings already."""
+        self.size = size
+        self.next_offset = next_offset
+        self._offset_index.set_count(index_n)
+        self._time_index.set_count(index_n)
+        self._last_index_pos = last_index_pos
+        self.max_timestamp = max_ts
+        self.first_timestamp = None if first_ts < 0 else first_ts
+
+    def open_shared_active(self, state: Tuple[int, int, int, int, int, int]) -> None:
+        """Open this segment as the active one of a shared log that other writers are writing
+        (no recovery: the tail they share says how far its batches go)."""
+        self.fd = self.fs.open(self.path, os.O_RDWR)
+        self.writer = ActiveFile(self.fd, self.fs, self.path, os.fstat(self.fd).st_size)
+        self._offset_index = OffsetIndex.map_shared(self.index_path, state[2])
+        self._time_index = TimeIndex.map_shared(self.timeindex_path, state[2])
+        self._index_checked = True
+        self.sealed = False
+        self.adopt(*state)
+
     def rebuild_sealed_indexes(self) -> None:
         """Rebuild and save this sealed segment's indexes from a strict scan (``logstore
         recover``); :class:`CorruptLogError` if the segment itself is damaged."""

@@ -155,7 +155,11 @@ class SegmentList:
             finish_swap(self.fs, swap)
             new = Segment.open_sealed(self.directory, seg.base_offset, seg.next_offset, self.fs,
                                       self.index_interval, self.writable)
-            self.items = [new if s is seg else s for s in self.items]
+            for s in self.items:
+                if s.base_offset == seg.base_offset:
+                    s.retired = True
+            # (by base offset: the list may hold another object for the segment by now)
+            self.items = [new if s.base_offset == seg.base_offset else s for s in self.items]
             seg.retired = True
 
     # ------------------------------------------------------------------ following a writer

@@ -102,6 +102,17 @@ BYPASS: Tuple[Tuple[str, str, str, str], ...] = (
      "close, checked before use and rebuilt by recovery"),
     ("index.py", "_MappedArray._grow_file", "np.memmap(r+)",
      "the same mapping made larger (numpy extends the file)"),
+    ("index.py", "_MappedArray.map_shared", "np.memmap(r+)",
+     "a shared log's active index, mapped by every writer: the same hints as above"),
+    ("index.py", "_MappedArray.set_count", "np.memmap(r+)", "the same mapping, remapped larger"),
+    ("lockfile.py", "DirectoryLock.acquire_shared", "os.open(create)",
+     "the .writers lock file of a shared log: a flock, no content"),
+    ("shared.py", "SharedTail.open", "os.open(create)",
+     "a shared log's lock files (.wlock, .slock, .clock): flocks; the page in .wlock is "
+     "coordination state of live writers, rebuilt from the segments by the first writer after "
+     "they are all gone (nothing durable is ever read from it)"),
+    ("shared.py", "SharedTail.open", "os.ftruncate", "the same page, sized"),
+    ("shared.py", "SharedTail.open", "mmap(ACCESS_WRITE)", "the same page, mapped"),
     ("lockfile.py", "DirectoryLock.acquire", "os.ftruncate",
      "the .lock file's content is the writer's pid, informational: the flock is the lock"),
     ("lockfile.py", "DirectoryLock.acquire", "os.pwrite", "the same"),
