@@ -362,3 +362,16 @@ def test_window_counter_and_timings():
     s = t.summary()
     assert s["count"] == 1000 and math.isclose(s["sum_s"], sum(i / 1000 for i in range(1000)))
     assert s["max_s"] == 0.999 and 0.9 <= s["p50_s"] <= s["p99_s"] <= 0.999  # recent ones
+
+
+def test_a_damaged_queue_does_not_hide_the_other_figures(store, tmp_path):
+    shop(store)
+    store.queue("other").put(b"x")
+    store.flush()
+    os.remove(tmp_path / "s" / "internal" / "queues" / "other" / "logstore.meta")
+    m = store_metrics(tmp_path / "s")
+    assert "error" in m["queues"]["other"] and m["queues"]["jobs"]["total"] == 6
+    samples = parse_exposition(logstore.prometheus_text(m))
+    assert value(samples, "logstore_queue_error", queue="other") == 1
+    lines = breaches(m, [parse_check("depth>100000")])
+    assert len(lines) == 1 and lines[0].startswith("queue other: figures unavailable:")

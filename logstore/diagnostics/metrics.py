@@ -104,9 +104,13 @@ def parse_check(text: str) -> Check:
 
 def breaches(metrics: Dict[str, Any], checks: List[Check]) -> List[str]:
     """One line per figure that breaches a check: ``"<kind> <name>: <figure>=<value> <op>
-    <threshold>"``, in the order of the checks."""
+    <threshold>"``, in the order of the checks; first, one line per figure set that could not
+    be computed (a damaged queue state): that is a breach of every check."""
     out: List[str] = []
     rows = entities(metrics)
+    for kind, name, fig in rows:
+        if "error" in fig and checks:  # figures that could not be computed: never a silent pass
+            out.append(f"{kind} {name}: figures unavailable: {fig['error']}")
     for check in checks:
         fn = _OPS[check.op]
         for kind, name, fig in rows:

@@ -233,6 +233,21 @@ def open_queue_figures(q: MeteredWorkQueue, now: int) -> Dict[str, Any]:
     return fig
 
 
+def _queue_figures(store: Any, name: str, q: Optional[MeteredWorkQueue], now: int
+                   ) -> Dict[str, Any]:
+    if q is not None:
+        return open_queue_figures(q, now)
+    topic = store.topic(name)
+    if store.readonly:
+        fig = queue_figures_from_state(_folded_state(store, name, topic), topic, now)
+    else:
+        state = store.queue_state(name)
+        with state.lock:
+            fig = queue_figures_from_state(state.parts, topic, now)
+    fig["dead_letter_topic"], fig["dead_lettered"] = _dead_letters(store, name, None)
+    return fig
+
+
 # ------------------------------------------------------------------------------ the whole store
 def collect(store: Any, queues: Iterable[Any], groups: Iterable[Any],
             attached: Iterable[Any], topics: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -265,19 +280,11 @@ def collect(store: Any, queues: Iterable[Any], groups: Iterable[Any],
     for name in queue_names(store.root):
         if name not in names:
             continue
-        q = open_queues.get(name)
-        if q is not None:
-            fig = open_queue_figures(q, now)
-        else:
-            topic = store.topic(name)
-            if store.readonly:
-                parts = _folded_state(store, name, topic)
-                fig = queue_figures_from_state(parts, topic, now)
-            else:
-                state = store.queue_state(name)
-                with state.lock:
-                    fig = queue_figures_from_state(state.parts, topic, now)
-            fig["dead_letter_topic"], fig["dead_lettered"] = _dead_letters(store, name, None)
+        try:
+            fig = _queue_figures(store, name, open_queues.get(name), now)
+        except LogstoreError as e:  # one damaged queue must not hide every other figure
+            out["queues"][name] = {"error": str(e)}
+            continue
         fig["lag"] = fig["total"]
         fig["lag_s"] = fig["oldest_age_s"]
         fig["rate_in"] = out["topics"][name]["rate_in"]

@@ -39,6 +39,7 @@ _HELP = {
     "queue_rate_in": "Messages put per second over the last minute.",
     "queue_rate_out": "Messages acked per second over the last minute (this process).",
     "queue_processing_seconds": "Time from get to ack of acked messages (recent ones).",
+    "queue_error": "1: the queue's figures could not be computed (see logstore metrics --json).",
 }
 
 # figure key -> metric suffix, for the entities whose figures are fixed
@@ -130,6 +131,9 @@ def prometheus_text(metrics: Dict[str, Any]) -> str:
                 fam.add("group_partition_" + suffix, dict(labels, partition=str(p)), pf.get(key))
     for name, fig in sorted(metrics.get("queues", {}).items()):
         labels = {"queue": name}
+        if "error" in fig:
+            fam.add("queue_error", labels, 1)
+            continue
         for key, suffix in _QUEUE:
             fam.add("queue_" + suffix, labels, fig.get(key))
         proc = fig.get("processing_s")

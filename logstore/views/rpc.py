@@ -241,15 +241,17 @@ class Requester:
                     self._lock.wait()  # nothing awaited: nothing to read (late ones can wait)
                 if self._closed:
                     return
+            wait = _PENDING_SLICE_S
             try:
                 self._read_inbox(log)
             except LogClosedError:
                 return
-            except Exception:
+            except Exception:  # said, and tried again a second later (waiting callers time out)
                 logger.exception("request-reply inbox %s: reading failed", self.inbox)
+                wait = 1.0
             with self._lock:
                 if not self._closed:
-                    self._lock.wait(_PENDING_SLICE_S)
+                    self._lock.wait(wait)
 
     def _published(self, rec: Record) -> None:
         """(``store.on`` callback, in the replying thread of this process) Hand the reply over
@@ -472,13 +474,21 @@ class Responder:
 
     def start(self, handler: Callable[[Request], Optional[bytes]], threads: int = 1
               ) -> "Responder":
-        """Run :meth:`serve` in ``threads`` daemon threads; :meth:`stop` ends them."""
+        """Run :meth:`serve` in ``threads`` daemon threads; :meth:`stop` ends them. A thread
+        stopped by an error (a storage error: its request is delivered again) logs it and is
+        no longer counted in ``threads`` of :meth:`metrics`."""
         for i in range(threads):
-            t = threading.Thread(target=self.serve, args=(handler,), daemon=True,
+            t = threading.Thread(target=self._serve_logged, args=(handler,), daemon=True,
                                  name=f"logstore-rpc-responder:{self.topic}:{i}")
             t.start()
             self._threads.append(t)
         return self
+
+    def _serve_logged(self, handler: Callable[[Request], Optional[bytes]]) -> None:
+        try:
+            self.serve(handler)
+        except Exception:
+            logger.exception("responder of %r stopped", self.topic)
 
     def stop(self) -> None:
         """Stop the serving threads (each finishes the request it is answering)."""
@@ -498,7 +508,8 @@ class Responder:
             return "responders", self.topic, {
                 "handled_total": self.handled, "replied_total": self.replied,
                 "errors_total": self.errors, "expired_total": self.expired,
-                "undeliverable_total": self.undeliverable, "threads": len(self._threads)}
+                "undeliverable_total": self.undeliverable,
+                "threads": sum(1 for t in self._threads if t.is_alive())}
 
     def __repr__(self) -> str:
         return f"<logstore.Responder {self.topic!r}>"
