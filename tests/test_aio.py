@@ -90,7 +90,7 @@ async def test_waiting_getters_hold_no_thread_and_the_loop_keeps_running(tmp_pat
             await q.ack(m)
         tick.cancel()
         assert (await q.stats())["total"] == 0
-        assert astore.store.async_wakeups.__len__() == 0  # nobody left registered
+        assert len(astore.store.async_wakeups) == 0  # nobody left registered
     finally:
         await astore.close()
         executor.shutdown()

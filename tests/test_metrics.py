@@ -375,3 +375,36 @@ def test_a_damaged_queue_does_not_hide_the_other_figures(store, tmp_path):
     assert value(samples, "logstore_queue_error", queue="other") == 1
     lines = breaches(m, [parse_check("depth>100000")])
     assert len(lines) == 1 and lines[0].startswith("queue other: figures unavailable:")
+
+
+# ------------------------------------------------------------------------------ stats --check
+def test_stats_check_prints_one_line_per_breach_and_exits_1(store, tmp_path):
+    shop(store)
+    store.flush()
+    root = str(tmp_path / "s")
+    lag = store.metrics()["groups"]["billing"]["orders"]["lag"]
+    res = CliRunner().invoke(main, ["stats", root, "--check", "depth>3", "--check",
+                                    "billing@orders:lag>10", "--check", "dead_lettered>5"])
+    assert res.exit_code == 1, res.output
+    assert res.output.splitlines() == ["queue jobs: depth=5 > 3",
+                                       f"group billing@orders: lag={lag} > 10"]
+    # (read from the logs: the message put with delay= counts in depth, see the README)
+    res = CliRunner().invoke(main, ["stats", root, "--check", "depth>1000", "--check",
+                                    "lag_s>3600"])
+    assert res.exit_code == 0 and res.output == ""
+    res = CliRunner().invoke(main, ["stats", root, "--check", "depth>3", "--json"])
+    assert res.exit_code == 1
+    assert json.loads(res.output)["breaches"] == ["queue jobs: depth=5 > 3"]
+    res = CliRunner().invoke(main, ["stats", root, "--topic", "orders", "--check", "depth>3"])
+    assert res.exit_code == 0 and res.output == ""  # the queue is not in scope
+
+
+def test_stats_check_usage_errors(store, tmp_path):
+    shop(store)
+    store.flush()
+    root = str(tmp_path / "s")
+    for bad in ("depth", "dpeth>1", "depth>>1"):
+        res = CliRunner().invoke(main, ["stats", root, "--check", bad])
+        assert res.exit_code == 2 and "bad check" in res.output, res.output
+    res = CliRunner().invoke(main, ["stats", root + "/topics/orders/0", "--check", "lag>1"])
+    assert res.exit_code == 2 and "needs a store" in res.output

@@ -11,12 +11,16 @@ import json
 import signal
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import click
 
-from ..diagnostics.metrics import MetricsServer, store_exposition, store_metrics
-from .common import operator, path_arg
+from ..diagnostics.metrics import (
+    MetricsServer, breaches, parse_check, store_exposition, store_metrics,
+)
+from ..diagnostics.targets import store_path
+from ..errors import ConfigError
+from .common import EXIT_CORRUPT, CommandExit, operator, path_arg
 
 
 @click.command("metrics")
@@ -63,3 +67,22 @@ def metrics(path: str, topic: Optional[str], as_json: bool, serve: Optional[str]
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.close()
+
+
+def run_checks(path: str, topic: Optional[str], checks: Sequence[str], as_json: bool) -> None:
+    """``logstore stats PATH --check ...``: one line per breach on stdout and exit 1; nothing
+    and exit 0 when every figure is within its threshold. Usage error (exit 2) for a malformed
+    check, or a PATH that is not a store."""
+    parsed = [parse_check(c) for c in checks]  # every check is checked before reading
+    if store_path(path) is None:
+        raise ConfigError(f"--check needs a store (a directory with store.meta); {path} is not "
+                          f"one")
+    lines = breaches(store_metrics(path, topic), parsed)
+    if as_json:
+        click.echo(json.dumps({"path": path, "checks": [c.text for c in parsed],
+                               "breaches": lines}))
+    else:
+        for line in lines:
+            click.echo(line)
+    if lines:
+        raise CommandExit(EXIT_CORRUPT)
