@@ -69,7 +69,7 @@ from .segment import MAX_RELATIVE_OFFSET, Segment
 from .reading import (
     ReadHooks, batch_for, batches, collect_sorted, first_offset_at, records, sort_request, take,
 )
-from .segments import SegmentList, list_segments
+from .segments import SegmentList
 from .shared import ROLLING, SharedTail, SharedWriter
 from .sync import GroupCommit
 from .tail import RecoveryReport
@@ -332,18 +332,22 @@ class Log:
             raise NotALogError(f"{d} has no {META_NAME}: not a logstore log")
         self.meta = found
         self._apply_config(self.config)  # (the "compacted" mark of the metadata)
-        self._refresh_locked()
+        try:
+            self._refresh_locked()
+        except CorruptLogError:
+            pass  # damage in the active segment: every read that gets there raises it
 
     # ------------------------------------------------------------------ read-only refresh
     def _refresh_locked(self) -> None:
-        """Catch up with the writer(s): a reader walks new whole, CRC-valid batches and follows
-        segment rolls; a shared writer adopts what the other writers published."""
+        """Catch up with the writer(s): a reader follows the segments in the directory
+        (retention, compaction, rolls) and the new whole, CRC-valid batches of the active one
+        (``SegmentList.follow``); a shared writer adopts what the other writers published."""
         if self._shared is not None:
             t = self._shared.follow()
             self._next_offset = t.next_offset
             if t.durable_offset > self._sync.durable_offset:
                 self._sync.advance(t.durable_offset)
-        elif self._segs.items or list_segments(self.path):
+        else:
             self._next_offset = self._segs.follow()
 
     # ------------------------------------------------------------------ state
@@ -377,6 +381,8 @@ class Log:
         """The first offset still in the log."""
         with self._lock:
             self._check_open()
+            if self.readonly:
+                self._refresh_locked()
             return self._segs.start_offset
 
     @property
@@ -767,11 +773,14 @@ class Log:
         with self._lock:
             if self._closed:
                 self._check_open()
-            if self._follows and offset >= self._next_offset:
-                self._refresh_locked()  # only needed for records this reader has not seen yet
-            end = self._sync.durable_offset if self._always else self._next_offset
             segs = self._segs
             bases = segs.bases
+            if self._follows and (offset >= self._next_offset or not bases or offset < bases[0]):
+                # Only for offsets outside what this reader has seen (a stat per get would
+                # cost ~20%): a segment it mapped stays readable after the writer drops it.
+                self._refresh_locked()
+                bases = segs.bases
+            end = self._sync.durable_offset if self._always else self._next_offset
             if bases and bases[0] <= offset < end:
                 seg = segs.items[bisect.bisect_right(bases, offset) - 1]
                 found = seg.quick_locate(offset)
@@ -781,7 +790,7 @@ class Log:
                     if rec is not None:
                         return rec
             self._check_get_range(offset, end)
-            seg, buf, at, h, pos = batch_for(self._segs, offset)
+            seg, buf, at, h, pos = batch_for(segs, offset)
             rec = extract_record(buf, h, offset, seg.path, pos, at)
         if rec is None:
             self._gap(offset, h.base_offset if h.base_offset > offset else offset + 1, seg, pos)
@@ -812,14 +821,14 @@ class Log:
         out: List[Any] = [None] * len(sorted_offs)
         with self._lock:
             self._check_open()
-            if self._follows and sorted_offs[-1] >= self._next_offset:
+            low, high = sorted_offs[0], sorted_offs[-1]
+            if self._follows and (high >= self._next_offset or low < self._segs.start_offset):
                 self._refresh_locked()
             end = self._visible_end()
-            self._check_get_range(sorted_offs[0], end)
-            self._check_get_range(sorted_offs[-1], end)
+            self._check_get_range(low, end)
+            self._check_get_range(high, end)
             collect_sorted(self._segs, sorted_offs, order_list, out, self._gap)
         return out
-
     def read(
         self,
         offset: int,
@@ -925,22 +934,32 @@ class Log:
         return {"segments_removed": len(removed),
                 "bytes_freed": sum(seg.size for seg in removed), "start_offset": start}
 
-    def compact(self, now_ms: Optional[int] = None) -> Dict[str, Any]:
+    def compact(self, now_ms: Optional[int] = None, *, dry_run: bool = False,
+                force: bool = False, tunables: Optional[Dict[str, int]] = None
+                ) -> Dict[str, Any]:
         """Run compaction now: keep the latest record per key in sealed segments (see
         :mod:`logstore.storage.cleaner`). Returns a report dict. Needs ``cleanup_policy`` with
-        compact."""
-        if not self.config.compacted:
+        compact, unless ``force`` (operator tools). ``dry_run``: count what a pass would remove
+        and change nothing (a read-only log too). ``tunables``: ``delete_retention_ms`` and/or
+        ``compaction_buffer_bytes`` for this pass only (the stored settings are unchanged)."""
+        cfg = self.config
+        if tunables:
+            unknown = set(tunables) - {"delete_retention_ms", "compaction_buffer_bytes"}
+            if unknown:
+                raise ConfigError(f"compact() tunables: unknown {sorted(unknown)}")
+            cfg = cfg.replace(**tunables)
+        if not (self.config.compacted or force or dry_run):
             raise ConfigError(f"log {self.path} has cleanup_policy={self.config.cleanup_policy!r};"
                               f" open it with cleanup_policy='compact' (or 'compact,delete')")
         with self._cleaner_lock, self._cleaning():
             with self._lock:
-                self._check_writable()
-                if self._shared is not None:
-                    self._refresh_locked()  # the sealed segments as the other writers left them
+                self._check_open() if dry_run and self.readonly else self._check_writable()
+                if self._follows:
+                    self._refresh_locked()  # (shared: the sealed segments as the others left them)
             try:
                 with storage_errors(f"compaction of {self.path}"):
-                    return cleaner.compact(self._segs, self.config, self._mark_compacted,
-                                           now_ms, self._swapping).as_dict()
+                    return cleaner.compact(self._segs, cfg, self._mark_compacted,
+                                           now_ms, dry_run, self._swapping).as_dict()
             except BaseException as e:
                 if os.path.exists(os.path.join(self.path, COMPACTION_COMMIT)):
                     # Failed after its commit point: the files are half swapped. Nothing may
@@ -979,10 +998,7 @@ class Log:
         """Record in the metadata that offsets may now have gaps (read-only openers need it).
         Called by the cleaner before its commit point, so a log with gaps is never without it."""
         self._allow_gaps = True
-        settings = self.meta.setdefault("settings", {})
-        if not settings.get("compacted"):
-            settings["compacted"] = True
-            meta.rewrite_meta(self.path, self._fs, self.meta)
+        meta.mark_compacted(self.path, self._fs, self.meta)
 
     # ------------------------------------------------------------------ introspection
     def segments(self) -> List[Dict[str, Any]]:
@@ -991,12 +1007,7 @@ class Log:
             self._check_open()
             if self._follows:
                 self._refresh_locked()
-            out = []
-            for seg in self._segs.items:
-                seg.ensure_open()
-                out.append({"base_offset": seg.base_offset, "next_offset": seg.next_offset,
-                            "size": seg.size, "path": seg.path, "sealed": seg.sealed})
-            return out
+            return self._segs.describe()
 
 
 __all__ = ["Log", "ConfigError"]

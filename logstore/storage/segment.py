@@ -30,7 +30,9 @@ from ..format.header import ALIGN, ATTR_OFFSET_DELTAS, BatchHeader, CODEC_MASK, 
 from ..fs import FileSystem
 from ..format.names import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
 from .active_file import ActiveFile
-from .tail import RecoveryReport, inspect_active
+from .tail import (
+    RecoveryReport, inspect_active, reader_stop_problem, refusal, whole_batches,
+)
 from .index import OffsetIndex, TimeIndex
 from .sparse import zeros_between, zeros_in_mapping
 
@@ -95,6 +97,8 @@ class Segment:
         self.first_timestamp: Optional[int] = None
         self.sealed = False
         self.retired = False  # replaced (compaction) or deleted (retention): readers relocate
+        self.inode: Optional[int] = None  # (readers) the file opened: another one replaced it
+        self.stop_checked: Optional[Tuple[int, int]] = None  # (reader) catch_up's last verdict
         self.use_pread = False
         self._map: Optional[mmap.mmap] = None
         self._map_len = 0
@@ -139,7 +143,8 @@ class Segment:
                 raise OffsetOutOfRangeError(
                     f"segment {self.path} no longer exists (removed by retention)") from None
             try:
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                size, self.inode = st.st_size, st.st_ino
                 if size:
                     self._map = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
                     self._map_len = size
@@ -179,24 +184,22 @@ class Segment:
         else:
             self.rebuild_indexes(self.scan(0), index_capacity)
 
-    def recover(self, index_capacity: int, force_truncate: bool = False) -> RecoveryReport:
+    def recover(self, index_capacity: int, force_truncate: bool = False,
+                durable_floor: int = 0, durable_end: Optional[int] = None) -> RecoveryReport:
         """Recover this (writable) active segment after an unclean shutdown: scan it, cut a torn
         or never-written tail, make the rest durable, rebuild the indexes (Kafka's
         ``LogSegment.recover``). Returns the report.
 
-        Raises :class:`CorruptLogError` (changing nothing) if valid data follows the damage and
-        ``force_truncate`` is not set.
+        Raises :class:`CorruptLogError` (changing nothing) for data damage (``tail.refusal``:
+        valid data follows the damage, or data ends below ``durable_floor``/``durable_end``,
+        a clean-shutdown marker's size and end offset) unless ``force_truncate`` is set.
         """
         self.fd = self.fs.open(self.path, os.O_RDWR)
         self.writer = ActiveFile(self.fd, self.fs, self.path, os.fstat(self.fd).st_size)
-        scan, report = inspect_active(self)
-        if report.data_after_problem and not force_truncate:
-            raise CorruptLogError(
-                f"{report.problem}; valid batches follow it, so this is corruption inside the "
-                f"active segment, not a torn tail. Nothing was changed. Run `logstore recover "
-                f"--apply {self.directory}` to cut the segment at this point "
-                f"(dropping {report.truncated_bytes} bytes), or restore it from a copy",
-                self.path, report.problem_position)
+        scan, report = inspect_active(self, durable_floor, durable_end)
+        refused = refusal(report, self.directory)
+        if refused is not None and not force_truncate:
+            raise CorruptLogError(refused, self.path, report.valid_bytes)
         self.size = scan.valid_end
         if report.truncated_bytes:
             self.truncate_to(scan.valid_end)
@@ -255,34 +258,34 @@ class Segment:
         """Read-only view of the active segment: pread, in-memory index built while walking."""
         self.use_pread = True
         self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.inode = os.fstat(self.fd).st_ino
         self.size = 0
         self.next_offset = self.base_offset
         self._offset_index = OffsetIndex.in_memory()
         self._time_index = TimeIndex.in_memory()
         self._index_checked = True
 
-    def catch_up(self) -> None:
+    def catch_up(self, durable_floor: int = 0) -> None:
         """(A reader's active segment) Take in the whole, CRC-valid batches another writer
         appended since the last call; stop at anything not (yet) whole and valid: a batch being
-        written, the writer's preallocated tail, or a torn tail it will cut."""
+        written, the writer's preallocated tail, or a torn tail it will cut. Raises
+        :class:`CorruptLogError` where the stop is damage (``tail.reader_stop_problem``;
+        ``durable_floor``: the size a clean-shutdown marker gives this segment)."""
         file_size = os.fstat(self.fd).st_size
-        pos = self.size
-        while pos + HEADER_SIZE <= file_size:
-            raw = os.pread(self.fd, HEADER_SIZE, pos)
-            if len(raw) < HEADER_SIZE:
-                break  # the writer cut its preallocated tail since the fstat (a roll or close)
-            h = parse_header(raw, 0)
-            if header_problem(h) or pos + h.length > file_size:
-                break  # not written yet (or torn): look again next time
-            data = os.pread(self.fd, h.length, pos)
-            if len(data) < h.length or not crc_ok(data, 0, h):
-                break
-            self.size = pos + h.length
-            self.note_batch(pos, h.base_offset, h.max_timestamp)
-            self.next_offset = h.next_offset
-            if self.first_timestamp is None:
-                self.first_timestamp = h.base_timestamp
-            pos += h.length
+        pos, raw = whole_batches(self.fd, self.size, file_size, self._take_batch)
+        self.size = pos
+        if pos < durable_floor or (raw is not None and self.stop_checked != (pos, file_size)):
+            problem = reader_stop_problem(self.fd, pos, file_size, self.next_offset,
+                                          durable_floor, raw)
+            if problem is not None:
+                raise CorruptLogError(problem, self.path, pos)
+            self.stop_checked = (pos, file_size)
+
+    def _take_batch(self, pos: int, h: BatchHeader) -> None:
+        self.note_batch(pos, h.base_offset, h.max_timestamp)
+        self.next_offset = h.next_offset
+        if self.first_timestamp is None:
+            self.first_timestamp = h.base_timestamp
 
     def become_sealed_reader(self) -> None:
         """(A reader's active segment) The writer sealed this segment: read it as a sealed one
