@@ -11,7 +11,7 @@ jobs and a consumer group commits part of the events. Then:
   'depth>1000' --check 'lag_s>0.5'`` runs from cron), one line per breach;
 * a Prometheus scrape endpoint serving this process's figures (``MetricsServer``), scraped once;
 * ``logstore metrics PATH`` from another process: the same depth and lag, read from the logs,
-  without the process-local figures.
+  without the process-local figures; and ``logstore stats PATH --check ...`` as cron runs it.
 """
 
 from __future__ import annotations
@@ -89,6 +89,13 @@ def main() -> int:
         print(f"logstore metrics (another process): depth {o_jobs['depth']}, lag "
               f"{other['groups']['analytics']['events']['lag']}, process-local acked_total: "
               f"{o_jobs.get('acked_total', 'absent')}")
+        cron = subprocess.run([sys.executable, "-m", "logstore.cli", "stats", root, "--check",
+                               "depth>1000", "--check", "dead_lettered>0"],
+                              capture_output=True, text=True, timeout=120)
+        print(f"logstore stats --check 'depth>1000' --check 'dead_lettered>0': exit "
+              f"{cron.returncode}")
+        for line in cron.stdout.splitlines():
+            print("  " + line)
     ok = (jobs["depth"] == 2498 and jobs["in_flight"] == 1 and jobs["dead_lettered"] == 1
           and proc["count"] == 500 and lag["lag"] == 3800
           and [a.split("=")[0] for a in alerts] == [
@@ -96,7 +103,9 @@ def main() -> int:
           and alerts[0] == "queue jobs: depth=2498 > 1000"
           and sample(scraped, "logstore_queue_acked_total") == 500
           and o_jobs["depth"] == 2498 and "acked_total" not in o_jobs
-          and other["groups"]["analytics"]["events"]["lag"] == 3800)
+          and other["groups"]["analytics"]["events"]["lag"] == 3800
+          and cron.returncode == 1 and cron.stdout.splitlines() == [
+              "queue jobs: depth=2498 > 1000", "queue jobs: dead_lettered=1 > 0"])
     print("OK" if ok else "MISMATCH")
     if args.json:
         print(json.dumps({"alerts": alerts, "dir": root}))
