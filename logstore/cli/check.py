@@ -6,7 +6,7 @@ Both are read-only: the work is :mod:`logstore.diagnostics`; this module prints 
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
@@ -17,6 +17,7 @@ from .common import (
     EXIT_CORRUPT, CommandExit, error, inspect_with_progress, operator, path_arg, quiet_option,
     store_options,
 )
+from .metrics import run_checks
 from .output import Out, Progress, age, dumps, iso, num, seg_label, table, total_bytes
 
 
@@ -126,11 +127,15 @@ def _print_verify_summary(out: Out, path: str, reports: List[LogReport], quiet: 
 @click.option("--internal", "show_internal", is_flag=True,
               help="Store root: also list the internal logs and the internal groups (work-queue "
                    "checkpoints, redrive cursors).")
+@click.option("--check", "checks", multiple=True, metavar="[NAME:]FIGURE>N",
+              help="Store root: an alert threshold (repeatable), e.g. 'depth>1000', "
+                   "'lag_s>60', 'jobs:dead_lettered>0'; prints one line per breach instead of "
+                   "the stats and exits 1 if any (see `logstore metrics`).")
 @store_options()
 @quiet_option
 @operator
-def stats(path: str, as_json: bool, show_internal: bool, topic: Optional[str],
-          partition: Optional[int], quiet: bool) -> None:
+def stats(path: str, as_json: bool, show_internal: bool, checks: Tuple[str, ...],
+          topic: Optional[str], partition: Optional[int], quiet: bool) -> None:
     """Segments, offsets, sizes, record and batch counts, compression, time range of PATH.
 
     Reads only the 64-byte batch headers (fast; CRCs are not checked: use `logstore verify`).
@@ -149,7 +154,15 @@ def stats(path: str, as_json: bool, show_internal: bool, topic: Optional[str],
       - with --internal: the internal logs and groups.
     Committed offsets and queue state are read read-only (beside a running writer they are
     as of its last durable write).
+
+    With --check (a store): the figures of `logstore metrics` against each threshold
+    ([NAME:]FIGURE OP NUMBER, OP one of > >= < <= == !=; NAME a topic, topic/partition,
+    queue, group@topic or subscription@topic): one line per breach and exit 1, nothing and
+    exit 0 when all hold.
     """
+    if checks:
+        run_checks(path, topic, checks, as_json)
+        return
     if store_path(path) is not None:
         _store_stats_command(path, as_json, show_internal, topic, partition, quiet)
         return
