@@ -57,36 +57,36 @@ def test_dump_golden_records_exact():
     assert r.exit_code == 0, r.stderr
     assert lines(r) == [
         "# segments/golden/plain/00000000000000000000.log (sealed, 920 bytes)",
-        'offset=0 ts=1700000000000 key="user-0" size=8 headers={} batch=0 codec=none crc=ok '
+        'offset=0 ts=1700000000000 time=2023-11-14T22:13:20.000Z key="user-0" size=8 headers={} batch=0 codec=none crc=ok '
         'value="{\\"n\\": 0}"',
-        'offset=1 ts=1700000001000 key="user-1" size=8 headers={} batch=88 codec=none crc=ok '
+        'offset=1 ts=1700000001000 time=2023-11-14T22:13:21.000Z key="user-1" size=8 headers={} batch=88 codec=none crc=ok '
         'value="{\\"n\\": 1}"',
-        'offset=2 ts=1700000002000 key="user-2" size=8 headers={} batch=176 codec=none crc=ok '
+        'offset=2 ts=1700000002000 time=2023-11-14T22:13:22.000Z key="user-2" size=8 headers={} batch=176 codec=none crc=ok '
         'value="{\\"n\\": 2}"',
-        'offset=3 ts=1700000003000 key="user-0" size=8 headers={} batch=264 codec=none crc=ok '
+        'offset=3 ts=1700000003000 time=2023-11-14T22:13:23.000Z key="user-0" size=8 headers={} batch=264 codec=none crc=ok '
         'value="{\\"n\\": 3}"',
-        'offset=4 ts=1700000004000 key="user-1" size=8 headers={} batch=352 codec=none crc=ok '
+        'offset=4 ts=1700000004000 time=2023-11-14T22:13:24.000Z key="user-1" size=8 headers={} batch=352 codec=none crc=ok '
         'value="{\\"n\\": 4}"',
-        'offset=5 ts=1700000005000 key="user-2" size=8 headers={} batch=440 codec=none crc=ok '
+        'offset=5 ts=1700000005000 time=2023-11-14T22:13:25.000Z key="user-2" size=8 headers={} batch=440 codec=none crc=ok '
         'value="{\\"n\\": 5}"',
-        'offset=6 ts=1700000006000 key="user-0" size=7 headers={"type":"created","trace":"t-1"} '
+        'offset=6 ts=1700000006000 time=2023-11-14T22:13:26.000Z key="user-0" size=7 headers={"type":"created","trace":"t-1"} '
         'batch=528 codec=none crc=ok value="created"',
-        'offset=7 ts=1700000007000 key="user-1" size=null headers={} batch=648 codec=none crc=ok '
+        'offset=7 ts=1700000007000 time=2023-11-14T22:13:27.000Z key="user-1" size=null headers={} batch=648 codec=none crc=ok '
         'value=null',
-        'offset=8 ts=1700000008000 key=null size=0 headers={} batch=728 codec=none crc=ok value=""',
-        'offset=9 ts=1700000009000 key=0xfffe6b6579 size=10 headers={"bin":0x8081,"ok":"yes"} '
+        'offset=8 ts=1700000008000 time=2023-11-14T22:13:28.000Z key=null size=0 headers={} batch=728 codec=none crc=ok value=""',
+        'offset=9 ts=1700000009000 time=2023-11-14T22:13:29.000Z key=0xfffe6b6579 size=10 headers={"bin":0x8081,"ok":"yes"} '
         'batch=800 codec=none crc=ok value=0x00fffe2062696e617279',
         "# segments/golden/plain/00000000000000000010.log (sealed, 792 bytes)",
-        'offset=10 ts=1700000010000 key="user-1" size=16 headers={"batch":"0"} batch=0 '
+        'offset=10 ts=1700000010000 time=2023-11-14T22:13:30.000Z key="user-1" size=16 headers={"batch":"0"} batch=0 '
         'codec=none crc=ok value="batch-0-record-0"',
-        'offset=11 ts=1700000011000 key=null size=16 headers={} batch=0 codec=none crc=ok '
+        'offset=11 ts=1700000011000 time=2023-11-14T22:13:31.000Z key=null size=16 headers={} batch=0 codec=none crc=ok '
         'value="batch-0-record-1"',
     ]
     # Default: no values; --from-offset lands inside a batch of the second segment.
     r = run("dump", PLAIN, "--from-offset", 13, "--max", 2)
     assert lines(r)[-2:] == [
-        'offset=13 ts=1700000013000 key=null size=null headers={} batch=0 codec=none crc=ok',
-        'offset=14 ts=1700000014000 key="user-2" size=16 headers={} batch=0 codec=none crc=ok',
+        'offset=13 ts=1700000013000 time=2023-11-14T22:13:33.000Z key=null size=null headers={} batch=0 codec=none crc=ok',
+        'offset=14 ts=1700000014000 time=2023-11-14T22:13:34.000Z key="user-2" size=16 headers={} batch=0 codec=none crc=ok',
     ]
 
 
@@ -119,7 +119,7 @@ def test_dump_golden_json_batches_index_exact():
     # zstd: decoded content and codec (compressed sizes depend on the zstd version).
     r = run("dump", ZSTD, "--values", "text", "--max", 1)
     assert lines(r)[1] == (
-        'offset=0 ts=1700000000000 key="user-0" size=72 headers={"type":"order-created"} '
+        'offset=0 ts=1700000000000 time=2023-11-14T22:13:20.000Z key="user-0" size=72 headers={"type":"order-created"} '
         'batch=0 codec=zstd crc=ok value="{\\"order\\": 0, \\"user\\": \\"user-0\\", '
         '\\"amount\\": 0, \\"note\\": \\"standard shipping\\"}"')
 

@@ -18,7 +18,7 @@ dry run that has work to do); 2 usage error; 3 the log is locked by a writer; 4 
 import click
 
 from ..version import __version__
-from . import check, config, demo, maintain, metrics, mirror, produce, read, repair
+from . import check, config, consume, demo, maintain, metrics, mirror, produce, read, repair
 
 
 @click.group(epilog="Exit status: 0 ok; 1 corrupt data found; 2 usage error (bad option, "
@@ -34,7 +34,7 @@ def main() -> None:
 
 
 for _command in (demo.demo, read.dump, check.verify, check.stats, read.tail, read.replay,
-                 produce.produce, read.consume, repair.recover, maintain.compact,
+                 produce.produce, consume.consume, repair.recover, maintain.compact,
                  maintain.retention, config.config, metrics.metrics, mirror.mirror):
     main.add_command(_command)
 

@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..storage.log import Log
 from ..views.store import Store
-from .output import Progress, total_bytes
+from .output import Progress, flush_all, total_bytes
 
 EXIT_OK = 0
 EXIT_CORRUPT = 1
@@ -83,7 +83,10 @@ def operator(f: Callable) -> Callable:
     def run(*args: Any, **kwargs: Any) -> None:
         code = EXIT_OK
         try:
-            f(*args, **kwargs)
+            try:
+                f(*args, **kwargs)
+            finally:
+                flush_all()  # what the command printed comes before its error line
             try:
                 sys.stdout.flush()
             except ValueError:

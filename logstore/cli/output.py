@@ -12,7 +12,10 @@ import base64
 import datetime as _dt
 import json
 import os
+import re
 import sys
+import time
+import weakref
 from typing import Any, Dict, Iterable, List, Optional
 
 import click
@@ -20,6 +23,7 @@ import click
 from ..diagnostics.targets import segment_files
 
 PROGRESS_MIN_BYTES = 16 << 20  # show a progress bar only for work at least this big
+PROGRESS_MIN_RECORDS = 200_000  # (bars counted in records: replay, consume)
 VALUE_MODES = ("none", "hex", "text", "base64")
 
 
@@ -36,27 +40,78 @@ def binary(stream: Any) -> Any:
     return getattr(stream, "buffer", stream)
 
 
+#: Output is written in pieces of at least this many bytes (one write() each), whatever the
+#: environment: PYTHONUNBUFFERED=1, set in most containers, makes sys.stdout's binary layer a
+#: raw FileIO (one system call per write).
+CHUNK_BYTES = 1 << 20
+_open_outputs: "weakref.WeakSet[Out]" = weakref.WeakSet()
+
+
+def _write_all(stream: Any, data: Any) -> None:
+    """Write all of ``data`` (a raw stream may take only part of it)."""
+    view = memoryview(data)
+    while len(view):
+        n = stream.write(view)
+        if n is None or n >= len(view):  # (a buffered stream takes everything: n is its length)
+            return
+        view = view[n:]
+
+
 class Out:
-    """Output as UTF-8 bytes (never depends on the locale); stdout or a file."""
+    """Output as UTF-8 bytes (never depends on the locale); stdout or a file.
+
+    Lines and raw pieces are collected and written :data:`CHUNK_BYTES` at a time; :meth:`flush`
+    writes what is collected now (``tail -f`` and ``consume`` after every poll; commands before
+    an error line, so stdout and stderr keep their order). ``logstore``'s error boundary
+    flushes every open ``Out`` (:func:`flush_all`) before it prints an error.
+    """
 
     def __init__(self, path: Optional[str] = None):
-        self._file = open(path, "wb") if path else None
+        self._file = open(path, "wb", buffering=0) if path else None
         self.stream = self._file if self._file else binary(sys.stdout)
+        self._parts: List[Any] = []
+        self._size = 0
+        self.written = 0  # bytes handed to the stream so far
+        _open_outputs.add(self)
 
     def line(self, text: str) -> None:
-        self.stream.write(text.encode("utf-8", "backslashreplace") + b"\n")
+        self.raw(text.encode("utf-8", "backslashreplace") + b"\n")
 
-    def raw(self, data: bytes) -> None:
-        self.stream.write(data)
+    def raw(self, data: Any) -> None:
+        """Collect ``data`` (any bytes-like object; a view is kept until written)."""
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size >= CHUNK_BYTES:
+            self._drain()
+
+    def _drain(self) -> None:
+        if not self._parts:
+            return
+        parts, self._parts, self._size = self._parts, [], 0
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        _write_all(self.stream, data)
+        self.written += len(data)
 
     def flush(self) -> None:
+        self._drain()
         self.stream.flush()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        else:
-            self.stream.flush()
+        try:
+            self._drain()
+        finally:
+            _open_outputs.discard(self)
+            if self._file is not None:
+                self._file.close()
+            else:
+                self.stream.flush()
+
+
+def flush_all() -> None:
+    """Write what every open :class:`Out` has collected (the error boundary, before it prints
+    an error line or exits)."""
+    for out in list(_open_outputs):
+        out.flush()
 
 
 class Indented:
@@ -75,9 +130,10 @@ class Progress:
     A command whose output goes to the same terminal (``dump`` to a TTY) gets no bar.
     """
 
-    def __init__(self, total: int, label: str, quiet: bool, output_is_stdout: bool = False):
-        self.bar = None
-        enabled = (not quiet and total >= PROGRESS_MIN_BYTES and isatty(sys.stderr)
+    def __init__(self, total: int, label: str, quiet: bool, output_is_stdout: bool = False,
+                 minimum: int = PROGRESS_MIN_BYTES):
+        self.bar: Any = None
+        enabled = (not quiet and total >= minimum and isatty(sys.stderr)
                    and not (output_is_stdout and isatty(sys.stdout)))
         if enabled:
             self.bar = click.progressbar(length=total, label=label, file=sys.stderr)
@@ -188,10 +244,11 @@ def rec_json(target: Any, rec: Any, mode: str) -> Dict[str, Any]:
 
 
 def record_line(rec: Any, mode: str) -> str:
-    """A record as a text line (``offset=N ts=MS key=K size=BYTES headers={..} [value=V]``)."""
+    """A record as a text line (``offset=N ts=MS time=ISO key=K size=BYTES headers={..}
+    [value=V]``; ``time`` is ``ts`` in ISO 8601, UTC)."""
     size = "null" if rec.value is None else str(len(rec.value))
-    line = (f"offset={rec.offset} ts={rec.timestamp_ms} key={text_bytes(rec.key, 'text')} "
-            f"size={size} headers={text_headers(rec.headers)}")
+    line = (f"offset={rec.offset} ts={rec.timestamp_ms} time={iso(rec.timestamp_ms)} "
+            f"key={text_bytes(rec.key, 'text')} size={size} headers={text_headers(rec.headers)}")
     if mode != "none":
         line += f" value={text_bytes(rec.value, mode)}"
     return line
@@ -266,19 +323,34 @@ def iso(ms: Optional[int]) -> str:
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def parse_time(text: str) -> int:
-    """ISO 8601 (naive = UTC; a trailing Z is accepted) or integer milliseconds -> ms."""
+_RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d|w)$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000, "d": 86_400_000,
+            "w": 604_800_000}
+TIME_HELP = ("ISO 8601 (naive = UTC, e.g. 2024-05-01T12:00:00Z), integer ms since the epoch, "
+             "'now', or relative to now: -30s, -15m, -1h, -2d")
+
+
+def parse_time(text: str, param_hint: str = "--from-time", now_ms: Optional[int] = None) -> int:
+    """A time option -> ms since the epoch: ISO 8601 (naive = UTC; a trailing Z is accepted),
+    integer milliseconds, ``now``, or a time relative to now: ``-30s``, ``-15m``, ``-1h``,
+    ``-2d``, ``-1w``, ``-500ms``."""
     t = text.strip()
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     if t.isdigit():
         return int(t)
+    if t.lower() == "now":
+        return now
+    rel = _RELATIVE.match(t.lower())
+    if rel:
+        return max(0, now - int(float(rel.group(1)) * _UNIT_MS[rel.group(2)]))
     try:
         d = _dt.datetime.fromisoformat(t[:-1] + "+00:00" if t.endswith(("Z", "z")) else t)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not an ISO 8601 time or milliseconds since the "
-                                 f"epoch (e.g. 2024-05-01T12:00:00Z)", param_hint="--from-time")
+        raise click.BadParameter(f"{text!r} is not a time: give {TIME_HELP}",
+                                 param_hint=param_hint) from None
     if d.tzinfo is None:
         d = d.replace(tzinfo=_dt.timezone.utc)
     ms = int(d.timestamp() * 1000)
     if ms < 0:
-        raise click.BadParameter(f"{text!r} is before 1970", param_hint="--from-time")
+        raise click.BadParameter(f"{text!r} is before 1970", param_hint=param_hint)
     return ms

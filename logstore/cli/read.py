@@ -1,5 +1,5 @@
 """Commands that read records: ``dump`` (what is stored, batch by batch, from the files),
-``tail``, ``replay`` and ``consume`` (through read-only opens of the logs).
+``tail`` and ``replay`` (through read-only opens of the logs; ``consume`` is in ``consume``).
 
 All of them work beside a running writer and change nothing.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import click
 
@@ -22,10 +22,12 @@ from .common import (
     EXIT_CORRUPT, CommandExit, error, opened_readers, operator, path_arg, quiet_option,
     store_options,
 )
+from . import render
 from .output import (
-    VALUE_MODES, Out, Progress, dumps, json_bytes, json_headers, labelled, parse_time,
+    PROGRESS_MIN_RECORDS, VALUE_MODES, Out, Progress, dumps, json_bytes, json_headers, labelled,
     rec_json, record_line, seg_heading, seg_label, text_bytes, total_bytes, where,
 )
+from .ranges import Range, log_bounds, parse_range, range_options
 
 
 # ------------------------------------------------------------------------------------ dump
@@ -267,67 +269,101 @@ def _index_entry_line(target: Target, seg: Any, e: Any, as_json: bool) -> str:
 @click.command()
 @path_arg
 @click.option("-n", "--lines", "n", type=click.IntRange(min=0), default=10, show_default=True,
-              help="How many of the last records to print.")
+              help="How many of the last records (of the range) to print.")
 @click.option("--follow", "-f", is_flag=True,
-              help="Keep printing records as they are appended (by any process), until Ctrl-C.")
+              help="Keep printing records as they are appended (by any process), until Ctrl-C "
+                   "(or --max records).")
 @click.option("--values", type=click.Choice(VALUE_MODES), default="text", show_default=True)
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per record (the `replay` format).")
 @click.option("--interval", type=click.FloatRange(min=0.001), default=0.2, show_default=True,
               help="Seconds between polls with --follow.")
+@range_options
 @store_options()
 @quiet_option
 @operator
 def tail(path: str, n: int, follow: bool, values: str, as_json: bool, interval: float,
-         topic: Optional[str], partition: Optional[int], quiet: bool) -> None:
+         from_offset: Optional[int], to_offset: Optional[int], from_time: Optional[str],
+         to_time: Optional[str], max_records: Optional[int], topic: Optional[str],
+         partition: Optional[int], quiet: bool) -> None:
     """Print the last N records of the log in PATH; with --follow, keep printing new ones.
 
-    Line format: offset=N ts=MS key=K size=BYTES headers={..} value=V (see `dump`).
+    \b
+    Line format: offset=N ts=MS time=ISO key=K size=BYTES headers={..} value=V (see `dump`;
+    time is ts in ISO 8601, UTC). --from-offset/--from-time/--to-offset/--to-time narrow
+    the records the last N are taken from (--follow needs an open end: no --to-*); --max
+    ends the command after N records in all.
     A store root (or --topic NAME [--partition P]): the last N records over all its
     partitions by timestamp, each line starting with its partition (`orders/2 offset=...`;
     JSON objects carry "topic" and "partition"); --follow prints new records of every
     partition. Ctrl-C ends --follow with exit status 0.
+
+    \b
+    Examples:
+      logstore tail data/orders -n 20
+      logstore tail data/shop --topic orders --follow --json
+      logstore tail data/shop --topic orders --from-time -15m -n 1000
     """
+    r = parse_range(from_offset, to_offset, from_time, to_time, max_records)
+    if follow and r.bounded:
+        raise click.BadParameter("--follow prints records as they come: it cannot have an end "
+                                 "(--to-offset/--to-time)", param_hint="--follow")
     with opened_readers(path, topic, partition, "tail") as readers:
         out = Out()
         mode = "base64" if values == "none" and as_json else values
+        left = [r.max_records]
 
         def emit(target: Target, recs: Iterable[Any]) -> None:
             for rec in recs:
+                if left[0] is not None:
+                    if left[0] <= 0:
+                        raise _Done()
+                    left[0] -= 1
                 out.line(dumps(rec_json(target, rec, mode)) if as_json
                          else labelled(target, record_line(rec, values)))
 
         try:
-            nexts = _tail_last(readers, n, emit)
+            nexts = _tail_last(readers, n, emit, r)
             out.flush()
-            while follow:
+            while follow and (left[0] is None or left[0] > 0):
                 if _tail_poll(readers, nexts, emit):
                     out.flush()
                 else:
                     time.sleep(interval)
+        except _Done:
+            pass
         except KeyboardInterrupt:
             if not follow:
                 raise
             # Ctrl-C is how --follow ends: exit 0, quietly
+        out.close()
 
 
-def _tail_last(readers: List[Any], n: int, emit: Any) -> List[int]:
-    """Emit the last ``n`` records (over all logs: by timestamp); return each log's next offset."""
+class _Done(Exception):
+    """--max records printed."""
+
+
+def _tail_last(readers: List[Any], n: int, emit: Any, r: Range) -> List[int]:
+    """Emit the last ``n`` records of each log's range (over all logs: by timestamp); return
+    each log's next offset."""
     nexts = []
     last: List[Any] = []
     for i, (target, log) in enumerate(readers):
-        end = log.end_offset
-        nxt = max(log.start_offset, end - n)
+        start, end = log_bounds(log, r, len(readers) > 1)
+        nxt = max(start, end - n)
         while nxt < end:
             recs = log.read(nxt, max_records=min(1000, end - nxt))
             if not recs:
                 break
+            recs = [x for x in recs if x.offset < end]
             if len(readers) == 1:
                 emit(target, recs)
             else:
-                last.extend((r.timestamp_ms, i, r.offset, r) for r in recs)
+                last.extend((x.timestamp_ms, i, x.offset, x) for x in recs)
+            if not recs:
+                break
             nxt = recs[-1].offset + 1
-        nexts.append(nxt)
+        nexts.append(max(nxt, end))
     if last:
         last.sort(key=lambda x: x[:3])
         for _, i, _, rec in last[len(last) - n:] if n else []:
@@ -361,27 +397,24 @@ def _tail_poll(readers: List[Any], nexts: List[int], emit: Any) -> bool:
 # ------------------------------------------------------------------------------------ replay
 @click.command()
 @path_arg
-@click.option("--from-offset", type=click.IntRange(min=0), default=None,
-              help="First offset (default: the log's start).")
-@click.option("--to-offset", type=click.IntRange(min=0), default=None,
-              help="Stop before this offset (exclusive, like range(); default: the end now).")
-@click.option("--from-time", default=None, metavar="ISO8601",
-              help="Start at the first record with a timestamp >= this (ISO 8601, naive = UTC, "
-                   "or integer ms); combined with --from-offset, the later start wins.")
+@range_options
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "raw"]), default="jsonl",
               show_default=True)
 @click.option("--values", type=click.Choice(["base64", "text"]), default="base64",
               show_default=True, help="jsonl: how keys, values and header values are written.")
 @click.option("--newline", is_flag=True, help="raw: write a \\n after each value.")
+@click.option("--length-prefixed", is_flag=True,
+              help="raw: a 4-byte big-endian length before each value (0xFFFFFFFF: a "
+                   "tombstone): binary-safe, `produce --format raw --length-prefixed` reads it.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write to FILE instead of stdout.")
 @store_options()
 @quiet_option
 @operator
 def replay(path: str, from_offset: Optional[int], to_offset: Optional[int],
-           from_time: Optional[str], fmt: str, values: str, newline: bool,
-           output: Optional[str], topic: Optional[str], partition: Optional[int],
-           quiet: bool) -> None:
+           from_time: Optional[str], to_time: Optional[str], max_records: Optional[int],
+           fmt: str, values: str, newline: bool, length_prefixed: bool, output: Optional[str],
+           topic: Optional[str], partition: Optional[int], quiet: bool) -> None:
     """Write the records of the log in PATH in offset order, from an offset or a time.
 
     \b
@@ -392,82 +425,77 @@ def replay(path: str, from_offset: Optional[int], to_offset: Optional[int],
       "key_encoding": "base64", "value_encoding": "base64" or "headers_encoding": "base64"
       (then all header values of that record are base64). Null key/tombstone: null.
       Records of a store's topic start with "topic" and "partition".
+      `logstore produce --format jsonl` reads exactly this (a backup/restore round trip).
     raw: the value bytes only, back to back with nothing in between (a tombstone writes
-      nothing); with --newline a "\\n" follows every record's value.
+      nothing); with --newline a "\\n" follows every record's value; with
+      --length-prefixed each value follows its 4-byte big-endian length.
     A store root (or --topic NAME [--partition P]): partition after partition (topics by
-    name), each in offset order; the offsets and the time apply to every partition.
+    name), each in offset order; offsets and times apply to every partition, --max to all.
+
+    \b
+    Examples:
+      logstore replay data/orders -o orders.jsonl
+      logstore replay data/shop --topic orders --from-time -1h --values text
+      logstore replay data/orders --from-offset 1000 --to-offset 2000 --format raw --newline
+      logstore replay data/shop --topic orders | logstore produce backup --topic orders \\
+          --format jsonl --create --partitions 4
     """
-    ts = parse_time(from_time) if from_time is not None else None
-    if from_offset is not None and to_offset is not None and to_offset < from_offset:
-        raise click.BadParameter(f"--to-offset {to_offset} is below --from-offset {from_offset} "
-                                 f"(the range is [from, to), like range())",
-                                 param_hint="--to-offset")
+    r = parse_range(from_offset, to_offset, from_time, to_time, max_records)
+    if fmt != "raw" and (newline or length_prefixed):
+        raise click.BadParameter("--newline and --length-prefixed are for --format raw",
+                                 param_hint="--format")
+    if newline and length_prefixed:
+        raise click.BadParameter("choose one of --newline and --length-prefixed",
+                                 param_hint="--newline")
+    framing = "newline" if newline else "length" if length_prefixed else "none"
     with opened_readers(path, topic, partition, "replay") as readers:
+        plan = [(target, log, *log_bounds(log, r, len(readers) > 1)) for target, log in readers]
         out = Out(output)
-        for target, log in readers:
-            start = log.start_offset if from_offset is None else from_offset
-            if ts is not None:
-                start = max(start, log.offset_for_time(ts))
-            stop = to_offset
-            if stop is not None and stop < start:
-                stop = start
-            if len(readers) > 1:  # offsets apply to every partition: clamp to each one
-                start = min(max(start, log.start_offset), log.end_offset)
-                if stop is not None:
-                    stop = min(max(stop, start), log.end_offset)
-            for rec in log.replay(start, stop):
-                if fmt == "raw":
-                    if rec.value is not None:
-                        out.raw(rec.value)
-                    if newline:
-                        out.raw(b"\n")
-                else:
-                    out.line(dumps(rec_json(target, rec, values)))
-        out.close()
-
-
-# ------------------------------------------------------------------------------------ consume
-@click.command()
-@path_arg
-@click.option("--from-offset", type=click.IntRange(min=0), default=None,
-              help="First offset (default: the log's start).")
-@click.option("--max", "max_records", type=click.IntRange(min=1), default=None,
-              help="At most N records (in all).")
-@click.option("--values", type=click.Choice(["base64", "text"]), default="base64",
-              show_default=True)
-@store_options()
-@quiet_option
-@operator
-def consume(path: str, from_offset: Optional[int], max_records: Optional[int], values: str,
-            topic: Optional[str], partition: Optional[int], quiet: bool) -> None:
-    """Print records of the log in PATH as JSON lines (the `replay` format), then exit.
-
-    Reads from --from-offset up to the end of the log as it is when the command starts.
-    A store root (or --topic NAME [--partition P]): partition after partition, objects with
-    "topic" and "partition"; --from-offset applies to every partition (one that ends
-    before it is skipped). Committed offsets are not used or changed.
-    """
-    with opened_readers(path, topic, partition, "consume") as readers:
-        out = Out()
-        left = max_records
-        for target, log in readers:
-            end = log.end_offset
-            nxt = log.start_offset if from_offset is None else from_offset
-            if nxt > end:
-                if len(readers) == 1:
-                    raise OffsetOutOfRangeError(
-                        f"offset {nxt} is past the end of the log (end_offset {end})")
-                continue
-            if len(readers) > 1:
-                nxt = max(nxt, log.start_offset)
-            while nxt < end and (left is None or left > 0):
-                want = min(1000, end - nxt) if left is None else min(1000, end - nxt, left)
-                recs = log.read(nxt, max_records=want)
-                if not recs:
+        total = sum(max(0, stop - start) for _, _, start, stop in plan)
+        if r.max_records is not None:
+            total = min(total, r.max_records)
+        left = r.max_records
+        with Progress(total, "replay", quiet, output_is_stdout=output is None,
+                      minimum=PROGRESS_MIN_RECORDS) as progress:
+            for target, log, start, stop in plan:
+                if left == 0:
                     break
-                for rec in recs:
-                    out.line(dumps(rec_json(target, rec, values)))
-                nxt = recs[-1].offset + 1
-                if left is not None:
-                    left -= len(recs)
+                left = write_range(out, target, log, start, stop, left, fmt, values, framing,
+                                   progress)
         out.close()
+
+
+def write_range(out: Out, target: Target, log: Any, start: int, stop: int,
+                left: Optional[int], fmt: str, values: str, framing: str,
+                progress: Any = None) -> Optional[int]:
+    """Write records ``[start, stop)`` of ``log`` (at most ``left``) a stored batch at a time
+    (``render``); return how many more may be written (None: no limit)."""
+    if stop <= start and log.start_offset <= start <= log.end_offset:
+        return left
+    left, _ = write_batches(out, log, start, stop, left, fmt, values, framing,
+                            render.prefix(where(target)), progress)
+    return left
+
+
+def write_batches(out: Out, log: Any, start: int, stop: int, left: Optional[int], fmt: str,
+                  values: str, framing: str, pre: bytes, progress: Any = None
+                  ) -> Tuple[Optional[int], int]:
+    """(:func:`write_range`) ``(records that may still be written, next offset to read)``."""
+    nxt = start
+    for batch in log.replay_batches(start, stop):
+        j, k = render.bounds(batch, start, stop)
+        if left is not None:
+            k = min(k, j + left)
+        if j < k:
+            if fmt == "raw":
+                out.raw(render.raw(batch, j, k, framing))
+            else:
+                out.raw(render.jsonl(batch, j, k, values, pre))
+            if progress is not None:
+                progress(k - j)
+            nxt = batch.offset_at(k - 1) + 1
+            if left is not None:
+                left -= k - j
+                if left <= 0:
+                    return 0, nxt
+    return left, max(nxt, stop)  # (all of [start, stop) written, or compacted away)
