@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any
+from typing import Any, List
 
 _objects: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
@@ -29,6 +29,12 @@ def register(obj: Any) -> None:
 def unregister(obj: Any) -> None:
     """``obj`` was closed: nothing to do for it at a fork or at exit."""
     _objects.discard(obj)
+
+
+def registered() -> List[Any]:
+    """The objects open in this process (``Log``, ``Store``, ``DurableQueue``...): e.g. to refuse
+    deleting a directory one of them still uses."""
+    return list(_objects)
 
 
 def _after_fork_in_child() -> None:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 import click
 
 from ..diagnostics.report import LogReport, inspect_log
-from ..diagnostics.targets import Target, require_log_dirs
+from ..diagnostics.targets import Target, require_log_dirs, store_path
 from ..errors import (
     ConfigError,
     CorruptLogError,
@@ -186,6 +186,35 @@ def open_store(root: str, opts: Dict[str, Any], **defaults: Any) -> Store:
     options.setdefault("retention_check_interval_s", 0)
     options.update(opts)
     return Store.open(root, dedup_window_s=0, **options)
+
+
+def store_root(path: str) -> str:
+    """The store root PATH names (a store root, or a topic directory of one); NotALogError
+    (exit 2) otherwise."""
+    found = store_path(path)
+    if found is None:
+        raise NotALogError(f"{path} is not a store root (a directory with store.meta)")
+    return found[0]
+
+
+@contextlib.contextmanager
+def reading_store(path: str) -> Iterator[Store]:
+    """The store at PATH opened read-only (safe beside its writer), closed afterwards."""
+    store = Store.open(store_root(path), readonly=True, dedup_window_s=0)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def writing_store(path: str, opts: Optional[Dict[str, Any]] = None) -> Iterator[Store]:
+    """The store at PATH opened for writing (exit 3 while a writer has it), closed afterwards."""
+    store = open_store(store_root(path), opts or {})
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def inspect_with_progress(target: Target, verify: bool, quiet: bool) -> LogReport:

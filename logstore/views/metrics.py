@@ -196,7 +196,7 @@ def _dead_letters(store: Any, name: str, dlq: Optional[str]) -> Tuple[Optional[s
     return dlq, max(0, log.end_offset - max(redrive.get(dlq, 0), log.start_offset))
 
 
-def _folded_state(store: Any, name: str, topic: Any) -> List[Any]:
+def folded_state(store: Any, name: str, topic: Any) -> List[Any]:
     """(A read-only store) A queue's state folded from its event log, read-only, exactly as a
     ``WorkQueue`` folds it when it opens."""
     checkpoint = store.offsets.get(QUEUE_GROUP + name, QUEUE_EVENTS_TOPIC, 0)
@@ -239,7 +239,7 @@ def _queue_figures(store: Any, name: str, q: Optional[MeteredWorkQueue], now: in
         return open_queue_figures(q, now)
     topic = store.topic(name)
     if store.readonly:
-        fig = queue_figures_from_state(_folded_state(store, name, topic), topic, now)
+        fig = queue_figures_from_state(folded_state(store, name, topic), topic, now)
     else:
         state = store.queue_state(name)
         with state.lock:
