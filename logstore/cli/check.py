@@ -45,6 +45,11 @@ def verify(path: str, as_json: bool, topic: Optional[str], partition: Optional[i
     data is damaged (sealed segments, damage followed by valid batches, missing offsets).
 
     Exit 0: no problem (warnings allowed); 1: problems found; 2: usage error.
+
+    \b
+    Examples:
+      logstore verify data/orders
+      logstore verify data/shop --json
     """
     targets = resolve_targets(path, topic, partition, internal=True)
     reports = [inspect_with_progress(t, True, quiet) for t in targets]
@@ -159,6 +164,12 @@ def stats(path: str, as_json: bool, show_internal: bool, checks: Tuple[str, ...]
     ([NAME:]FIGURE OP NUMBER, OP one of > >= < <= == !=; NAME a topic, topic/partition,
     queue, group@topic or subscription@topic): one line per breach and exit 1, nothing and
     exit 0 when all hold.
+
+    \b
+    Examples:
+      logstore stats data/orders
+      logstore stats data/shop --internal
+      logstore stats data/shop --check 'lag_s>300' --check 'jobs:depth>1000'
     """
     if checks:
         run_checks(path, topic, checks, as_json)

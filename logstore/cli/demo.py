@@ -78,6 +78,11 @@ def demo(directory: str, records: int) -> None:
        (crash recovery per partition) and every acknowledged order is read back;
     6. reads by offset and time, a replay; 7. `logstore stats` of the store.
     Run it again to append to the same store.
+
+    \b
+    Examples:
+      logstore demo ./logstore-demo
+      logstore demo /tmp/shop --records 1000
     """
     if os.path.isdir(directory) and os.listdir(directory) and not is_store_root(directory):
         raise NotALogError(f"{directory} is not empty and is not a store (no {STORE_META}; "

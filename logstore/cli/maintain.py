@@ -119,6 +119,12 @@ def compact(path: str, now_ms: Optional[int], dry_run: bool, force: bool, as_jso
     drop messages not yet acked): skipped, or a usage error when named with --topic. A topic
     holding keyless records cannot be compacted: skipped with the reason, or a usage error
     (exit 2) when named with --topic or given as PATH.
+
+    \b
+    Examples:
+      logstore compact data/prices --dry-run
+      logstore compact data/shop --topic prices
+      logstore compact data/shop -o delete_retention_ms=0 --json
     """
     opts = parse_options(options)
     opts.setdefault("retention_check_interval_s", 0)
@@ -240,6 +246,11 @@ def retention(path: str, as_json: bool, options: tuple, topic: Optional[str],
     opened for that). Queue event logs are trimmed below their checkpoint and the
     committed-offsets log is compacted. A partition directory of a store is refused: run it
     on the store root with --topic.
+
+    \b
+    Examples:
+      logstore retention data/orders
+      logstore retention data/shop --topic orders -o retention_ms=86400000
     """
     opts = parse_options(options)
     opts.setdefault("retention_check_interval_s", 0)

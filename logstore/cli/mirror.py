@@ -32,7 +32,13 @@ def mirror(store: str, topic: str, servers: tuple, stream: str, subject_prefix: 
            replicas: Optional[int], until_caught_up: bool, max_in_flight: int,
            dedup_window: float, status_interval: float) -> None:
     """Mirror TOPIC of the store STORE into a NATS JetStream stream, exactly once and in
-    order per partition (needs: pip install 'logstore[nats]')."""
+    order per partition (needs: pip install 'logstore[nats]').
+
+    \b
+    Examples:
+      logstore mirror data/shop orders --servers nats://127.0.0.1:4222 --stream ORDERS
+      logstore mirror data/shop orders --servers nats://a:4222,nats://b:4222 --stream ORDERS --until-caught-up
+    """
     try:
         # Optional dependency: the mirror needs nats-py, which the other commands do not.
         from ..mirror.runner import run_mirror_cli

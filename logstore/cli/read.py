@@ -80,6 +80,13 @@ def dump(path: str, from_offset: Optional[int], max_items: Optional[int], values
 
     Exit 1 if corrupt data is met: its file and byte position are printed on stderr, and
     whether `logstore recover` would repair it (a torn tail of the active segment).
+
+    \b
+    Examples:
+      logstore dump data/orders --max 20 --values text
+      logstore dump data/shop --topic orders --partition 2 --json
+      logstore dump data/orders/00000000000000000000.log --batches
+      logstore dump data/orders --index
     """
     targets = resolve_targets(path, topic, partition)
     out = Out()

@@ -58,6 +58,12 @@ def recover(path: str, do_apply: bool, force: bool, as_json: bool, topic: Option
     nothing and exits 1: restore from a copy. --apply --force cuts the active segment at the
     damage instead, DROPPING the durable records after it (never for a missing last segment:
     its offsets would be assigned again).
+
+    \b
+    Examples:
+      logstore recover data/orders
+      logstore recover data/orders --apply
+      logstore recover data/shop --topic orders --json
     """
     if store_path(path) is not None:
         _recover_store(path, do_apply, force, as_json, topic, partition, quiet)

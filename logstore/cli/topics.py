@@ -9,20 +9,22 @@ while a group or subscription of the topic has a live member, unless ``--force``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import click
 
 from ..config import SHAPING_SETTINGS
-from ..errors import ConfigError
+from ..diagnostics.targets import store_path
+from ..errors import ConfigError, NotALogError
 from ..format.names import LOG_SUFFIX
 from ..views import admin
 from ..views.metrics import queue_names
 from ..views.names import validate_name
 from .common import (
-    operator, option_flag, parse_options, path_arg, reading_store, writing_store,
+    open_store, operator, option_flag, parse_options, path_arg, reading_store, writing_store,
 )
 from .output import Indented, age, iso, table
 
@@ -109,7 +111,11 @@ def _create(path: str, topic: str, partitions: int, retention: str, if_not_exist
     if unknown:
         raise ConfigError(f"{', '.join(unknown)}: not a topic setting (settings: "
                           f"{', '.join(SHAPING_SETTINGS)})")
-    with writing_store(path) as store:
+    if store_path(path) is None and not (os.path.isdir(path) and not os.listdir(path)) \
+            and os.path.exists(path):
+        raise NotALogError(f"{path} is not a store root (a directory with store.meta)")
+    with (writing_store(path) if os.path.exists(path) and store_path(path) is not None
+          else _new_store(path)) as store:
         existed = topic in store.topics()
         if existed and not if_not_exists:
             raise ConfigError(f"topic {topic!r} exists already ({store.get_topic(topic).partition_count}"
@@ -123,6 +129,16 @@ def _create(path: str, topic: str, partitions: int, retention: str, if_not_exist
     else:
         click.echo(f"{'created' if doc['created'] else 'exists:'} topic {topic!r}, "
                    f"{doc['partitions']} partition{'s' if doc['partitions'] != 1 else ''}")
+
+
+@contextlib.contextmanager
+def _new_store(path: str) -> Iterator[Any]:
+    """(``--create``) A store created at ``path`` (missing, or an empty directory)."""
+    store = open_store(path, {})
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _bytes_of(log_dir: str) -> Tuple[int, int]:

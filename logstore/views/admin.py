@@ -228,11 +228,12 @@ def delete_group(store: Any, group: str, topic: str) -> None:
 
 # ---------------------------------------------------------------------------------- topics
 def _open_here(paths: Sequence[str]) -> List[str]:
-    """Logs open in this process under any of ``paths``."""
+    """Logs open for writing in this process under any of ``paths`` (read-only openers are
+    readers like those of other processes)."""
     out = []
     for obj in process.registered():
         where = getattr(obj, "path", None)
-        if isinstance(obj, Log) and not obj.closed and where is not None and any(
+        if isinstance(obj, Log) and not obj.closed and not obj.readonly and any(
                 where == p or where.startswith(p + os.sep) for p in paths):
             out.append(where)
     return out
@@ -271,7 +272,7 @@ def delete_topic(store: Any, name: str, force: bool = False) -> Dict[str, Any]:
     tdir = topic_dir(store.root, name)
     qdir = queue_events_dir(store.root, name)
     gdir = os.path.join(store.root, GROUPS_DIR, name)
-    busy = _open_here([tdir, qdir, gdir])
+    busy = _open_here([tdir, qdir])  # (lease logs: the live-member check below)
     if busy:
         raise LogLockedError(f"topic {name!r} is open in this process ({busy[0]}): delete it "
                              f"from a store that has not opened it")
