@@ -7,6 +7,7 @@ retention keeps every message not yet done).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import click
@@ -16,13 +17,14 @@ from ..diagnostics.targets import (
     topic_cleanup_policy,
 )
 from ..errors import ConfigError, MissingKeyError, NotALogError
+from ..format.names import LOG_SUFFIX
 from ..storage import meta
 from ..storage.log import Log
 from ..views.store import Store
 from .common import (
     open_store, operator, option_flag, parse_options, path_arg, quiet_option, store_options,
 )
-from .output import Out, dumps
+from .output import Out, Progress, dumps
 
 Scope = Optional[Tuple[str, Optional[str], Optional[int]]]  # (store root, topic, partition)
 
@@ -138,7 +140,10 @@ def compact(path: str, now_ms: Optional[int], dry_run: bool, force: bool, as_jso
         if not (compacts(policy) or force or dry_run):
             raise refusal(f"log {path}", policy, f"logstore compact {path}")
         with Log.open(path, readonly=dry_run, **opts) as log:
-            report = log.compact(now_ms, dry_run=dry_run, force=True, tunables=tunables)
+            size = _log_bytes(log)
+            with Progress(size, "compact", quiet) as bar:
+                report = log.compact(now_ms, dry_run=dry_run, force=True, tunables=tunables)
+                bar(size)
         if as_json:
             out.line(dumps({"path": path, "dry_run": dry_run,
                             "logs": [{"label": path, "report": report}]}))
@@ -150,7 +155,8 @@ def compact(path: str, now_ms: Optional[int], dry_run: bool, force: bool, as_jso
     store = (Store.open(root, readonly=True, dedup_window_s=0) if dry_run
              else open_store(root, opts))
     try:
-        docs = _compact_store(store, root, topic, partition, now_ms, dry_run, force, tunables)
+        docs = _compact_store(store, root, topic, partition, now_ms, dry_run, force, tunables,
+                              quiet)
     finally:
         store.close()
     if as_json:
@@ -167,13 +173,33 @@ def compact(path: str, now_ms: Optional[int], dry_run: bool, force: bool, as_jso
 
 def _compact_store(store: Store, root: str, topic: Optional[str], partition: Optional[int],
                    now_ms: Optional[int], dry_run: bool, force: bool,
-                   tunables: Dict[str, int]) -> List[Dict[str, Any]]:
+                   tunables: Dict[str, int], quiet: bool = True) -> List[Dict[str, Any]]:
     """Compact (or count, ``dry_run``) the store's topics in scope whose stored policy says so
     (all with ``force``), and, for the whole store, its offsets log."""
-    explicit = topic is not None
+    names = [topic] if topic is not None else store.topics()
+    total = sum(_log_bytes(log) for n in names for log in store.topic(n).partitions)
+    with Progress(total, "compact", quiet) as bar:
+        return _compact_topics(store, root, names, topic is not None, partition, now_ms,
+                               dry_run, force, tunables, bar)
+
+
+def _log_bytes(log: Log) -> int:
+    """Bytes of a log's segment files (a progress bar's share of it)."""
+    total = 0
+    for name in os.listdir(log.path):
+        if name.endswith(LOG_SUFFIX):
+            try:
+                total += os.path.getsize(os.path.join(log.path, name))
+            except OSError:
+                pass
+    return total
+
+
+def _compact_topics(store: Store, root: str, names: List[str], explicit: bool,
+                    partition: Optional[int], now_ms: Optional[int], dry_run: bool, force: bool,
+                    tunables: Dict[str, int], bar: Progress) -> List[Dict[str, Any]]:
     docs: List[Dict[str, Any]] = []
     queues = set(store_queues(root))
-    names = [topic] if topic is not None else store.topics()
     for name in names:
         if name in queues:
             if explicit:
@@ -198,6 +224,7 @@ def _compact_store(store: Store, root: str, topic: Optional[str], partition: Opt
             if partition is not None and p != partition:
                 continue
             label = f"{name}/{p}"
+            bar(_log_bytes(log))
             try:
                 docs.append({"label": label, "topic": name, "partition": p,
                              "report": log.compact(now_ms, dry_run=dry_run, force=True,
@@ -268,12 +295,16 @@ def retention(path: str, as_json: bool, options: tuple, topic: Optional[str],
     scope = cleanup_scope(path, topic, None, "retention")
     out = Out()
     if scope is None:
-        _retention_log(out, path, opts, pass_limits, as_json, not limits and not quiet)
+        _retention_log(out, path, opts, pass_limits, as_json, not limits and not quiet, quiet)
     else:
         root, topic, _ = scope
         store = open_store(root, opts)
         try:
-            docs = _retention_store(store, root, topic, pass_limits)
+            names = [topic] if topic is not None else store.topics()
+            total = sum(_log_bytes(log) for n in names for log in store.topic(n).partitions)
+            with Progress(total, "retention", quiet or as_json) as bar:
+                docs = _retention_store(store, root, topic, pass_limits)
+                bar(total)
         finally:
             store.close()
         if as_json:
@@ -284,11 +315,14 @@ def retention(path: str, as_json: bool, options: tuple, topic: Optional[str],
 
 
 def _retention_log(out: Out, path: str, opts: Dict[str, Any], limits: Dict[str, Any],
-                   as_json: bool, note: bool) -> None:
+                   as_json: bool, note: bool, quiet: bool = True) -> None:
     """One retention pass over a plain log (``note``: say that no limit was given)."""
     with Log.open(path, **opts) as log:
         before = log.start_offset
-        report = log.enforce_retention(limits=limits)
+        size = _log_bytes(log)
+        with Progress(size, "retention", quiet or as_json) as bar:
+            report = log.enforce_retention(limits=limits)
+            bar(size)
         note = note and log.config.retention_ms is None and log.config.retention_bytes is None
     if as_json:
         out.line(dumps({"path": path, "logs": [{"label": path, "start_offset_before": before,

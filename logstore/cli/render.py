@@ -86,14 +86,26 @@ def raw(batch: Any, j: int, k: int, framing: str = "none") -> Any:
 
 # ---------------------------------------------------------------------------------- jsonl
 def _pieces(data: bytes, offs: Any, lens: Any, encode: Any) -> List[Any]:
-    """Each ``data[off : off + len]`` (numpy columns) passed through ``encode``, None for a
-    length < 0 (no key, a tombstone)."""
+    """Each ``data[off : off + len]`` (numpy columns) passed through ``encode`` (a function,
+    or a tuple of functions applied in turn: C-level ``map`` calls, no Python frame per
+    record), None for a length < 0 (no key, a tombstone)."""
     lens_list = lens.tolist()
+    steps = encode if isinstance(encode, tuple) else (encode,)
     if not len(lens_list) or min(lens_list) >= 0:
-        return list(map(encode, map(data.__getitem__, map(
-            slice, offs.tolist(), (offs + lens).tolist()))))
-    return [None if n < 0 else encode(data[o : o + n])
-            for o, n in zip(offs.tolist(), lens_list)]
+        it: Any = map(data.__getitem__, map(slice, offs.tolist(), (offs + lens).tolist()))
+        for step in steps:
+            it = map(step, it)
+        return list(it)
+    out = []
+    for o, n in zip(offs.tolist(), lens_list):
+        if n < 0:
+            out.append(None)
+            continue
+        piece: Any = data[o : o + n]
+        for step in steps:
+            piece = step(piece)
+        out.append(piece)
+    return out
 
 
 def _field(name: str, pieces: Optional[List[Any]], text: bool) -> Tuple[str, Any]:
@@ -122,7 +134,7 @@ def jsonl(batch: Any, j: int, k: int, mode: str, start: bytes = b"{") -> bytes:
     if text and has_headers:
         return _slow(batch, j, k, mode, start)
     kl = batch.key_lengths
-    encode = _str if text else _b64
+    encode = (bytes.decode, _json_str) if text else _b64
     try:
         values = _pieces(data, batch.value_offsets[j:k], batch.value_lengths[j:k], encode)
         keys = None if kl is None else _pieces(data, batch.key_offsets[j:k], kl[j:k],
