@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Optional, TypedDict
 
 from .errors import ConfigError
 
@@ -35,6 +35,30 @@ SHAPING_SETTINGS = (
     "compression_level", "segment_bytes", "segment_ms", "index_interval_bytes",
     "max_record_bytes",
 )
+
+
+class LogOptions(TypedDict, total=False):
+    """The options of :meth:`logstore.Log.open` and :meth:`logstore.Store.open` as keyword
+    arguments (every field of :class:`LogConfig`, all optional): what IDEs and type checkers
+    show and check for ``**options`` (``Unpack[LogOptions]``). ``tests/test_typing.py`` keeps
+    it equal to :class:`LogConfig`'s fields."""
+
+    fsync: Literal["always", "every", "never"]
+    fsync_records: Optional[int]
+    fsync_ms: Optional[int]
+    compression: Literal["none", "zstd"]
+    compression_level: int
+    segment_bytes: int
+    segment_ms: Optional[int]
+    index_interval_bytes: int
+    max_record_bytes: int
+    write_buffer_bytes: int
+    retention_ms: Optional[int]
+    retention_bytes: Optional[int]
+    cleanup_policy: Literal["delete", "compact", "compact,delete"]
+    delete_retention_ms: int
+    retention_check_interval_s: float
+    compaction_buffer_bytes: int
 
 
 @dataclass(frozen=True)

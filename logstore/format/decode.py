@@ -13,10 +13,13 @@ import struct
 import threading
 from functools import partial
 from itertools import accumulate, repeat
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import zstandard
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 from ..errors import CorruptLogError
 from ..record import Record
@@ -81,14 +84,25 @@ class DecodedBatch:
 
     __slots__ = ("header", "position", "data", "_path", "_lists", "_arrays", "_parsed")
 
-    offsets = _column_property("offsets", "int64 offset of each record")
-    timestamps = _column_property("timestamps", "int64 timestamp (ms) of each record")
-    key_lengths = _column_property("key_lengths", "key length per record (-1 = no key)")
-    key_offsets = _column_property("key_offsets", "start of each key in values_buffer")
-    value_lengths = _column_property("value_lengths", "value length per record (-1 = tombstone)")
-    value_offsets = _column_property("value_offsets", "start of each value in values_buffer")
-    header_lengths = _column_property("header_lengths", "encoded headers length per record")
-    header_offsets = _column_property("header_offsets", "start of each record's headers")
+    if TYPE_CHECKING:  # what the column properties below return, for type checkers
+        offsets: "npt.NDArray[np.int64]"
+        timestamps: "npt.NDArray[np.int64]"
+        key_lengths: "Optional[npt.NDArray[np.int32]]"
+        key_offsets: "Optional[npt.NDArray[np.int64]]"
+        value_lengths: "npt.NDArray[np.int32]"
+        value_offsets: "npt.NDArray[np.int64]"
+        header_lengths: "Optional[npt.NDArray[np.int32]]"
+        header_offsets: "Optional[npt.NDArray[np.int64]]"
+    else:
+        offsets = _column_property("offsets", "int64 offset of each record")
+        timestamps = _column_property("timestamps", "int64 timestamp (ms) of each record")
+        key_lengths = _column_property("key_lengths", "key length per record (-1 = no key)")
+        key_offsets = _column_property("key_offsets", "start of each key in values_buffer")
+        value_lengths = _column_property("value_lengths",
+                                         "value length per record (-1 = tombstone)")
+        value_offsets = _column_property("value_offsets", "start of each value in values_buffer")
+        header_lengths = _column_property("header_lengths", "encoded headers length per record")
+        header_offsets = _column_property("header_offsets", "start of each record's headers")
 
     def __init__(self, header: BatchHeader, position: int, data: Any, path: Optional[str],
                  lazy: bool = False):

@@ -28,9 +28,11 @@ import threading
 import time
 import weakref
 from itertools import chain
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple,
+)
 
-from ..config import LogConfig
+from ..config import LogConfig, LogOptions
 from ..errors import (
     ConfigError,
     CorruptLogError,
@@ -67,6 +69,9 @@ from .segments import SegmentList
 from .shared import ROLLING, SharedWriter, cleaning, swapping
 from .sync import GroupCommit
 from .tail import RecoveryReport
+
+if TYPE_CHECKING:  # (annotations only: typing_extensions is no runtime dependency)
+    from typing_extensions import Unpack
 
 logger = logging.getLogger("logstore")
 DEFAULT_MAX_RECORDS = 1000
@@ -137,7 +142,7 @@ class Log:
         readonly: bool = False,
         shared: bool = False,
         fs: Optional[FileSystem] = None,
-        **options: Any,
+        **options: Unpack[LogOptions],
     ) -> "Log":
         """Open (creating if needed, unless ``readonly``) the log in directory ``path``.
 

@@ -23,10 +23,10 @@ import logging
 import os
 import threading
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
-from ..config import SHAPING_SETTINGS, LogConfig
+from ..config import SHAPING_SETTINGS, LogConfig, LogOptions
 from ..errors import (
     ConfigError,
     CorruptLogError,
@@ -59,6 +59,9 @@ from ..format.names import (
     queue_events_dir, topic_dir,
 )
 from ..record import Record
+
+if TYPE_CHECKING:  # (annotations only: typing_extensions is no runtime dependency)
+    from typing_extensions import Unpack
 
 logger = logging.getLogger("logstore")
 STORE_FORMAT = "logstore-store"
@@ -127,7 +130,7 @@ class Store:
     @classmethod
     def open(cls, root: "str | os.PathLike[str]", *, readonly: bool = False,
              dedup_window_s: float = 120.0, fs: Optional[FileSystem] = None,
-             **log_options: Any) -> "Store":
+             **log_options: Unpack[LogOptions]) -> "Store":
         """Open (creating unless ``readonly``) the store at ``root``.
 
         ``log_options`` (``fsync``, ``compression``, ``segment_bytes``...) apply to every
@@ -614,7 +617,7 @@ class Store:
     def queue(self, name: str, *, visibility_timeout: float = 30.0, max_deliveries: int = 5,
               dead_letter: Optional[str] = None, max_depth: Optional[int] = None,
               overflow: str = "reject", partitions: Optional[int] = None,
-              backoff: Tuple[float, float] = (1.0, 60.0)):
+              backoff: Tuple[float, float] = (1.0, 60.0)) -> MeteredWorkQueue:
         """A work queue over topic ``name`` (SQS-like: get, ack, redelivery, dead letters)."""
         validate_name("queue", name)
         with self._lock:
