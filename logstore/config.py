@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Mapping, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional, TypedDict
 
 from .errors import ConfigError
 
@@ -35,6 +35,15 @@ SHAPING_SETTINGS = (
     "compression_level", "segment_bytes", "segment_ms", "index_interval_bytes",
     "max_record_bytes",
 )
+
+
+if TYPE_CHECKING:  # (type checkers ship typing_extensions' stubs: no runtime dependency)
+    from typing_extensions import Unpack as Unpack
+else:
+    try:  # annotations only (``**options: Unpack[LogOptions]``); in typing from Python 3.11
+        from typing import Unpack
+    except ImportError:  # pragma: no cover - Python 3.10
+        Unpack = Any
 
 
 class LogOptions(TypedDict, total=False):

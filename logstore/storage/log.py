@@ -28,11 +28,9 @@ import threading
 import time
 import weakref
 from itertools import chain
-from typing import (
-    TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple,
-)
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from ..config import LogConfig, LogOptions
+from ..config import LogConfig, LogOptions, Unpack
 from ..errors import (
     ConfigError,
     CorruptLogError,
@@ -69,9 +67,6 @@ from .segments import SegmentList
 from .shared import ROLLING, SharedWriter, cleaning, swapping
 from .sync import GroupCommit
 from .tail import RecoveryReport
-
-if TYPE_CHECKING:  # (annotations only: typing_extensions is no runtime dependency)
-    from typing_extensions import Unpack
 
 logger = logging.getLogger("logstore")
 DEFAULT_MAX_RECORDS = 1000

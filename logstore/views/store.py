@@ -23,10 +23,10 @@ import logging
 import os
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
-from ..config import SHAPING_SETTINGS, LogConfig, LogOptions
+from ..config import SHAPING_SETTINGS, LogConfig, LogOptions, Unpack
 from ..errors import (
     ConfigError,
     CorruptLogError,
@@ -59,9 +59,6 @@ from ..format.names import (
     queue_events_dir, topic_dir,
 )
 from ..record import Record
-
-if TYPE_CHECKING:  # (annotations only: typing_extensions is no runtime dependency)
-    from typing_extensions import Unpack
 
 logger = logging.getLogger("logstore")
 STORE_FORMAT = "logstore-store"
