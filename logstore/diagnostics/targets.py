@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import CorruptLogError, NotALogError
+from ..storage.storelock import holder_lock
 from ..format.names import (
     GROUP_META, GROUPS_DIR, LOCK_NAME, LOG_SUFFIX, META_NAME, OFFSETS_LOG, QUEUES_DIR,
     STORE_META, TOPIC_META, TOPICS_DIR, parse_segment_name, partition_dir, segment_name,
@@ -363,13 +364,15 @@ def segment_files(target: Target) -> List[SegmentFile]:
 
 
 def writer_pid(log_dir: str) -> Optional[int]:
-    """Pid of the process holding the log's writer lock, or None (none, or unknown).
+    """Pid of the process holding the log's writer lock (for a log of a store: the store's
+    lock), or None (none, or unknown).
 
     Read from ``/proc/locks`` (Linux), so the lock is never touched: even a shared ``flock``
     probe could make a writer's open fail with LogLockedError.
     """
     try:
-        st = os.stat(os.path.join(log_dir, LOCK_NAME))
+        # A log of a store is covered by the store's lock (storage.storelock).
+        st = os.stat(holder_lock(log_dir) or os.path.join(log_dir, LOCK_NAME))
         with open("/proc/locks", "r", encoding="ascii", errors="replace") as f:
             lines = f.read().splitlines()
     except OSError:

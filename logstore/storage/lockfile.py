@@ -19,9 +19,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from typing import Any
 
 from ..errors import LogLockedError
 from ..format.names import LOCK_NAME, WRITERS_NAME
+from . import storelock
 
 
 
@@ -32,9 +34,16 @@ class DirectoryLock:
         self.path = os.path.join(directory, LOCK_NAME)
         self._fd: int | None = None
         self._writers_fd: int | None = None
+        self._cover: Any = None  # a log of a store: the store's lock covers it (storelock)
+        self._root: str | None = None  # this lock's directory, as reported to storelock
 
     def acquire(self) -> "DirectoryLock":
         """Become the only writer (LogLockedError naming the holder otherwise)."""
+        directory = os.path.dirname(self.path)
+        root = storelock.covering_root(directory)
+        if root is not None:  # a log of a store: no descriptor of its own (storelock)
+            self._cover = storelock.enter(directory, root, storelock.EXCLUSIVE)
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -54,6 +63,8 @@ class DirectoryLock:
         except OSError:
             pass
         self._fd = fd
+        storelock.root_locked(directory, storelock.EXCLUSIVE)
+        self._root = directory
         return self
 
     def acquire_shared(self) -> bool:
@@ -61,6 +72,10 @@ class DirectoryLock:
         Returns True if no other writer holds it (this one recovers the log and initialises the
         shared tail), False if it joins others. LogLockedError if a writer opened without
         ``shared=True`` holds it."""
+        directory = os.path.dirname(self.path)
+        root = storelock.covering_root(directory)
+        if root is not None:  # a log of a store: also the store's lock, shared (storelock)
+            self._cover = storelock.enter(directory, root, storelock.SHARED)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             if not _try(fd, fcntl.LOCK_SH):
@@ -69,6 +84,9 @@ class DirectoryLock:
                           os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except BaseException:
             os.close(fd)
+            if self._cover is not None:
+                self._cover()
+                self._cover = None
             raise
         first = _try(wfd, fcntl.LOCK_EX)
         if first:
@@ -76,6 +94,9 @@ class DirectoryLock:
         else:
             fcntl.flock(wfd, fcntl.LOCK_SH)
         self._fd, self._writers_fd = fd, wfd
+        if root is None:  # (it may be a store's root: its logs are then covered, shared)
+            storelock.root_locked(directory, storelock.SHARED)
+            self._root = directory
         return first
 
     def last_writer(self) -> bool:
@@ -102,6 +123,12 @@ class DirectoryLock:
             f"without shared=True: the only writer); open it with readonly=True to read")
 
     def release(self) -> None:
+        if self._cover is not None:
+            cover, self._cover = self._cover, None
+            cover()
+        if self._root is not None:
+            root, self._root = self._root, None
+            storelock.root_released(root)
         if self._writers_fd is not None:
             wfd, self._writers_fd = self._writers_fd, None
             os.close(wfd)  # (closing the descriptor releases its flock)
@@ -114,7 +141,7 @@ class DirectoryLock:
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._fd is not None or self._cover is not None
 
 
 def _try(fd: int, kind: int) -> bool:

@@ -36,35 +36,13 @@ from .tail import (
     RecoveryReport, inspect_active, reader_stop_problem, refusal, whole_batches,
 )
 from .index import OffsetIndex, TimeIndex
+from . import scanning
+from .scanning import MAX_RELATIVE_OFFSET, ScannedBatch, ScanResult
 from .index_checks import final_time_entry_ok, time_index_agrees
 from .sparse import zeros_between, zeros_in_mapping
 
-MAX_RELATIVE_OFFSET = 2**31 - 1  # index entries store offsets relative to the segment base
-
 # Batches quick_locate leaves to the general path: compressed, with offset deltas, unknown flags.
 _NOT_QUICK = CODEC_MASK | ATTR_OFFSET_DELTAS | ~KNOWN_ATTRS
-
-
-class ScannedBatch(NamedTuple):
-    position: int
-    length: int
-    base_offset: int
-    next_offset: int
-    max_timestamp: int
-    record_count: int
-
-
-class ScanResult(NamedTuple):
-    """Outcome of validating a segment batch by batch from some position."""
-
-    batches: List[ScannedBatch]
-    valid_end: int  # file position just after the last valid batch
-    file_size: int
-    error: Optional[CorruptLogError]  # first problem found, None if the whole range was valid
-
-    @property
-    def next_offset(self) -> Optional[int]:
-        return self.batches[-1].next_offset if self.batches else None
 
 
 class Segment:
@@ -649,81 +627,13 @@ class Segment:
     # ------------------------------------------------------------------ scanning
     def scan(self, start: int = 0, strict: bool = False, end: Optional[int] = None,
              prev_next: Optional[int] = None) -> ScanResult:
-        """Validate batches from ``start`` up to the file's end (or ``end``).
-
-        Stops at the first invalid batch (bad header, short, CRC, structure, offsets going back)
-        and returns what was valid before it. ``strict`` raises that error instead. Zero bytes
-        from there to the end of an unsealed segment are its preallocated, never-written space:
-        the data ends there and that is no error (``valid_end`` < ``file_size`` all the same).
-        """
-        frozen = self.sealed and self.fd is None and not self.use_pread
-        if self.use_pread:
-            file_size = os.fstat(self.fd).st_size
-        elif frozen:
-            self.ensure_open()  # scan exactly the file this object mapped
-            file_size = self.size
-        else:
-            file_size = self.file_size()
-        end = file_size if end is None else min(end, file_size)
-        batches: List[ScannedBatch] = []
-        pos = start
-        expect = self.base_offset if prev_next is None else prev_next
-        error: Optional[CorruptLogError] = None
-        if end > 0 and not self.use_pread:
-            buf = self._map if frozen else self.scan_view(end)
-        else:
-            buf = None
-        while pos < end:
-            try:
-                if end - pos < HEADER_SIZE:
-                    raise CorruptLogError("truncated batch header", self.path, pos)
-                raw = buf if buf is not None else os.pread(self.fd, HEADER_SIZE, pos)
-                h = parse_header(raw, pos if buf is not None else 0)
-                check_header(h, self.path, pos)
-                if pos + h.length > end:
-                    raise CorruptLogError("truncated batch (torn write)", self.path, pos)
-                data = buf if buf is not None else os.pread(self.fd, h.length, pos)
-                decode(data, pos if buf is not None else 0, h, self.path, pos)
-                if h.base_offset < expect:
-                    raise CorruptLogError(
-                        f"batch base offset {h.base_offset} goes back (expected >= {expect})",
-                        self.path, pos)
-                if h.next_offset - 1 - self.base_offset > MAX_RELATIVE_OFFSET:
-                    raise CorruptLogError("batch offsets too far from the segment base",
-                                          self.path, pos)
-            except CorruptLogError as e:
-                error = e
-                break
-            batches.append(ScannedBatch(pos, h.length, h.base_offset, h.next_offset,
-                                        h.max_timestamp, h.record_count))
-            expect = h.next_offset
-            pos += h.length
-        if error is not None and not self.sealed and self._zeros(pos, end, buf):
-            error = None
-        if error is not None and strict:
-            raise error
-        return ScanResult(batches, pos, file_size, error)
-
-    def _zeros(self, pos: int, end: int, buf) -> bool:
-        """Whether bytes ``[pos, end)`` are all zero (``buf``: a mapping of the file, or None),
-        reading only the file's data ranges (:mod:`~logstore.storage.sparse`)."""
-        if buf is None:
-            return zeros_between(self.fd, pos, end)
-        fd = self.fd if self.fd is not None else os.open(self.path, os.O_RDONLY)
-        try:
-            return zeros_in_mapping(fd, buf, pos, end)
-        finally:
-            if fd != self.fd:
-                os.close(fd)
+        """Validate batches from ``start`` up to the file's end (or ``end``): see
+        :func:`~logstore.storage.scanning.scan`."""
+        return scanning.scan(self, start, strict, end, prev_next)
 
     def scan_view(self, end: int) -> mmap.mmap:
         """A fresh read-only mapping of the file's first ``end`` bytes (scans, damage rules)."""
-        fd = self.fd if self.fd is not None else os.open(self.path, os.O_RDONLY)
-        try:
-            return mmap.mmap(fd, end, access=mmap.ACCESS_READ)
-        finally:
-            if fd != self.fd:
-                os.close(fd)
+        return scanning.scan_view(self, end)
 
     # ------------------------------------------------------------------ writing
     def append(self, data, base_offset: int, next_offset: int, max_ts: int, first_ts: int) -> None:

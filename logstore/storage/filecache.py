@@ -1,0 +1,165 @@
+"""A process-wide bound on the files logstore's segments keep open (RocksDB's ``max_open_files``).
+
+Every segment a log reads or writes holds descriptors: a mapping of its file (Python's ``mmap``
+keeps a descriptor of its own), mappings of its two index files, the writer's descriptor of the
+active segment (and, under ``fsync="never"``, its write mapping), a reader's descriptor of the
+active segment. A store of thousands of partitions would hold thousands of them, and past the
+process's ``RLIMIT_NOFILE`` every open fails with ``EMFILE``. So segments register here what
+they hold (:meth:`FileCache.note`), and once the total passes :func:`max_open_files` the least
+recently used ones let go of what they can reopen on demand (``Segment.close_idle``):
+
+* a sealed segment drops its mappings (data and indexes): nothing is lost, they are mapped
+  again from the files at the next read (a file another process replaced meanwhile is noticed
+  by its inode: the reader then finds the segment by offset again). Dropping a mapping needs no
+  lock: readers take the mapping into a local variable first, and a memoryview a reader still
+  holds keeps it (and its descriptor) alive until it is released.
+* an active segment (under its log's lock, taken without waiting: a log in use is not idle)
+  drops its read mapping and write mapping, keeps its index entries in memory (written to the
+  index files when it is sealed or the log is closed: ``index._MappedArray.detach``), and
+  closes its descriptor, reopened at the next append or read. The writer first fsyncs what it
+  wrote and did not sync yet (``fsync="never"``/``"every"``): a write-back error would otherwise
+  be reported to the closed descriptor only (fsyncgate); a failure is kept by the segment and
+  raised by the log's next sync, which poisons the log as any failed fsync does. A shared log's
+  active segment (several writing processes) keeps its files.
+
+Lock files are not here: the writer of a store holds the store's lock, which covers its logs
+(``storage.storelock``), so a partition needs no descriptor of its own while idle.
+
+The limit is :func:`set_max_open_files` (or the ``LOGSTORE_MAX_OPEN_FILES`` environment
+variable), by default half the process's soft ``RLIMIT_NOFILE`` (the other half for the
+application, sockets, lock files, and the mappings readers still hold). It bounds what segments
+keep open between uses, not a single operation's needs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from typing import Any, List, Optional, Tuple
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on Linux/macOS
+    resource = None  # type: ignore[assignment]
+
+MIN_OPEN_FILES = 16
+_limit: Optional[int] = None
+
+
+def default_max_open_files() -> int:
+    """``LOGSTORE_MAX_OPEN_FILES`` if set, else half the soft ``RLIMIT_NOFILE`` (at least
+    :data:`MIN_OPEN_FILES`)."""
+    env = os.environ.get("LOGSTORE_MAX_OPEN_FILES")
+    if env:
+        return max(MIN_OPEN_FILES, int(env))
+    soft = 1024
+    if resource is not None:
+        soft_limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft_limit != resource.RLIM_INFINITY:
+            soft = soft_limit
+        else:
+            soft = 1 << 20
+    return max(MIN_OPEN_FILES, soft // 2)
+
+
+def max_open_files() -> int:
+    """How many descriptors segments may keep open between uses (see the module docstring)."""
+    global _limit
+    if _limit is None:
+        _limit = default_max_open_files()
+    return _limit
+
+
+def set_max_open_files(n: Optional[int]) -> None:
+    """Set the process-wide limit (None: back to the default). Segments over it let go of their
+    files at their next registration."""
+    global _limit
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < MIN_OPEN_FILES):
+        raise ValueError(f"max_open_files must be an int >= {MIN_OPEN_FILES} (got {n!r})")
+    _limit = n
+
+
+class FileCache:
+    """Segments and the descriptors they hold, least recently noted first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # id(segment) -> (weak reference, descriptors held, owner's lock)
+        self._entries: "OrderedDict[int, Tuple[Any, int, Any]]" = OrderedDict()
+        self._total = 0
+        self.evictions = 0  # segments that let go of their files (for tests and stats)
+
+    @property
+    def open_files(self) -> int:
+        """Descriptors held by the registered segments, as last noted."""
+        return self._total
+
+    def note(self, seg: Any, files: int, lock: Any) -> None:
+        """``seg`` (whose log's lock is ``lock``) holds ``files`` descriptors now and was just
+        used; let others go if the total passes the limit."""
+        key = id(seg)
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._total -= old[1]
+            if files > 0:
+                self._entries[key] = (weakref.ref(seg), files, lock)
+                self._total += files
+            over = self._total - max_open_files()
+            victims = self._pick(over, key) if over > 0 else []
+        for victim, vlock in victims:
+            self._close_idle(victim, vlock)
+
+    def forget(self, seg: Any) -> None:
+        """``seg`` closed its files."""
+        with self._lock:
+            old = self._entries.pop(id(seg), None)
+            if old is not None:
+                self._total -= old[1]
+
+    def _pick(self, over: int, spare: int) -> List[Tuple[Any, Any]]:
+        """(cache lock held) Least recently used segments holding at least ``over``
+        descriptors (not ``spare``); entries of segments gone are dropped."""
+        out: List[Tuple[Any, Any]] = []
+        for key, (ref, files, lock) in list(self._entries.items()):
+            if over <= 0:
+                break
+            if key == spare:
+                continue
+            seg = ref()
+            if seg is None:  # dropped without closing (its mappings went with it)
+                del self._entries[key]
+                self._total -= files
+                over -= files
+                continue
+            out.append((seg, lock))
+            over -= files
+        return out
+
+    def _close_idle(self, seg: Any, lock: Any) -> None:
+        """Let ``seg`` go of its files: a sealed one without its log's lock (it only drops
+        mappings), an active one under it, taken without waiting (busy: skipped)."""
+        if seg.sealed:
+            files = seg.close_idle()
+        else:
+            if lock is None or not lock.acquire(blocking=False):
+                return
+            try:
+                files = seg.close_idle()
+            finally:
+                lock.release()
+        self.evictions += 1
+        with self._lock:
+            old = self._entries.pop(id(seg), None)
+            if old is not None:
+                self._total -= old[1]
+            if files:
+                self._entries[id(seg)] = (weakref.ref(seg), files, lock)
+                self._entries.move_to_end(id(seg), last=False)  # still the first to go
+                self._total += files
+
+
+#: The cache of this process (every log and store of it shares the limit).
+FILE_CACHE = FileCache()
