@@ -34,6 +34,7 @@ from .errors import (
     CircuitOpenError,
 )
 from .record import Record
+from .storage.filecache import max_open_files, set_max_open_files
 from .storage.log import Log
 from .version import __version__ as __version__
 from .views.aio import AsyncStore
@@ -66,5 +67,7 @@ __all__ = [
     "CircuitBreaker",
     "Requester",
     "prometheus_text",
+    "max_open_files",
+    "set_max_open_files",
     *_errors.__all__,  # every public exception, listed once in logstore.errors
 ]

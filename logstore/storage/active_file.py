@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..config import LogConfig
 from ..errors import StorageError
@@ -39,9 +39,12 @@ class ActiveFile:
     """The writable file of an active segment (see the module docstring)."""
 
     def __init__(self, fd: int, fs: FileSystem, path: str, allocated: int):
-        self.fd = fd
+        self._fd: Optional[int] = fd  # None: closed by the file cache, reopened at next use
         self.fs = fs
         self.path = path
+        self.on_open: Optional[Callable[[], None]] = None  # told of a reopen or a new mapping
+        self.shared = False  # other processes write the file too (never closed early)
+        self.release_failed = False  # release_idle's fsync failed (the log is poisoned)
         # The plain FileSystem's pwrite is os.pwrite plus a short-write loop: appends call
         # os.pwrite directly and fall back to fs.pwrite for short writes. A test double (a
         # subclass) always goes through fs.pwrite.
@@ -77,6 +80,7 @@ class ActiveFile:
         self.writeback_from = size
         # Policies that fdatasync while the segment fills: extend the file ahead of the data, so
         # that those fdatasyncs need not also commit a new file size (~20% faster here).
+        self.shared = shared
         syncs = always or config.fsync_records is not None or config.fsync_ms is not None
         self.preallocate = PREALLOCATE_BYTES if syncs and not shared else 0
         self.preallocate_limit = config.segment_bytes
@@ -156,7 +160,64 @@ class ActiveFile:
         self.drop_write_map()
         self._wmap, self._wmap_len = wmap, target
         self.allocated = max(self.allocated, target)
+        if self.on_open is not None:
+            self.on_open()
         return True
+
+    # ------------------------------------------------------------------ the descriptor
+    @property
+    def fd(self) -> int:
+        """The file's descriptor, reopened if the file cache closed it (``release_fd``)."""
+        fd = self._fd
+        if fd is None:
+            fd = self._fd = self.fs.open(self.path, os.O_RDWR)
+            if self.on_open is not None:
+                self.on_open()
+        return fd
+
+    def release_fd(self) -> None:
+        """(the file cache; nothing buffered or unsynced) Close the descriptor and the write
+        mapping: the next use reopens the file."""
+        self.drop_write_map()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            self.fs.close(fd)
+
+    def release_idle(self, size: int, unsynced: bool,
+                     report: Optional[Callable[[BaseException], None]]) -> bool:
+        """(the file cache, log lock held; ``size``: the data's end) Close the write mapping
+        and the descriptor (reopened at next use), not a shared file's. Written but unsynced
+        bytes (and the write buffer) are fsynced first: a write-back error is reported to open
+        descriptors only (fsyncgate). A failed fsync goes to ``report`` (the log's poisoning:
+        its next append or sync raises) and the descriptor is closed all the same; this file
+        is never fsynced through a new descriptor again (that one would not see the error and
+        call the lost bytes durable). The descriptor is kept if a buffered write fails (the
+        log's next flush reports it) or nobody can be told of a failure. True: fsynced now."""
+        self.drop_write_map()
+        if self.shared:
+            return False
+        synced = False
+        if (unsynced or self.pending) and not self.release_failed:
+            if report is None:
+                return False
+            try:
+                self.flush(size)
+            except StorageError:
+                return False
+            try:
+                self.fs.fdatasync(self.fd)
+                synced = True
+            except OSError as e:
+                self.release_failed = True
+                report(StorageError(f"fsync of {self.path} before closing it (open files "
+                                    f"limit) failed: {e}", e))
+        self.release_fd()
+        return synced
+
+    @property
+    def open_files(self) -> int:
+        """Descriptors held: the file's and the write mapping's."""
+        return (self._fd is not None) + (self._wmap is not None)
 
     @property
     def mapped_bytes(self) -> int:
@@ -232,7 +293,4 @@ class ActiveFile:
 
     def close(self) -> None:
         """Drop the write mapping and close the descriptor."""
-        self.drop_write_map()
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            self.fs.close(fd)
+        self.release_fd()

@@ -3,24 +3,28 @@
 Every segment a log reads or writes holds descriptors: a mapping of its file (Python's ``mmap``
 keeps a descriptor of its own), mappings of its two index files, the writer's descriptor of the
 active segment (and, under ``fsync="never"``, its write mapping), a reader's descriptor of the
-active segment. A store of thousands of partitions would hold thousands of them, and past the
-process's ``RLIMIT_NOFILE`` every open fails with ``EMFILE``. So segments register here what
-they hold (:meth:`FileCache.note`), and once the total passes :func:`max_open_files` the least
-recently used ones let go of what they can reopen on demand (``Segment.close_idle``):
+active segment: up to 4 per open partition. A store of thousands of partitions would hold
+thousands of them, and past the process's ``RLIMIT_NOFILE`` every open fails with ``EMFILE``.
+So segments register here what they hold whenever they open something (:meth:`FileCache.note`),
+and once the total passes :func:`max_open_files` the least recently opened ones let go of what
+they can reopen on demand (``Segment.close_idle``):
 
 * a sealed segment drops its mappings (data and indexes): nothing is lost, they are mapped
-  again from the files at the next read (a file another process replaced meanwhile is noticed
-  by its inode: the reader then finds the segment by offset again). Dropping a mapping needs no
-  lock: readers take the mapping into a local variable first, and a memoryview a reader still
-  holds keeps it (and its descriptor) alive until it is released.
-* an active segment (under its log's lock, taken without waiting: a log in use is not idle)
-  drops its read mapping and write mapping, keeps its index entries in memory (written to the
-  index files when it is sealed or the log is closed: ``index._MappedArray.detach``), and
-  closes its descriptor, reopened at the next append or read. The writer first fsyncs what it
-  wrote and did not sync yet (``fsync="never"``/``"every"``): a write-back error would otherwise
-  be reported to the closed descriptor only (fsyncgate); a failure is kept by the segment and
-  raised by the log's next sync, which poisons the log as any failed fsync does. A shared log's
-  active segment (several writing processes) keeps its files.
+  again from the files at the next read (a file another process replaced or removed meanwhile
+  is noticed by its inode: the segment is retired and readers find the offset again in the
+  directory as it is now). Dropping a mapping needs no lock: readers take the mapping into a
+  local variable first, and a memoryview a reader still holds keeps it (and its descriptor)
+  alive until it is released. Files are never truncated under a mapping, so no SIGBUS.
+* an active segment (under its log's lock, taken without waiting: a log in use is skipped and
+  tried again later) drops its read mapping and write mapping, keeps its index entries in
+  memory (written to the index files when it is sealed or the log is closed:
+  ``index._MappedArray.detach``; after a crash the active segment's indexes are rebuilt
+  anyway), and closes its descriptor, reopened at the next append, sync or read. The writer
+  first writes its buffer and fsyncs what it wrote and did not sync yet (``fsync="never"`` and
+  ``"every"``): a write-back error would otherwise be reported to the closed descriptor only
+  (fsyncgate). A failure poisons the log as a failed fsync does (its next append or sync
+  raises :class:`~logstore.errors.StorageError`, and so does its close). A shared log's active
+  segment (several writing processes) keeps its files.
 
 Lock files are not here: the writer of a store holds the store's lock, which covers its logs
 (``storage.storelock``), so a partition needs no descriptor of its own while idle.
@@ -28,7 +32,7 @@ Lock files are not here: the writer of a store holds the store's lock, which cov
 The limit is :func:`set_max_open_files` (or the ``LOGSTORE_MAX_OPEN_FILES`` environment
 variable), by default half the process's soft ``RLIMIT_NOFILE`` (the other half for the
 application, sockets, lock files, and the mappings readers still hold). It bounds what segments
-keep open between uses, not a single operation's needs.
+keep open between uses, not a single operation's needs (a busy log's files stay open).
 """
 
 from __future__ import annotations
@@ -39,12 +43,21 @@ import weakref
 from collections import OrderedDict
 from typing import Any, List, Optional, Tuple
 
+from ..errors import OffsetOutOfRangeError
+
 try:
     import resource
 except ImportError:  # pragma: no cover - not on Linux/macOS
     resource = None  # type: ignore[assignment]
 
 MIN_OPEN_FILES = 16
+
+
+class SegmentReplaced(OffsetOutOfRangeError):
+    """(internal) A segment's file, reopened by path after the file cache closed it, is another
+    file now (compaction or retention in another process): the segment is retired and readers
+    find the offset again in the directory as it is now."""
+
 _limit: Optional[int] = None
 
 
@@ -140,26 +153,41 @@ class FileCache:
 
     def _close_idle(self, seg: Any, lock: Any) -> None:
         """Let ``seg`` go of its files: a sealed one without its log's lock (it only drops
-        mappings), an active one under it, taken without waiting (busy: skipped)."""
+        mappings), an active one under it, taken without waiting (busy: skipped). What it
+        still holds goes to the recently used end: the next victims are others."""
+        files: Optional[int] = None
         if seg.sealed:
             files = seg.close_idle()
-        else:
-            if lock is None or not lock.acquire(blocking=False):
-                return
+        elif lock is not None and lock.acquire(blocking=False):
             try:
                 files = seg.close_idle()
             finally:
                 lock.release()
-        self.evictions += 1
         with self._lock:
-            old = self._entries.pop(id(seg), None)
-            if old is not None:
-                self._total -= old[1]
+            key = id(seg)
+            old = self._entries.pop(key, None)
+            if old is None:  # closed (forgotten) meanwhile
+                return
+            self._total -= old[1]
+            if files is None:
+                files = old[1]
+            else:
+                self.evictions += 1
             if files:
-                self._entries[id(seg)] = (weakref.ref(seg), files, lock)
-                self._entries.move_to_end(id(seg), last=False)  # still the first to go
+                self._entries[key] = (old[0], files, lock)
                 self._total += files
+
+
+    def after_fork(self) -> None:
+        """(a forked child) Start empty: the parent's segments are the parent's (the child
+        opens its logs again), and the lock may have been held by a thread the fork left
+        behind."""
+        self._lock = threading.Lock()
+        self._entries = OrderedDict()
+        self._total = 0
 
 
 #: The cache of this process (every log and store of it shares the limit).
 FILE_CACHE = FileCache()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=FILE_CACHE.after_fork)

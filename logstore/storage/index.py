@@ -41,6 +41,8 @@ class _MappedArray:
         self.n = n
         self.writable = writable
         self._ints: Optional[memoryview] = None  # OffsetIndex: Python-int view of _arr
+        self.shared = False  # entries written by other processes too (map_shared)
+        self.detached = False  # (a writable index) entries in memory only until seal()
 
     def _drop_view(self) -> None:
         """Release the int view before ``_arr`` is replaced or its file is resized: a live
@@ -73,7 +75,9 @@ class _MappedArray:
         write lock; ``n`` (how many are valid) comes from the shared tail."""
         size = os.path.getsize(path) // cls.dtype.itemsize
         arr = np.memmap(path, dtype=cls.dtype, mode="r+", shape=(max(size, n),))
-        return cls(path, arr, n, True)
+        index = cls(path, arr, n, True)
+        index.shared = True
+        return index
 
     def set_count(self, n: int) -> None:
         """(shared active index) Another writer appended entries: ``n`` are valid now (the file
@@ -124,10 +128,26 @@ class _MappedArray:
         arr = np.empty(16, dtype=cls.dtype) if entries is None else np.array(entries, dtype=cls.dtype)
         return cls(None, arr, 0 if entries is None else len(arr), False)
 
+    @property
+    def mapped(self) -> bool:
+        """Whether this index holds a mapping of its file (and so a descriptor)."""
+        return self._map is not None
+
+    def detach(self) -> None:
+        """(the file cache, an active segment's index) Keep the entries in memory and let go of
+        the mapping and its descriptor; :meth:`seal` writes them to the file. Not for a shared
+        index (other processes read and write the mapping)."""
+        if self._map is None or self.shared or not self.writable:
+            return
+        self._drop_view()
+        keep = np.array(self._arr[: max(self.n * 2, 16)])
+        self._arr, self._map = keep, None
+        self.detached = True
+
     def _push(self, entry) -> None:
         if self.n == len(self._arr):
             self._drop_view()
-            if self.writable:
+            if self.writable and not self.detached:
                 self._grow_file()
             else:
                 bigger = np.empty(max(16, 2 * len(self._arr)), dtype=self.dtype)
@@ -158,7 +178,8 @@ class _MappedArray:
             return
         self._drop_view()
         used = np.array(self._arr[: self.n])
-        self._map.flush()
+        if self._map is not None:
+            self._map.flush()
         # Unmap before shrinking the file (never truncate under a live mapping); the entries
         # stay usable from the copy whatever happens next (an interrupt, an I/O error).
         self._arr, self._map = used, None
@@ -166,6 +187,8 @@ class _MappedArray:
         fd = fs.open(self.path, os.O_RDWR)
         try:
             fs.truncate(fd, self.n * self.dtype.itemsize)
+            if self.detached:  # the entries since detach() are in memory only: write them all
+                fs.pwrite(fd, used.tobytes(), 0)
             fs.fsync(fd)
         finally:
             fs.close(fd)

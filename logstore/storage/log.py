@@ -94,7 +94,7 @@ class Log:
         self._sync = GroupCommit(directory, fs, self._sync_snapshot)
         self._closed = False
         self._segs = SegmentList(directory, fs, config.index_interval_bytes, not readonly,
-                                 self._lock)
+                                 self._lock, self._sync.fail)
         self._next_offset = 0
         self._gaps = GapRule(directory, readonly)
         self._hooks = ReadHooks(self._lock, self._segs, self._check_open,
@@ -594,7 +594,7 @@ class Log:
             finally:
                 lifecycle.release(self._segs, self._dir_lock)
         if problem is not None:
-            if problem is self._sync.failed:
+            if problem is self._sync.failed and problem is not self._segs.release_failure:
                 return  # already reported by the write/fsync that failed (the log was poisoned)
             if isinstance(problem, StorageError):
                 raise problem

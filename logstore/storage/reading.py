@@ -11,6 +11,7 @@ its open check, a read-only opener's catch-up with the writer, and its rule for 
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -22,6 +23,7 @@ from ..format.header import ATTR_OFFSET_DELTAS, CODEC_MASK, BatchHeader, check_c
 from ..record import Record
 from ..util import check_offset
 from . import meta
+from .filecache import SegmentReplaced
 from .segment import Segment
 from .segments import SegmentList
 
@@ -111,7 +113,10 @@ def record_at(segs: SegmentList, offset: int, end: int, gap: GapCheck) -> Record
     bases = segs.bases
     if bases and bases[0] <= offset < end:
         seg = segs.items[bisect.bisect_right(bases, offset) - 1]
-        found = seg.quick_locate(offset)
+        try:
+            found = seg.quick_locate(offset)
+        except SegmentReplaced:  # the general route finds it in the directory as it is now
+            found = None
         if found is not None:
             buf, at, h, pos = found
             rec = extract_record(buf, h, offset, seg.path, pos, at)
@@ -137,7 +142,10 @@ def collect_sorted(segs: SegmentList, sorted_offs: List[int], order: List[int],
     while k < n:
         offset = sorted_offs[k]
         seg = segments[bisect.bisect_right(bases, offset) - 1]
-        found = seg.quick_locate(offset)  # get's route, when it applies
+        try:
+            found = seg.quick_locate(offset)  # get's route, when it applies
+        except SegmentReplaced:
+            found = None
         if found is not None:
             buf, at, h, pos = found
         else:
@@ -212,7 +220,11 @@ def spans(hooks: ReadHooks, start: int, stop: int) -> Iterator[Span]:
                 i, pos, h = loc
                 seg = segs.items[i]
             else:
-                h = seg.header_at(pos)
+                try:
+                    h = seg.header_at(pos)
+                except SegmentReplaced:  # (the file cache closed it; another file now)
+                    seg = None
+                    continue
             size = seg.size
             last = h.next_offset
             while True:
@@ -314,6 +326,14 @@ def take(batches_of_records: Iterator[List[Record]], max_records: int,
 def first_offset_at(segs: SegmentList, ts: int, end: int) -> int:
     """(log lock held) The first offset below ``end`` whose record timestamp is >= ``ts``
     (``end`` if none): time index, then headers, then the batch's timestamp column."""
+    try:
+        return _first_offset_at(segs, ts, end)
+    except SegmentReplaced:  # (a reader: the file cache closed it, another process swapped it)
+        segs.relist(os.stat(segs.directory).st_mtime_ns)
+        return _first_offset_at(segs, ts, end)
+
+
+def _first_offset_at(segs: SegmentList, ts: int, end: int) -> int:
     for seg in segs.items:
         if seg.sealed:
             seg.time_index()  # loads max_timestamp

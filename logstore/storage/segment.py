@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Tuple
 
-from ..errors import CorruptLogError, OffsetOutOfRangeError
+from ..errors import CorruptLogError, OffsetOutOfRangeError, StorageError
 from ..format.decode import DecodedBatch, decode
 from ..format.header import (
     ALIGN, ATTR_OFFSET_DELTAS, CODEC_MASK, FORMAT_VERSION, HEADER, HEADER_SIZE, KNOWN_ATTRS, MAGIC,
@@ -39,6 +39,7 @@ from .index import OffsetIndex, TimeIndex
 from . import scanning
 from .scanning import MAX_RELATIVE_OFFSET, ScannedBatch, ScanResult
 from .index_checks import final_time_entry_ok, time_index_agrees
+from .filecache import FILE_CACHE, SegmentReplaced
 from .sparse import zeros_between, zeros_in_mapping
 
 # Batches quick_locate leaves to the general path: compressed, with offset deltas, unknown flags.
@@ -64,7 +65,12 @@ class Segment:
         self.path = os.path.join(directory, segment_name(base_offset))
         self.index_path = os.path.join(directory, segment_name(base_offset, INDEX_SUFFIX))
         self.timeindex_path = os.path.join(directory, segment_name(base_offset, TIMEINDEX_SUFFIX))
-        self.fd: Optional[int] = None  # writer fd (read/write) or reader fd (pread mode)
+        self._fd: Optional[int] = None  # a reader's pread descriptor (the writer's: .writer)
+        self.fd_evicted = False  # the file cache closed _fd: reopened at the next read
+        self.owner_lock: Any = None  # the log's lock (set by its SegmentList; file cache)
+        # The log's poisoning of a failed fsync (set by its SegmentList): the file cache's
+        # fsync before it closes an active segment's descriptor reports there.
+        self.sync_failed: Optional[Callable[[BaseException], None]] = None
         self.size = 0  # bytes of whole, valid batches (including any not yet written: pending)
         self.writer: Optional[ActiveFile] = None  # the active segment's writer (writable logs)
         # Bytes of this segment known to be on stable storage; every batch written records the
@@ -80,7 +86,6 @@ class Segment:
         self.stop_checked: Optional[Tuple[int, int]] = None  # (reader) catch_up's last verdict
         self.use_pread = False
         self._map: Optional[mmap.mmap] = None
-        self._map_len = 0
         self._offset_index: Optional[OffsetIndex] = None
         self._time_index: Optional[TimeIndex] = None
         self._last_index_pos = 0
@@ -92,8 +97,7 @@ class Segment:
                index_capacity: int) -> "Segment":
         """Create a new, empty active segment (the caller fsyncs the directory)."""
         seg = cls(directory, base_offset, fs, index_interval, writable=True)
-        seg.fd = fs.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
-        seg.writer = ActiveFile(seg.fd, fs, seg.path, 0)
+        seg.writer = seg.new_writer(fs.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_EXCL))
         seg._offset_index = OffsetIndex.create(seg.index_path, index_capacity, fs)
         seg._time_index = TimeIndex.create(seg.timeindex_path, index_capacity, fs)
         seg._index_checked = True
@@ -126,17 +130,93 @@ class Segment:
                 size, self.inode = st.st_size, st.st_ino
                 if size:
                     self._map = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-                    self._map_len = size
             finally:
                 os.close(fd)
             self.size = size
+            self.note_files()
+
+    # ------------------------------------------------------------------ the file cache
+    @property
+    def fd(self) -> Optional[int]:
+        """The descriptor reads use: the writer's (reopened on demand), a reader's pread one
+        (reopened once the file cache closed it), or None (a sealed segment: mapped by path)."""
+        w = self.writer
+        if w is not None:
+            return w.fd
+        if self._fd is None and self.fd_evicted:
+            fd = self._reopen()
+            self._fd, self.fd_evicted = fd, False
+            self.note_files()
+        return self._fd
+
+    @fd.setter
+    def fd(self, fd: Optional[int]) -> None:
+        self._fd, self.fd_evicted = fd, False
+
+    def _reopen(self) -> int:
+        """A read-only descriptor of the file this object knew (reopened by path after the
+        file cache closed it), or SegmentReplaced (retired: compaction or retention replaced
+        or removed it meanwhile; readers find the offset again by the directory)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            self.retired = True
+            raise SegmentReplaced(f"segment {self.path} was removed since it was opened") \
+                from None
+        if self.inode is not None and os.fstat(fd).st_ino != self.inode:
+            os.close(fd)
+            self.retired = True
+            raise SegmentReplaced(f"segment {self.path} was replaced since it was opened")
+        return fd
+
+    def open_files(self) -> int:
+        """Descriptors this segment holds (each mapping keeps one of its own)."""
+        n = (self._fd is not None) + (self._map is not None)
+        n += self.writer.open_files if self.writer is not None else 0
+        return n + sum(1 for i in (self._offset_index, self._time_index)
+                       if i is not None and i.mapped)
+
+    def note_files(self) -> None:
+        """Tell the file cache what this segment holds now (it may close others')."""
+        FILE_CACHE.note(self, self.open_files(), self.owner_lock)
+
+    def new_writer(self, fd: int) -> ActiveFile:
+        """The writer of this (active) segment on ``fd``; its reopens are told to the cache."""
+        st = os.fstat(fd)
+        self.inode = st.st_ino  # (a reopen by path checks it is still this file)
+        w = ActiveFile(fd, self.fs, self.path, st.st_size)
+        w.on_open = self.note_files
+        return w
+
+    def close_idle(self) -> int:
+        """(the file cache: a sealed segment without its log's lock, an active one under it)
+        Let go of what is reopened on demand (see ``filecache``); the descriptors still held."""
+        self._map = None  # (readers take it into a local first: a view keeps it alive)
+        if self.sealed:
+            if self._offset_index is not None and self._offset_index.mapped:
+                self._offset_index = None
+            if self._time_index is not None and self._time_index.mapped:
+                self._time_index = None
+            return self.open_files()
+        for index in (self._offset_index, self._time_index):
+            if index is not None:
+                index.detach()  # entries kept in memory (not a shared log's)
+        w = self.writer
+        if w is not None:
+            if w.release_idle(self.size, self.synced_size < self.size, self.sync_failed):
+                self.synced_size = self.size  # (true: later batches record it)
+        elif self.use_pread and self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+            self.fd_evicted = True
+        return self.open_files()
 
     def open_active(self, size: int, next_offset: int, max_timestamp: int,
                     index_capacity: int, trust_indexes: bool) -> None:
         """Open this (writable) segment as the active one, ``size`` bytes valid."""
-        self.fd = self.fs.open(self.path, os.O_RDWR)
+        fd = self.fs.open(self.path, os.O_RDWR)
         self.size = size
-        self.writer = ActiveFile(self.fd, self.fs, self.path, os.fstat(self.fd).st_size)
+        self.writer = self.new_writer(fd)
         self.synced_size = size  # a clean close fsynced everything
         self.next_offset = next_offset
         self.max_timestamp = max_timestamp
@@ -162,6 +242,7 @@ class Segment:
             self._index_checked = True
         else:
             self.rebuild_indexes(self.scan(0), index_capacity)
+        self.note_files()
 
     def recover(self, index_capacity: int, force_truncate: bool = False,
                 durable_floor: int = 0, durable_end: Optional[int] = None) -> RecoveryReport:
@@ -173,8 +254,7 @@ class Segment:
         valid data follows the damage, or data ends below ``durable_floor``/``durable_end``,
         a clean-shutdown marker's size and end offset) unless ``force_truncate`` is set.
         """
-        self.fd = self.fs.open(self.path, os.O_RDWR)
-        self.writer = ActiveFile(self.fd, self.fs, self.path, os.fstat(self.fd).st_size)
+        self.writer = self.new_writer(self.fs.open(self.path, os.O_RDWR))
         scan, report = inspect_active(self, durable_floor, durable_end)
         refused = refusal(report, self.directory)
         if refused is not None and not force_truncate:
@@ -193,6 +273,7 @@ class Segment:
             self.first_timestamp = self.header_at(0).base_timestamp
         self.rebuild_indexes(scan, index_capacity)
         report.indexes_rebuilt = True
+        self.note_files()
         return report
 
     # ------------------------------------------------------------------ shared logs
@@ -219,13 +300,13 @@ class Segment:
     def open_shared_active(self, state: Tuple[int, int, int, int, int, int]) -> None:
         """Open this segment as the active one of a shared log that other writers are writing
         (no recovery: the tail they share says how far its batches go)."""
-        self.fd = self.fs.open(self.path, os.O_RDWR)
-        self.writer = ActiveFile(self.fd, self.fs, self.path, os.fstat(self.fd).st_size)
+        self.writer = self.new_writer(self.fs.open(self.path, os.O_RDWR))
         self._offset_index = OffsetIndex.map_shared(self.index_path, state[2])
         self._time_index = TimeIndex.map_shared(self.timeindex_path, state[2])
         self._index_checked = True
         self.sealed = False
         self.adopt(*state)
+        self.note_files()
 
     def rebuild_sealed_indexes(self) -> None:
         """Rebuild and save this sealed segment's indexes from a strict scan (``logstore
@@ -237,7 +318,8 @@ class Segment:
         """Read-only view of the active segment: pread, in-memory index built while walking."""
         self.use_pread = True
         self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self.inode = os.fstat(self.fd).st_ino
+        self.inode = os.fstat(self._fd).st_ino  # type: ignore[arg-type]
+        self.note_files()
         self.size = 0
         self.next_offset = self.base_offset
         self._offset_index = OffsetIndex.in_memory()
@@ -286,11 +368,13 @@ class Segment:
         """Close the file and drop the mappings (readers holding views keep them alive)."""
         self._offset_index = self._time_index = None  # unmap index files too
         self._map = None
-        if self.writer is not None:
-            self.writer.drop_write_map()
-            self.writer = None
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
+        FILE_CACHE.forget(self)
+        w, self.writer = self.writer, None
+        if w is not None:
+            w.close()
+        self.fd_evicted = False
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
             if self.use_pread:
                 os.close(fd)
             else:
@@ -298,34 +382,39 @@ class Segment:
 
     # ------------------------------------------------------------------ raw access
     def file_size(self) -> int:
-        if self.fd is not None:
-            return os.fstat(self.fd).st_size
+        fd = self.fd
+        if fd is not None:
+            return os.fstat(fd).st_size
         return os.path.getsize(self.path)
 
     def mapped(self, end: int) -> mmap.mmap:
-        """A mapping covering at least ``[0, end)`` (``end`` <= valid size)."""
-        if self._map is None or self._map_len < end:
+        """A mapping covering at least ``[0, end)`` (``end`` <= valid size). Into a local
+        first: the file cache may drop ``_map`` meanwhile (a view of it keeps it alive)."""
+        m = self._map
+        if m is None or len(m) < end:
             self.ensure_open()
             written = self.size - len(self.pending) if self.writer is not None else self.size
             if end > written:
                 self.flush_pending()  # readers must see buffered appends: put them in the file
                 written = self.size
             length = max(end, written)
-            if self.fd is not None:
-                self._map = mmap.mmap(self.fd, length, access=mmap.ACCESS_READ)
+            own = self.fd
+            if own is not None:
+                m = mmap.mmap(own, length, access=mmap.ACCESS_READ)
             else:
-                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = self._reopen()
                 try:
-                    self._map = mmap.mmap(fd, length, access=mmap.ACCESS_READ)
+                    m = mmap.mmap(fd, length, access=mmap.ACCESS_READ)
                 finally:
                     os.close(fd)
-            self._map_len = length
-        return self._map
+            self._map = m
+            self.note_files()
+        return m
 
     def read_bytes(self, pos: int, n: int):
         """Bytes ``[pos, pos+n)``: a zero-copy memoryview of the mapping, or pread bytes."""
         if self.use_pread:
-            data = os.pread(self.fd, n, pos)
+            data = os.pread(self.fd, n, pos)  # type: ignore[arg-type]
             if len(data) < n:
                 raise CorruptLogError("segment is shorter than expected", self.path, pos)
             return data
@@ -364,14 +453,18 @@ class Segment:
 
     # ------------------------------------------------------------------ indexes
     def offset_index(self) -> OffsetIndex:
-        if self._offset_index is None:
+        index = self._offset_index  # (into a local: the file cache may drop it meanwhile)
+        while index is None:
             self._load_indexes()
-        return self._offset_index
+            index = self._offset_index
+        return index
 
     def time_index(self) -> TimeIndex:
-        if self._time_index is None:
+        index = self._time_index
+        while index is None:
             self._load_indexes()
-        return self._time_index
+            index = self._time_index
+        return index
 
     def _load_indexes(self) -> None:
         """Load a sealed segment's indexes; rebuild them if missing or implausible."""
@@ -392,6 +485,7 @@ class Segment:
         if good:
             self._offset_index, self._time_index = oi, ti
             self.max_timestamp = ti.last()[0]
+            self.note_files()
             return
         self._rebuild_sealed()
 
@@ -489,7 +583,9 @@ class Segment:
             mm = None
             fd = self.fd
         else:
-            mm = self._map if self._map_len >= size else self.mapped(size)
+            mm = self._map
+            if mm is None or len(mm) < size:
+                mm = self.mapped(size)
         base_offset = self.base_offset
         rel, pos = oi.lookup(offset - base_offset)
         expect = base_offset + rel
@@ -686,6 +782,9 @@ class Segment:
         self._offset_index.seal(self.fs)
         self._time_index.seal(self.fs)
         self.sealed = True
+        w, self.writer = self.writer, None  # read-only from now on: mapped by path
+        w.close()
+        self.note_files()
 
     def close_active(self) -> None:
         """Clean close of the active segment: trim indexes (no final entry), keep it unsealed."""

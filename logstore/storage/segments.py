@@ -21,7 +21,7 @@ import bisect
 import os
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import CorruptLogError, NotALogError, OffsetOutOfRangeError
 from ..format.header import BatchHeader
@@ -67,8 +67,14 @@ class SegmentList:
     """Segments ordered by base offset; the last one is the active segment (if any)."""
 
     def __init__(self, directory: str, fs: FileSystem, index_interval: int, writable: bool,
-                 lock: threading.Lock):
+                 lock: threading.Lock,
+                 on_sync_failure: Optional[Callable[[BaseException], None]] = None):
         self.directory = directory
+        # The log's poisoning (GroupCommit.fail) for a failed fsync the file cache ran before
+        # closing the active segment's descriptor; the failure is kept in release_failure too
+        # (nobody saw it raised: the log's close raises it again).
+        self.on_sync_failure = on_sync_failure
+        self.release_failure: Optional[BaseException] = None
         self.fs = fs
         self.index_interval = index_interval
         self.writable = writable
@@ -83,18 +89,37 @@ class SegmentList:
         """Append sealed segments for ``bases`` (each one's end is the next one's base; the last
         base is not opened: it is the caller's active segment)."""
         for base, nxt in zip(bases, bases[1:]):
-            self.items.append(Segment.open_sealed(self.directory, base, nxt, self.fs,
-                                                  self.index_interval, self.writable))
+            self.items.append(self.own(Segment.open_sealed(
+                self.directory, base, nxt, self.fs, self.index_interval, self.writable)))
             self.bases.append(base)
 
     def add(self, seg: Segment) -> None:
         """Append ``seg`` as the new active segment (a roll, or the last one at open)."""
+        self.own(seg)
         self.items.append(seg)
         self.bases.append(seg.base_offset)
+        seg.note_files()
+
+    def own(self, seg: Segment) -> Segment:
+        """Make ``seg`` one of this log's segments for the file cache (which closes an idle
+        active segment's files only under the log's lock, :mod:`.filecache`)."""
+        seg.owner_lock = self.lock
+        if self.on_sync_failure is not None:
+            seg.sync_failed = self.release_failed
+        return seg
+
+    def release_failed(self, e: BaseException) -> None:
+        """(a segment, log lock held) The fsync before the file cache closed its descriptor
+        failed: poison the log."""
+        if self.release_failure is None:
+            self.release_failure = e
+        if self.on_sync_failure is not None:
+            self.on_sync_failure(e)
 
     def new_segment(self, base_offset: int) -> Segment:
         """A Segment object (files not opened) for ``base_offset`` in this directory."""
-        return Segment(self.directory, base_offset, self.fs, self.index_interval, self.writable)
+        return self.own(Segment(self.directory, base_offset, self.fs, self.index_interval,
+                                self.writable))
 
     # ------------------------------------------------------------------ queries
     @property
@@ -193,8 +218,8 @@ class SegmentList:
         relocate by offset. The caller has made the swap committed and fsyncs the directory."""
         for seg, swap in zip(old, swaps):
             finish_swap(self.fs, swap)
-            new = Segment.open_sealed(self.directory, seg.base_offset, seg.next_offset, self.fs,
-                                      self.index_interval, self.writable)
+            new = self.own(Segment.open_sealed(self.directory, seg.base_offset, seg.next_offset,
+                                               self.fs, self.index_interval, self.writable))
             for s in self.items:
                 if s.base_offset == seg.base_offset:
                     s.retired = True
@@ -249,9 +274,9 @@ class SegmentList:
                 seg.retired = True  # another file now (or, oddly, last and sealed): reopen
                 seg = None
             if seg is None:
-                seg = Segment.open_sealed(self.directory, base, bases[i + 1] if not last
-                                          else base, self.fs, self.index_interval,
-                                          self.writable)
+                seg = self.own(Segment.open_sealed(self.directory, base, bases[i + 1] if not last
+                                                   else base, self.fs, self.index_interval,
+                                                   self.writable))
                 if last:
                     seg.sealed = False
                     seg.open_reader_active()
