@@ -10,12 +10,14 @@ way (a clean-shutdown marker, written by the last writer only when nothing faile
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional
 
 from ..config import LogConfig
-from ..errors import StorageError
+from ..errors import NotALogError, StorageError
+from ..format.names import META_NAME
 from ..fs import FileSystem
-from . import loader
+from . import loader, meta
 from .lockfile import DirectoryLock
 from .segment import Segment
 from .segments import SegmentList
@@ -35,6 +37,18 @@ class WriterStart(NamedTuple):
     shared: Optional[SharedWriter]  # None: the only writer
     next_offset: int
     durable_offset: int
+
+
+def reader_meta(path: str) -> Dict[str, Any]:
+    """The metadata of the log a read-only opener opens (NotALogError if there is none: a
+    read-only open never creates a log)."""
+    if not os.path.isdir(path):
+        raise NotALogError(f"{path} does not exist or is not a directory (read-only opens "
+                           f"never create a log)")
+    found = meta.read_meta(path)
+    if found is None:
+        raise NotALogError(f"{path} has no {META_NAME}: not a logstore log")
+    return found
 
 
 def _settle(path: str, fs: FileSystem, segs: SegmentList, config: LogConfig,

@@ -22,7 +22,7 @@ Theory of operation
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import threading
 import time
@@ -38,7 +38,6 @@ from ..errors import (
     LogClosedError,
     LogLockedError,
     MissingKeyError,
-    NotALogError,
     ReadOnlyError,
     RecordTooLargeError,
     StorageError,
@@ -49,7 +48,7 @@ from ..format.encode import (
     prepare_from_buffer, prepare_one,
 )
 from ..format.header import CODEC_NONE, HEADER_SIZE, codec_id
-from ..format.names import COMPACTION_COMMIT, META_NAME
+from ..format.names import COMPACTION_COMMIT
 from ..fs import DEFAULT_FS, FileSystem
 from .. import process
 from ..record import Record
@@ -60,15 +59,14 @@ from .lockfile import DirectoryLock
 from .retention import delete_expired
 from .segment import MAX_RELATIVE_OFFSET, Segment
 from .reading import (
-    GapRule, ReadHooks, batches, check_get_range, check_range, collect_sorted, current_end,
-    offset_at_time, read_range, record_at, records, replay_bounds, sort_request,
+    GapRule, ReadHooks, batches, current_end, get_many,
+    offset_at_time, read_range, record_at, records, replay_bounds,
 )
 from .segments import SegmentList
 from .shared import ROLLING, SharedWriter, cleaning, swapping
 from .sync import GroupCommit
 from .tail import RecoveryReport
 
-logger = logging.getLogger("logstore")
 DEFAULT_MAX_RECORDS = 1000
 
 
@@ -90,7 +88,10 @@ class Log:
         self._shared: Optional[SharedWriter] = None  # set by a shared writer's open
         self._follows = readonly or shared  # reads catch up with other processes' writes
         self._fs = fs
-        self._lock = threading.Lock()
+        # Reentrant: a transaction (see transaction()) reads and appends under it.
+        self._lock = threading.RLock()
+        self._txn: Optional[Any] = None  # the shared tail while a transaction holds it
+        self._in_txn = False  # (only the thread holding the lock can see it True)
         self._sync = GroupCommit(directory, fs, self._sync_snapshot)
         self._closed = False
         self._segs = SegmentList(directory, fs, config.index_interval_bytes, not readonly,
@@ -103,15 +104,15 @@ class Log:
                                 self._caught_up_end_locked)
         self._dir_lock: Optional[DirectoryLock] = None
         self._always = config.fsync == "always" and not readonly
-        self._flusher: Optional[threading.Thread] = None
-        self._stop = threading.Event()
+        self._threads = background.Threads(directory)
         self._cleaner_lock = threading.Lock()  # one retention/compaction pass at a time
-        self._cleaner: Optional[threading.Thread] = None
         self._pid = os.getpid()
         self._forked = False
         self._exit_flush: Optional[weakref.finalize] = None
         self.meta: Dict[str, Any] = {}
         self.recovery_report: Optional[RecoveryReport] = None
+        # A writer that found no other writer (it recovered the log): always, unless shared.
+        self.first_writer = False
         self._apply_config(config)
 
     def _apply_config(self, config: LogConfig) -> None:
@@ -211,6 +212,7 @@ class Log:
         self.meta = start.meta
         self._apply_config(start.config)
         self.recovery_report = start.report
+        self.first_writer = start.shared is None or start.shared.first
         self._dir_lock = start.lock
         self._shared = start.shared
         if start.shared is not None:
@@ -235,17 +237,7 @@ class Log:
         return t
 
     def _start_threads(self) -> None:
-        """The background retention/compaction pass and the fsync_ms flusher, when configured
-        and not yet running."""
-        cfg = self.config
-        if self._cleaner is None and cfg.has_cleanup and cfg.retention_check_interval_s > 0:
-            self._cleaner = background.start_periodic(
-                f"logstore-cleaner:{self.path}", cfg.retention_check_interval_s,
-                self._cleanup_pass, self._stop, (LogClosedError, StorageError))
-        if self._flusher is None and cfg.fsync == "every" and cfg.fsync_ms:
-            self._flusher = background.start_periodic(
-                f"logstore-flusher:{self.path}", cfg.fsync_ms / 1000.0, self._flush_pass,
-                self._stop, (LogClosedError, StorageError))
+        self._threads.start(self.config, self._cleanup_pass, self._flush_pass)
 
     def _cleanup_pass(self) -> None:
         if self.config.retention_ms is not None or self.config.retention_bytes is not None:
@@ -263,14 +255,7 @@ class Log:
                                 shared=self.shared)
 
     def _open_reader(self) -> None:
-        d = self.path
-        if not os.path.isdir(d):
-            raise NotALogError(f"{d} does not exist or is not a directory (read-only opens "
-                               f"never create a log)")
-        found = meta.read_meta(d)
-        if found is None:
-            raise NotALogError(f"{d} has no {META_NAME}: not a logstore log")
-        self.meta = found
+        self.meta = lifecycle.reader_meta(self.path)
         self._apply_config(self.config)  # (the "compacted" mark of the metadata)
         try:
             self._refresh_locked()
@@ -282,6 +267,8 @@ class Log:
         """Catch up with the writer(s): a reader follows the segments in the directory
         (retention, compaction, rolls) and the new whole, CRC-valid batches of the active one
         (``SegmentList.follow``); a shared writer adopts what the other writers published."""
+        if self._txn is not None:
+            return  # (in a transaction: caught up when it began, and no one else appends)
         if self._shared is not None:
             t = self._shared.follow()
             self._next_offset = t.next_offset
@@ -331,12 +318,14 @@ class Log:
         return current_end(self._hooks)
 
     def _visible_end(self) -> int:
-        return self._sync.durable_offset if self._always else self._next_offset
+        if self._always and not self._in_txn:
+            return self._sync.durable_offset
+        return self._next_offset
 
     def _caught_up_end_locked(self) -> int:
         if self._follows:
             self._refresh_locked()
-        return self._sync.durable_offset if self._always else self._next_offset
+        return self._visible_end()
 
     @property
     def durable_offset(self) -> int:
@@ -482,7 +471,8 @@ class Log:
         """(log lock held) Append one batch to a shared log under its write lock: catch up with
         the other writers, write at the tail, publish. Returns the next offset."""
         shared = self._shared
-        t = self._shared_enter_locked()
+        inner = self._txn is not None  # in a transaction: the write lock is held already
+        t = self._txn if inner else self._shared_enter_locked()
         try:
             base = self._next_offset
             active = self._active_for_locked(p.framed_length, p.max_timestamp, p.last_offset_delta)
@@ -493,7 +483,10 @@ class Log:
             active.append(data, base, nxt, p.max_timestamp, p.base_timestamp)
             self._next_offset = nxt
         finally:
-            shared.leave(t)
+            if inner:
+                self._txn = t
+            else:
+                shared.leave(t)
         return nxt
 
     def _active_for_locked(self, length: int, max_ts: int, last_delta: int) -> Segment:
@@ -511,6 +504,32 @@ class Log:
             self._roll_locked()
             active = self._segs.active
         return active
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[int]:
+        """(Engine API, for views) Read, decide, append, with no other writer in between.
+
+        Inside the block no other thread, and for a ``shared=True`` log no other process,
+        appends; reads see every record appended so far by anyone (written, whether or not yet
+        durable: what the block appends comes after them in the log, so it cannot outlive
+        them); appends (``wait=False``) are part of the block. Yields the end offset. Waiting
+        for durability belongs after the block (``await_policy``), so that other writers share
+        the fsync. Not reentrant.
+        """
+        with self._lock:
+            self._check_writable()
+            if self._in_txn:
+                raise RuntimeError(f"log {self.path}: transactions do not nest")
+            if self._shared is not None:
+                self._txn = self._shared_enter_locked()
+            self._in_txn = True
+            try:
+                yield self._next_offset
+            finally:
+                self._in_txn = False
+                t, self._txn = self._txn, None
+                if t is not None:
+                    self._shared.leave(t)
 
     def await_policy(self, next_offset: int) -> None:
         """(Engine API, for views) After ``append_internal(..., wait=False)``: return once the
@@ -568,9 +587,7 @@ class Log:
         """
         if self._closed:
             return
-        self._stop.set()
-        background.join(self._flusher)
-        background.join(self._cleaner)
+        self._threads.stop()
         problem: Optional[BaseException] = None
         if not self.readonly:
             if self._sync.failed is not None:
@@ -609,7 +626,7 @@ class Log:
         already written) stays; a buffered append (``write_buffer_bytes``) is lost."""
         if self._closed:
             return
-        self._stop.set()
+        self._threads.signal()
         if self._exit_flush is not None:
             self._exit_flush.detach()  # a killed process's buffer is lost
         process.unregister(self)
@@ -641,7 +658,8 @@ class Log:
                 # Only for offsets outside what this reader has seen (a stat per get would
                 # cost ~20%): a segment it mapped stays readable after the writer drops it.
                 self._refresh_locked()
-            end = self._sync.durable_offset if self._always else self._next_offset
+            end = (self._sync.durable_offset if self._always and not self._in_txn
+                   else self._next_offset)
             return record_at(segs, offset, end, self._gaps.check)
 
     def get_many(self, offsets: Iterable[int]) -> List[Record]:
@@ -658,24 +676,8 @@ class Log:
         :class:`RecordRemovedError` for an offset compaction removed, :class:`CorruptLogError`
         for a batch that fails its checks.
         """
-        sorted_offs, order_list, huge = sort_request(offsets)
-        if huge is not None or not sorted_offs:
-            with self._lock:
-                self._check_open()
-                if huge is not None:  # beyond int64: no log holds such an offset
-                    check_range(self._segs, huge, self._visible_end())
-            return []
-        out: List[Any] = [None] * len(sorted_offs)
-        with self._lock:
-            self._check_open()
-            low, high = sorted_offs[0], sorted_offs[-1]
-            if self._follows and (high >= self._next_offset or low < self._segs.start_offset):
-                self._refresh_locked()
-            end = self._visible_end()
-            check_get_range(self._segs, low, end)
-            check_get_range(self._segs, high, end)
-            collect_sorted(self._segs, sorted_offs, order_list, out, self._gaps.check)
-        return out
+        return get_many(self._hooks, offsets)
+
     def read(
         self,
         offset: int,

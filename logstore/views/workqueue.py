@@ -11,6 +11,15 @@ After a crash or reopen everything that was in flight is ready again (at-least-o
 message is never delivered again. Delivery counts are in the log too, so a poison message that
 kills its consumer still reaches the dead-letter topic after ``max_deliveries``.
 
+Several processes (a store opened with ``shared=True`` by each): every decision (a delivery, an
+ack, a nack, an extension, a dead-lettering) is taken inside a write transaction of the event log
+after folding in what the other processes recorded (``QueueState.transaction``), so a message is
+handed to one getter at a time across processes, and an ack of a delivery another process has
+since taken over (its lease expired) is refused. Deliveries carry their lease deadline (wall
+clock), so every process knows until when another holds a message; a worker process killed
+while holding messages has them delivered again when their visibility timeout passes (or at
+once when the queue is next opened by a process that finds no other one sharing it).
+
 Durability: ``ack``/``nack``/dead-lettering return after their event is durable under the store's
 fsync policy (an event is applied to the in-memory state as it is appended, so a checkpoint
 taken by another thread always includes it; the caller then waits for the fsync outside the
@@ -21,18 +30,23 @@ power failure a delivery count may be one lower, which costs at most an extra re
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import os
 import random
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Tuple
 
 from ..errors import AckError, ConfigError, LogClosedError, QueueFullError
-from ..format.names import REDRIVE_GROUP
-from ..format.queue_events import ACKED, DEAD_LETTERED, DELIVERED, DONE_KINDS, NACKED
+from ..format.names import REDRIVE_GROUP, REDRIVE_LOCK_NAME
+from ..format.queue_events import (
+    ACKED, DEAD_LETTERED, DELIVERED, DONE_KINDS, EXTENDED, NACKED,
+)
 from ..record import Record
 from ..util import now_ms
-from .queue_state import QueueState
+from . import flocks
+from .queue_state import Event, QueueState
 
 CHECKPOINT_EVERY = 20_000  # events between checkpoints (bounds replay at open)
 NOT_BEFORE_HEADER = "x-not-before"
@@ -85,6 +99,9 @@ class _Schedule:
         self.cache: Dict[int, Record] = {}  # records read while scanning, until delivered
 
 
+_NO_NEWS: ContextManager[Optional[List[Event]]] = contextlib.nullcontext([])
+
+
 def _due(not_before_ms: int, now: float, now_ms: int) -> float:
     """A wall-clock not-before time as a monotonic due time (so a clock step back after the
     message was scheduled never stalls it)."""
@@ -131,7 +148,10 @@ class WorkQueue:
         self._mutex = self._state.lock
         self._cond = threading.Condition(self._mutex)
         self._sleepers = 0  # threads in self._cond.wait(): notify only when someone waits
-        self._parts = [_Schedule(part.low) for part in self._state.parts]
+        self._shared = self._state.shared
+        self._parts: List[_Schedule] = []
+        with self._mutex:
+            self._schedule_from_state()
         self._rr = 0
         if self.dead_letter is not None:
             self._check_redrive_cursor()
@@ -148,6 +168,64 @@ class WorkQueue:
                                 f"of {self.dead_letter.name!r}: cut back to {end}")
             if not self.store.readonly:
                 self.store.offsets.commit(group, self.dead_letter.name, {0: end})
+
+    # ------------------------------------------------------------------ several processes
+    def _lease(self, p: int, off: int, count: int, deadline: float) -> None:
+        """(mutex held) ``off`` is in flight (its ``count``-th delivery) until ``deadline``
+        (monotonic)."""
+        sched = self._parts[p]
+        sched.inflight[off] = (deadline, count)
+        heapq.heappush(sched.deadlines, (deadline, off, count))
+
+    def _schedule_from_state(self) -> None:
+        """(mutex held) Schedules rebuilt from the durable state: messages from each low
+        watermark on are looked at again; deliveries other processes hold (their leases) are
+        in flight until their deadlines."""
+        self._parts = [_Schedule(part.low) for part in self._state.parts]
+        now, wall = time.monotonic(), now_ms()
+        for p, part in enumerate(self._state.parts):
+            for off, until in part.leases.items():
+                self._lease(p, off, part.counts.get(off, 1), _due(until, now, wall))
+
+    def _apply(self, news: Optional[List[Event]]) -> None:
+        """(mutex held, in the state's transaction) Take what other processes recorded into the
+        schedule: their deliveries and extensions are in flight until their lease deadline,
+        their nacks delayed, their acks and dead-letterings gone (None: the state was folded
+        again from a checkpoint; the schedules are rebuilt from it)."""
+        if news is None:
+            self._schedule_from_state()
+            self._wake()
+            return
+        if not news:
+            return
+        now, wall = time.monotonic(), now_ms()
+        for kind, p, off, count, t in news:
+            if p >= len(self._parts):
+                continue
+            sched = self._parts[p]
+            if kind == DELIVERED or kind == EXTENDED:
+                cur = sched.inflight.get(off)
+                if kind == DELIVERED or (cur is not None and cur[1] == count):
+                    until = _due(t, now, wall) if t else now + self.visibility_timeout
+                    self._lease(p, off, count, until)
+            elif kind == NACKED:
+                sched.inflight.pop(off, None)
+                heapq.heappush(sched.delayed, (_due(t, now, wall), off))
+            else:  # acked or dead-lettered
+                sched.inflight.pop(off, None)
+                sched.cache.pop(off, None)
+        self._wake()
+
+    def _transaction(self) -> ContextManager[Optional[List[Event]]]:
+        """(mutex held) The state's transaction in a shared store; nothing to take otherwise
+        (a reusable no-op: the single-process path stays as cheap as it was)."""
+        return self._state.transaction() if self._shared else _NO_NEWS
+
+    def _catch_up(self) -> None:
+        """(mutex held) Fold in what other processes recorded (a shared store only)."""
+        if self._shared:
+            with self._state.transaction() as news:
+                self._apply(news)
 
     # ------------------------------------------------------------------ durable changes
     def _record(self, kind: bytes, p: int, off: int, count: int, t: int = 0) -> int:
@@ -178,7 +256,9 @@ class WorkQueue:
     def checkpoint(self) -> None:
         """Write the whole state as one event, so a reopen folds from it."""
         with self._mutex:
-            off = self._state.checkpoint()
+            with self._transaction() as news:
+                self._apply(news)
+                off = self._state.checkpoint()
         self._state.await_durable(off + 1)
         self._state.commit_hint(off)
 
@@ -290,6 +370,7 @@ class WorkQueue:
         if self.max_depth is not None:
             deadline = None if timeout is None else time.monotonic() + timeout
             with self._mutex:
+                self._catch_up()
                 while self._depth_total() >= self.max_depth:
                     if self.overflow == "reject":
                         raise QueueFullError(f"queue {self.name!r} holds max_depth="
@@ -299,6 +380,7 @@ class WorkQueue:
                         raise QueueFullError(f"queue {self.name!r} stayed full for {timeout} s")
                     self._sleep(0.05 if left is None else min(left, 0.05))
                     self._check()
+                    self._catch_up()
         not_before = None
         ts = now_ms()
         if delay:
@@ -328,36 +410,45 @@ class WorkQueue:
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
             raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
+        lease_ms = int(self.visibility_timeout * 1000)
         while True:
             doomed: List[Tuple[int, int, int]] = []
             with self._mutex:
                 if self.closed or self.store.closed:
                     self._check()
-                now = time.monotonic()
-                doomed = self._maintain(now)
-                got = None if doomed else self._take(now, now_ms())
-                if got is None and not doomed:
+                with self._transaction() as news:
+                    self._apply(news)
+                    now = time.monotonic()
+                    doomed = self._maintain(now)
+                    got = None if doomed else self._take(now, now_ms())
+                    if got is not None and got[2] <= self.max_deliveries:
+                        p, rec, count = got
+                        # Delivery counts only bound redeliveries: written now (they survive
+                        # a process crash) but not waited on for fsync; the next ack's covers
+                        # them. The lease deadline tells other processes until when.
+                        try:
+                            self._record(DELIVERED, p, rec.offset, count, now_ms() + lease_ms)
+                        except BaseException:
+                            self._release_locked(p, rec.offset, count)
+                            raise
+                        return Message(rec, p, count, self)
+                    if got is not None:
+                        # Counted deliveries (e.g. before a crash) exhausted: never hand it
+                        # out again.
+                        doomed.append((got[0], got[1].offset, got[2] - 1))
+                    if doomed and self._shared:
+                        # Inside the transaction: one process dead-letters each message.
+                        for p, off, count in doomed:
+                            self._dead_letter_locked(p, off, count, "max_deliveries")
+                        continue
+                if not doomed:
                     left = None if deadline is None else deadline - now
                     if left is not None and left <= 0:
                         return None
                     self._sleep(self._wait_time(now, left))
                     continue
-                if got is not None and got[2] <= self.max_deliveries:
-                    p, rec, count = got
-                    # Delivery counts only bound redeliveries: written now (they survive a
-                    # process crash) but not waited on for fsync; the next ack's covers them.
-                    try:
-                        self._record(DELIVERED, p, rec.offset, count)
-                    except BaseException:
-                        self._release_locked(p, rec.offset, count)
-                        raise
-                    return Message(rec, p, count, self)
             for p, off, count in doomed:
                 self._dead_letter(p, off, count, "max_deliveries")
-            if got is not None:
-                # Counted deliveries (e.g. before a crash) exhausted: never hand it out again.
-                p, rec, count = got
-                self._dead_letter(p, rec.offset, count - 1, "max_deliveries")
 
     def _take(self, now: float, now_ms: int):
         n = len(self._parts)
@@ -424,12 +515,14 @@ class WorkQueue:
         with self._mutex:
             if self.closed or self.store.closed:
                 self._check()
-            self._claim(msg)
-            try:
-                nxt = self._record(ACKED, msg.partition, msg.offset, msg.delivery_count)
-            except BaseException:
-                self._undo_claim_locked(msg)
-                raise
+            with self._transaction() as news:
+                self._apply(news)
+                self._claim(msg)
+                try:
+                    nxt = self._record(ACKED, msg.partition, msg.offset, msg.delivery_count)
+                except BaseException:
+                    self._undo_claim_locked(msg)
+                    raise
             self._wake()
         self._settle(nxt)
 
@@ -445,23 +538,28 @@ class WorkQueue:
             raise ValueError(f"delay must be None or seconds >= 0, got {delay!r}")
         with self._mutex:
             self._check()
-            sched = self._claim(msg)
-            if msg.delivery_count < self.max_deliveries:
-                if delay is None:
-                    base, cap = self.backoff
-                    delay = random.uniform(0, min(cap, base * 2 ** (msg.delivery_count - 1)))
-                not_before = now_ms() + int(delay * 1000)
-                try:
-                    nxt = self._record(NACKED, msg.partition, msg.offset, msg.delivery_count,
-                                       not_before)
-                except BaseException:
-                    self._undo_claim_locked(msg)
-                    raise
-                heapq.heappush(sched.delayed, (time.monotonic() + delay, msg.offset))
-                self._wake()
-                nxt_or_none: Optional[int] = nxt
-            else:
-                nxt_or_none = None
+            with self._transaction() as news:
+                self._apply(news)
+                sched = self._claim(msg)
+                if msg.delivery_count < self.max_deliveries:
+                    if delay is None:
+                        base, cap = self.backoff
+                        delay = random.uniform(0, min(cap, base * 2 ** (msg.delivery_count - 1)))
+                    not_before = now_ms() + int(delay * 1000)
+                    try:
+                        nxt = self._record(NACKED, msg.partition, msg.offset, msg.delivery_count,
+                                           not_before)
+                    except BaseException:
+                        self._undo_claim_locked(msg)
+                        raise
+                    heapq.heappush(sched.delayed, (time.monotonic() + delay, msg.offset))
+                    self._wake()
+                    nxt_or_none: Optional[int] = nxt
+                elif self._shared:
+                    nxt_or_none = self._dead_letter_locked(msg.partition, msg.offset,
+                                                           msg.delivery_count, "max_deliveries")
+                else:
+                    nxt_or_none = None
         if nxt_or_none is None:
             self._dead_letter(msg.partition, msg.offset, msg.delivery_count, "max_deliveries")
         else:
@@ -473,12 +571,17 @@ class WorkQueue:
             raise ValueError(f"seconds must be > 0, got {seconds!r}")
         with self._mutex:
             self._check()
-            sched = self._claim(msg)
-            deadline = time.monotonic() + seconds
-            sched.inflight[msg.offset] = (deadline, msg.delivery_count)
-            heapq.heappush(sched.deadlines, (deadline, msg.offset, msg.delivery_count))
+            with self._transaction() as news:
+                self._apply(news)
+                self._claim(msg)
+                if self._shared:  # the other processes learn the new deadline
+                    self._record(EXTENDED, msg.partition, msg.offset, msg.delivery_count,
+                                 now_ms() + int(seconds * 1000))
+                self._lease(msg.partition, msg.offset, msg.delivery_count,
+                            time.monotonic() + seconds)
 
-    def _dead_letter(self, p: int, off: int, count: int, reason: str) -> None:
+    def _publish_dead_letter(self, p: int, off: int, count: int, reason: str) -> None:
+        """Copy message ``off`` of partition ``p`` to the dead-letter topic (if there is one)."""
         rec = self.topic.partitions[p].read_records(off, 1, None, p)[0]
         if self.dead_letter is not None:
             headers = dict(rec.headers)
@@ -487,6 +590,20 @@ class WorkQueue:
             headers[DLQ_COUNT] = str(count).encode()
             headers[DLQ_SOURCE] = f"{self.name}:{p}:{off}".encode()
             self.dead_letter.publish(rec.value, rec.key, headers)
+
+    def _dead_letter_locked(self, p: int, off: int, count: int, reason: str) -> Optional[int]:
+        """(mutex and, shared, the state's transaction held) Dead-letter a message that is
+        still unsettled: copy it, record D. Returns the offset to settle (None if it was
+        done meanwhile)."""
+        if not self._state.unsettled(p, off):
+            return None
+        self._publish_dead_letter(p, off, count, reason)
+        nxt = self._record(DEAD_LETTERED, p, off, count)
+        self._wake()
+        return nxt
+
+    def _dead_letter(self, p: int, off: int, count: int, reason: str) -> None:
+        self._publish_dead_letter(p, off, count, reason)
         with self._mutex:
             if not self._state.unsettled(p, off):
                 return  # dead-lettered meanwhile by another thread: one D event only
@@ -501,6 +618,14 @@ class WorkQueue:
         self._check()
         if self.dead_letter is None:
             return 0
+        if not self._shared:
+            return self._redrive(max_messages)
+        # One redrive at a time across processes: the cursor is read, moved past and committed
+        # by one of them (the others would move the same messages again).
+        with flocks.held(os.path.join(self._state.events.path, REDRIVE_LOCK_NAME)):
+            return self._redrive(max_messages)
+
+    def _redrive(self, max_messages: Optional[int]) -> int:
         group = REDRIVE_GROUP + self.name
         dl = self.dead_letter.partitions[0]
         pos = self.store.offsets.get(group, self.dead_letter.name, 0)
@@ -534,9 +659,15 @@ class WorkQueue:
         (age of the oldest message not yet done), ``total`` (not yet done)."""
         with self._mutex:
             self._check()
-            now = time.monotonic()
-            wall = now_ms()
-            doomed = self._maintain(now)
+            with self._transaction() as news:
+                self._apply(news)
+                now = time.monotonic()
+                wall = now_ms()
+                doomed = self._maintain(now)
+                if doomed and self._shared:
+                    for p, off, count in doomed:
+                        self._dead_letter_locked(p, off, count, "max_deliveries")
+                    doomed = []
             for p in range(len(self._parts)):
                 while self._parts[p].scan < self.topic.partitions[p].end_offset:
                     self._scan(p, now, wall, 10_000)
@@ -582,6 +713,7 @@ class WorkQueue:
 
     def __len__(self) -> int:
         with self._mutex:
+            self._catch_up()
             return self._depth_total()
 
     def __repr__(self) -> str:
