@@ -214,13 +214,26 @@ class QueueState:
         it, for :meth:`await_durable`."""
         nxt = self.events.append_internal(encode_event(kind, p, off, count, t), False) + 1
         self.folded = nxt
+        self._note(kind, p, off, count, t)
+        return nxt
+
+    def record_many(self, events: Sequence[Event]) -> int:
+        """:meth:`record` for several events, appended as one batch (all or none)."""
+        log = self.events
+        nxt = log.append_prepared(log.prepare_batch([encode_event(*e) for e in events]),
+                                  wait=False).stop
+        self.folded = nxt
+        for e in events:
+            self._note(*e)
+        return nxt
+
+    def _note(self, kind: bytes, p: int, off: int, count: int, t: int) -> None:
         part = self.parts[p]
         if kind in DONE_KINDS:
             part.mark_done(off)
         else:
             part.note_delivery(kind, off, count, t)
         self.since_checkpoint += 1
-        return nxt
 
     def checkpoint(self) -> int:
         """Append the whole state as one checkpoint record (not waiting for its fsync); return

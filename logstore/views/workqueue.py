@@ -36,7 +36,7 @@ import os
 import random
 import threading
 import time
-from typing import Any, ContextManager, Dict, List, Optional, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import AckError, ConfigError, LogClosedError, QueueFullError
 from ..format.names import REDRIVE_GROUP, REDRIVE_LOCK_NAME
@@ -97,6 +97,7 @@ class _Schedule:
         self.inflight: Dict[int, Tuple[float, int]] = {}  # offset -> (deadline, count)
         self.deadlines: List[Tuple[float, int, int]] = []  # heap (deadline, offset, count)
         self.cache: Dict[int, Record] = {}  # records read while scanning, until delivered
+        self.last_claimed: Tuple[float, int] = (0.0, 0)  # (deadline, count) _claim took out
 
 
 _NO_NEWS: ContextManager[Optional[List[Event]]] = contextlib.nullcontext([])
@@ -237,6 +238,20 @@ class WorkQueue:
             sched = self._parts[p]
             sched.cache.pop(off, None)
             sched.inflight.pop(off, None)
+        return self._maybe_checkpoint(nxt)
+
+    def _record_many(self, events: List[Event]) -> int:
+        """(mutex held) :meth:`_record` for several events in one write."""
+        nxt = self._state.record_many(events)
+        for kind, p, off, _count, _t in events:
+            if kind in DONE_KINDS:
+                sched = self._parts[p]
+                sched.cache.pop(off, None)
+                sched.inflight.pop(off, None)
+        return self._maybe_checkpoint(nxt)
+
+    def _maybe_checkpoint(self, nxt: int) -> int:
+        state = self._state
         if state.since_checkpoint >= CHECKPOINT_EVERY:
             nxt = state.checkpoint() + 1
             self._pending_hint = nxt - 1
@@ -407,6 +422,21 @@ class WorkQueue:
     def get(self, timeout: Optional[float] = None) -> Optional[Message]:
         """The next ready message, handed to this caller only, invisible to others for
         ``visibility_timeout`` seconds. Blocks; with ``timeout`` returns None when none came."""
+        got = self._deliver(1, timeout)
+        return got[0] if got else None
+
+    def get_many(self, max_messages: int, timeout: Optional[float] = None) -> List[Message]:
+        """Up to ``max_messages`` ready messages at once (their deliveries are one write to the
+        event log, and in a shared store one transaction): as :meth:`get` gives them, each
+        invisible to others for ``visibility_timeout`` seconds, to be acked (:meth:`ack_many`)
+        or nacked one by one. Blocks until at least one is ready; with ``timeout`` returns []
+        when none came."""
+        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or \
+                max_messages < 1:
+            raise ValueError(f"max_messages must be an int >= 1, got {max_messages!r}")
+        return self._deliver(max_messages, timeout)
+
+    def _deliver(self, n: int, timeout: Optional[float]) -> List[Message]:
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
             raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -419,23 +449,39 @@ class WorkQueue:
                 with self._transaction() as news:
                     self._apply(news)
                     now = time.monotonic()
+                    wall = now_ms()
                     doomed = self._maintain(now)
-                    got = None if doomed else self._take(now, now_ms())
-                    if got is not None and got[2] <= self.max_deliveries:
-                        p, rec, count = got
+                    taken = []
+                    while not doomed and len(taken) < n:
+                        got = self._take(now, wall)
+                        if got is None:
+                            break
+                        if got[2] > self.max_deliveries:
+                            # Counted deliveries (e.g. before a crash) exhausted: never hand
+                            # it out again (dead-lettered now, or by the next call).
+                            if taken:
+                                self._release_locked(got[0], got[1].offset, got[2])
+                            else:
+                                doomed.append((got[0], got[1].offset, got[2] - 1))
+                            break
+                        taken.append(got)
+                    if taken:
                         # Delivery counts only bound redeliveries: written now (they survive
                         # a process crash) but not waited on for fsync; the next ack's covers
                         # them. The lease deadline tells other processes until when.
+                        until = wall + lease_ms
                         try:
-                            self._record(DELIVERED, p, rec.offset, count, now_ms() + lease_ms)
+                            if len(taken) == 1:
+                                p, rec, count = taken[0]
+                                self._record(DELIVERED, p, rec.offset, count, until)
+                            else:
+                                self._record_many([(DELIVERED, p, rec.offset, count, until)
+                                                   for p, rec, count in taken])
                         except BaseException:
-                            self._release_locked(p, rec.offset, count)
+                            for p, rec, count in taken:
+                                self._release_locked(p, rec.offset, count)
                             raise
-                        return Message(rec, p, count, self)
-                    if got is not None:
-                        # Counted deliveries (e.g. before a crash) exhausted: never hand it
-                        # out again.
-                        doomed.append((got[0], got[1].offset, got[2] - 1))
+                        return [Message(rec, p, count, self) for p, rec, count in taken]
                     if doomed and self._shared:
                         # Inside the transaction: one process dead-letters each message.
                         for p, off, count in doomed:
@@ -444,7 +490,7 @@ class WorkQueue:
                 if not doomed:
                     left = None if deadline is None else deadline - now
                     if left is not None and left <= 0:
-                        return None
+                        return []
                     self._sleep(self._wait_time(now, left))
                     continue
             for p, off, count in doomed:
@@ -506,7 +552,7 @@ class WorkQueue:
         if cur[0] <= time.monotonic():
             raise AckError(f"message {msg.id} (delivery {msg.delivery_count}) expired: its "
                            f"visibility timeout passed and it is or will be delivered again")
-        del sched.inflight[msg.offset]
+        sched.last_claimed = sched.inflight.pop(msg.offset)
         return sched
 
     def ack(self, msg: Message) -> None:
@@ -522,6 +568,35 @@ class WorkQueue:
                     nxt = self._record(ACKED, msg.partition, msg.offset, msg.delivery_count)
                 except BaseException:
                     self._undo_claim_locked(msg)
+                    raise
+            self._wake()
+        self._settle(nxt)
+
+    def ack_many(self, msgs: Sequence[Message]) -> None:
+        """Ack several messages with one write (and one fsync wait): all of them, or none
+        (AckError naming the first that is unknown, already done or expired, or repeated; no
+        state changed)."""
+        msgs = list(msgs)
+        if not msgs:
+            return
+        ids = [(m.partition, m.offset) if isinstance(m, Message) else None for m in msgs]
+        if len(set(ids)) != len(ids):
+            raise AckError("ack_many: a message appears twice; nothing was acked")
+        with self._mutex:
+            if self.closed or self.store.closed:
+                self._check()
+            with self._transaction() as news:
+                self._apply(news)
+                claimed: List[Tuple[Message, Tuple[float, int]]] = []
+                try:
+                    for msg in msgs:
+                        sched = self._claim(msg)
+                        claimed.append((msg, sched.last_claimed))
+                    nxt = self._record_many([(ACKED, m.partition, m.offset, m.delivery_count, 0)
+                                             for m in msgs])
+                except BaseException:
+                    for msg, (until, count) in claimed:  # back in flight, as they were
+                        self._parts[msg.partition].inflight[msg.offset] = (until, count)
                     raise
             self._wake()
         self._settle(nxt)
