@@ -36,7 +36,7 @@ import os
 import random
 import threading
 import time
-from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import AckError, ConfigError, LogClosedError, QueueFullError
 from ..format.names import REDRIVE_GROUP, REDRIVE_LOCK_NAME
@@ -767,6 +767,31 @@ class WorkQueue:
             "total": total,
             "skipped": self._state.skipped,
         }
+
+    def pending(self) -> int:
+        """Messages not yet done and not in flight (ready, delayed, or not yet looked at),
+        across every process of a shared store."""
+        with self._mutex:
+            self._check()
+            self._catch_up()
+            inflight = sum(len(sched.inflight) for sched in self._parts)
+            return max(0, self._depth_total() - inflight)
+
+    def not_done(self, message_ids: Iterable[str]) -> List[str]:
+        """Those of ``message_ids`` (``"<partition>:<offset>"``, as :meth:`put` returns them)
+        that are not done yet (acked or dead-lettered, by any process)."""
+        parsed = []
+        for mid in message_ids:
+            try:
+                p, off = (int(x) for x in mid.split(":"))
+                self._parts[p]
+            except (ValueError, IndexError, AttributeError):
+                raise ValueError(f"not a message id of queue {self.name!r}: {mid!r}") from None
+            parsed.append((mid, p, off))
+        with self._mutex:
+            self._check()
+            self._catch_up()
+            return [mid for mid, p, off in parsed if self._state.unsettled(p, off)]
 
     def low_watermarks(self) -> Dict[int, int]:
         """``{partition: first offset not yet done}`` (drives queue retention)."""
