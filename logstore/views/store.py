@@ -577,8 +577,11 @@ class Store:
     def queue(self, name: str, *, visibility_timeout: float = 30.0, max_deliveries: int = 5,
               dead_letter: Optional[str] = None, max_depth: Optional[int] = None,
               overflow: str = "reject", partitions: Optional[int] = None,
-              backoff: Tuple[float, float] = (1.0, 60.0)):
-        """A work queue over topic ``name`` (SQS-like: get, ack, redelivery, dead letters)."""
+              backoff: Tuple[float, float] = (1.0, 60.0), max_priority: Optional[int] = None,
+              message_ttl: Optional[float] = None):
+        """A work queue over topic ``name`` (SQS-like: get, ack, redelivery, dead letters;
+        priorities up to ``max_priority``, expiry after ``message_ttl`` seconds, overflow
+        policies for ``max_depth``: see README "Work queues")."""
         validate_name("queue", name)
         with self._lock:
             self.check_writable()
@@ -588,7 +591,8 @@ class Store:
                               max_deliveries=max_deliveries,
                               dead_letter=dead_letter if dead_letter is not None else f"{name}.dlq",
                               max_depth=max_depth, overflow=overflow, partitions=partitions,
-                              backoff=backoff)
+                              backoff=backoff, max_priority=max_priority,
+                              message_ttl=message_ttl)
                 self._queues[name] = q
             return q
 
