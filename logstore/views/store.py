@@ -41,6 +41,7 @@ from ..errors import (
 from . import leases, topic_files
 from .. import process
 from ..fs import DEFAULT_FS, FileSystem
+from ..storage.lifecycle import checked_path
 from ..storage.loader import configured
 from ..storage.lockfile import DirectoryLock
 from ..storage.meta import read_meta
@@ -135,15 +136,10 @@ class Store:
         ``log_options`` (``fsync``, ``compression``, ``segment_bytes``...) apply to every
         partition and internal log; see :class:`~logstore.config.LogConfig`.
         """
-        if shared and readonly:
-            raise ConfigError("shared=True is for writers; a readonly=True open needs no lock")
-        if shared and log_options.get("write_buffer_bytes"):
-            raise ConfigError("write_buffer_bytes is not available with shared=True: every "
-                              "append must be in the file before another process appends")
+        root = checked_path(root, readonly, shared, log_options, "store")
         config = LogConfig.from_options(log_options)
         if not isinstance(dedup_window_s, (int, float)) or dedup_window_s < 0:
             raise ConfigError(f"dedup_window_s must be a number >= 0 (got {dedup_window_s!r})")
-        root = os.path.abspath(os.fspath(root))
         store = cls(root, config, fs or DEFAULT_FS, readonly, float(dedup_window_s), log_options,
                     shared)
         store._open()

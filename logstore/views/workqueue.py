@@ -710,5 +710,12 @@ class WorkQueue:
             self._catch_up()
             return self._sched.total()
 
+    def __enter__(self) -> "WorkQueue":
+        self._check()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"<logstore.WorkQueue {self.name!r}>"
