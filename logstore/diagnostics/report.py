@@ -22,7 +22,7 @@ from ..errors import CorruptLogError, NotALogError, UnsupportedFormatError
 from ..format.header import ATTR_HEADERS
 from ..format.names import (
     CLEAN_SHUTDOWN_NAME, CLEANED, COMPACTION_COMMIT, DELETED, GROUP_META, INDEX_SUFFIX,
-    LOG_SUFFIX, META_NAME, SWAP, TIMEINDEX_SUFFIX, TMP, TOPIC_META, parse_segment_name,
+    KEYINDEX_SUFFIX, LOG_SUFFIX, META_NAME, SWAP, TIMEINDEX_SUFFIX, TMP, TOPIC_META, parse_segment_name,
 )
 from ..storage import meta
 from .indexes import BatchTable, IndexFiles, check_indexes, read_index_files
@@ -518,7 +518,8 @@ def leftover_files(log_dir: str) -> List[Tuple[str, str, str]]:
         elif n == COMPACTION_COMMIT:
             out.append((n, "the commit point of an interrupted compaction",
                         "removed once its swaps are completed"))
-        elif n.endswith((INDEX_SUFFIX, TIMEINDEX_SUFFIX)) and n.rsplit(".", 1)[0] not in logs \
+        elif n.endswith((INDEX_SUFFIX, TIMEINDEX_SUFFIX, KEYINDEX_SUFFIX)) \
+                and n.rsplit(".", 1)[0] not in logs \
                 and parse_segment_name(n.split(".", 1)[0] + LOG_SUFFIX) is not None:
             out.append((n, "an index file whose segment does not exist", "deleted"))
     return out
