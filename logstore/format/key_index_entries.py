@@ -1,14 +1,15 @@
 """The key index file of a sealed segment (``<base>.keyindex``, ``segments/FORMAT.md``, "Key
-index"): the 64-bit key hash, the file's header, its block checksums. Pure: bytes in, values
-(or a reason why not) out; no I/O.
+index"): the 64-bit key hash, the file's header, its blocks and their checksums. Pure: bytes in,
+values (or a reason why not) out; no I/O.
 
 A key index lists every keyed record of one segment as ``(hash of its key, relative offset,
-batch position)``, sorted by hash (then offset), as two columns: ``hashes`` (u64) and ``locs``
-(the offset-index packing ``relative_offset << 32 | position``, one int64). A lookup is one
-``searchsorted`` on the hash column. Entries are checked in blocks of ``BLOCK_ENTRIES`` (a
-CRC32C per block, the table of block CRCs under the header's CRC), so that a lookup verifies
-only the blocks it reads, yet never misses an entry a damaged block hid (see
-:func:`blocks_to_check`).
+batch position)``, sorted by hash (then offset), in blocks of ``BLOCK_ENTRIES`` entries (each
+block: its hashes as u64, then its locs, ``relative_offset << 32 | position`` as in the offset
+index). Before the blocks, under the header's CRC32C: a CRC32C per block and the block's first
+hash (its *fence*). A reader keeps only the header, the CRCs and the fences; a lookup finds the
+blocks that can hold a hash from the fences (:func:`blocks_for`), reads them with one pread,
+checks their CRCs and searches them. A damaged block is noticed by the lookup that reads it,
+and no damage anywhere else can hide an entry from it.
 
 The hash (``key_hash`` for one key, ``key_hashes`` vectorised over many): the key's bytes,
 zero-padded to a multiple of 8, read as little-endian u64 words ``w_0 .. w_{m-1}``;
@@ -31,7 +32,7 @@ from .header import crc32c
 KEY_INDEX_MAGIC = b"LSKI"
 KEY_INDEX_VERSION = 1
 HASH_ID = 1  # the key hash defined above (a header field: another hash is another id)
-BLOCK_ENTRIES = 4096  # entries per checked block (64 KiB of hashes and locs)
+BLOCK_ENTRIES = 1024  # entries per checked block (16 KiB: one pread and one CRC per lookup)
 # magic, crc, version, hash id, block entries, base offset, next offset, segment size,
 # entry count, last batch position, first batch crc, last batch crc, reserved
 KEY_INDEX_HEADER = struct.Struct("<4sIHHIqqQIIIIQ")
@@ -148,30 +149,31 @@ def key_hashes(buf: Any, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the file
-def table_offset() -> int:
-    return KEY_INDEX_HEADER_SIZE
-
-
 def blocks(count: int, block_entries: int = BLOCK_ENTRIES) -> int:
     return -(-count // block_entries)
 
 
-def columns_offset(count: int, block_entries: int = BLOCK_ENTRIES) -> int:
-    """Where the hash column starts: after the header and the block CRC table, 8-aligned."""
-    end = KEY_INDEX_HEADER_SIZE + 4 * blocks(count, block_entries)
-    return (end + 7) & ~7
+def blocks_offset(count: int, block_entries: int = BLOCK_ENTRIES) -> int:
+    """Where the first block starts: after the header, the block CRC table and the fences,
+    8-aligned."""
+    nb = blocks(count, block_entries)
+    return (KEY_INDEX_HEADER_SIZE + 4 * nb + 7) // 8 * 8 + 8 * nb
+
+
+def directory_size(count: int, block_entries: int = BLOCK_ENTRIES) -> int:
+    """Bytes of the header, block CRC table and fences: what a reader keeps of the file."""
+    return blocks_offset(count, block_entries)
 
 
 def file_size(count: int, block_entries: int = BLOCK_ENTRIES) -> int:
-    return columns_offset(count, block_entries) + ENTRY_BYTES * count
+    return blocks_offset(count, block_entries) + ENTRY_BYTES * count
 
 
-def block_crc(hashes: np.ndarray, locs: np.ndarray, b: int,
-              block_entries: int = BLOCK_ENTRIES) -> int:
-    """CRC32C of block ``b``: its hashes' bytes, then its locs' bytes."""
-    lo, hi = b * block_entries, (b + 1) * block_entries
-    return crc32c(memoryview(np.ascontiguousarray(locs[lo:hi])).cast("B"),
-                  crc32c(memoryview(np.ascontiguousarray(hashes[lo:hi])).cast("B")))
+def block_span(b: int, count: int, block_entries: int = BLOCK_ENTRIES) -> Tuple[int, int]:
+    """``(file position, entries)`` of block ``b``: its hashes, then its locs."""
+    first = b * block_entries
+    return blocks_offset(count, block_entries) + ENTRY_BYTES * first, \
+        min(block_entries, count - first)
 
 
 def encode_key_index(h: KeyIndexHeader, hashes: np.ndarray, locs: np.ndarray) -> bytes:
@@ -179,66 +181,88 @@ def encode_key_index(h: KeyIndexHeader, hashes: np.ndarray, locs: np.ndarray) ->
     count = len(hashes)
     if count > MAX_ENTRIES:
         raise ValueError(f"a key index holds at most {MAX_ENTRIES} entries")
+    b_entries = h.block_entries
     hashes = np.ascontiguousarray(hashes, dtype=HASH_DTYPE)
     locs = np.ascontiguousarray(locs, dtype=LOC_DTYPE)
-    table = np.array([block_crc(hashes, locs, b, h.block_entries)
-                      for b in range(blocks(count, h.block_entries))], dtype="<u4")
-    fields = KEY_INDEX_HEADER.pack(KEY_INDEX_MAGIC, 0, KEY_INDEX_VERSION, HASH_ID,
-                                   h.block_entries, h.base_offset, h.next_offset,
-                                   h.segment_size, count, h.last_batch, h.first_crc,
-                                   h.last_crc, 0)
-    table_bytes = table.tobytes()
-    crc = crc32c(table_bytes, crc32c(fields[8:]))
-    pad = bytes(columns_offset(count, h.block_entries) - KEY_INDEX_HEADER_SIZE - len(table_bytes))
-    return b"".join((fields[:4], struct.pack("<I", crc), fields[8:], table_bytes, pad,
-                     hashes.tobytes(), locs.tobytes()))
+    body = []
+    crcs = []
+    for b in range(blocks(count, b_entries)):
+        lo, hi = b * b_entries, min((b + 1) * b_entries, count)
+        block = hashes[lo:hi].tobytes() + locs[lo:hi].tobytes()
+        crcs.append(crc32c(block))
+        body.append(block)
+    table = np.array(crcs, dtype="<u4").tobytes()
+    table += bytes(-len(table) % 8)  # (the header is 64 bytes: the fences start 8-aligned)
+    fences = np.ascontiguousarray(hashes[::b_entries]).tobytes()
+    fields = KEY_INDEX_HEADER.pack(KEY_INDEX_MAGIC, 0, KEY_INDEX_VERSION, HASH_ID, b_entries,
+                                   h.base_offset, h.next_offset, h.segment_size, count,
+                                   h.last_batch, h.first_crc, h.last_crc, 0)
+    crc = crc32c(fences, crc32c(table, crc32c(fields[8:])))
+    return b"".join([fields[:4], struct.pack("<I", crc), fields[8:], table, fences] + body)
 
 
-def parse_key_index(buf: Any) -> Tuple[Optional[KeyIndexHeader], str]:
-    """``(header, "")`` if ``buf`` (a whole key index file) is structurally sound (magic,
-    version, header and table CRC, size), else ``(None, why not)``. The blocks are checked
-    one by one by their readers (:func:`block_crc`)."""
-    size = len(buf)
-    if size < KEY_INDEX_HEADER_SIZE:
-        return None, f"{size} bytes: shorter than its header"
+def parse_directory(buf: Any, file_bytes: int
+                    ) -> Tuple[Optional[KeyIndexHeader], str, Optional[np.ndarray],
+                               Optional[np.ndarray]]:
+    """``(header, "", block CRCs, fences)`` from the first bytes of a key index file (at least
+    its header; all of :func:`directory_size` to succeed) whose whole size is ``file_bytes``,
+    or ``(None, why not, None, None)``: bad magic, version, header CRC32C or size. The blocks
+    are checked one by one by their readers (their CRCs in the table)."""
+    if len(buf) < KEY_INDEX_HEADER_SIZE:
+        return None, f"{file_bytes} bytes: shorter than its header", None, None
     (magic, crc, version, hash_id, block_entries, base, nxt, seg_size, count, last_batch,
      first_crc, last_crc, _reserved) = KEY_INDEX_HEADER.unpack_from(buf, 0)
     if magic != KEY_INDEX_MAGIC:
-        return None, f"bad magic {magic!r}"
+        return None, f"bad magic {magic!r}", None, None
     if version != KEY_INDEX_VERSION or hash_id != HASH_ID:
-        return None, f"version {version}, hash {hash_id} (this logstore writes "\
-                     f"{KEY_INDEX_VERSION}, {HASH_ID})"
+        return None, (f"version {version}, hash {hash_id} (this logstore writes "
+                      f"{KEY_INDEX_VERSION}, {HASH_ID})"), None, None
     if block_entries < 1:
-        return None, "zero entries per block"
-    n_blocks = blocks(count, block_entries)
-    table_end = KEY_INDEX_HEADER_SIZE + 4 * n_blocks
-    if size != file_size(count, block_entries):
-        return None, f"{size} bytes where {count} entries take {file_size(count, block_entries)}"
+        return None, "zero entries per block", None, None
+    if file_bytes != file_size(count, block_entries):
+        return None, (f"{file_bytes} bytes where {count} entries take "
+                      f"{file_size(count, block_entries)}"), None, None
+    end = directory_size(count, block_entries)
+    if len(buf) < end:
+        return None, "shorter than its block table", None, None
     mv = memoryview(buf)
-    if crc32c(mv[KEY_INDEX_HEADER_SIZE:table_end], crc32c(mv[8:KEY_INDEX_HEADER_SIZE])) != crc:
-        return None, "header CRC32C mismatch"
-    return KeyIndexHeader(base, nxt, seg_size, count, last_batch, first_crc, last_crc,
-                          block_entries), ""
+    if crc32c(mv[KEY_INDEX_HEADER_SIZE:end], crc32c(mv[8:KEY_INDEX_HEADER_SIZE])) != crc:
+        return None, "header CRC32C mismatch", None, None
+    nb = blocks(count, block_entries)
+    table = np.frombuffer(buf, dtype="<u4", count=nb, offset=KEY_INDEX_HEADER_SIZE).copy()
+    fences = np.frombuffer(buf, dtype=HASH_DTYPE, count=nb, offset=end - 8 * nb).copy()
+    header = KeyIndexHeader(base, nxt, seg_size, count, last_batch, first_crc, last_crc,
+                            block_entries)
+    return header, "", table, fences
 
 
-def key_index_columns(buf: Any, h: KeyIndexHeader) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(block CRC table, hashes, locs)`` of a parsed key index file, as views of ``buf``."""
-    n_blocks = blocks(h.count, h.block_entries)
-    table = np.frombuffer(buf, dtype="<u4", count=n_blocks, offset=KEY_INDEX_HEADER_SIZE)
-    at = columns_offset(h.count, h.block_entries)
-    hashes = np.frombuffer(buf, dtype=HASH_DTYPE, count=h.count, offset=at)
-    locs = np.frombuffer(buf, dtype=LOC_DTYPE, count=h.count, offset=at + 8 * h.count)
-    return table, hashes, locs
+def blocks_for(fences: np.ndarray, h: int) -> Tuple[int, int]:
+    """The blocks ``[first, last]`` that hold every entry of hash ``h`` (if any), from the
+    fences (each block's first hash): entries are sorted, so they lie from the last block
+    starting below ``h`` to the last block starting at or below it."""
+    target = np.uint64(h)
+    first = int(np.searchsorted(fences, target, side="left")) - 1
+    last = int(np.searchsorted(fences, target, side="right")) - 1
+    return max(first, 0), max(last, 0)
 
 
-def blocks_to_check(lo: int, hi: int, count: int, block_entries: int) -> range:
-    """The blocks a lookup that found entries ``[lo, hi)`` for a hash must verify: those
-    holding entries ``lo - 1`` to ``hi`` (clipped). A binary search settles between an entry
-    it saw below the hash and one it saw at or above it, so if those two and everything
-    between are intact (their blocks' CRCs match), every entry of the hash is between them:
-    damage elsewhere cannot hide one."""
-    if count == 0:
-        return range(0)
-    first = max(lo - 1, 0) // block_entries
-    last = min(hi, count - 1) // block_entries
-    return range(first, last + 1)
+def parse_blocks(data: Any, count: int, first: int, last: int, table: np.ndarray,
+                 block_entries: int = BLOCK_ENTRIES
+                 ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], str]:
+    """``(hashes, locs, "")`` of blocks ``first..last`` read together (``data`` starts at block
+    ``first``), each checked against its CRC in ``table``; ``(None, None, why)`` otherwise."""
+    hs, ls = [], []
+    at = 0
+    for b in range(first, last + 1):
+        _pos, n = block_span(b, count, block_entries)
+        size = ENTRY_BYTES * n
+        if at + size > len(data):
+            return None, None, f"block {b} is cut short"
+        if crc32c(memoryview(data)[at : at + size]) != int(table[b]):
+            return None, None, f"block {b} fails its CRC32C"
+        hs.append(np.frombuffer(data, dtype=HASH_DTYPE, count=n, offset=at))
+        ls.append(np.frombuffer(data, dtype=LOC_DTYPE, count=n, offset=at + 8 * n))
+        at += size
+    if len(hs) == 1:
+        return hs[0], ls[0], ""
+    return np.concatenate(hs), np.concatenate(ls), ""

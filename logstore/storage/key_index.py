@@ -5,9 +5,11 @@ have a given key, without reading the others.
   a replay would) and returns one entry per keyed record: the hash of its key, its relative
   offset and its batch's position. The hashes are computed with numpy for all keys at once
   (``format.key_index_entries.key_hashes``), so indexing costs no Python work per record.
-* :class:`SortedKeys` is the index of a sealed segment, sorted by hash: built from a scan, or
-  loaded from ``<base>.keyindex`` (mapped read-only, its identity checked against the segment
-  it claims to index, each block's CRC checked when a lookup first reads it).
+* :class:`SortedKeys` is the index of a sealed segment built from a scan, sorted by hash;
+  :class:`KeyIndexFile` the one saved in ``<base>.keyindex``: its identity checked against the
+  segment it claims to index when loaded, read with pread (never mapped: a file truncated
+  under a mapping would kill the process with SIGBUS), each block's CRC checked when a lookup
+  reads it.
 * :class:`GrowingKeys` is the in-memory index of the active segment, extended by scanning only
   the batches appended since the last lookup; it keeps a sorted part and a short unsorted tail,
   merged when the tail grows past a quarter of the sorted part.
@@ -35,8 +37,9 @@ from ..format.header import (
     HEADER_SIZE, I32, U32, check_header, check_version, crc32c, parse_header,
 )
 from ..format.key_index_entries import (
-    HASH_DTYPE, LOC_DTYPE, KeyIndexHeader, block_crc, blocks, blocks_to_check,
-    encode_key_index, key_hashes, key_index_columns, parse_key_index,
+    ENTRY_BYTES, HASH_DTYPE, KEY_INDEX_HEADER, KEY_INDEX_HEADER_SIZE, LOC_DTYPE, KeyIndexHeader,
+    block_span, blocks, blocks_for, directory_size, encode_key_index, file_size, key_hashes,
+    parse_blocks, parse_directory,
 )
 from ..format.names import TMP
 from ..fs import FileSystem
@@ -208,21 +211,15 @@ def batch_crc_at(buf: Any, pos: int) -> int:
 
 # ----------------------------------------------------------------------------- sealed
 class SortedKeys:
-    """A sealed segment's key index: entries sorted by hash (then offset).
+    """A sealed segment's key index built in this process, in memory: entries sorted by hash
+    (then offset)."""
 
-    ``table`` (the block CRCs of a file) is None for an index built in this process from a
-    scan, which needs no checking."""
+    source = "built"
 
-    def __init__(self, header: KeyIndexHeader, hashes: np.ndarray, locs: np.ndarray,
-                 table: Optional[np.ndarray] = None, source: str = "built",
-                 keep: Any = None):
+    def __init__(self, header: KeyIndexHeader, hashes: np.ndarray, locs: np.ndarray):
         self.header = header
         self.hashes = hashes
         self.locs = locs
-        self.table = table
-        self.checked = None if table is None else np.zeros(len(table), dtype=bool)
-        self.source = source  # "built" or "file"
-        self.keep = keep  # the mapping the arrays view (kept alive with them)
 
     @classmethod
     def from_scan(cls, scan: KeyScan, base: int, next_offset: int, size: int) -> "SortedKeys":
@@ -232,29 +229,84 @@ class SortedKeys:
         return cls(header, scan.hashes[order], scan.locs[order])
 
     def find(self, h: int) -> np.ndarray:
-        """The locs of every entry with hash ``h``, in offset order. Raises
-        :class:`KeyIndexDamaged` when a block the lookup relies on fails its CRC."""
-        hashes = self.hashes
+        """The locs of every entry with hash ``h``, in offset order."""
+        target = np.uint64(h)
+        lo = int(np.searchsorted(self.hashes, target, side="left"))
+        hi = int(np.searchsorted(self.hashes, target, side="right"))
+        return self.locs[lo:hi]
+
+
+class KeyIndexFile:
+    """A sealed segment's key index in its file, read with pread: this keeps only the
+    header, the block CRCs and the fences (12 bytes per block of entries); a lookup reads the
+    blocks that can hold its hash and checks their CRCs.
+
+    The file is opened for each lookup (no descriptor is held per segment). If it was replaced
+    meanwhile (another writer of a shared log saved it again), the new one is taken if it
+    describes the same segment; anything else raises :class:`KeyIndexDamaged`."""
+
+    source = "file"
+
+    def __init__(self, path: str, header: KeyIndexHeader, table: np.ndarray,
+                 fences: np.ndarray, stat: Tuple[int, int, int]):
+        self.path = path
+        self.header = header
+        self.table = table
+        self.fences = fences
+        self.stat = stat
+
+    def find(self, h: int) -> np.ndarray:
+        header = self.header
+        if header.count == 0:
+            return np.empty(0, LOC_DTYPE)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise KeyIndexDamaged(f"{self.path}: {e}") from None
+        try:
+            st = os.fstat(fd)
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != self.stat:
+                self._reread(fd, st)
+                header = self.header
+            first, last = blocks_for(self.fences, h)
+            pos, _n = block_span(first, header.count, header.block_entries)
+            end_pos, end_n = block_span(last, header.count, header.block_entries)
+            data = os.pread(fd, end_pos + ENTRY_BYTES * end_n - pos, pos)
+        except OSError as e:
+            raise KeyIndexDamaged(f"{self.path}: {e}") from None
+        finally:
+            os.close(fd)
+        hashes, locs, why = parse_blocks(data, header.count, first, last, self.table,
+                                         header.block_entries)
+        if hashes is None:
+            raise KeyIndexDamaged(why)
         target = np.uint64(h)
         lo = int(np.searchsorted(hashes, target, side="left"))
         hi = int(np.searchsorted(hashes, target, side="right"))
-        if self.table is not None:
-            n = len(hashes)
-            b_entries = self.header.block_entries
-            for b in blocks_to_check(lo, hi, n, b_entries):
-                if not self.checked[b]:
-                    if block_crc(hashes, self.locs, b, b_entries) != int(self.table[b]):
-                        raise KeyIndexDamaged(f"block {b} fails its CRC32C")
-                    self.checked[b] = True
-        if hi <= lo:
-            return np.empty(0, LOC_DTYPE)
-        found = self.locs[lo:hi]
+        found = locs[lo:hi]
         if hi - lo > 1 and not (np.diff(found >> 32) > 0).all():
             raise KeyIndexDamaged("entries of one hash are not in offset order")
         return found
 
-    def entries(self) -> Tuple[np.ndarray, np.ndarray]:
-        return self.hashes, self.locs
+    def _reread(self, fd: int, st: os.stat_result) -> None:
+        """The file was replaced: take the new one if it describes the same segment."""
+        header, why, table, fences = _read_directory(fd, st.st_size)
+        if header is None or header != self.header:
+            raise KeyIndexDamaged(f"replaced by another file: {why or 'another segment'}")
+        self.table, self.fences = table, fences
+        self.stat = (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _read_directory(fd: int, size: int):
+    """parse_directory of the key index file open as ``fd`` (``size`` bytes): its header,
+    then, if that is plausible, the block CRCs and fences after it."""
+    head = os.pread(fd, KEY_INDEX_HEADER_SIZE, 0)
+    if len(head) == KEY_INDEX_HEADER_SIZE:
+        fields = KEY_INDEX_HEADER.unpack_from(head, 0)
+        count, b_entries = fields[8], fields[4]
+        if b_entries >= 1 and size == file_size(count, b_entries):
+            head = os.pread(fd, directory_size(count, b_entries), 0)
+    return parse_directory(head, size)
 
 
 def identity_problem(h: KeyIndexHeader, base: int, next_offset: int, size: int,
@@ -278,10 +330,10 @@ def identity_problem(h: KeyIndexHeader, base: int, next_offset: int, size: int,
 
 
 def load_key_index(path: str, base: int, next_offset: int, size: int, buf: Any
-                   ) -> Tuple[Optional[SortedKeys], str]:
-    """The key index saved at ``path`` for the sealed segment whose bytes are ``buf``, mapped
-    read-only, or ``(None, why not)``: missing, torn, damaged header, another segment's or a
-    stale one. Its blocks are checked as lookups read them (:meth:`SortedKeys.find`)."""
+                   ) -> Tuple[Optional[KeyIndexFile], str]:
+    """The key index saved at ``path`` for the sealed segment whose bytes are ``buf``, or
+    ``(None, why not)``: missing, torn, a damaged header, another segment's or a stale one.
+    Its blocks are checked as lookups read them (:meth:`KeyIndexFile.find`)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -289,22 +341,18 @@ def load_key_index(path: str, base: int, next_offset: int, size: int, buf: Any
     except OSError as e:
         return None, f"unreadable: {e}"
     try:
-        length = os.fstat(fd).st_size
-        if length == 0:
-            return None, "empty file"
-        mm = mmap.mmap(fd, length, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as e:
+        st = os.fstat(fd)
+        header, why, table, fences = _read_directory(fd, st.st_size)
+    except OSError as e:
         return None, f"unreadable: {e}"
     finally:
         os.close(fd)
-    h, why = parse_key_index(mm)
-    if h is None:
+    if header is None:
         return None, why
-    problem = identity_problem(h, base, next_offset, size, buf)
+    problem = identity_problem(header, base, next_offset, size, buf)
     if problem is not None:
         return None, f"stale: {problem}"
-    table, hashes, locs = key_index_columns(mm, h)
-    return SortedKeys(h, hashes, locs, table, "file", mm), ""
+    return KeyIndexFile(path, header, table, fences, (st.st_ino, st.st_size, st.st_mtime_ns)), ""
 
 
 def write_key_index(path: str, fs: FileSystem, keys: SortedKeys) -> bool:
@@ -420,9 +468,19 @@ def check_key_index_file(path: str, log_path: str, base: int, next_offset: int,
     keys, why = load_key_index(path, base, next_offset, size, buf)
     if keys is None:
         return why
-    for b in range(blocks(keys.header.count, keys.header.block_entries)):
-        if block_crc(keys.hashes, keys.locs, b, keys.header.block_entries) != int(keys.table[b]):
-            return f"block {b} (entries {b * keys.header.block_entries}..) fails its CRC32C"
+    h = keys.header
+    with open(path, "rb") as f:
+        data = f.read()
+    if h.count:
+        hashes, locs, why = parse_blocks(memoryview(data)[block_span(0, h.count, h.block_entries)[0]:],
+                                         h.count, 0, blocks(h.count, h.block_entries) - 1,
+                                         keys.table, h.block_entries)
+        if hashes is None:
+            return why
+        if (keys.fences != hashes[::h.block_entries]).any():
+            return "its fences do not match its blocks"
+    else:
+        hashes, locs = np.empty(0, HASH_DTYPE), np.empty(0, LOC_DTYPE)
 
     def gap(expected: int, found: int, pos: int) -> None:
         if not gaps_allowed:
@@ -433,7 +491,7 @@ def check_key_index_file(path: str, log_path: str, base: int, next_offset: int,
                                     next_offset, size)
     except CorruptLogError as e:
         return f"its segment cannot be indexed: {e}"
-    if not (np.array_equal(want.hashes, keys.hashes) and np.array_equal(want.locs, keys.locs)):
-        return (f"its {keys.header.count} entries differ from the {want.header.count} the "
-                f"segment's records give")
+    if not (np.array_equal(want.hashes, hashes) and np.array_equal(want.locs, locs)):
+        return f"its {h.count} entries differ from the {want.header.count} the segment's " \
+               f"records give"
     return None

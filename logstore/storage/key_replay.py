@@ -4,7 +4,7 @@ indexes (:mod:`logstore.storage.key_index`) instead of a scan of the log.
 Per segment from the one holding ``from_offset`` on:
 
 * a **sealed** segment's index is the one cached for its Segment object, else its
-  ``<base>.keyindex`` file (mapped read-only, checked: :func:`load_key_index`), else built by
+  ``<base>.keyindex`` file (checked, read with pread: :func:`load_key_index`), else built by
   scanning the segment once, which a writer then saves atomically (read-only openers keep it in
   memory: they never write a file). The first ``replay_key`` that reaches a segment pays for the
   scan; a log whose writer never asked pays nothing. The active segment's in-memory index
@@ -48,13 +48,13 @@ from ..format.names import KEYINDEX_SUFFIX, segment_name
 from ..record import Record
 from ..util import check_offset
 from .key_index import (
-    GrowingKeys, KeyIndexDamaged, KeyScan, SortedKeys, load_key_index, scan_keys,
-    write_key_index,
+    GrowingKeys, KeyIndexDamaged, KeyIndexFile, KeyScan, SortedKeys, load_key_index,
+    scan_keys, write_key_index,
 )
 from .reading import ReadHooks, check_range
 from .segment import Segment
 
-Index = Union[SortedKeys, GrowingKeys]
+Index = Union[SortedKeys, KeyIndexFile, GrowingKeys]
 
 _cache_lock = threading.Lock()
 _indexes: "weakref.WeakKeyDictionary[Segment, Index]" = weakref.WeakKeyDictionary()
@@ -195,10 +195,10 @@ def _sealed_index(hooks: ReadHooks, seg: Segment, cached: Optional[Index],
     saved by a writer). ``fresh``: never the saved file (it disagreed with the segment)."""
     buf, _shift, size, _ = pinned
     base = seg.base_offset
-    if isinstance(cached, SortedKeys) and cached.header.segment_size == size \
+    if isinstance(cached, (SortedKeys, KeyIndexFile)) and cached.header.segment_size == size \
             and cached.header.next_offset == next_offset:
         return cached
-    keys: Optional[SortedKeys] = None
+    keys: Optional[Union[SortedKeys, KeyIndexFile]] = None
     path = key_index_path(seg)
     if isinstance(cached, GrowingKeys) and not cached.use_pread \
             and cached.still_matches(buf, 0, size):
@@ -216,7 +216,7 @@ def _sealed_index(hooks: ReadHooks, seg: Segment, cached: Optional[Index],
         keys = SortedKeys.from_scan(scan, base, next_offset, size)
     if keys.source == "built" and hooks.segs.writable and not seg.retired:
         if write_key_index(path, hooks.segs.fs, keys):
-            # Use the saved file (mapped: its pages are the page cache's, not this process's).
+            # Use the saved file: only its block directory stays in this process's memory.
             saved, _why = load_key_index(path, base, next_offset, size, buf)
             if saved is not None:
                 keys = saved
