@@ -18,6 +18,7 @@ from ..fs import TMP_SUFFIX
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
 TIMEINDEX_SUFFIX = ".timeindex"
+KEYINDEX_SUFFIX = ".keyindex"  # a sealed segment's key index (a hint, written on first use)
 SEGMENT_SUFFIXES = (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX)
 NAME_DIGITS = 20
 

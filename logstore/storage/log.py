@@ -32,15 +32,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 from ..config import LogConfig
 from ..errors import (
-    ConfigError,
-    CorruptLogError,
-    ForkedProcessError,
-    LogClosedError,
-    LogLockedError,
-    MissingKeyError,
-    ReadOnlyError,
-    RecordTooLargeError,
-    StorageError,
+    ConfigError, CorruptLogError, ForkedProcessError, LogClosedError, LogLockedError,
+    MissingKeyError, ReadOnlyError, RecordTooLargeError, StorageError,
 )
 from ..format.decode import DecodedBatch
 from ..format.encode import (
@@ -53,7 +46,7 @@ from ..fs import DEFAULT_FS, FileSystem
 from .. import process
 from ..record import Record
 from ..util import check_offset, now_ms, storage_errors
-from . import background, cleaner, lifecycle, loader, meta
+from . import background, cleaner, key_replay, lifecycle, loader, meta
 from .sizing import index_capacity
 from .lockfile import DirectoryLock
 from .retention import delete_expired
@@ -720,6 +713,11 @@ class Log:
         """
         start, stop = replay_bounds(self._hooks, from_offset, to_offset)
         return batches(self._hooks, start, stop)
+
+    def replay_key(self, key: bytes, from_offset: int = 0) -> List[Record]:
+        """``[r for r in replay(from_offset) if r.key == key]``, read through the segments' key
+        indexes instead of the whole log (see :mod:`logstore.storage.key_replay`)."""
+        return key_replay.replay_key(self._hooks, key, from_offset)
 
     def offset_for_time(self, timestamp_ms: int) -> int:
         """The first offset whose record timestamp is >= ``timestamp_ms`` (``end_offset`` if none)."""

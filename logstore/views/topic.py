@@ -259,6 +259,28 @@ class Topic:
             self.store.notify_published(self, out[-1][0], out[-1][1], ts, None, None, None)
         return out
 
+    def replay_key(self, key: bytes, from_offset: int = 0,
+                   partition: Optional[int] = None) -> List[Record]:
+        """Every message published with ``key`` (an aggregate's events), in offset order, from
+        ``from_offset`` of its partition on, each with ``.partition`` set; read through the
+        partition's per-segment key indexes, not a scan of the partition (see
+        ``Log.replay_key``).
+
+        The partition is the one ``publish`` puts the key in (``partition_for_key``); a message
+        published with an explicit ``partition=`` elsewhere is found only by passing that
+        ``partition``. Raises what ``Log.replay`` raises (``OffsetOutOfRangeError`` for an
+        offset outside the partition, ``CorruptLogError`` for damage met on the way).
+        """
+        if not isinstance(key, (bytes, bytearray, memoryview)):
+            raise TypeError(f"key must be bytes-like, got {type(key).__name__}"
+                            + (" (encode it first)" if isinstance(key, str) else ""))
+        if partition is None:
+            partition = partition_for_key(bytes(key), len(self.partitions))
+        elif not isinstance(partition, int) or not 0 <= partition < len(self.partitions):
+            raise UnknownTopicError(f"topic {self.name!r} has no partition {partition!r}")
+        return [rec._replace(partition=partition)
+                for rec in self.partitions[partition].replay_key(key, from_offset)]
+
     def end_offsets(self) -> Dict[int, int]:
         return {p: log.end_offset for p, log in enumerate(self.partitions)}
 
