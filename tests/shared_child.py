@@ -274,14 +274,18 @@ def queue_put(cfg: Dict[str, Any]) -> None:
 
 
 def queue_worker(cfg: Dict[str, Any]) -> None:
-    """Consume the queue until the stop file, with a random mix of behaviours; every step a
-    line with this pid and wall-clock times (``t0`` before the call, ``t`` after it returned):
+    """Consume the queue until the stop file, with a random mix of behaviours (one per batch
+    of messages got at once); every step a line with wall-clock times (``t0`` before the call,
+    ``t`` after it returned):
 
     ``{"g": id, "c": count, "t"}``      a delivery (get / get_many returned it)
     ``{"a": id, "c", "t0", "t"}``       ack (or ack_many) returned: done
-    ``{"x": id, "c", "t0", "t"}``       an ack refused with AckError (the lease had expired)
+    ``{"x": id, "c", "t0", "t"}``       an ack refused with AckError: the lease had expired
+                                        (on purpose, or this process stalled past it)
     ``{"n": id, "c", "d", "t0", "t"}``  nacked with delay d
-    ``{"e": id, "c", "t"}``             extended (then acked or nacked later)
+    ``{"e": id, "c", "t"}``             extended (acked after the original deadline)
+
+    An ack refused sooner than the visibility timeout after the delivery fails the worker.
     """
     out = Out(cfg["out"])
     rng = random.Random(os.getpid())
@@ -291,58 +295,77 @@ def queue_worker(cfg: Dict[str, Any]) -> None:
     mix = cfg.get("mix", {})
     out(ready=os.getpid())
     wait_file(cfg.get("start"))
+
+    def ack(msgs: List[Any], got: float, many: bool) -> None:
+        t0 = time.time()
+        try:
+            if many:
+                q.ack_many(msgs)
+            else:
+                for m in msgs:
+                    q.ack(m)
+                    out(a=m.id, c=m.delivery_count, t0=t0, t=time.time())
+                    t0 = time.time()
+                return
+        except AckError:
+            late = time.time() - got
+            assert late > vt - 0.05, f"ack refused {late:.3f} s after the delivery (vt {vt})"
+            for m in msgs:  # (ack_many: none of them was acked; ack: the rest)
+                out(x=m.id, c=m.delivery_count, t0=t0, t=time.time())
+            return
+        t = time.time()
+        for m in msgs:
+            out(a=m.id, c=m.delivery_count, t0=t0, t=t)
+
+    batches = 0
     while not stopped(cfg):
         if rng.random() < 0.3:
             msgs = q.get_many(rng.randint(2, 6), timeout=0.1)
         else:
             m = q.get(timeout=0.1)
             msgs = [] if m is None else [m]
-        now = time.time()
+        got = time.time()
         for m in msgs:
-            out(g=m.id, c=m.delivery_count, t=now, v=m.value.decode())
+            out(g=m.id, c=m.delivery_count, t=got, v=m.value.decode())
         if not msgs:
             continue
         time.sleep(rng.random() * 0.005)
-        batch: List[Any] = []
-        for m in msgs:
-            r = rng.random()
-            if r < mix.get("expire", 0.0):
-                time.sleep(vt * 1.2)  # too slow: the lease has expired, the ack must fail
+        batches += 1
+        r = rng.random()
+        # (every worker does each at least once: its 3rd, 6th and 9th batch)
+        r = {3: 0.0, 6: mix.get("expire", 0.0) + mix.get("nack", 0.0),
+             9: mix.get("expire", 0.0)}.get(batches, r) if mix else r
+        if r < mix.get("expire", 0.0):
+            time.sleep(vt * 1.2)  # too slow: the leases have expired, the acks must fail
+            for m in msgs:
                 t0 = time.time()
                 try:
                     q.ack(m)
                 except AckError:
                     out(x=m.id, c=m.delivery_count, t0=t0, t=time.time())
                 else:
-                    raise AssertionError(f"ack of {m.id} accepted {time.time() - now:.2f} s "
+                    raise AssertionError(f"ack of {m.id} accepted {time.time() - got:.2f} s "
                                          f"after its delivery (visibility timeout {vt} s)")
-                continue
-            r -= mix.get("expire", 0.0)
-            if r < mix.get("nack", 0.0):
+        elif r < mix.get("expire", 0.0) + mix.get("nack", 0.0):
+            for m in msgs:
                 t0 = time.time()
                 d = rng.choice([0, 0.05, 0.2])
-                q.nack(m, delay=d)
+                try:
+                    q.nack(m, delay=d)
+                except AckError:
+                    late = time.time() - got
+                    assert late > vt - 0.05, f"nack refused {late:.3f} s after the delivery"
+                    out(x=m.id, c=m.delivery_count, t0=t0, t=time.time())
+                    continue
                 out(n=m.id, c=m.delivery_count, d=d, t0=t0, t=time.time())
-                continue
-            r -= mix.get("nack", 0.0)
-            if r < mix.get("extend", 0.0):
+        elif r < mix.get("expire", 0.0) + mix.get("nack", 0.0) + mix.get("extend", 0.0):
+            for m in msgs:
                 q.extend(m, vt * 3)
                 out(e=m.id, c=m.delivery_count, t=time.time())
-                time.sleep(vt * 1.3)  # past the original deadline, inside the extended one
-            batch.append(m)
-        if not batch:
-            continue
-        t0 = time.time()
-        if len(batch) > 1 and rng.random() < 0.5:
-            q.ack_many(batch)
-            t = time.time()
-            for m in batch:
-                out(a=m.id, c=m.delivery_count, t0=t0, t=t)
+            time.sleep(vt * 1.3)  # past the original deadline, inside the extended one
+            ack(msgs, got + vt * 2, len(msgs) > 1 and rng.random() < 0.5)
         else:
-            for m in batch:
-                t0 = time.time()
-                q.ack(m)
-                out(a=m.id, c=m.delivery_count, t0=t0, t=time.time())
+            ack(msgs, got, len(msgs) > 1 and rng.random() < 0.5)
     store.close()
     out(closed=True)
 

@@ -163,3 +163,80 @@ def snapshot(directory: str) -> Dict[str, bytes]:
             with open(path, "rb") as f:
                 out[os.path.relpath(path, directory)] = f.read()
     return out
+
+
+# ----------------------------------------------------------------------------- work queues
+Event = Tuple[int, str, int, int, int, int]  # (record time ms, kind, partition, offset, count, t)
+
+
+def queue_events(root: str, name: str) -> List[Event]:
+    """Every event of work queue ``name``'s event log, in log order (checkpoints left out):
+    ``(time the record was appended, kind "G"/"X"/"A"/"N"/"D", partition, offset, count, t)``
+    where ``t`` is the lease deadline (G, X) or the not-before time (N), in ms."""
+    from logstore.format.names import queue_events_dir
+    from logstore.format.queue_events import decode_event, is_checkpoint
+    log = logstore.Log.open(queue_events_dir(root, name), readonly=True)
+    try:
+        out = []
+        for rec in log.replay(log.start_offset):
+            if rec.value is None or is_checkpoint(rec.value):
+                continue
+            kind, p, off, count, t = decode_event(rec.value)
+            out.append((rec.timestamp_ms, kind.decode(), p, off, count, t))
+        return out
+    finally:
+        log.close()
+
+
+def check_lease_history(events: Sequence[Event], margin_ms: int = 100
+                        ) -> Dict[Tuple[int, int], Dict[str, Any]]:
+    """Replay a queue's events and check that no message was ever held by two getters at once:
+
+    * deliveries of a message are counted 1, 2, 3... (each delivery is one getter's);
+    * a new delivery comes only after the previous one ended: acked/dead-lettered (then never
+      again), nacked (and not before its not-before time), or its lease deadline (as extended)
+      passed when the new delivery was recorded;
+    * an ack is of the current delivery, recorded before its lease deadline;
+    * a message is done (acked or dead-lettered) at most once.
+
+    Times are compared with ``margin_ms`` of slack (each event is stamped by the process that
+    appended it, a little after it decided). Returns per message ``{"deliveries", "acked",
+    "dead", "count"}``."""
+    state: Dict[Tuple[int, int], Dict[str, Any]] = {}
+    for ts, kind, p, off, count, t in events:
+        s = state.setdefault((p, off), {"deliveries": 0, "acked": None, "dead": None,
+                                        "lease": None, "not_before": 0, "count": 0})
+        msg = f"message {p}:{off} {kind} count={count} at {ts}"
+        if kind == "G":
+            assert s["acked"] is None and s["dead"] is None, f"{msg}: delivered after done"
+            assert count == s["count"] + 1, f"{msg}: after delivery {s['count']}"
+            if s["lease"] is not None:  # the previous getter's lease must have run out
+                assert ts >= s["lease"][1] - margin_ms, (
+                    f"{msg}: delivery {s['lease'][0]} leased until {s['lease'][1]}")
+            assert ts >= s["not_before"] - margin_ms, f"{msg}: nacked until {s['not_before']}"
+            s["lease"] = (count, t)
+            s["count"] = count
+            s["deliveries"] += 1
+        elif kind == "X":
+            if s["lease"] is not None and s["lease"][0] == count:
+                assert ts <= s["lease"][1] + margin_ms, f"{msg}: extended an expired lease"
+                s["lease"] = (count, t)
+        elif kind == "N":
+            assert s["lease"] is not None and s["lease"][0] == count, f"{msg}: not its delivery"
+            assert ts <= s["lease"][1] + margin_ms, f"{msg}: nack after the lease deadline"
+            s["lease"] = None
+            s["not_before"] = t
+        elif kind == "A":
+            assert s["acked"] is None and s["dead"] is None, f"{msg}: done twice"
+            assert s["lease"] is not None and s["lease"][0] == count, (
+                f"{msg}: acked, but the current delivery is {s['lease']}")
+            assert ts <= s["lease"][1] + margin_ms, f"{msg}: ack after the lease deadline"
+            s["acked"] = count
+            s["lease"] = None
+        elif kind == "D":
+            assert s["acked"] is None and s["dead"] is None, f"{msg}: done twice"
+            s["dead"] = count
+            s["lease"] = None
+        else:  # pragma: no cover
+            raise AssertionError(f"unknown event {kind}")
+    return state
