@@ -506,8 +506,10 @@ def torture_producer(cfg: Dict[str, Any]) -> None:
 
 def torture_worker(cfg: Dict[str, Any]) -> None:
     """Worker of the torture: get/get_many, record ``{"P": id, "c", "v"}`` (processed) for each,
-    ack or ack_many, record ``{"A": id, "c"}`` after the ack returned. Sometimes nacks
-    (``{"N": id, "c"}``) or lets a lease expire (``{"X": id, "c"}`` for the refused ack)."""
+    then ack or ack_many and record ``{"A": id, "c"}`` after the ack returned. Sometimes nacks
+    a batch (``{"N": id, "c"}``) or lets its leases expire (``{"X": id, "c"}``: the ack was
+    refused, as it must be). An ack refused sooner than the visibility timeout after the
+    delivery fails the worker (exit 1)."""
     out = Out(cfg["out"])
     rng = random.Random(os.getpid())
     store = open_store(cfg)
@@ -517,32 +519,32 @@ def torture_worker(cfg: Dict[str, Any]) -> None:
         msgs = q.get_many(rng.randint(1, 8), timeout=0.1)
         if not msgs:
             continue
+        got = time.time()
         for m in msgs:
             out(P=m.id, c=m.delivery_count, v=m.value.decode())
-        keep = []
-        for m in msgs:
-            r = rng.random()
-            if r < 0.01:
+        r = rng.random()
+        if r < 0.01:
+            for m in msgs:
                 q.nack(m, delay=0)
                 out(N=m.id, c=m.delivery_count)
-            elif r < 0.012:
-                time.sleep(vt * 1.2)
-                try:
-                    q.ack(m)
-                except AckError:
-                    out(X=m.id, c=m.delivery_count)
-                else:
-                    raise AssertionError(f"ack of {m.id} accepted after its lease expired")
+            continue
+        if r < 0.015:
+            time.sleep(vt * 1.2)
+        try:
+            if len(msgs) > 1 and rng.random() < 0.5:
+                q.ack_many(msgs)
+                for m in msgs:
+                    out(A=m.id, c=m.delivery_count)
             else:
-                keep.append(m)
-        if len(keep) > 1 and rng.random() < 0.5:
-            q.ack_many(keep)
-            for m in keep:
-                out(A=m.id, c=m.delivery_count)
-        else:
-            for m in keep:
-                q.ack(m)
-                out(A=m.id, c=m.delivery_count)
+                for m in list(msgs):
+                    q.ack(m)
+                    out(A=m.id, c=m.delivery_count)
+                    msgs.remove(m)
+        except AckError:
+            late = time.time() - got
+            assert late > vt - 0.05, f"ack refused {late:.3f} s after the delivery (vt {vt})"
+            for m in msgs:  # (not acked)
+                out(X=m.id, c=m.delivery_count)
     store.close()
 
 
