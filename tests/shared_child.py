@@ -481,6 +481,21 @@ def dedup_publisher(cfg: Dict[str, Any]) -> None:
     store.close()
 
 
+def dedup_killed(cfg: Dict[str, Any]) -> None:
+    """Publish ``b"order"`` with msg_id ``order-1`` through ``KillingFS`` armed at ``point``
+    (in the publish's fsync, or right after its whole pwrite): the process dies inside it."""
+    out = Out(cfg["out"])
+    fs = KillingFS(cfg["point"])
+    store = logstore.Store.open(cfg["path"], shared=True, fs=fs, dedup_window_s=3600,
+                                **log_options(cfg))
+    topic = store.topic(cfg["topic"])
+    out(ready=os.getpid())
+    fs.armed = True
+    topic.publish(b"order", msg_id="order-1")
+    out(never_killed=True)
+    raise SystemExit(3)
+
+
 # ----------------------------------------------------------------------------- the torture
 def torture_producer(cfg: Dict[str, Any]) -> None:
     """Producer ``pid_no`` of the torture: publishes ``p<j>-<seq>`` with msg_id of the same
@@ -555,7 +570,7 @@ def _records(path: str) -> List[Dict[str, Any]]:
 
 MODES = {f.__name__: f for f in (
     log_append, log_killer, log_kill_cleaner, log_clean, log_hold, queue_put, queue_worker, queue_grab,
-    queue_idle, queue_redrive, publisher, member, dedup_publisher, torture_producer,
+    queue_idle, queue_redrive, publisher, member, dedup_publisher, dedup_killed, torture_producer,
     torture_worker)}
 
 

@@ -268,8 +268,6 @@ def test_work_queue_one_producer_three_worker_processes(tmp_path):
     n = 300
     stop, start = str(tmp_path / "stop"), str(tmp_path / "start")
     qopts = {"visibility_timeout": 1.0, "max_deliveries": 1000, "backoff": [0.01, 0.05]}
-    here = logstore.Store.open(root, **OPTS)
-    q = here.queue("jobs", **qopts)
     outs = [str(tmp_path / f"w{i}.jsonl") for i in range(3)]
     pout = str(tmp_path / "producer.jsonl")
     workers = [spawn("queue_worker", dict(path=root, out=o, stop=stop, start=start,
@@ -279,8 +277,12 @@ def test_work_queue_one_producer_three_worker_processes(tmp_path):
     producer = spawn("queue_put", dict(path=root, out=pout, first=0, n=n, start=start,
                                        queue_options=qopts))
     procs = workers + [producer]
+    here = None
     try:
+        # (The children create the queue, its topic and event log at about the same time.)
         wait_for(lambda: all(records_of(o) for o in outs + [pout]), 60, "the children", procs)
+        here = logstore.Store.open(root, **OPTS)
+        q = here.queue("jobs", **qopts)
         touch(start)
         finish(producer)
         put = {r["id"]: r["put"] for r in records_of(pout) if "put" in r}
@@ -531,16 +533,16 @@ def test_pubsub_and_groups_with_publishers_in_several_processes(tmp_path):
 
 
 def test_msg_id_dedup_across_processes(tmp_path):
-    """Four processes publish the same 150 msg_ids (each in its own order) at once: one record
-    per msg_id, and every process got that record's position back."""
+    """Four processes create a topic at about the same time and publish the same 150 msg_ids
+    (each in its own order) at once: one topic of 3 partitions, one record per msg_id, and
+    every process got that record's position back."""
     root = str(tmp_path / "s")
     start = str(tmp_path / "start")
     ids = [f"id-{i}" for i in range(150)]
-    with logstore.Store.open(root, **OPTS) as s:
-        s.topic("t", partitions=3)
+    # (No topic yet: the four processes create it at about the same time.)
     outs = [str(tmp_path / f"d{i}.jsonl") for i in range(4)]
     procs = [spawn("dedup_publisher", dict(path=root, out=o, topic="t", ids=ids, start=start,
-                                           keyed=i % 2 == 0))
+                                           keyed=i % 2 == 0, partitions=3))
              for i, o in enumerate(outs)]
     try:
         wait_for(lambda: all(records_of(o) for o in outs), 60, "the publishers", procs)
@@ -551,6 +553,7 @@ def test_msg_id_dedup_across_processes(tmp_path):
         for p in procs:
             kill(p)
     with logstore.Store.open(root, readonly=True) as s:
+        assert s.topics() == ["t"] and s.topic("t").partition_count == 3
         recs = [(p, r) for p, log in enumerate(s.topic("t").partitions) for r in log.read(0)]
     where = {r.headers["x-msg-id"].decode(): (p, r.offset) for p, r in recs}
     assert len(recs) == len(ids) and set(where) == set(ids), len(recs)
@@ -561,3 +564,35 @@ def test_msg_id_dedup_across_processes(tmp_path):
         assert len(lines) == len(ids)
         for r in lines:
             assert (r["p"], r["o"]) == where[r["id"]], r
+
+
+@pytest.mark.parametrize("fsync,point", [("always", "seal_fdatasync"), ("never", "pwrite_full")])
+def test_msg_id_retry_after_the_publisher_was_killed_inside_publish(tmp_path, fsync, point):
+    """A publisher process is SIGKILLed inside ``publish(msg_id="order-1")`` after its record
+    is in the file (in the fsync of fsync="always"; right after the pwrite, holding the write
+    lock, under "never") while this store has the topic open. Its replacement retries with the
+    same msg_id: the retry must return the first record's position and append nothing (the
+    written record is kept, whole: it is the one to deduplicate against)."""
+    root = str(tmp_path / "s")
+    opts = dict(OPTS, fsync=fsync)
+    here = logstore.Store.open(root, **opts)
+    topic = here.topic("t")
+    topic.publish(b"first")
+    out = str(tmp_path / "killed.jsonl")
+    child = spawn("dedup_killed", dict(path=root, out=out, topic="t", point=point,
+                                       fsync=fsync))
+    try:
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == -9, f"the publisher was not killed at {point}: {err}"
+    finally:
+        kill(child)
+    retry = logstore.Store.open(root, **opts)
+    try:
+        pos = retry.topic("t").publish(b"order", msg_id="order-1")
+        again = topic.publish(b"order", msg_id="order-1")
+        recs = retry.topic("t").partitions[0].read(0)
+    finally:
+        _close(retry, here)
+    copies = [r.offset for r in recs if r.headers.get("x-msg-id") == b"order-1"]
+    assert len(copies) == 1, f"order-1 stored {len(copies)} times, at {copies}"
+    assert pos == again == (0, copies[0])
