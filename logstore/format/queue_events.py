@@ -7,15 +7,16 @@ is their only specification):
                                       0 in logs of versions before leases)
     X partition offset count t        the count-th delivery's lease extended until t (ms)
     A partition offset count          acknowledged: done
-    D partition offset count          dead-lettered (copied to the dead-letter topic): done
+    D partition offset count r        dead-lettered (copied to the dead-letter topic): done;
+                                      r: why (0 max_deliveries, 1 expired, 2 overflow)
     N partition offset count t        nacked: not before t (ms)
     C json                            checkpoint: every partition's state
 
 Event records are :data:`EVENT` (``<cIqIq``: kind, partition, offset, count, time in ms). A
 checkpoint is ``b"C"`` followed by the JSON ``{"partitions": [{"low": L, "done": [...],
-"counts": {"offset": n}, "not_before": {"offset": ms}, "leases": {"offset": ms}}, ...]}``
-(``leases``: deliveries not yet acked or nacked and their lease deadlines; absent in
-checkpoints of versions before leases); its offset is committed in the
+"counts": {"offset": n}, "not_before": {"offset": ms}, "leases": {"offset": ms}, "dropped": [n, n, n]}, ...]}``
+(``leases``: deliveries not yet acked or nacked and their lease deadlines; ``dropped``: how
+many messages were dead-lettered, by reason; both absent in checkpoints of older versions); its offset is committed in the
 store's offsets log (group ``__queue__<name>``, topic ``__events__``, partition 0), so a reopen
 replays from the last checkpoint: :func:`fold`.
 
@@ -46,6 +47,8 @@ EXTENDED = b"X"
 CHECKPOINT = b"C"  # first byte of a checkpoint record (the rest is JSON)
 DONE_KINDS = (ACKED, DEAD_LETTERED)
 EVENT_KINDS = (DELIVERED, ACKED, DEAD_LETTERED, NACKED, EXTENDED)
+# Why a message was dead-lettered: the ``t`` of its D event (and the x-dead-letter-reason header).
+DEAD_LETTER_REASONS = ("max_deliveries", "expired", "overflow")
 
 
 class PartitionState:
@@ -57,7 +60,12 @@ class PartitionState:
         self.counts: Dict[int, int] = {}  # deliveries so far (not done)
         self.not_before: Dict[int, int] = {}  # nacked: not deliverable before this time (ms)
         self.leases: Dict[int, int] = {}  # delivered, not acked/nacked: leased until (ms)
+        self.dropped = [0] * len(DEAD_LETTER_REASONS)  # dead-lettered so far, by reason
         self.skipped = 0  # messages not done that retention removed (skip_to), since loading
+
+    def unsettled(self, off: int) -> bool:
+        """Whether ``off`` is not done yet."""
+        return off >= self.low and off not in self.done
 
     def mark_done(self, off: int) -> None:
         """Record ``off`` as done (acked or dead-lettered), advancing the watermark."""
@@ -116,7 +124,8 @@ class PartitionState:
         return {"low": self.low, "done": sorted(self.done),
                 "counts": {str(k): v for k, v in self.counts.items()},
                 "not_before": {str(k): v for k, v in self.not_before.items()},
-                "leases": {str(k): v for k, v in self.leases.items()}}
+                "leases": {str(k): v for k, v in self.leases.items()},
+                "dropped": self.dropped}
 
     def restore(self, snap: Dict[str, Any]) -> None:
         """Take the state of a checkpoint's JSON for this partition (``low`` set by the caller)."""
@@ -124,6 +133,8 @@ class PartitionState:
         self.counts = {int(k): c for k, c in snap["counts"].items()}
         self.not_before = {int(k): t for k, t in snap["not_before"].items()}
         self.leases = {int(k): t for k, t in snap.get("leases", {}).items()}
+        dropped = [int(n) for n in snap.get("dropped", [])][:len(DEAD_LETTER_REASONS)]
+        self.dropped = dropped + [0] * (len(DEAD_LETTER_REASONS) - len(dropped))
 
 
 def encode_event(kind: bytes, partition: int, offset: int, count: int, t: int = 0) -> bytes:
@@ -202,6 +213,9 @@ def apply_event(parts: Sequence[PartitionState], value: bytes, offset: int,
                               f"by a newer version?)", where)
     if p < len(parts):
         if kind in DONE_KINDS:
+            if kind == DEAD_LETTERED and 0 <= t < len(DEAD_LETTER_REASONS) and \
+                    parts[p].unsettled(off):
+                parts[p].dropped[t] += 1
             parts[p].mark_done(off)
         else:
             parts[p].note_delivery(kind, off, count, t)

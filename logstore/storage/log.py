@@ -44,8 +44,8 @@ from ..errors import (
 )
 from ..format.decode import DecodedBatch
 from ..format.encode import (
-    PreparedBatch, check_batch_shape, check_timestamp, frame, frame_single, prepare_batch,
-    prepare_from_buffer, prepare_one,
+    PreparedBatch, batch_sequences, check_batch_shape, check_timestamp, frame, frame_single,
+    prepare_batch, prepare_from_buffer, prepare_one,
 )
 from ..format.header import CODEC_NONE, HEADER_SIZE, codec_id
 from ..format.names import COMPACTION_COMMIT
@@ -64,7 +64,7 @@ from .reading import (
 )
 from .segments import SegmentList
 from .shared import ROLLING, SharedWriter, cleaning, swapping
-from .sync import GroupCommit
+from .sync import GroupCommit, sync_snapshot
 from .tail import RecoveryReport
 
 DEFAULT_MAX_RECORDS = 1000
@@ -149,12 +149,7 @@ class Log:
         number of processes (see README, "Many processes"); without it the only writer.
         ``fs`` replaces the I/O layer (tests only).
         """
-        directory = os.path.abspath(os.fspath(path))
-        if shared and readonly:
-            raise ConfigError("shared=True is for writers; a readonly=True open needs no lock")
-        if shared and options.get("write_buffer_bytes"):
-            raise ConfigError("write_buffer_bytes is not available with shared=True: every "
-                              "append must be in the file before another process appends")
+        directory = lifecycle.checked_path(path, readonly, shared, options)
         # The stored settings win; a passed one that differs is refused before anything changes.
         config = loader.settled_config(directory, options)
         log = cls(directory, config, fs or DEFAULT_FS, readonly, shared)
@@ -362,7 +357,9 @@ class Log:
         headers: Optional[Sequence[Optional[Dict[str, bytes]]]] = None,
         timestamps_ms: Optional[Sequence[int]] = None,
     ) -> range:
-        """Append ``values`` as one batch, atomically (all or nothing); return their offsets."""
+        """Append ``values`` (any iterable) as one batch, atomically (all or nothing); return
+        their offsets."""
+        values, keys, headers, timestamps_ms = batch_sequences(values, keys, headers, timestamps_ms)
         if check_batch_shape(values, keys=keys, headers=headers) == 0:
             if timestamps_ms is not None and len(timestamps_ms):
                 raise ValueError(f"timestamps_ms has {len(timestamps_ms)} items for 0 values")
@@ -551,22 +548,11 @@ class Log:
                        self._configure_active, self._sync)
 
     def _sync_snapshot(self) -> Tuple[int, int, Callable[[], None]]:
-        """(group commit's leader) What an fdatasync now covers: the next offset, a dup()ed fd
-        of the active segment, and what to record once it succeeded."""
+        """(group commit's leader) What an fdatasync now covers (see ``sync_snapshot``)."""
         with self._lock:
             if self._closed:
                 raise LogClosedError(f"log {self.path} is closed")
-            upto = self._next_offset
-            seg = self._segs.active
-            seg.flush_pending()
-            pos = seg.size
-            fd = self._fs.dup(seg.fd)
-
-        def synced() -> None:
-            if pos > seg.synced_size:
-                seg.synced_size = pos  # later batches record it (recovery)
-
-        return upto, fd, synced
+            return sync_snapshot(self._segs.active, self._next_offset, self._fs)
 
     def flush(self) -> None:
         """Make every record appended so far durable (whatever the fsync policy)."""
@@ -633,6 +619,24 @@ class Log:
         with self._lock:
             self._closed = True
             lifecycle.release(self._segs, self._dir_lock, release_files)
+
+    def __iter__(self) -> Iterator[Record]:
+        """``for rec in log``: :meth:`replay` from ``start_offset`` to the current end."""
+        return self.replay(self.start_offset)
+
+    def __len__(self) -> int:
+        """The number of records: ``end_offset - start_offset`` (offsets are dense). A
+        compacted log has gaps: TypeError (counting would read it; use :meth:`replay`)."""
+        with self._lock:
+            self._check_open()
+            end, start = self._caught_up_end_locked(), self._segs.start_offset
+            if self._gaps.gaps_allowed():
+                raise TypeError(f"len() of compacted log {self.path} is unknown without reading "
+                                f"it (compaction leaves gaps): its offsets are [{start}, {end})")
+        return end - start
+
+    def __bool__(self) -> bool:
+        return True  # (an empty log is still a log: `if log:` must not mean `if len(log):`)
 
     def __enter__(self) -> "Log":
         return self
@@ -755,12 +759,7 @@ class Log:
         compact, unless ``force`` (operator tools). ``dry_run``: count what a pass would remove
         and change nothing (a read-only log too). ``tunables``: ``delete_retention_ms`` and/or
         ``compaction_buffer_bytes`` for this pass only (the stored settings are unchanged)."""
-        cfg = self.config
-        if tunables:
-            unknown = set(tunables) - {"delete_retention_ms", "compaction_buffer_bytes"}
-            if unknown:
-                raise ConfigError(f"compact() tunables: unknown {sorted(unknown)}")
-            cfg = cfg.replace(**tunables)
+        cfg = cleaner.pass_config(self.config, tunables)
         if not (self.config.compacted or force or dry_run):
             raise ConfigError(f"log {self.path} has cleanup_policy={self.config.cleanup_policy!r};"
                               f" open it with cleanup_policy='compact' (or 'compact,delete')")

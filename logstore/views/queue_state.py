@@ -40,7 +40,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..format.names import QUEUE_EVENTS_TOPIC, QUEUE_GROUP
 from ..format.queue_events import (
-    DONE_KINDS, PartitionState, apply_event, encode_checkpoint, encode_event, fold,
+    DEAD_LETTERED, DONE_KINDS, PartitionState, apply_event, encode_checkpoint, encode_event, fold,
     is_checkpoint,
 )
 from ..storage.log import Log
@@ -230,6 +230,8 @@ class QueueState:
     def _note(self, kind: bytes, p: int, off: int, count: int, t: int) -> None:
         part = self.parts[p]
         if kind in DONE_KINDS:
+            if kind == DEAD_LETTERED and 0 <= t < len(part.dropped) and part.unsettled(off):
+                part.dropped[t] += 1
             part.mark_done(off)
         else:
             part.note_delivery(kind, off, count, t)

@@ -41,6 +41,7 @@ from ..errors import (
 from . import leases, topic_files
 from .. import process
 from ..fs import DEFAULT_FS, FileSystem
+from ..storage.lifecycle import checked_path
 from ..storage.loader import configured
 from ..storage.lockfile import DirectoryLock
 from ..storage.meta import read_meta
@@ -135,15 +136,10 @@ class Store:
         ``log_options`` (``fsync``, ``compression``, ``segment_bytes``...) apply to every
         partition and internal log; see :class:`~logstore.config.LogConfig`.
         """
-        if shared and readonly:
-            raise ConfigError("shared=True is for writers; a readonly=True open needs no lock")
-        if shared and log_options.get("write_buffer_bytes"):
-            raise ConfigError("write_buffer_bytes is not available with shared=True: every "
-                              "append must be in the file before another process appends")
+        root = checked_path(root, readonly, shared, log_options, "store")
         config = LogConfig.from_options(log_options)
         if not isinstance(dedup_window_s, (int, float)) or dedup_window_s < 0:
             raise ConfigError(f"dedup_window_s must be a number >= 0 (got {dedup_window_s!r})")
-        root = os.path.abspath(os.fspath(root))
         store = cls(root, config, fs or DEFAULT_FS, readonly, float(dedup_window_s), log_options,
                     shared)
         store._open()
@@ -577,8 +573,11 @@ class Store:
     def queue(self, name: str, *, visibility_timeout: float = 30.0, max_deliveries: int = 5,
               dead_letter: Optional[str] = None, max_depth: Optional[int] = None,
               overflow: str = "reject", partitions: Optional[int] = None,
-              backoff: Tuple[float, float] = (1.0, 60.0)):
-        """A work queue over topic ``name`` (SQS-like: get, ack, redelivery, dead letters)."""
+              backoff: Tuple[float, float] = (1.0, 60.0), max_priority: Optional[int] = None,
+              message_ttl: Optional[float] = None):
+        """A work queue over topic ``name`` (SQS-like: get, ack, redelivery, dead letters;
+        priorities up to ``max_priority``, expiry after ``message_ttl`` seconds, overflow
+        policies for ``max_depth``: see README "Work queues")."""
         validate_name("queue", name)
         with self._lock:
             self.check_writable()
@@ -588,7 +587,8 @@ class Store:
                               max_deliveries=max_deliveries,
                               dead_letter=dead_letter if dead_letter is not None else f"{name}.dlq",
                               max_depth=max_depth, overflow=overflow, partitions=partitions,
-                              backoff=backoff)
+                              backoff=backoff, max_priority=max_priority,
+                              message_ttl=message_ttl)
                 self._queues[name] = q
             return q
 

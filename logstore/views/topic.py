@@ -25,7 +25,7 @@ from typing import (
 )
 
 from ..errors import MissingKeyError, UnknownTopicError
-from ..format.encode import check_batch_shape
+from ..format.encode import as_sequence, check_batch_shape
 from ..format.names import DEDUP_LOCK_NAME, topic_dir
 from ..record import Record
 from ..storage.loader import configured
@@ -224,6 +224,8 @@ class Topic:
         deduplication here: use :meth:`publish` for that.
         """
         self.store.check_writable()
+        values, keys = as_sequence(values), as_sequence(keys, "keys")
+        headers = as_sequence(headers, "headers")
         n = check_batch_shape(values, keys=keys, headers=headers)
         if n == 0:
             return []

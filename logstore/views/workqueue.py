@@ -31,25 +31,28 @@ power failure a delivery count may be one lower, which costs at most an extra re
 from __future__ import annotations
 
 import contextlib
-import heapq
 import os
 import random
 import threading
 import time
-from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import AckError, ConfigError, LogClosedError, QueueFullError
 from ..format.names import REDRIVE_GROUP, REDRIVE_LOCK_NAME
 from ..format.queue_events import (
-    ACKED, DEAD_LETTERED, DELIVERED, DONE_KINDS, EXTENDED, NACKED,
+    ACKED, DEAD_LETTER_REASONS, DEAD_LETTERED, DELIVERED, DONE_KINDS, EXTENDED, NACKED,
 )
 from ..record import Record
 from ..util import now_ms
 from . import flocks
+from .queue_schedule import (
+    EXPIRES_HEADER, NOT_BEFORE_HEADER, PRIORITY_HEADER, Scheduler,
+)
 from .queue_state import Event, QueueState
 
 CHECKPOINT_EVERY = 20_000  # events between checkpoints (bounds replay at open)
-NOT_BEFORE_HEADER = "x-not-before"
+OVERFLOW_POLICIES = ("reject", "block", "drop_newest", "drop_oldest")
+MAX_DELIVERIES, EXPIRED, OVERFLOW = DEAD_LETTER_REASONS  # x-dead-letter-reason values
 DLQ_REASON = "x-dead-letter-reason"
 DLQ_COUNT = "x-delivery-count"
 DLQ_SOURCE = "x-dead-letter-source"  # "<queue>:<partition>:<offset>"
@@ -87,26 +90,7 @@ class Message:
                 f"value={self.value[:40] if self.value else self.value!r}>")
 
 
-class _Schedule:
-    """In-memory scheduling of one partition (the durable state is the QueueState's)."""
-
-    def __init__(self, scan: int):
-        self.scan = scan  # next offset of the log not yet looked at
-        self.ready: List[int] = []  # heap of offsets ready now
-        self.delayed: List[Tuple[float, int]] = []  # heap (monotonic due time, offset)
-        self.inflight: Dict[int, Tuple[float, int]] = {}  # offset -> (deadline, count)
-        self.deadlines: List[Tuple[float, int, int]] = []  # heap (deadline, offset, count)
-        self.cache: Dict[int, Record] = {}  # records read while scanning, until delivered
-        self.last_claimed: Tuple[float, int] = (0.0, 0)  # (deadline, count) _claim took out
-
-
 _NO_NEWS: ContextManager[Optional[List[Event]]] = contextlib.nullcontext([])
-
-
-def _due(not_before_ms: int, now: float, now_ms: int) -> float:
-    """A wall-clock not-before time as a monotonic due time (so a clock step back after the
-    message was scheduled never stalls it)."""
-    return now + (not_before_ms - now_ms) / 1000.0
 
 
 class WorkQueue:
@@ -118,7 +102,8 @@ class WorkQueue:
 
     def __init__(self, store, name: str, *, visibility_timeout: float, max_deliveries: int,
                  dead_letter: Optional[str], max_depth: Optional[int], overflow: str,
-                 partitions: Optional[int], backoff: Tuple[float, float]):
+                 partitions: Optional[int], backoff: Tuple[float, float],
+                 max_priority: Optional[int] = None, message_ttl: Optional[float] = None):
         if not isinstance(visibility_timeout, (int, float)) or visibility_timeout <= 0:
             raise ConfigError(f"visibility_timeout must be > 0 seconds (got {visibility_timeout!r})")
         if isinstance(max_deliveries, bool) or not isinstance(max_deliveries, int) or \
@@ -127,8 +112,16 @@ class WorkQueue:
         if max_depth is not None and (isinstance(max_depth, bool) or
                                       not isinstance(max_depth, int) or max_depth < 1):
             raise ConfigError(f"max_depth must be None or an int >= 1 (got {max_depth!r})")
-        if overflow not in ("reject", "block"):
-            raise ConfigError(f"overflow must be 'reject' or 'block' (got {overflow!r})")
+        if overflow not in OVERFLOW_POLICIES:
+            raise ConfigError(f"overflow must be one of {', '.join(map(repr, OVERFLOW_POLICIES))}"
+                              f" (got {overflow!r})")
+        if max_priority is not None and (isinstance(max_priority, bool) or not isinstance(
+                max_priority, int) or not 1 <= max_priority <= 255):
+            raise ConfigError(f"max_priority must be None or an int in [1, 255] "
+                              f"(got {max_priority!r})")
+        if message_ttl is not None and (isinstance(message_ttl, bool) or not isinstance(
+                message_ttl, (int, float)) or message_ttl <= 0):
+            raise ConfigError(f"message_ttl must be None or seconds > 0 (got {message_ttl!r})")
         base, cap = backoff
         if not 0 <= base <= cap:
             raise ConfigError("backoff must be (base_seconds, cap_seconds) with 0 <= base <= cap")
@@ -138,6 +131,9 @@ class WorkQueue:
         self.max_deliveries = max_deliveries
         self.max_depth = max_depth
         self.overflow = overflow
+        self.max_priority = max_priority
+        self.message_ttl = message_ttl
+        self.refused = 0  # puts refused by overflow="drop_newest" (this object's count)
         self.backoff = (float(base), float(cap))
         self.topic = store.topic(name, partitions)
         self.dead_letter = store.topic(dead_letter, 1) if dead_letter else None
@@ -150,10 +146,9 @@ class WorkQueue:
         self._cond = threading.Condition(self._mutex)
         self._sleepers = 0  # threads in self._cond.wait(): notify only when someone waits
         self._shared = self._state.shared
-        self._parts: List[_Schedule] = []
         with self._mutex:
-            self._schedule_from_state()
-        self._rr = 0
+            self._sched = Scheduler(self._state, self.topic.partitions, self.visibility_timeout,
+                                    max_priority is not None)
         if self.dead_letter is not None:
             self._check_redrive_cursor()
 
@@ -171,51 +166,11 @@ class WorkQueue:
                 self.store.offsets.commit(group, self.dead_letter.name, {0: end})
 
     # ------------------------------------------------------------------ several processes
-    def _lease(self, p: int, off: int, count: int, deadline: float) -> None:
-        """(mutex held) ``off`` is in flight (its ``count``-th delivery) until ``deadline``
-        (monotonic)."""
-        sched = self._parts[p]
-        sched.inflight[off] = (deadline, count)
-        heapq.heappush(sched.deadlines, (deadline, off, count))
-
-    def _schedule_from_state(self) -> None:
-        """(mutex held) Schedules rebuilt from the durable state: messages from each low
-        watermark on are looked at again; deliveries other processes hold (their leases) are
-        in flight until their deadlines."""
-        self._parts = [_Schedule(part.low) for part in self._state.parts]
-        now, wall = time.monotonic(), now_ms()
-        for p, part in enumerate(self._state.parts):
-            for off, until in part.leases.items():
-                self._lease(p, off, part.counts.get(off, 1), _due(until, now, wall))
-
     def _apply(self, news: Optional[List[Event]]) -> None:
         """(mutex held, in the state's transaction) Take what other processes recorded into the
-        schedule: their deliveries and extensions are in flight until their lease deadline,
-        their nacks delayed, their acks and dead-letterings gone (None: the state was folded
-        again from a checkpoint; the schedules are rebuilt from it)."""
-        if news is None:
-            self._schedule_from_state()
+        schedule (see ``Scheduler.apply``)."""
+        if self._sched.apply(news):
             self._wake()
-            return
-        if not news:
-            return
-        now, wall = time.monotonic(), now_ms()
-        for kind, p, off, count, t in news:
-            if p >= len(self._parts):
-                continue
-            sched = self._parts[p]
-            if kind == DELIVERED or kind == EXTENDED:
-                cur = sched.inflight.get(off)
-                if kind == DELIVERED or (cur is not None and cur[1] == count):
-                    until = _due(t, now, wall) if t else now + self.visibility_timeout
-                    self._lease(p, off, count, until)
-            elif kind == NACKED:
-                sched.inflight.pop(off, None)
-                heapq.heappush(sched.delayed, (_due(t, now, wall), off))
-            else:  # acked or dead-lettered
-                sched.inflight.pop(off, None)
-                sched.cache.pop(off, None)
-        self._wake()
 
     def _transaction(self) -> ContextManager[Optional[List[Event]]]:
         """(mutex held) The state's transaction in a shared store; nothing to take otherwise
@@ -235,9 +190,7 @@ class WorkQueue:
         state = self._state
         nxt = state.record(kind, p, off, count, t)
         if kind in DONE_KINDS:
-            sched = self._parts[p]
-            sched.cache.pop(off, None)
-            sched.inflight.pop(off, None)
+            self._sched.parts[p].forget(off)
         return self._maybe_checkpoint(nxt)
 
     def _record_many(self, events: List[Event]) -> int:
@@ -245,9 +198,7 @@ class WorkQueue:
         nxt = self._state.record_many(events)
         for kind, p, off, _count, _t in events:
             if kind in DONE_KINDS:
-                sched = self._parts[p]
-                sched.cache.pop(off, None)
-                sched.inflight.pop(off, None)
+                self._sched.parts[p].forget(off)
         return self._maybe_checkpoint(nxt)
 
     def _maybe_checkpoint(self, nxt: int) -> int:
@@ -302,79 +253,21 @@ class WorkQueue:
             raise LogClosedError(f"queue {self.name!r} is closed")
         self.store.check_open()
 
-    def _scan(self, p: int, now: float, now_ms: int, limit: int = 1000) -> None:
-        """Look at new messages of partition p: make them ready or delayed."""
-        sched = self._parts[p]
-        part = self._state.parts[p]
-        log = self.topic.partitions[p]
-        if sched.scan >= log.end_offset:
-            return
-        start = log.start_offset
-        if part.low < start:  # deleted under the queue (not by the store's retention)
-            lost = self._state.follow_start(p, start)
-            if lost:
-                self._state.warn_skipped(p, lost, start)
-        if sched.scan < part.low:
-            sched.scan = part.low
-        for rec in log.read_records(sched.scan, limit, None, p):
-            off = rec.offset
-            sched.scan = off + 1
-            if off < part.low or off in part.done:
-                continue
-            nb = part.not_before.get(off)
-            if nb is None:
-                raw = rec.headers.get(NOT_BEFORE_HEADER)
-                if raw is not None:
-                    try:
-                        nb = int(raw)
-                    except ValueError:
-                        nb = None
-            sched.cache[off] = rec
-            if nb is not None and nb > now_ms:
-                heapq.heappush(sched.delayed, (_due(nb, now, now_ms), off))
-            else:
-                heapq.heappush(sched.ready, off)
-
-    def _maintain(self, now: float) -> List[Tuple[int, int, int]]:
-        """Expire visibility timeouts, release due delayed messages. Returns messages that ran
-        out of deliveries (partition, offset, count) to dead-letter (outside the lock)."""
-        doomed = []
-        for p, sched in enumerate(self._parts):
-            part = self._state.parts[p]
-            dl = sched.deadlines
-            while dl and dl[0][0] <= now:
-                _, off, count = heapq.heappop(dl)
-                cur = sched.inflight.get(off)
-                if cur is None or cur[1] != count or cur[0] > now:
-                    continue  # acked, or extended (a newer deadline entry exists)
-                del sched.inflight[off]
-                if count >= self.max_deliveries:
-                    doomed.append((p, off, count))
-                else:
-                    heapq.heappush(sched.ready, off)
-            delayed = sched.delayed
-            while delayed and delayed[0][0] <= now:
-                _, off = heapq.heappop(delayed)
-                if off >= part.low and off not in part.done and off not in sched.inflight:
-                    part.not_before.pop(off, None)
-                    heapq.heappush(sched.ready, off)
-        return doomed
-
-    def _depth_total(self) -> int:
-        """Messages not yet done (ready, delayed, in flight, or not yet scanned)."""
-        total = 0
-        for p, part in enumerate(self._state.parts):
-            total += max(0, self.topic.partitions[p].end_offset - part.low - len(part.done))
-        return total
-
     # ------------------------------------------------------------------ producing
     def put(self, value: Optional[bytes], key: Optional[bytes] = None,
             headers: Optional[Dict[str, bytes]] = None, delay: float = 0,
-            timeout: Optional[float] = None) -> str:
-        """Enqueue a message (deliverable after ``delay`` seconds); return its id.
+            timeout: Optional[float] = None, *, priority: int = 0,
+            ttl: Optional[float] = None) -> Any:
+        """Enqueue a message (deliverable after ``delay`` seconds); return its id
+        (``"<partition>:<offset>"``).
 
-        With ``max_depth`` reached: ``overflow="reject"`` raises :class:`QueueFullError`;
-        ``"block"`` waits (up to ``timeout`` seconds, then QueueFullError).
+        ``priority`` (queues created with ``max_priority``): 0..max_priority, higher first.
+        ``ttl`` (default: the queue's ``message_ttl``): seconds after which the message is never
+        delivered but dead-lettered with reason ``expired``. With ``max_depth`` reached:
+        ``overflow="reject"`` raises :class:`QueueFullError`; ``"block"`` waits (up to
+        ``timeout`` seconds, then QueueFullError); ``"drop_newest"`` stores nothing and returns
+        False (counted: ``stats()["refused"]``); ``"drop_oldest"`` dead-letters the oldest
+        message not in flight with reason ``overflow`` to make room.
         """
         if self.closed or self.store.closed:
             self._check()
@@ -382,41 +275,74 @@ class WorkQueue:
             raise ValueError(f"delay must be a number of seconds >= 0, got {delay!r}")
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be >= 0 or None")
-        if self.max_depth is not None:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            with self._mutex:
-                self._catch_up()
-                while self._depth_total() >= self.max_depth:
-                    if self.overflow == "reject":
-                        raise QueueFullError(f"queue {self.name!r} holds max_depth="
-                                             f"{self.max_depth} messages")
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise QueueFullError(f"queue {self.name!r} stayed full for {timeout} s")
-                    self._sleep(0.05 if left is None else min(left, 0.05))
-                    self._check()
-                    self._catch_up()
-        not_before = None
+        if priority:
+            if isinstance(priority, bool) or not isinstance(priority, int) or not (
+                    0 <= priority <= (self.max_priority or 0)):
+                raise ValueError(f"priority must be an int in [0, {self.max_priority or 0}] "
+                                 f"(queue {self.name!r} has max_priority="
+                                 f"{self.max_priority}), got {priority!r}")
+        if ttl is None:
+            ttl = self.message_ttl
+        elif isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
+            raise ValueError(f"ttl must be None or seconds > 0, got {ttl!r}")
+        if self.max_depth is not None and not self._make_room(timeout):
+            self.refused += 1
+            return False
         ts = now_ms()
+        extra: Dict[str, bytes] = {}
         if delay:
-            headers = dict(headers or {})
-            not_before = ts + int(delay * 1000)
-            headers[NOT_BEFORE_HEADER] = str(not_before).encode()
+            extra[NOT_BEFORE_HEADER] = str(ts + int(delay * 1000)).encode()
+        if priority:
+            extra[PRIORITY_HEADER] = str(priority).encode()
+        if ttl is not None:
+            extra[EXPIRES_HEADER] = str(ts + int(ttl * 1000)).encode()
+        if extra:
+            headers = {**(headers or {}), **extra}
         p, off = self.topic.publish(value, key, headers, timestamp_ms=ts)
         with self._mutex:
-            sched = self._parts[p]
-            if sched.scan == off:
-                # Our own put, next in line: queue it from memory instead of reading it back.
-                sched.scan = off + 1
-                sched.cache[off] = Record(off, ts, None if key is None else bytes(key),
+            # Our own put, next in line: queued from memory instead of read back.
+            self._sched.take_in(p, Record(off, ts, None if key is None else bytes(key),
                                           None if value is None else bytes(value),
-                                          dict(headers or {}), p)
-                if not_before is not None:
-                    heapq.heappush(sched.delayed, (time.monotonic() + delay, off))
-                else:
-                    heapq.heappush(sched.ready, off)
+                                          dict(headers or {}), p), time.monotonic(), ts)
             self._wake()
         return f"{p}:{off}"
+
+    def _make_room(self, timeout: Optional[float]) -> bool:
+        """(max_depth set) Wait or make room as the overflow policy says; False: refuse the
+        put (drop_newest)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._mutex:
+            self._catch_up()
+            while self._sched.total() >= self.max_depth:
+                if self.overflow == "reject":
+                    raise QueueFullError(f"queue {self.name!r} holds max_depth="
+                                         f"{self.max_depth} messages")
+                if self.overflow == "drop_newest":
+                    return False
+                if self.overflow == "drop_oldest":
+                    with self._transaction() as news:
+                        self._apply(news)
+                        if self._sched.total() < self.max_depth:
+                            break
+                        self._sched.scan_all(time.monotonic(), now_ms())
+                        oldest = self._sched.oldest_waiting()
+                        if oldest is None:
+                            raise QueueFullError(
+                                f"queue {self.name!r} holds max_depth={self.max_depth} "
+                                f"messages, all in flight: none to drop")
+                        p, off = oldest
+                        count = self._state.parts[p].counts.get(off, 0)
+                        nxt = self._dead_letter_locked(p, off, count, "overflow")
+                    if nxt is not None:
+                        self._state.await_durable(nxt)
+                    continue
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise QueueFullError(f"queue {self.name!r} stayed full for {timeout} s")
+                self._sleep(0.05 if left is None else min(left, 0.05))
+                self._check()
+                self._catch_up()
+        return True
 
     # ------------------------------------------------------------------ consuming
     def get(self, timeout: Optional[float] = None) -> Optional[Message]:
@@ -442,7 +368,7 @@ class WorkQueue:
         deadline = None if timeout is None else time.monotonic() + timeout
         lease_ms = int(self.visibility_timeout * 1000)
         while True:
-            doomed: List[Tuple[int, int, int]] = []
+            doomed: List[Tuple[int, int, int, str]] = []
             with self._mutex:
                 if self.closed or self.store.closed:
                     self._check()
@@ -451,20 +377,22 @@ class WorkQueue:
                     now = time.monotonic()
                     wall = now_ms()
                     doomed = self._maintain(now)
-                    taken = []
+                    taken: List[Tuple[int, Record, int]] = []
                     while not doomed and len(taken) < n:
-                        got = self._take(now, wall)
+                        got = self._sched.take(now, wall)
                         if got is None:
                             break
-                        if got[2] > self.max_deliveries:
-                            # Counted deliveries (e.g. before a crash) exhausted: never hand
-                            # it out again (dead-lettered now, or by the next call).
+                        p, rec, count, expired = got
+                        if expired or count > self.max_deliveries:
+                            # Expired, or counted deliveries (e.g. before a crash) exhausted:
+                            # never handed out (dead-lettered now, or by the next call).
                             if taken:
-                                self._release_locked(got[0], got[1].offset, got[2])
+                                self._release_locked(p, rec.offset, count)
                             else:
-                                doomed.append((got[0], got[1].offset, got[2] - 1))
+                                doomed.append((p, rec.offset, count if expired else count - 1,
+                                               EXPIRED if expired else MAX_DELIVERIES))
                             break
-                        taken.append(got)
+                        taken.append((p, rec, count))
                     if taken:
                         # Delivery counts only bound redeliveries: written now (they survive
                         # a process crash) but not waited on for fsync; the next ack's covers
@@ -484,76 +412,34 @@ class WorkQueue:
                         return [Message(rec, p, count, self) for p, rec, count in taken]
                     if doomed and self._shared:
                         # Inside the transaction: one process dead-letters each message.
-                        for p, off, count in doomed:
-                            self._dead_letter_locked(p, off, count, "max_deliveries")
+                        for p, off, count, reason in doomed:
+                            self._dead_letter_locked(p, off, count, reason)
                         continue
                 if not doomed:
                     left = None if deadline is None else deadline - now
                     if left is not None and left <= 0:
                         return []
-                    self._sleep(self._wait_time(now, left))
+                    self._sleep(self._sched.wait_time(now, left))
                     continue
-            for p, off, count in doomed:
-                self._dead_letter(p, off, count, "max_deliveries")
+            for p, off, count, reason in doomed:
+                self._dead_letter(p, off, count, reason)
 
-    def _take(self, now: float, now_ms: int):
-        n = len(self._parts)
-        for i in range(n):
-            p = (self._rr + i) % n
-            sched = self._parts[p]
-            part = self._state.parts[p]
-            if not sched.ready:
-                self._scan(p, now, now_ms)
-            while sched.ready:
-                off = heapq.heappop(sched.ready)
-                if off < part.low or off in part.done or off in sched.inflight:
-                    continue
-                rec = sched.cache.pop(off, None)
-                if rec is None:
-                    rec = self.topic.partitions[p].read_records(off, 1, None, p)[0]
-                count = part.counts.get(off, 0) + 1
-                deadline = now + self.visibility_timeout
-                sched.inflight[off] = (deadline, count)
-                heapq.heappush(sched.deadlines, (deadline, off, count))
-                self._rr = p + 1
-                return p, rec, count
-        return None
-
-    def _wait_time(self, now: float, left: Optional[float]) -> float:
-        waits = [0.05]  # also notice messages published by other paths than put()
-        if left is not None:
-            waits.append(left)
-        for sched in self._parts:
-            if sched.deadlines:
-                waits.append(sched.deadlines[0][0] - now)
-            if sched.delayed:
-                waits.append(sched.delayed[0][0] - now)
-        return max(0.0, min(waits))
+    def _maintain(self, now: float) -> List[Tuple[int, int, int, str]]:
+        """(mutex held) Expire leases, release due delays; the messages out of deliveries, to
+        dead-letter ``(partition, offset, count, reason)``."""
+        return [(p, off, count, MAX_DELIVERIES)
+                for p, off, count in self._sched.maintain(now, self.max_deliveries)]
 
     def _release_locked(self, p: int, off: int, count: int) -> None:
-        sched = self._parts[p]
-        if sched.inflight.get(off, (0, None))[1] == count:
-            del sched.inflight[off]
-            heapq.heappush(sched.ready, off)
+        self._sched.release(p, off, count)
         self._wake()
 
-    def _claim(self, msg: Message) -> _Schedule:
+    def _claim(self, msg: Message) -> Tuple[float, int]:
         """(mutex held) Validate that ``msg`` is this queue's current delivery and take it out
-        of flight."""
+        of flight; returns its ``(deadline, count)``."""
         if not isinstance(msg, Message) or msg.queue is not self:
             raise AckError(f"not a message of queue {self.name!r}: {msg!r}")
-        sched = self._parts[msg.partition]
-        cur = sched.inflight.get(msg.offset)
-        if cur is None or cur[1] != msg.delivery_count:
-            if not self._state.unsettled(msg.partition, msg.offset):
-                raise AckError(f"message {msg.id} is already done (acked or dead-lettered)")
-            raise AckError(f"message {msg.id} (delivery {msg.delivery_count}) expired: its "
-                           f"visibility timeout passed and it is or will be delivered again")
-        if cur[0] <= time.monotonic():
-            raise AckError(f"message {msg.id} (delivery {msg.delivery_count}) expired: its "
-                           f"visibility timeout passed and it is or will be delivered again")
-        sched.last_claimed = sched.inflight.pop(msg.offset)
-        return sched
+        return self._sched.claim(msg.id, msg.partition, msg.offset, msg.delivery_count)
 
     def ack(self, msg: Message) -> None:
         """Mark ``msg`` done, durably: it is never delivered again. AckError if unknown,
@@ -590,19 +476,20 @@ class WorkQueue:
                 claimed: List[Tuple[Message, Tuple[float, int]]] = []
                 try:
                     for msg in msgs:
-                        sched = self._claim(msg)
-                        claimed.append((msg, sched.last_claimed))
+                        claimed.append((msg, self._claim(msg)))
                     nxt = self._record_many([(ACKED, m.partition, m.offset, m.delivery_count, 0)
                                              for m in msgs])
                 except BaseException:
                     for msg, (until, count) in claimed:  # back in flight, as they were
-                        self._parts[msg.partition].inflight[msg.offset] = (until, count)
+                        self._sched.lease(msg.partition, msg.offset, count, until)
                     raise
             self._wake()
         self._settle(nxt)
 
     def _undo_claim_locked(self, msg: Message) -> None:
-        heapq.heappush(self._parts[msg.partition].ready, msg.offset)
+        """(mutex held) Recording an ack/nack failed: the message is ready again (nothing was
+        stored; it is delivered again, at least once)."""
+        self._sched.parts[msg.partition].make_ready(msg.offset)
         self._wake()
 
     def nack(self, msg: Message, delay: Optional[float] = None) -> None:
@@ -613,9 +500,11 @@ class WorkQueue:
             raise ValueError(f"delay must be None or seconds >= 0, got {delay!r}")
         with self._mutex:
             self._check()
+            dead = False
+            settle: Optional[int] = None
             with self._transaction() as news:
                 self._apply(news)
-                sched = self._claim(msg)
+                self._claim(msg)
                 if msg.delivery_count < self.max_deliveries:
                     if delay is None:
                         base, cap = self.backoff
@@ -627,18 +516,18 @@ class WorkQueue:
                     except BaseException:
                         self._undo_claim_locked(msg)
                         raise
-                    heapq.heappush(sched.delayed, (time.monotonic() + delay, msg.offset))
+                    self._sched.delay(msg.partition, msg.offset, delay)
                     self._wake()
-                    nxt_or_none: Optional[int] = nxt
-                elif self._shared:
-                    nxt_or_none = self._dead_letter_locked(msg.partition, msg.offset,
-                                                           msg.delivery_count, "max_deliveries")
+                    settle = nxt
+                elif self._shared:  # (inside the transaction: one process dead-letters it)
+                    settle = self._dead_letter_locked(msg.partition, msg.offset,
+                                                      msg.delivery_count, MAX_DELIVERIES)
                 else:
-                    nxt_or_none = None
-        if nxt_or_none is None:
-            self._dead_letter(msg.partition, msg.offset, msg.delivery_count, "max_deliveries")
-        else:
-            self._settle(nxt_or_none)
+                    dead = True
+        if dead:
+            self._dead_letter(msg.partition, msg.offset, msg.delivery_count, MAX_DELIVERIES)
+        elif settle is not None:
+            self._settle(settle)
 
     def extend(self, msg: Message, seconds: float) -> None:
         """Keep ``msg`` invisible to others for ``seconds`` from now (AckError if expired)."""
@@ -652,8 +541,8 @@ class WorkQueue:
                 if self._shared:  # the other processes learn the new deadline
                     self._record(EXTENDED, msg.partition, msg.offset, msg.delivery_count,
                                  now_ms() + int(seconds * 1000))
-                self._lease(msg.partition, msg.offset, msg.delivery_count,
-                            time.monotonic() + seconds)
+                self._sched.lease(msg.partition, msg.offset, msg.delivery_count,
+                                  time.monotonic() + seconds)
 
     def _publish_dead_letter(self, p: int, off: int, count: int, reason: str) -> None:
         """Copy message ``off`` of partition ``p`` to the dead-letter topic (if there is one)."""
@@ -673,7 +562,7 @@ class WorkQueue:
         if not self._state.unsettled(p, off):
             return None
         self._publish_dead_letter(p, off, count, reason)
-        nxt = self._record(DEAD_LETTERED, p, off, count)
+        nxt = self._record(DEAD_LETTERED, p, off, count, DEAD_LETTER_REASONS.index(reason))
         self._wake()
         return nxt
 
@@ -682,7 +571,7 @@ class WorkQueue:
         with self._mutex:
             if not self._state.unsettled(p, off):
                 return  # dead-lettered meanwhile by another thread: one D event only
-            nxt = self._record(DEAD_LETTERED, p, off, count)
+            nxt = self._record(DEAD_LETTERED, p, off, count, DEAD_LETTER_REASONS.index(reason))
             self._wake()
         self._settle(nxt)
 
@@ -730,8 +619,11 @@ class WorkQueue:
 
     # ------------------------------------------------------------------ introspection
     def stats(self) -> Dict[str, Any]:
-        """``depth`` (ready now), ``in_flight``, ``delayed``, ``dead_lettered``, ``oldest_age_s``
-        (age of the oldest message not yet done), ``total`` (not yet done)."""
+        """``depth`` (ready now), ``in_flight``, ``delayed``, ``dead_lettered`` (in the
+        dead-letter topic, not redriven), ``oldest_age_s`` (age of the oldest message not yet
+        done), ``total`` (not yet done), ``skipped``; ``expired`` and ``overflow`` (messages
+        dead-lettered for those reasons, ever: durable counts), ``refused`` (puts refused by
+        ``overflow="drop_newest"``, by this object)."""
         with self._mutex:
             self._check()
             with self._transaction() as news:
@@ -740,20 +632,20 @@ class WorkQueue:
                 wall = now_ms()
                 doomed = self._maintain(now)
                 if doomed and self._shared:
-                    for p, off, count in doomed:
-                        self._dead_letter_locked(p, off, count, "max_deliveries")
+                    for p, off, count, reason in doomed:
+                        self._dead_letter_locked(p, off, count, reason)
                     doomed = []
-            for p in range(len(self._parts)):
-                while self._parts[p].scan < self.topic.partitions[p].end_offset:
-                    self._scan(p, now, wall, 10_000)
-            in_flight = sum(len(sched.inflight) for sched in self._parts)
-            delayed = sum(len({o for _, o in sched.delayed if self._state.unsettled(p, o)})
-                          for p, sched in enumerate(self._parts))
-            total = self._depth_total()
+            sched = self._sched
+            sched.scan_all(now, wall)
+            in_flight = sched.in_flight()
+            delayed = sched.delayed_count()
+            total = sched.total()
             lows = [(p, part.low) for p, part in enumerate(self._state.parts)
                     if part.low < self.topic.partitions[p].end_offset]
-        for p, off, count in doomed:
-            self._dead_letter(p, off, count, "max_deliveries")
+            dropped = [sum(part.dropped[i] for part in self._state.parts)
+                       for i in range(len(DEAD_LETTER_REASONS))]
+        for p, off, count, reason in doomed:
+            self._dead_letter(p, off, count, reason)
         oldest = None
         for p, low in lows:
             ts = self.topic.partitions[p].get(low).timestamp_ms
@@ -766,7 +658,34 @@ class WorkQueue:
             "oldest_age_s": 0.0 if oldest is None else max(0.0, (wall - oldest) / 1000.0),
             "total": total,
             "skipped": self._state.skipped,
+            "expired": dropped[DEAD_LETTER_REASONS.index(EXPIRED)],
+            "overflow": dropped[DEAD_LETTER_REASONS.index(OVERFLOW)],
+            "refused": self.refused,
         }
+
+    def pending(self) -> int:
+        """Messages not yet done and not in flight (ready, delayed, or not yet looked at),
+        across every process of a shared store."""
+        with self._mutex:
+            self._check()
+            self._catch_up()
+            return max(0, self._sched.total() - self._sched.in_flight())
+
+    def not_done(self, message_ids: Iterable[str]) -> List[str]:
+        """Those of ``message_ids`` (``"<partition>:<offset>"``, as :meth:`put` returns them)
+        that are not done yet (acked or dead-lettered, by any process)."""
+        parsed = []
+        for mid in message_ids:
+            try:
+                p, off = (int(x) for x in mid.split(":"))
+                self._sched.parts[p]
+            except (ValueError, IndexError, AttributeError):
+                raise ValueError(f"not a message id of queue {self.name!r}: {mid!r}") from None
+            parsed.append((mid, p, off))
+        with self._mutex:
+            self._check()
+            self._catch_up()
+            return [mid for mid, p, off in parsed if self._state.unsettled(p, off)]
 
     def low_watermarks(self) -> Dict[int, int]:
         """``{partition: first offset not yet done}`` (drives queue retention)."""
@@ -789,7 +708,14 @@ class WorkQueue:
     def __len__(self) -> int:
         with self._mutex:
             self._catch_up()
-            return self._depth_total()
+            return self._sched.total()
+
+    def __enter__(self) -> "WorkQueue":
+        self._check()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"<logstore.WorkQueue {self.name!r}>"
