@@ -493,7 +493,7 @@ def test_read_only_store_with_outputs_is_refused(tmp_path):
     with logstore.Store.open(tmp_path, fsync="never") as store:
         _publish_events(store, 0, 10)
     with logstore.Store.open(tmp_path, readonly=True) as ro:
-        with pytest.raises(logstore.ReadOnlyError, match="multi-writer"):
+        with pytest.raises(logstore.ReadOnlyError, match="shared=True"):
             _count_app(ro).run(until_caught_up=True)
 
 

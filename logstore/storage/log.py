@@ -296,7 +296,7 @@ class Log:
         """The first offset still in the log."""
         with self._lock:
             self._check_open()
-            if self.readonly:
+            if self._follows:  # (a reader, or a shared writer: another process's retention)
                 self._refresh_locked()
             return self._segs.start_offset
 
@@ -739,9 +739,8 @@ class Log:
             self._check_writable()
             t = self._shared_enter_locked() if self._shared is not None else None
             try:
-                removed = delete_expired(self._segs, config, keep_from, protect_from)
-                if removed and t is not None:
-                    self._shared.segments_changed()
+                removed = delete_expired(self._segs, config, keep_from, protect_from,
+                                         self._shared.segments_changed if t else None)
                 start = self._segs.start_offset
             finally:
                 if t is not None:

@@ -454,6 +454,9 @@ def swapping(lock: threading.Lock, shared: Optional[SharedWriter]) -> Iterator[N
             return
         t = shared.enter()
         try:
+            # Bumped first too: a cleaner killed half-way (a segment renamed away, the write lock
+            # released by its death) leaves the new epoch, so the others list the directory again.
+            shared.segments_changed()
             yield
             shared.segments_changed()
         finally:

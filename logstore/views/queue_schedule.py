@@ -235,7 +235,7 @@ class Scheduler:
                 sched = self.parts[p]
                 if not sched.ready and not self.priorities:
                     self.scan(p, now, wall)
-                head = self._head(p)
+                head = self._head(p, wall)
                 if head is not None and (best is None or head[0] < best[0][0]):
                     best = (head, p)  # (equal priorities: the first in round-robin order)
                 if best is not None and not self.priorities:
@@ -257,15 +257,18 @@ class Scheduler:
             expires = sched.expires.get(off)
             return p, rec, count, expires is not None and expires <= wall
 
-    def _head(self, p: int) -> Optional[Tuple[int, int]]:
+    def _head(self, p: int, wall: int) -> Optional[Tuple[int, int]]:
         """The partition's best ready entry ``(-priority, offset)`` still deliverable (stale
-        heap entries dropped), not popped."""
+        heap entries dropped), not popped. An entry made ready before another process took the
+        message and nacked it with a delay is stale too: the delayed heap has it, due then."""
         sched = self.parts[p]
         part = self.state.parts[p]
         ready = sched.ready
+        not_before = part.not_before
         while ready:
             off = ready[0][1]
-            if off < part.low or off in part.done or off in sched.inflight:
+            if (off < part.low or off in part.done or off in sched.inflight
+                    or (not_before and not_before.get(off, 0) > wall)):
                 heapq.heappop(ready)
                 continue
             return ready[0]

@@ -119,13 +119,17 @@ class Topic:
         since = now_ms() - int(self.store.dedup_window_s * 1000)
         found = []
         for p, log in enumerate(self.partitions):
-            end = log.end_offset
-            start = max(self._dedup_seen[p], log.start_offset)
-            if start < end:
-                for rec in log.replay(start, end):
-                    published, mid = _msg_id_of(rec)
-                    if mid is not None and published >= since:
-                        found.append((published, mid, p, rec.offset))
+            # Under the partition's write lock: a publisher killed inside its append (after the
+            # write, before it told the others) left a whole record that the next holder of the
+            # lock adopts; its msg id must be seen, or the retry would store it twice.
+            with log.transaction():
+                end = log.end_offset
+                start = max(self._dedup_seen[p], log.start_offset)
+                if start < end:
+                    for rec in log.replay(start, end):
+                        published, mid = _msg_id_of(rec)
+                        if mid is not None and published >= since:
+                            found.append((published, mid, p, rec.offset))
             self._dedup_seen[p] = end
         for published, mid, p, off in sorted(found):
             self._dedup.pop(mid, None)
@@ -188,21 +192,34 @@ class Topic:
                 published = now_ms()
                 self._expire_dedup(published)
                 seen = self._dedup.get(msg_id)
-                if seen is not None:
-                    return seen[0], seen[1]
-                headers = dict(headers or {})
-                headers[MSG_ID_HEADER] = msg_id.encode("utf-8")
-                if timestamp_ms is not None:
-                    headers[MSG_ID_TIME_HEADER] = str(published).encode()
-                offset = log.append(value, key=key, headers=headers, timestamp_ms=ts)
-                if self._dedup_seen[partition] == offset:
-                    self._dedup_seen[partition] = offset + 1
-                self._dedup.pop(msg_id, None)
-                self._dedup[msg_id] = (partition, offset, published)
+                if seen is None:
+                    offset = self._publish_new_id(log, msg_id, value, key, headers, ts,
+                                                  timestamp_ms, published, partition)
+            if seen is not None:
+                # The first publish may not be durable yet (another thread waiting for its
+                # fsync, or a process killed before it): the retry's return promises what an
+                # append's return does under the fsync policy.
+                self.partitions[seen[0]].await_policy(seen[1] + 1)
+                return seen[0], seen[1]
         else:
             offset = log.append(value, key=key, headers=headers, timestamp_ms=ts)
         self.store.notify_published(self, partition, offset, ts, key, value, headers)
         return partition, offset
+
+    def _publish_new_id(self, log: Log, msg_id: str, value: Optional[bytes],
+                        key: Optional[bytes], headers: Optional[Dict[str, bytes]], ts: int,
+                        timestamp_ms: Optional[int], published: int, partition: int) -> int:
+        """(dedup locks held) Append a message whose msg id is not in the window."""
+        headers = dict(headers or {})
+        headers[MSG_ID_HEADER] = msg_id.encode("utf-8")
+        if timestamp_ms is not None:
+            headers[MSG_ID_TIME_HEADER] = str(published).encode()
+        offset = log.append(value, key=key, headers=headers, timestamp_ms=ts)
+        if self._dedup_seen[partition] == offset:
+            self._dedup_seen[partition] = offset + 1
+        self._dedup.pop(msg_id, None)
+        self._dedup[msg_id] = (partition, offset, published)
+        return offset
 
     def publish_batch(
         self,
