@@ -339,6 +339,47 @@ def test_two_processes_on_read_only_stores_split_partitions_and_restore_state(tm
         store.close()
 
 
+def test_two_writing_processes_split_partitions_with_outputs_exactly_once(tmp_path):
+    """Two processes on stores opened with shared=True run a processor that writes an output
+    topic: the second takes half of the partitions mid-stream (state restored from the
+    changelogs); every input record is in the output exactly once and the counts are exact."""
+    root = str(tmp_path)
+    store = logstore.Store.open(root, shared=True, fsync="never")
+    try:
+        topic = store.topic("events", partitions=4)
+        store.topic("copy", partitions=4)
+        topic.publish_batch([b"%d" % i for i in range(4000)],
+                            keys=[b"k%d" % (i % 40) for i in range(4000)])
+        member = [sys.executable, os.path.join(HERE, "processing_member.py"), root, "shared"]
+        a = subprocess.Popen(member, stdout=subprocess.PIPE, text=True)
+        lines_a = _Lines(a)
+        _wait(lambda: lp.describe(store) and lp.describe(store)[0]["lag"] == 0)
+        b = subprocess.Popen(member, stdout=subprocess.PIPE, text=True)
+        lines_b = _Lines(b)
+        _wait(lambda: lines_b.held() and lines_a.held() and
+              sorted(lines_a.held() + lines_b.held()) == [0, 1, 2, 3])
+        for start in range(4000, 8000, 500):  # published while both run
+            topic.publish_batch([b"%d" % i for i in range(start, start + 500)],
+                                keys=[b"k%d" % (i % 40) for i in range(start, start + 500)])
+        _wait(lambda: lp.describe(store)[0]["lag"] == 0)
+        for p in (a, b):
+            p.send_signal(signal.SIGTERM)
+        assert a.wait(timeout=30) == 0 and b.wait(timeout=30) == 0
+        assert sum(t["restored_entries"] for t in lines_b.final()["tasks"]) > 0
+        out = sorted(int(r.value) for log in store.topic("copy").partitions
+                     for r in log.replay())
+        assert out == list(range(8000))  # each exactly once: none lost, none doubled
+        state = lp.read_state(store, "counter", "counts")
+        expect = {}
+        for i in range(8000):
+            d = expect.setdefault(b"k%d" % (i % 40), {"n": 0, "sum": 0})
+            d["n"] += 1
+            d["sum"] += i
+        assert state == expect
+    finally:
+        store.close()
+
+
 class _Lines:
     """Reads a member process's stdout in a thread."""
 
@@ -452,7 +493,7 @@ def test_read_only_store_with_outputs_is_refused(tmp_path):
     with logstore.Store.open(tmp_path, fsync="never") as store:
         _publish_events(store, 0, 10)
     with logstore.Store.open(tmp_path, readonly=True) as ro:
-        with pytest.raises(logstore.ReadOnlyError, match="multi-writer"):
+        with pytest.raises(logstore.ReadOnlyError, match="shared=True"):
             _count_app(ro).run(until_caught_up=True)
 
 
@@ -470,3 +511,40 @@ def test_two_streams_of_one_topic_are_branches_of_one_reading(tmp_path):
         odd = sorted(int(v) for _k, v, _t in _read(store, "odd", bytes)[0])
         assert even == list(range(0, 400, 2)) and odd == list(range(1, 400, 2))
         assert len(lp.describe(store)[0]["stages"]) == 1
+
+
+def test_logstore_stats_shows_each_processors_lag_late_and_state(tmp_path):
+    """``logstore stats`` (text and --json) lists every processor with its input lag, late
+    records and state size, per stage and input partition; a damaged processor metadata file
+    is reported as a problem (exit 1), not dropped."""
+    with logstore.Store.open(tmp_path, fsync="never") as store:
+        _publish_events(store, 0, 100)
+        _count_app(store).run(until_caught_up=True)
+        _publish_events(store, 100, 130)  # 30 records the processor has not seen: its lag
+
+    def stats(*args):
+        return subprocess.run([sys.executable, "-m", "logstore.cli", "stats", str(tmp_path),
+                               *args], capture_output=True, text=True, timeout=120)
+
+    out = stats("--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    (proc,) = doc["processors"]
+    assert proc["processor"] == "counter" and proc["lag"] == 30 and proc["late"] == 0
+    assert proc["state_entries"] == 20 and proc["state_bytes"] > 0
+    assert proc["records_in"] == 100
+    rows = proc["stages"][0]["partitions"]
+    assert sum(r["lag"] for r in rows) == 30 and len(rows) == 4
+    text = stats()
+    assert text.returncode == 0, text.stderr
+    assert "stream processors:" in text.stdout and "counter" in text.stdout
+    line = next(ln for ln in text.stdout.splitlines() if ln.strip().startswith("counter"))
+    assert line.split()[1:3] == ["30", "0"]  # lag, late
+    meta = next(os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs
+                if f == "processor.json")
+    with open(meta, "wb") as f:
+        f.write(b"{not json")
+    bad = stats("--json")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    doc = json.loads(bad.stdout)
+    assert doc["processors"][0].get("error") and doc["problems"]
