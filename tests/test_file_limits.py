@@ -23,7 +23,7 @@ import textwrap
 import pytest
 
 import logstore
-from logstore.errors import StorageError
+from logstore.errors import ConfigError, StorageError
 from logstore.fs import FileSystem
 from logstore.storage.filecache import FILE_CACHE, MIN_OPEN_FILES, default_max_open_files
 
@@ -377,6 +377,9 @@ def test_the_setting(monkeypatch, limit):
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft != resource.RLIM_INFINITY:
         assert default_max_open_files() == max(MIN_OPEN_FILES, soft // 2)
+    monkeypatch.setenv("LOGSTORE_MAX_OPEN_FILES", "many")
+    with pytest.raises(ConfigError, match="LOGSTORE_MAX_OPEN_FILES"):
+        default_max_open_files()
     monkeypatch.setenv("LOGSTORE_MAX_OPEN_FILES", "300")
     assert default_max_open_files() == 300
     limit(100)

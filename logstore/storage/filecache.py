@@ -43,7 +43,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any, List, Optional, Tuple
 
-from ..errors import OffsetOutOfRangeError
+from ..errors import ConfigError, OffsetOutOfRangeError
 
 try:
     import resource
@@ -66,7 +66,10 @@ def default_max_open_files() -> int:
     :data:`MIN_OPEN_FILES`)."""
     env = os.environ.get("LOGSTORE_MAX_OPEN_FILES")
     if env:
-        return max(MIN_OPEN_FILES, int(env))
+        try:
+            return max(MIN_OPEN_FILES, int(env))
+        except ValueError:
+            raise ConfigError(f"LOGSTORE_MAX_OPEN_FILES={env!r}: not an integer") from None
     soft = 1024
     if resource is not None:
         soft_limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -78,7 +81,9 @@ def default_max_open_files() -> int:
 
 
 def max_open_files() -> int:
-    """How many descriptors segments may keep open between uses (see the module docstring)."""
+    """How many descriptors the segments of this process may keep open between uses: the
+    value given to :func:`set_max_open_files`, else ``LOGSTORE_MAX_OPEN_FILES``, else half the
+    soft ``RLIMIT_NOFILE`` (see the module docstring)."""
     global _limit
     if _limit is None:
         _limit = default_max_open_files()
@@ -86,11 +91,14 @@ def max_open_files() -> int:
 
 
 def set_max_open_files(n: Optional[int]) -> None:
-    """Set the process-wide limit (None: back to the default). Segments over it let go of their
-    files at their next registration."""
+    """Set the process-wide bound on the files segments keep open between uses (``None``: back
+    to the default, :func:`max_open_files`). Past it the least recently opened segments close
+    their files, reopened on demand (see the module docstring); lowering it takes effect as
+    segments next open a file. :class:`~logstore.errors.ConfigError` (a ValueError) below
+    :data:`MIN_OPEN_FILES`."""
     global _limit
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < MIN_OPEN_FILES):
-        raise ValueError(f"max_open_files must be an int >= {MIN_OPEN_FILES} (got {n!r})")
+        raise ConfigError(f"max_open_files must be an int >= {MIN_OPEN_FILES} (got {n!r})")
     _limit = n
 
 
