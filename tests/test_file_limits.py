@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -306,6 +307,47 @@ def test_failed_fsync_before_closing_a_descriptor_poisons_the_log(tmp_path, limi
     assert not log.recovery_report.clean
     assert [r.value for r in log.replay(0)] == [b"acknowledged, not yet synced"]
     log.close()
+
+
+def test_group_commit_racing_a_failed_eviction_fsync_acknowledges_nothing(tmp_path, limit):
+    """The eviction's fsync fails while a group-commit leader's fsync of the same open file is
+    under way: that fsync then succeeds (the error was reported to the eviction's call), and
+    must not make the append durable."""
+    limit(MIN_OPEN_FILES)
+    d = str(tmp_path / "victim")
+    entered, go = threading.Event(), threading.Event()
+    leader = {}
+
+    class Racing(FileSystem):
+        def fdatasync(self, fd):
+            if threading.current_thread() is leader.get("thread"):
+                entered.set()
+                assert go.wait(60)
+            elif leader and os.readlink(f"/proc/self/fd/{fd}").startswith(d):
+                raise OSError(errno.EIO, "injected write-back error")
+            super().fdatasync(fd)
+
+    log = logstore.Log.open(d, fs=Racing(), fsync="always")
+    result = {}
+
+    def append():
+        try:
+            result["offset"] = log.append(b"racing")
+        except StorageError as e:
+            result["error"] = e
+
+    leader["thread"] = t = threading.Thread(target=append)
+    t.start()
+    assert entered.wait(60)  # the appender leads an fsync, parked inside it
+    fillers = evict_everything(tmp_path)  # the victim's eviction fsync fails meanwhile
+    go.set()
+    t.join(60)
+    assert "offset" not in result, "acknowledged after a failed fsync"
+    assert isinstance(result.get("error"), StorageError)
+    with pytest.raises(StorageError):
+        log.close()
+    for f in fillers:
+        f.close()
 
 
 def test_eviction_fsyncs_unsynced_bytes_before_closing(tmp_path, limit):

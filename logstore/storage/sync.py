@@ -165,6 +165,10 @@ class GroupCommit:
             self._syncing = False
             if error is not None:
                 self.fail(error)
+            elif synced and self.failed is not None:
+                # Poisoned meanwhile (the file cache's fsync before closing the descriptor
+                # failed, on the same open file: this fsync no longer sees that error).
+                synced = False
             elif synced and upto > self.durable_offset:
                 self.durable_offset = upto
             # Unless it synced, every parked thread wakes: to see the error, or to lead.
