@@ -46,7 +46,8 @@ from ..errors import (
     RecordTooLargeError,
     StorageError,
 )
-from ..format.decode import DecodedBatch, extract_record
+from ..format.decode import DecodedBatch
+from ..format.extract import extract_record
 from ..format.encode import (
     PreparedBatch, check_batch_shape, check_timestamp, frame, frame_single, prepare_batch,
     prepare_from_buffer, prepare_one,
@@ -168,6 +169,7 @@ class Log:
                 if not meta.is_empty_dir(d):
                     raise NotALogError(f"{d} is not empty and has no {META_NAME}")
                 found = meta.create_meta(d, self._fs, {})
+            meta.upgrade_meta(d, self._fs, found)  # version 1 logs: before any write
             self.meta = found
             if found.get("settings", {}).get("compacted"):
                 self._allow_gaps = True
@@ -609,13 +611,9 @@ class Log:
             segs = self._segs
             bases = segs.bases
             if bases and bases[0] <= offset < end:
-                seg = segs.items[bisect.bisect_right(bases, offset) - 1]
-                found = seg.quick_locate(offset)
-                if found is not None:
-                    buf, at, h, pos = found
-                    rec = extract_record(buf, h, offset, seg.path, pos, at)
-                    if rec is not None:
-                        return rec
+                rec = segs.items[bisect.bisect_right(bases, offset) - 1].quick_get(offset)
+                if rec is not None:
+                    return rec
             self._check_get_range(offset, end)
             seg, buf, at, h, pos = batch_for(self._segs, offset)
             rec = extract_record(buf, h, offset, seg.path, pos, at)

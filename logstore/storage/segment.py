@@ -26,8 +26,15 @@ import numpy as np
 
 from ..errors import CorruptLogError, OffsetOutOfRangeError
 from ..format.decode import DecodedBatch, decode
-from ..format.header import ALIGN, ATTR_OFFSET_DELTAS, BatchHeader, CODEC_MASK, FORMAT_VERSION, HEADER, HEADER_SIZE, KNOWN_ATTRS, MAGIC, MAGIC_INT, MAX_BATCH_LENGTH, MAX_TIMESTAMP, STEP, WALK, check_header, crc_ok, header_problem, parse_header
+from ..format.extract import extract_record, find_record
+from ..format.header import (
+    ALIGN, ATTR_OFFSET_DELTAS, CHUNK_SHIFT_AT, CODEC_MASK, FORMAT_VERSION, HEADER, HEADER_SIZE,
+    KNOWN_ATTRS, KNOWN_ATTRS_V2, MAGIC, MAGIC_INT, MAX_BATCH_LENGTH, MAX_CHUNK_SHIFT,
+    MAX_TIMESTAMP, MIN_CHUNK_SHIFT, STEP, VERSION_1, WALK, BatchHeader, check_header, crc_ok,
+    header_problem, parse_header,
+)
 from ..fs import FileSystem
+from ..record import Record
 from ..format.names import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
 from .active_file import ActiveFile
 from .tail import RecoveryReport, inspect_active
@@ -49,6 +56,7 @@ def zeros_between(fd: int, pos: int, end: int) -> bool:
 
 # Batches quick_locate leaves to the general path: compressed, with offset deltas, unknown flags.
 _NOT_QUICK = CODEC_MASK | ATTR_OFFSET_DELTAS | ~KNOWN_ATTRS
+_NOT_QUICK_V2 = CODEC_MASK | ATTR_OFFSET_DELTAS | ~KNOWN_ATTRS_V2
 
 
 class ScannedBatch(NamedTuple):
@@ -489,6 +497,23 @@ class Segment:
                 pos = 0
         return self.walk_to(offset, pos)
 
+    def quick_get(self, offset: int) -> Optional[Record]:
+        """``get``'s common route: the record at ``offset``, or None ("take the general
+        route": :meth:`find`, which handles and reports every case). A loaded index whose hint
+        checks out, then :func:`~logstore.format.extract.find_record` over the mapping (a
+        reader's pread-only active segment: :meth:`quick_locate`)."""
+        oi = self._offset_index
+        size = self.size
+        if oi is None or size <= 0 or offset >= self.next_offset:
+            return None
+        if self.use_pread or self.writer is not None and self.writer.pending:
+            found = self.quick_locate(offset)
+            return None if found is None else extract_record(found[0], found[2], offset,
+                                                              self.path, found[3], found[1])
+        mm = self._map if self._map_len >= size else self.mapped(size)
+        rel, pos = oi.lookup(offset - self.base_offset)
+        return find_record(mm, pos, size, self.base_offset + rel, offset, self.path)
+
     def quick_locate(self, offset: int) -> Optional[Tuple[Any, int, tuple, int]]:
         """``get``'s common route to the batch holding ``offset``: ``(buf, at, header,
         position)``, its bytes being ``buf[at : at + header[2]]`` (the mapping, or bytes read
@@ -539,9 +564,20 @@ class Segment:
             expect = base + last_delta + 1
             if expect > offset:
                 h = HEADER.unpack_from(raw, 0 if mm is None else pos)
+                a = h[4]
+                table = 0
+                if h[3] == FORMAT_VERSION:
+                    shift = (a >> CHUNK_SHIFT_AT) & 0x1F
+                    if shift:
+                        if not MIN_CHUNK_SHIFT <= shift <= MAX_CHUNK_SHIFT or h[10] < 1:
+                            return None
+                        table = ((h[10] + (1 << shift) - 1) >> shift) * 4
+                    if a & _NOT_QUICK_V2:
+                        return None
+                elif h[3] != VERSION_1 or a & _NOT_QUICK:
+                    return None
                 if (length > MAX_BATCH_LENGTH or h[9] != h[8] - 1 or h[8] < 1
-                        or h[4] & _NOT_QUICK or h[3] != FORMAT_VERSION
-                        or not length - ALIGN < HEADER_SIZE + h[10] <= length
+                        or not length - ALIGN < HEADER_SIZE + table + h[10] <= length
                         or h[6] < 0 or h[7] < 0):
                     # (header_problem's checks, on the plain tuple) odd or compressed:
                     return None  # the general path decides and reports
@@ -685,7 +721,7 @@ class Segment:
                 if pos + h.length > end:
                     raise CorruptLogError("truncated batch (torn write)", self.path, pos)
                 data = buf if buf is not None else os.pread(self.fd, h.length, pos)
-                decode(data, pos if buf is not None else 0, h, self.path, pos)
+                decode(data, pos if buf is not None else 0, h, self.path, pos, deep=True)
                 if h.base_offset < expect:
                     raise CorruptLogError(
                         f"batch base offset {h.base_offset} goes back (expected >= {expect})",
