@@ -11,7 +11,6 @@ checks only the bytes it reads, is :mod:`logstore.format.extract`. No I/O.
 from __future__ import annotations
 
 import threading
-from functools import partial
 from itertools import repeat
 from typing import Any, Dict, List, Optional
 
@@ -21,7 +20,7 @@ import zstandard
 from ..errors import CorruptLogError
 from ..record import Record
 from .columns import (
-    EMPTY_HEADERS, end_columns, end_columns_numpy, length_columns, parse_headers,
+    EMPTY_HEADERS, end_columns, end_columns_numpy, length_columns, make_records, parse_headers,
 )
 from .header import (
     ATTR_HEADERS, ATTR_KEYS, ATTR_OFFSET_DELTAS, ATTR_TIMESTAMPS, CODEC_MASK, CODEC_ZSTD,
@@ -433,10 +432,7 @@ class DecodedBatch:
             path, where = self._path, self.position
             hdrs = [parse_headers(data[s : s + l], path, where) if l else EMPTY_HEADERS
                     for s, l in zip(hs, hl)]
-        return list(map(_make_record, zip(offs, tss, keys, values, hdrs, repeat(partition))))
-
-
-_make_record = partial(tuple.__new__, Record)  # C-level, no per-record Python frame
+        return make_records(zip(offs, tss, keys, values, hdrs, repeat(partition)), count)
 
 
 def decode(

@@ -25,7 +25,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import CorruptLogError
 from ..record import Record
-from .columns import EMPTY_HEADERS, item_ends, length_columns, lengths_before, parse_headers
+from .columns import (
+    EMPTY_HEADERS, equal_items, item_ends, length_columns, lengths_before, make_records,
+    parse_headers,
+)
 from .decode import decode
 from .header import (
     ALIGN, ATTR_HEADERS, ATTR_KEYS, ATTR_OFFSET_DELTAS, ATTR_TIMESTAMPS, CHUNK_SHIFT_AT,
@@ -306,27 +309,55 @@ def extract_records(buf: Any, h: Any, offsets: Sequence[int], path: Optional[str
     plain (uncompressed, dense) batch at ``buf[at:]``: :func:`extract_record` for several
     records at once (``get_many``). A version 1 batch is checked whole once and its length
     columns read once; a version 2 batch is checked where its records are (every run of
-    chunks once, for all of them), or whole when they are many."""
+    chunks once, for all of them), or whole when it is small or they are many."""
     if h[3] != FORMAT_VERSION:
         if not crc_ok(buf, at, h):
             raise CorruptLogError("CRC32C mismatch", path, file_pos)
         if len(offsets) >= 4:  # break-even of reading the columns once
             return _records_v1(buf, h, offsets, path, file_pos, at)
         return [_record_v1(buf, h, o, path, file_pos, at, None, True) for o in offsets]
+    a = h[4]
     n = h[8]
-    checked = False
-    if 4 * len(offsets) >= n or not h[4] & CHUNK_SHIFT_MASK:
+    if 4 * len(offsets) >= n or not a & CHUNK_SHIFT_MASK:
         if not crc_ok(buf, at, h):  # many of the records (or a small batch): check it all
             raise CorruptLogError("CRC32C mismatch", path, file_pos)
-        checked = True
-    if len(offsets) >= 8 and checked:
-        return extract_range(buf, at, h, offsets[0] - h[5], offsets[-1] - h[5] + 1, path,
-                             file_pos, None, True, offsets)
-    if not checked:
+    else:
         # Check the chunks of all of them in one pass first (extract_record would check each
         # record's chunks on its own): locate them all, check, then extract as checked.
         locate_spans(buf, at, h, offsets, path, file_pos)
-    return [extract_record(buf, h, o, path, file_pos, at, None, True) for o in offsets]
+    if a & (_SPARSE_ITEMS | _WHOLE) or h[9] != n - 1 or h[7] != h[6]:
+        if a & ~KNOWN_ATTRS_V2:
+            check_version(h, path, file_pos)
+        return [extract_record(buf, h, o, path, file_pos, at, None, True) for o in offsets]
+    # Values only, checked: each record's two end entries and its value.
+    p = at + HEADER_SIZE
+    first = 4 * n
+    pl = h[10]
+    base, ts = h[5], h[6]
+    if first > pl:
+        raise CorruptLogError("batch columns run past the payload", path, file_pos)
+    pair = U32_PAIR.unpack_from
+    out = []
+    for o in offsets:
+        j = o - base
+        if j:
+            s, e = pair(buf, p + 4 * j - 4)
+            s &= END_MASK
+        else:
+            s = first
+            e = U32.unpack_from(buf, p)[0]
+        if e >= NULL_BIT:
+            if e & END_MASK != s or not first <= s <= pl:
+                raise CorruptLogError("impossible value position", path, file_pos)
+            value = None
+        elif first <= s <= e <= pl:
+            value = buf[p + s : p + e]
+        else:
+            raise CorruptLogError("impossible value position", path, file_pos)
+        out.append(_new_record((o, ts, None, value, EMPTY_HEADERS, None)))
+    if type(buf) is memoryview:
+        out = [r if r[3] is None else r._replace(value=bytes(r[3])) for r in out]
+    return out
 
 
 def locate_spans(buf: Any, at: int, h: Any, offsets: Sequence[int], path: Optional[str],
@@ -447,8 +478,8 @@ def extract_range(buf: Any, at: int, h: Any, j: int, k: int, path: Optional[str]
         raise CorruptLogError("max timestamp does not match the records", path, file_pos)
     if whole and (headers_col or values_col)[1][-1] & END_MASK != pl:
         raise CorruptLogError("record ends do not reach the end of the payload", path, file_pos)
-    recs = list(map(_new_record, zip(range(base + j, base + k), tss, keys, values, hdrs,
-                                     repeat(partition))))
+    recs = make_records(zip(range(base + j, base + k), tss, keys, values, hdrs,
+                            repeat(partition)), count)
     if offsets is not None:
         first_off = base + j
         return [recs[o - first_off] for o in offsets]
@@ -456,11 +487,14 @@ def extract_range(buf: Any, at: int, h: Any, j: int, k: int, path: Optional[str]
 
 
 def _items(buf: Any, p: int, column: tuple, nullable: bool, what: str, path: Optional[str],
-           file_pos: int) -> List[Any]:
+           file_pos: int) -> Any:
     """The items of one column for a range: ``column`` = (start of the first item, its stored
     end entries); bytes (None for null) sliced straight from ``buf``."""
     start, raw = column
-    if max(raw) < NULL_BIT:
+    same = equal_items(buf, p, start, raw)
+    if same is not None:
+        items: Any = same
+    elif max(raw) < NULL_BIT:
         stops = list(map(p.__add__, raw))
         starts = [p + start]
         starts += stops[:-1]
@@ -470,7 +504,7 @@ def _items(buf: Any, p: int, column: tuple, nullable: bool, what: str, path: Opt
     else:
         lens, starts, _end = item_ends(raw, p + start, p, nullable, what, path, file_pos)
         items = [None if n < 0 else buf[s : s + n] for s, n in zip(starts, lens)]
-    if type(buf) is memoryview:  # (mmaps and bytes slice to bytes)
+    if type(buf) is memoryview and same is None:  # (mmaps, bytes and struct give bytes)
         items = [None if x is None else bytes(x) for x in items]
     return items
 
