@@ -14,6 +14,7 @@ from .errors import (
     AckError,
     QueueFullError,
     ConfigError,
+    ForkedProcessError,
     CorruptLogError,
     LogClosedError,
     LogLockedError,

@@ -26,6 +26,16 @@ MAX_BATCH_BYTES = 1 << 30
 KiB = 1024
 MiB = 1024 * KiB
 
+#: The settings that shape what a log keeps and how it is laid out on disk. They are stored with
+#: the log at creation (``logstore.meta``, "settings") and apply on every later open; the other
+#: options (fsync policy, write buffer, background pass interval, compaction memory) belong to
+#: the process that opens the log.
+SHAPING_SETTINGS = (
+    "cleanup_policy", "retention_ms", "retention_bytes", "delete_retention_ms", "compression",
+    "compression_level", "segment_bytes", "segment_ms", "index_interval_bytes",
+    "max_record_bytes",
+)
+
 
 @dataclass(frozen=True)
 class LogConfig:
@@ -138,6 +148,23 @@ class LogConfig:
         if base is None:
             return cls(**options)
         return dataclasses.replace(base, **options)
+
+    def settings(self) -> dict[str, Any]:
+        """The shaping settings (:data:`SHAPING_SETTINGS`) of this config."""
+        return {name: getattr(self, name) for name in SHAPING_SETTINGS}
+
+    def with_stored(self, stored: Mapping[str, Any], passed: Mapping[str, Any],
+                    where: str) -> "LogConfig":
+        """This config (built from the options ``passed`` at open) with the shaping settings
+        ``stored`` with the log applied. A passed shaping setting that differs from the stored
+        one is a :class:`ConfigError` naming both and ``configure``."""
+        for name, value in stored.items():
+            if name in passed and passed[name] != value:
+                raise ConfigError(
+                    f"{where} stores {name}={value!r}; it was opened with {name}="
+                    f"{passed[name]!r}. Open it without {name} (the stored value applies) or "
+                    f"change it deliberately with configure({name}=...) (`logstore config`)")
+        return self.replace(**{k: v for k, v in stored.items() if k in SHAPING_SETTINGS})
 
     @property
     def compacted(self) -> bool:

@@ -116,6 +116,12 @@ class NotAssignedError(LogstoreError):
     member (in this or another process) reads it now. Nothing was committed."""
 
 
+class ForkedProcessError(LogstoreError, RuntimeError):
+    """An object opened in one process was used in a forked child (``os.fork``, a
+    ``multiprocessing`` worker started by fork). Logs, stores and queues belong to the process
+    that opened them: open them again in the child."""
+
+
 class MirrorError(LogstoreError):
     """The mirror cannot go on (e.g. a record larger than the server's max_payload, or
     ``run_once`` could not reach the cluster). ``status()['last_error']`` has the same text."""
@@ -139,5 +145,6 @@ __all__ = [
     "UnknownTopicError",
     "MissingKeyError",
     "NotAssignedError",
+    "ForkedProcessError",
     "MirrorError",
 ]

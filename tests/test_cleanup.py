@@ -35,7 +35,8 @@ def test_retention_bytes_keeps_newest_and_never_active(tmp_path):
             log.get(start - 1)
         with pytest.raises(OffsetOutOfRangeError):
             log.read(0)
-    with logstore.Log.open(str(tmp_path / "l"), retention_bytes=0) as log:
+    with logstore.Log.open(str(tmp_path / "l")) as log:
+        log.configure(retention_bytes=0)
         log.enforce_retention()
         assert len(log.segments()) == 1  # the active segment always stays
         assert log.get(499).value.startswith(b"00499")
@@ -158,8 +159,10 @@ def test_keyless_records_block_compaction_and_change_nothing(tmp_path):
         log.append(b"no key")
         for i in range(50):
             log.append(b"y" * 30, key=b"k")
+    with logstore.Log.open(d) as log:
+        log.configure(cleanup_policy="compact")
     before = files(d)
-    with logstore.Log.open(d, cleanup_policy="compact", segment_bytes=1024) as log:
+    with logstore.Log.open(d) as log:
         with pytest.raises(MissingKeyError, match="offset 50"):
             log.compact()
         with pytest.raises(MissingKeyError):

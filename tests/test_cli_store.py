@@ -15,11 +15,10 @@ import sys
 import time
 
 import pytest
-from click.testing import CliRunner
 
 import logstore
-from logstore.diagnostics import report as insp
-from logstore.cli import main
+from helpers import flip, lines, run
+from logstore.diagnostics.targets import resolve_targets
 from logstore.views.names import partition_for_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,18 +26,6 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
     [ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
 T0 = 1_700_000_000_000
 USERS = 17  # crc32c spreads these over 3 partitions as 6, 7 and 4 keys
-
-
-def run(*args, input=None):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
-
-
-def lines(result):
-    return result.stdout.splitlines()
 
 
 def jsonl(result):
@@ -54,14 +41,6 @@ def snapshot(directory):
             with open(p, "rb") as f:
                 out[os.path.relpath(p, directory)] = (f.read(), st.st_mtime_ns)
     return out
-
-
-def flip(path, pos):
-    with open(path, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0x55]))
 
 
 # The lease logs (committed offsets) of build_store's group and subscription, per partition.
@@ -119,17 +98,17 @@ def api_records(root, topic):
 
 # ------------------------------------------------------------------------------ targets
 def test_resolve_targets_of_a_store(shop):
-    labels = [t.label for t in insp.resolve_targets(shop)]
+    labels = [t.label for t in resolve_targets(shop)]
     assert labels == ["jobs/0", "jobs.dlq/0", "orders/0", "orders/1", "orders/2"]
-    labels = [t.label for t in insp.resolve_targets(shop, internal=True)]
+    labels = [t.label for t in resolve_targets(shop, internal=True)]
     assert labels[5:] == ["internal/offsets", "internal/queues/jobs"] + LEASE_LOGS
-    [t] = insp.resolve_targets(shop, "orders", 2)
+    [t] = resolve_targets(shop, "orders", 2)
     assert (t.topic, t.partition, t.expanded) == ("orders", 2, True)
     assert t.log_dir == os.path.join(shop, "topics", "orders", "2")
     # A topic directory is that topic; a partition directory is one log that knows its place.
-    assert [t.label for t in insp.resolve_targets(os.path.join(shop, "topics", "orders"))] == \
+    assert [t.label for t in resolve_targets(os.path.join(shop, "topics", "orders"))] == \
         ["orders/0", "orders/1", "orders/2"]
-    [t] = insp.resolve_targets(os.path.join(shop, "topics", "orders", "1"))
+    [t] = resolve_targets(os.path.join(shop, "topics", "orders", "1"))
     assert (t.topic, t.partition, t.expanded) == ("orders", 1, False)
 
 

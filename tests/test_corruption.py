@@ -12,6 +12,7 @@ A "crash" here is a process crash simulated in-process: the Log object is droppe
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import shutil
@@ -27,6 +28,7 @@ from logstore import (
     OffsetOutOfRangeError,
     UnsupportedFormatError,
 )
+import helpers
 from logstore.format import encode, header
 from logstore.record import Record
 
@@ -153,12 +155,7 @@ def age_everything(root):
         os.utime(dirpath, ns=(10**18, 10**18))
 
 
-def flip(path: str, position: int, new_byte=None) -> None:
-    with open(path, "r+b") as f:
-        f.seek(position)
-        old = f.read(1)[0]
-        f.seek(position)
-        f.write(bytes([old ^ 0xFF if new_byte is None else new_byte]))
+flip = functools.partial(helpers.flip, xor=0xFF)  # flip(path, position, new_byte=None)
 
 
 def expected_for_time(expected, ts: int) -> int:

@@ -80,8 +80,8 @@ def _build(directory: str, clean: bool) -> None:
             else:
                 log.append(b"v%d-" % i * rng.randint(1, 30), key=b"k%d" % i if i % 2 else None,
                            timestamp_ms=1_700_000_000_000 + i * 10)
-    log = logstore.Log.open(directory, segment_bytes=1024, index_interval_bytes=128,
-                            compression="zstd")
+    log = logstore.Log.open(directory)  # the stored settings apply
+    log.configure(compression="zstd")  # (stored settings change deliberately, not at open)
     for i in range(12):
         log.append_batch([b"zstd-compressible-%d " % i * 20] * rng.randint(2, 6),
                          timestamps_ms=None)

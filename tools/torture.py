@@ -67,6 +67,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import logstore  # noqa: E402
+from logstore.config import SHAPING_SETTINGS  # noqa: E402
 from logstore.storage import loader as recovery  # noqa: E402
 from logstore.fs import DEFAULT_FS  # noqa: E402
 from logstore.storage.index import OffsetIndex, TimeIndex  # noqa: E402
@@ -142,6 +143,20 @@ def writer_main(directory: str, ack_path: str, cfg: Dict[str, Any]) -> None:
     workload.writer(directory, cfg, emit, control)
 
 
+def open_writer(directory: str, opts: Dict[str, Any]) -> "logstore.Log":
+    """Open the log for writing with this round's options: its stored settings (from an
+    earlier round) apply at open, then this round's are made the stored ones with configure()
+    (an open that passed different ones would be refused)."""
+    shaping = {k: v for k, v in opts.items() if k in SHAPING_SETTINGS}
+    log = logstore.Log.open(directory, **{k: v for k, v in opts.items() if k not in shaping})
+    try:
+        log.configure(**shaping)
+    except BaseException:
+        log.close()
+        raise
+    return log
+
+
 class CoreWorkload:
     """The plain log: appends (single, batch, buffer), flushes, read-backs, clean closes."""
 
@@ -183,7 +198,7 @@ class CoreWorkload:
     @staticmethod
     def writer(directory: str, cfg: Dict[str, Any], emit, control) -> None:
         opts = cfg["options"]
-        log = logstore.Log.open(directory, **opts)
+        log = open_writer(directory, opts)
         rep = log.recovery_report
         emit(f"O {int(rep.clean)} {rep.truncated_bytes}\n" if rep else "O 1 0\n")
         always = opts["fsync"] == "always"
@@ -382,13 +397,14 @@ def verify_directory(directory: str) -> List[str]:
 def inspect_problems(directory: str) -> List[str]:
     """Problems ``logstore.inspect`` (``logstore verify``) reports, if that module exists."""
     try:
-        from logstore.diagnostics import report as ls_inspect
-        targets = ls_inspect.resolve_targets(directory)
+        from logstore.diagnostics.report import inspect_log
+        from logstore.diagnostics.targets import resolve_targets
+        targets = resolve_targets(directory)
     except ImportError:
         return []
     out = []
     for target in targets:
-        report = ls_inspect.inspect_log(target, verify=True, settle=0)
+        report = inspect_log(target, verify=True, settle=0)
         out += [f"{p.kind} {os.path.basename(p.file)}@{p.position}: {p.reason}"
                 for p in report.problems]
     return out
@@ -625,7 +641,7 @@ def run_round(directory: str, state: TortureState, rng: random.Random, gen: int,
     end = None
     if writable:
         try:
-            log = logstore.Log.open(directory, **cfg["options"])
+            log = open_writer(directory, cfg["options"])
         except logstore.LogstoreError as e:
             problems.append(f"reopen raised {type(e).__name__}: {e}")
             return problems

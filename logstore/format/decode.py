@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from itertools import repeat
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import zstandard
@@ -25,7 +25,7 @@ from .columns import (
 from .header import (
     ATTR_HEADERS, ATTR_KEYS, ATTR_OFFSET_DELTAS, ATTR_TIMESTAMPS, CODEC_MASK, CODEC_ZSTD,
     END_MASK, FORMAT_VERSION, I32, BatchHeader, check_header, check_version,
-    HEADER_SIZE, chunks_ok, crc_ok, int_struct,
+    HEADER_SIZE, chunks_ok, crc_ok, int_struct, parse_header,
 )
 
 _local = threading.local()
@@ -43,6 +43,12 @@ _COLUMNS = ("offsets", "timestamps", "key_lengths", "key_offsets", "value_length
             "value_offsets", "header_lengths", "header_offsets")
 
 
+def ends_layout(h: Any) -> bool:
+    """Whether the batch's item columns hold end positions (version 2, uncompressed) rather
+    than lengths (version 1, and compressed version 2 batches)."""
+    return h[3] == FORMAT_VERSION and not h[4] & CODEC_MASK
+
+
 def _column_property(name: str, doc: str) -> property:
     def get(self: "DecodedBatch") -> Optional[np.ndarray]:
         if not self._parsed:
@@ -53,8 +59,8 @@ def _column_property(name: str, doc: str) -> property:
         lst = self._lists.get(name)
         if lst is None:
             arr = None
-        elif name.endswith("_lengths") and self.header.version != FORMAT_VERSION:
-            # (Version 1) The stored int32 column itself (checked by the parse): zero-copy, as
+        elif name.endswith("_lengths") and not ends_layout(self.header):
+            # (Length columns) The stored int32 column itself (checked by the parse): zero-copy, as
             # for large batches.
             arr = np.frombuffer(self.data, dtype="<i4", count=len(lst),
                                 offset=self._length_column_at(name))
@@ -168,7 +174,7 @@ class DecodedBatch:
         start = ((a & ATTR_KEYS) >> 2) + 4 + ((a & ATTR_HEADERS) >> 3)  # 4 bytes per column
         if len(data) < start:
             raise self._corrupt("batch columns run past the payload")
-        v2 = h.version == FORMAT_VERSION
+        v2 = ends_layout(h)
         if a & ATTR_KEYS:
             (kl,) = I32.unpack_from(data, 0)
             if v2:  # an end position, bit 31 = null
@@ -243,7 +249,7 @@ class DecodedBatch:
             if h.last_offset_delta != n - 1:
                 raise self._corrupt("dense batch with a gap in its header")
             offs = list(range(h.base_offset, h.base_offset + n))
-        if h.version == FORMAT_VERSION:
+        if ends_layout(h):
             columns = end_columns(data, pos, n, a, 0, fixed, len(data), self._path,
                                   self.position)
         else:
@@ -284,7 +290,7 @@ class DecodedBatch:
             if h.last_offset_delta != n - 1:
                 raise self._corrupt("dense batch with a gap in its header")
             arrays["offsets"] = np.arange(h.base_offset, h.base_offset + n, dtype=np.int64)
-        if h.version == FORMAT_VERSION:
+        if ends_layout(h):
             arrays.update(end_columns_numpy(data, pos, n, a, fixed, len(data), self._path,
                                             self.position))
             start = len(data)  # (checked)
@@ -489,3 +495,25 @@ def decode(
 
 
 
+
+
+def scan_batch(buf: Any, at: int, pos: int, end: int, expect: int, path: Optional[str],
+               read: Optional[Callable[[int], Any]] = None) -> BatchHeader:
+    """(Scans: recovery, ``verify``) The header of the whole, valid batch at ``buf[at:]``
+    (file position ``pos``; the data ends at file position ``end``; its base offset must be at
+    least ``expect``), every byte checked (:func:`decode` with ``deep``); CorruptLogError
+    otherwise. ``buf`` holds the whole batch, or (with ``read(n)``, which reads its ``n``
+    bytes) at least its header."""
+    if end - pos < HEADER_SIZE:
+        raise CorruptLogError("truncated batch header", path, pos)
+    h = parse_header(buf, at)
+    check_header(h, path, pos)
+    if pos + h.length > end:
+        raise CorruptLogError("truncated batch (torn write)", path, pos)
+    if read is not None:
+        buf, at = read(h.length), 0
+    decode(buf, at, h, path, pos, header_checked=True, deep=True)
+    if h.base_offset < expect:
+        raise CorruptLogError(f"batch base offset {h.base_offset} goes back (expected >= "
+                              f"{expect})", path, pos)
+    return h

@@ -21,7 +21,7 @@ import struct
 from functools import partial
 from itertools import repeat
 from operator import le
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import CorruptLogError
 from ..record import Record
@@ -183,8 +183,15 @@ def find_record(buf: Any, pos: int, size: int, expect: int, offset: int, path: O
 def _find_other(buf: Any, pos: int, size: int, offset: int, path: Optional[str]
                 ) -> Optional[Record]:
     """:func:`find_record` for any batch but a plain values-only version 2 one: the header
-    checks of :func:`~logstore.format.header.header_problem` on the plain tuple, then
-    :func:`extract_record`."""
+    checks of :func:`plain_header`, then :func:`extract_record`."""
+    h = plain_header(buf, pos, size)
+    return None if h is None else extract_record(buf, h, offset, path, pos, pos)
+
+
+def plain_header(buf: Any, pos: int, size: int) -> Optional[tuple]:
+    """The header at ``buf[pos]`` as a plain tuple (:data:`HEADER_INTS`) if it passes
+    :func:`~logstore.format.header.header_problem`'s checks, is of a known version, dense and
+    uncompressed, and its batch ends by ``size``; else None ("the general route decides")."""
     h = HEADER_INTS.unpack_from(buf, pos)
     length, version, a, n, pl = h[2], h[3], h[4], h[8], h[10]
     table = 0
@@ -198,11 +205,29 @@ def _find_other(buf: Any, pos: int, size: int, offset: int, path: Optional[str]
             table = ((pl + (1 << shift) - 1) >> shift) * 4
     elif version != VERSION_1 or a & _QUICK_NOT_V1:
         return None
-    if (length > MAX_BATCH_LENGTH or length & 7 or pos + length > size or h[9] != n - 1
-            or n < 1 or not length - ALIGN < HEADER_SIZE + table + pl <= length
-            or h[6] < 0 or h[7] < 0):
+    if (h[0] != MAGIC_INT or length > MAX_BATCH_LENGTH or length & 7 or length < HEADER_SIZE
+            or pos + length > size or h[9] != n - 1 or n < 1
+            or not length - ALIGN < HEADER_SIZE + table + pl <= length or h[6] < 0 or h[7] < 0):
         return None
-    return extract_record(buf, h, offset, path, pos, pos)
+    return h
+
+
+def find_batch(buf: Any, pos: int, size: int, expect: int, offset: int
+               ) -> Optional[Tuple[int, tuple]]:
+    """(``get_many``'s quick route) :func:`find_record`'s walk alone: ``(position, header)``
+    of the plain batch holding ``offset`` (:func:`plain_header`), or None. Headers must lie in
+    ``buf``; batches must end by ``size`` (which may lie past the end of ``buf``)."""
+    limit = min(size, len(buf)) - HEADER_SIZE
+    while pos <= limit:
+        magic, length, base, last_delta = STEP.unpack_from(buf, pos)
+        if magic != MAGIC_INT or base != expect or length < HEADER_SIZE:
+            return None
+        expect = base + last_delta + 1
+        if expect > offset:
+            h = plain_header(buf, pos, size)
+            return None if h is None else (pos, h)
+        pos += length
+    return None
 
 
 def _fail(buf: Any, at: int, h: Any, spans: Any, why: str, path: Optional[str], file_pos: int,

@@ -23,7 +23,12 @@ NAME_DIGITS = 20
 
 META_NAME = "logstore.meta"  # JSON metadata, written once at creation (and on a settings change)
 CLEAN_SHUTDOWN_NAME = "clean-shutdown"  # present only between a clean close and the next open
-LOCK_NAME = ".lock"  # flock()ed by the writer
+LOCK_NAME = ".lock"  # flock()ed by the writer (LOCK_SH by each writer of a shared log)
+WRITE_LOCK_NAME = ".wlock"  # shared logs: the write lock, and the shared tail in its first page
+SYNC_LOCK_NAME = ".slock"  # shared logs: held around an fsync of the tail
+CLEAN_LOCK_NAME = ".clock"  # shared logs: one retention/compaction pass at a time
+WRITERS_NAME = ".writers"  # shared logs: LOCK_SH by each writer (the first and last tell)
+LOCK_FILES = (LOCK_NAME, WRITE_LOCK_NAME, SYNC_LOCK_NAME, CLEAN_LOCK_NAME, WRITERS_NAME)
 
 TMP = TMP_SUFFIX  # an interrupted atomic write (tmp + fsync + rename)
 DELETED = ".deleted"  # retention: renamed first, unlinked after the directory fsync

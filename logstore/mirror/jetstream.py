@@ -706,14 +706,3 @@ for _name in MirrorConfig.option_names():
     setattr(JetStreamMirror, _name, property(operator.attrgetter(f"config.{_name}"),
                                              doc=f"``config.{_name}`` (read-only)."))
 del _name
-
-
-def __getattr__(name: str) -> Any:
-    # Compatibility for ``from logstore.mirror.jetstream import run_mirror_cli`` (cli/ imports
-    # it so until it moves to logstore.mirror.runner). runner imports this module, so a
-    # top-level import here would be a cycle; PEP 562 resolves it on first use instead.
-    if name == "run_mirror_cli":
-        from .runner import run_mirror_cli
-
-        return run_mirror_cli
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

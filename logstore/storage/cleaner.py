@@ -36,7 +36,7 @@ import time
 from functools import partial
 from operator import methodcaller
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, ContextManager, List, Optional, Tuple
 
 import numpy as np
 
@@ -203,10 +203,12 @@ def _clean_segment(fs: FileSystem, seg: Segment, keymap: _KeyMap, horizon_ms: in
 
 
 def compact(segs: SegmentList, cfg: LogConfig, mark_compacted: Callable[[], None],
-            now_ms: Optional[int] = None) -> CompactionReport:
+            now_ms: Optional[int] = None,
+            guard: Optional[Callable[[], ContextManager[Any]]] = None) -> CompactionReport:
     """Run compaction passes over the sealed segments of ``segs`` (the caller holds the log's
     cleaner lock: one pass at a time). ``mark_compacted`` records durably that the log may have
-    offset gaps; it is called before the first commit point."""
+    offset gaps; it is called before the first commit point. ``guard()``: held while cleaned
+    segments are swapped in (default: the segment list's lock)."""
     t0 = time.perf_counter()
     report = CompactionReport()
     sealed = segs.sealed_snapshot()
@@ -241,7 +243,7 @@ def compact(segs: SegmentList, cfg: LogConfig, mark_compacted: Callable[[], None
                 segs.fs.unlink(path)
         if cleaned:
             mark_compacted()
-            _swap_in(segs, changed_segs, cleaned)
+            _swap_in(segs, changed_segs, cleaned, guard)
         sealed = segs.current(sealed)
         report.passes += 1
         report.segments_cleaned += end
@@ -263,7 +265,8 @@ def _count(segments: List[Segment]) -> int:
 
 
 
-def _swap_in(segs: SegmentList, old: List[Segment], cleaned: List[str]) -> None:
+def _swap_in(segs: SegmentList, old: List[Segment], cleaned: List[str],
+             guard: Optional[Callable[[], ContextManager[Any]]]) -> None:
     """Put cleaned segments in place with one atomic commit point.
 
     ``.cleaned`` -> ``.swap`` (all of them, directory fsynced), then the commit file is written
@@ -280,7 +283,7 @@ def _swap_in(segs: SegmentList, old: List[Segment], cleaned: List[str]) -> None:
     fs.fsync_dir(d)
     fs.write_file_atomic(os.path.join(d, COMPACTION_COMMIT), "\n".join(
         os.path.basename(p) for p in swaps).encode())  # the commit point
-    with segs.lock:
+    with (guard() if guard is not None else segs.lock):
         segs.swap_in(old, swaps)
         fs.fsync_dir(d)
         fs.unlink(os.path.join(d, COMPACTION_COMMIT))

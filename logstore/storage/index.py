@@ -28,15 +28,6 @@ OFFSET_ENTRY = np.dtype("<i8")  # relative offsets are < 2**31, so the sign bit 
 TIME_ENTRY = np.dtype([("ts", "<i8"), ("rel", "<i4")])  # 12 bytes, packed
 
 
-MAX_INDEX_CAPACITY = 1 << 22  # entries preallocated for an active segment, at most
-
-
-def index_capacity(segment_bytes: int, index_interval_bytes: int) -> int:
-    """Entries to preallocate in an active segment's index files: one per ``index_interval``
-    bytes of a full segment, plus slack, capped (a longer index grows its file)."""
-    return min(MAX_INDEX_CAPACITY, segment_bytes // index_interval_bytes + 2)
-
-
 class _MappedArray:
     """A numpy array of entries: a preallocated writable memmap, a read-only memmap, or RAM."""
 
@@ -74,6 +65,27 @@ class _MappedArray:
         if existing_n:
             arr[:existing_n] = existing
         return cls(path, arr, existing_n, True)
+
+    @classmethod
+    def map_shared(cls, path: str, n: int):
+        """Map the preallocated index file of an active segment that other processes write too
+        (``Log.open(shared=True)``): entries are appended into the shared mapping under the log's
+        write lock; ``n`` (how many are valid) comes from the shared tail."""
+        size = os.path.getsize(path) // cls.dtype.itemsize
+        arr = np.memmap(path, dtype=cls.dtype, mode="r+", shape=(max(size, n),))
+        return cls(path, arr, n, True)
+
+    def set_count(self, n: int) -> None:
+        """(shared active index) Another writer appended entries: ``n`` are valid now (the file
+        is remapped if it grew past this mapping)."""
+        if n > len(self._arr) and self.path is not None:
+            self._drop_view()
+            self._map = None
+            size = os.path.getsize(self.path) // self.dtype.itemsize
+            arr = np.memmap(self.path, dtype=self.dtype, mode="r+", shape=(max(size, n),))
+            self._map = arr
+            self._arr = arr.view(np.ndarray)
+        self.n = n
 
     @classmethod
     def load(cls, path: str) -> Optional[np.ndarray]:
@@ -128,7 +140,9 @@ class _MappedArray:
         self._drop_view()
         keep = np.array(self._arr[: self.n])
         self._map.flush()
-        self._arr = self._map = None  # unmap before resizing the file
+        # Unmap before resizing the file; the entries stay usable from the copy whatever
+        # happens next (an interrupt, an I/O error).
+        self._arr, self._map = keep, None
         arr = np.memmap(self.path, dtype=self.dtype, mode="r+", shape=(2 * len(keep) + 16,))
         arr[: len(keep)] = keep
         self._map = arr
@@ -145,15 +159,16 @@ class _MappedArray:
         self._drop_view()
         used = np.array(self._arr[: self.n])
         self._map.flush()
-        self._arr = self._map = None  # unmap before shrinking the file: never truncate under a live mapping
+        # Unmap before shrinking the file (never truncate under a live mapping); the entries
+        # stay usable from the copy whatever happens next (an interrupt, an I/O error).
+        self._arr, self._map = used, None
+        self.writable = False
         fd = fs.open(self.path, os.O_RDWR)
         try:
             fs.truncate(fd, self.n * self.dtype.itemsize)
             fs.fsync(fd)
         finally:
             fs.close(fd)
-        self._arr = used
-        self.writable = False
 
     def write_file(self, path: str, fs: FileSystem) -> None:
         """Atomically write the used entries to ``path`` (rebuilds)."""

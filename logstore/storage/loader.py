@@ -22,14 +22,18 @@ Recovery is idempotent: a crash during recovery just means it runs again.
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
+from ..config import SHAPING_SETTINGS, LogConfig
+from ..errors import ConfigError, NotALogError
 from ..format.header import HEADER_SIZE, crc_ok, header_problem, parse_header
 from ..format.names import (
-    CLEANED, COMPACTION_COMMIT, DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, TMP,
+    CLEANED, COMPACTION_COMMIT, DELETED, INDEX_SUFFIX, LOG_SUFFIX, META_NAME, SWAP,
+    TIMEINDEX_SUFFIX, TMP,
     parse_segment_name,
 )
 from . import meta
+from ..fs import FileSystem
 from .segment import Segment
 from .segments import SegmentList, finish_swap, list_segments
 from .tail import RecoveryReport
@@ -73,9 +77,14 @@ def finish_interrupted_cleanups(directory: str, fs) -> List[str]:
             fs.unlink(path)
             done.append(f"removed {name}")
         elif name.endswith(SWAP):
-            if committed:
+            if committed and os.path.exists(path[: -len(SWAP)]):
                 finish_swap(fs, path)
                 done.append(f"completed compaction swap {name}")
+            elif committed:
+                # Its segment is gone (retention deleted it after the pass committed): the
+                # cleaned copy must not bring it back.
+                fs.unlink(path)
+                done.append(f"removed {name} of a deleted segment")
             else:
                 fs.unlink(path)
                 done.append(f"removed uncommitted {name}")
@@ -132,3 +141,78 @@ def open_for_writing(segs: SegmentList, index_capacity: int) -> Optional[Recover
         report = active.recover(index_capacity)
     meta.remove_clean_shutdown(d, fs)
     return report
+
+
+def settled_config(directory: str, options: Mapping[str, Any],
+                   found: Optional[Dict[str, Any]] = None) -> LogConfig:
+    """The configuration a log opens with: the options passed, with the shaping settings stored
+    in its metadata (``found``, else read now) taking their place. A passed shaping setting
+    that differs from the stored one raises ConfigError (nothing is changed)."""
+    config = LogConfig.from_options(options)
+    if found is None:
+        found = meta.read_meta(directory) if os.path.isdir(directory) else None
+    stored = {} if found is None else found.get("settings", {})
+    shaping = {k: v for k, v in stored.items() if k in SHAPING_SETTINGS}
+    return config.with_stored(shaping, options, f"log {directory}") if shaping else config
+
+
+def store_missing_settings(directory: str, fs: FileSystem, found: Dict[str, Any],
+                           config: LogConfig) -> None:
+    """A log written before its settings were stored (or by an older version that stored
+    some): store the ones it lacks, as opened now, so that every later open applies them."""
+    settings = found.setdefault("settings", {})
+    missing = {k: v for k, v in config.settings().items() if k not in settings}
+    if missing:
+        settings.update(missing)
+        meta.rewrite_meta(directory, fs, found)
+
+
+def configured(config: LogConfig, settings: Mapping[str, Any]) -> LogConfig:
+    """``config`` with the shaping ``settings`` changed (``configure``): ConfigError for a name
+    that is not a shaping setting, or a bad value."""
+    unknown = sorted(set(settings) - set(SHAPING_SETTINGS))
+    if unknown:
+        raise ConfigError(f"{', '.join(map(repr, unknown))}: not a setting stored with a log; "
+                          f"settings: {', '.join(SHAPING_SETTINGS)}")
+    return config.replace(**settings)
+
+
+def close_cleanly(active: Segment, next_offset: int) -> None:
+    """A clean close of a log (everything already fsynced): cut the active segment's
+    preallocated tail (durably), trim its indexes and write the clean-shutdown marker that lets
+    the next open skip recovery (FORMAT.md, ``clean-shutdown``)."""
+    if active.trim():  # the marker's size is then the file's size
+        active.sync()
+    last = active.find(next_offset - 1) if active.size else None
+    active.close_active()
+    meta.write_clean_shutdown(active.directory, active.fs, {
+        "segment": active.base_offset,
+        "size": active.size,
+        "end_offset": next_offset,
+        "max_timestamp": active.max_timestamp,
+        "last_batch": last[0] if last else -1,
+    })
+
+
+def check_writer_directory(d: str) -> None:
+    """Before a writer touches anything: ``d`` is a log, an empty directory or nothing (a
+    foreign directory must stay exactly as it was). NotALogError otherwise."""
+    if os.path.exists(d):
+        if not os.path.isdir(d):
+            raise NotALogError(f"{d} exists and is not a directory")
+        if meta.read_meta(d) is None and not meta.is_empty_dir(d):
+            raise NotALogError(
+                f"{d} is not empty and has no {META_NAME}: not a logstore log "
+                f"(refusing to initialise a log over existing files)")
+
+
+def meta_for_writer(d: str, fs: FileSystem, config: LogConfig) -> Dict[str, Any]:
+    """(directory lock held) The log's metadata, created with ``config``'s settings for a new
+    log, or upgraded to the current directory format version (FORMAT.md, "Versioning")."""
+    found = meta.read_meta(d)
+    if found is None:
+        if not meta.is_empty_dir(d):
+            raise NotALogError(f"{d} is not empty and has no {META_NAME}")
+        found = meta.create_meta(d, fs, config.settings())
+    meta.upgrade_meta(d, fs, found)  # a version 1 log: before this writer appends version 2
+    return found

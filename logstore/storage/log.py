@@ -23,19 +23,21 @@ Theory of operation
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import os
 import threading
 import time
+import weakref
 from itertools import chain
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
 
 from ..config import LogConfig
 from ..errors import (
     ConfigError,
     CorruptLogError,
+    ForkedProcessError,
     LogClosedError,
     LogLockedError,
     MissingKeyError,
@@ -55,26 +57,32 @@ from ..format.encode import (
 from ..format.header import (
     CODEC_NONE, HEADER_SIZE, codec_id,
 )
-from ..format.names import META_NAME
+from ..format.names import COMPACTION_COMMIT, META_NAME
 from ..fs import DEFAULT_FS, FileSystem
+from .. import process
 from ..record import Record
 from ..util import check_offset, now_ms, storage_errors
-from . import cleaner, loader, meta
-from .index import index_capacity
+from . import background, cleaner, loader, meta
+from .sizing import index_capacity
 from .lockfile import DirectoryLock
 from .retention import segments_to_delete
 from .segment import MAX_RELATIVE_OFFSET, Segment
 from .reading import (
-    ReadHooks, batch_for, batches, collect_sorted, first_offset_at, records, take,
+    ReadHooks, batch_for, batches, collect_sorted, first_offset_at, records, sort_request, take,
 )
 from .segments import SegmentList, list_segments
+from .shared import ROLLING, SharedTail, SharedWriter
 from .sync import GroupCommit
 from .tail import RecoveryReport
 
 logger = logging.getLogger("logstore")
 DEFAULT_MAX_RECORDS = 1000
-_WRITEBACK_BYTES = 1 << 20
-_PREALLOCATE_BYTES = 4 << 20  # how far ahead of the data a syncing writer extends the file
+
+
+def _no_clean_close(active: Segment, next_offset: int) -> None:
+    """(a shared log's last writer after a failure) No clean-shutdown marker: the next open
+    recovers the log."""
+
 
 
 
@@ -88,10 +96,14 @@ class Log:
     """
 
     # ------------------------------------------------------------------ opening
-    def __init__(self, directory: str, config: LogConfig, fs: FileSystem, readonly: bool):
+    def __init__(self, directory: str, config: LogConfig, fs: FileSystem, readonly: bool,
+                 shared: bool = False):
         self.path = directory
         self.config = config
         self.readonly = readonly
+        self.shared = shared
+        self._shared: Optional[SharedWriter] = None  # set by a shared writer's open
+        self._follows = readonly or shared  # reads catch up with other processes' writes
         self._fs = fs
         self._lock = threading.Lock()
         self._sync = GroupCommit(directory, fs, self._sync_snapshot)
@@ -103,22 +115,31 @@ class Log:
                                 self._refresh_locked if readonly else None,
                                 self._gaps_allowed, self._gap)
         self._dir_lock: Optional[DirectoryLock] = None
-        self._codec = codec_id(config.compression)
         self._always = config.fsync == "always" and not readonly
         self._flusher: Optional[threading.Thread] = None
         self._stop = threading.Event()
-        self._allow_gaps = config.compacted
-        self._allow_keyless = not config.compacted
         self._cleaner_lock = threading.Lock()  # one retention/compaction pass at a time
         self._cleaner: Optional[threading.Thread] = None
+        self._pid = os.getpid()
+        self._forked = False
+        self._exit_flush: Optional[weakref.finalize] = None
         self.meta: Dict[str, Any] = {}
         self.recovery_report: Optional[RecoveryReport] = None
-        # Copies of settings read on every append (attribute lookups on the hot path).
+        self._apply_config(config)
+
+    def _apply_config(self, config: LogConfig) -> None:
+        """Take ``config`` (at open, and from ``configure``), with the copies of settings read on
+        every append (attribute lookups on the hot path)."""
+        self.config = config
+        self._codec = codec_id(config.compression)
+        self._allow_gaps = config.compacted or bool(self.meta.get("settings", {}).get("compacted"))
+        self._allow_keyless = not config.compacted
         self._max_record_bytes = config.max_record_bytes
         self._segment_bytes = config.segment_bytes
         self._segment_ms = config.segment_ms
         self._fsync_records = config.fsync_records
-        self._index_capacity = index_capacity(config.segment_bytes, config.index_interval_bytes)
+        self._index_capacity = index_capacity(config)
+        self._segs.index_interval = config.index_interval_bytes
 
     @classmethod
     def open(
@@ -126,6 +147,7 @@ class Log:
         path: "str | os.PathLike[str]",
         *,
         readonly: bool = False,
+        shared: bool = False,
         fs: Optional[FileSystem] = None,
         **options: Any,
     ) -> "Log":
@@ -134,45 +156,78 @@ class Log:
         ``options`` are the fields of :class:`~logstore.config.LogConfig` (``fsync``,
         ``fsync_records``, ``fsync_ms``, ``compression``, ``segment_bytes``, ``segment_ms``,
         ``index_interval_bytes``, ``max_record_bytes``...); unknown names raise
-        :class:`~logstore.errors.ConfigError`. ``fs`` replaces the I/O layer (tests only).
+        :class:`~logstore.errors.ConfigError`. ``shared=True``: one of several writers, in any
+        number of processes (see README, "Many processes"); without it the only writer.
+        ``fs`` replaces the I/O layer (tests only).
         """
-        config = LogConfig.from_options(options)
         directory = os.path.abspath(os.fspath(path))
-        log = cls(directory, config, fs or DEFAULT_FS, readonly)
+        if shared and readonly:
+            raise ConfigError("shared=True is for writers; a readonly=True open needs no lock")
+        if shared and options.get("write_buffer_bytes"):
+            raise ConfigError("write_buffer_bytes is not available with shared=True: every "
+                              "append must be in the file before another process appends")
+        # The stored settings win; a passed one that differs is refused before anything changes.
+        config = loader.settled_config(directory, options)
+        log = cls(directory, config, fs or DEFAULT_FS, readonly, shared)
         try:
             if readonly:
                 log._open_reader()
             else:
-                log._open_writer()
+                log._open_writer(options)
         except (StorageError, LogLockedError):
             raise
         except OSError as e:
             raise StorageError(f"opening {directory} failed: {e}", e) from e
+        process.register(log)
+        if not readonly and config.write_buffer_bytes:
+            # Buffered appends are written out at a normal exit, or when the object is dropped
+            # unclosed, as a file object's buffer is (never in a forked child: pid checked).
+            log._exit_flush = weakref.finalize(log, background.write_buffer_out, log._segs, log._lock,
+                                               log._pid)
         return log
 
-    def _open_writer(self) -> None:
+    def mark_forked(self) -> None:
+        """(In a forked child, by :mod:`logstore.process`) Refuse every call from now on."""
+        self._forked = True
+        self._closed = True
+        if self._exit_flush is not None:
+            self._exit_flush.detach()
+
+    @property
+    def settings(self) -> Dict[str, Any]:
+        """The shaping settings stored with this log (``logstore.config.SHAPING_SETTINGS``)."""
+        return self.config.settings()
+
+    def configure(self, **settings: Any) -> None:
+        """Change shaping settings (``retention_ms=...``, ``cleanup_policy=...``, see
+        ``logstore.config.SHAPING_SETTINGS``) durably (an atomic rewrite of ``logstore.meta``);
+        they apply now and at every later open. Invalid names or values raise ConfigError and
+        change nothing. Segment size and index interval apply to segments created from now on."""
+        new = loader.configured(self.config, settings)
+        with self._cleaner_lock, self._lock:
+            self._check_writable()
+            stored = dict(self.meta.get("settings", {}), **settings)
+            with storage_errors(f"changing the settings of {self.path}"):
+                meta.rewrite_meta(self.path, self._fs, dict(self.meta, settings=stored))
+            self.meta["settings"] = stored
+            self._apply_config(new)
+            self._configure_active(self._segs.active)
+        self._start_threads()
+
+    def _open_writer(self, options: Dict[str, Any]) -> None:
         d = self.path
-        if os.path.exists(d):
-            if not os.path.isdir(d):
-                raise NotALogError(f"{d} exists and is not a directory")
-            # Check before touching anything: a foreign directory must stay exactly as it was.
-            found = meta.read_meta(d)
-            if found is None and not meta.is_empty_dir(d):
-                raise NotALogError(
-                    f"{d} is not empty and has no {META_NAME}: not a logstore log "
-                    f"(refusing to initialise a log over existing files)")
+        loader.check_writer_directory(d)
         self._fs.makedirs(d)
+        if self.shared:
+            self._open_shared_writer(options)
+            return
         self._dir_lock = DirectoryLock(d).acquire()
         try:
-            found = meta.read_meta(d)
-            if found is None:
-                if not meta.is_empty_dir(d):
-                    raise NotALogError(f"{d} is not empty and has no {META_NAME}")
-                found = meta.create_meta(d, self._fs, {})
-            meta.upgrade_meta(d, self._fs, found)  # version 1 logs: before any write
+            found = loader.meta_for_writer(d, self._fs, self.config)
             self.meta = found
-            if found.get("settings", {}).get("compacted"):
-                self._allow_gaps = True
+            # Under the lock now: the settings may have changed since open() read them.
+            self._apply_config(loader.settled_config(d, options, found))
+            loader.store_missing_settings(d, self._fs, found, self.config)
             self.recovery_report = loader.open_for_writing(self._segs, self._index_capacity)
         except BaseException:
             for seg in self._segs.items:
@@ -181,36 +236,92 @@ class Log:
             raise
         self._next_offset = self._sync.durable_offset = self._segs.active.next_offset
         self._configure_active(self._segs.active)
-        if self.config.has_cleanup and self.config.retention_check_interval_s > 0:
-            self._cleaner = threading.Thread(
-                target=self._cleanup_loop, name=f"logstore-cleaner:{d}", daemon=True)
-            self._cleaner.start()
-        if self.config.fsync == "every" and self.config.fsync_ms:
-            self._flusher = threading.Thread(
-                target=self._flush_loop, name=f"logstore-flusher:{d}", daemon=True)
-            self._flusher.start()
+        self._start_threads()
+
+    def _open_shared_writer(self, options: Dict[str, Any]) -> None:
+        """Join the writers of a shared log (the first recovers it), under the write lock."""
+        d = self.path
+        tail = SharedTail(d).open()
+        tail.lock_write()
+        lock = DirectoryLock(d)
+        try:
+            found = loader.meta_for_writer(d, self._fs, self.config)
+            self.meta = found
+            self._apply_config(loader.settled_config(d, options, found))
+            loader.store_missing_settings(d, self._fs, found, self.config)
+            shared = SharedWriter(self._segs, tail, lock)
+            self.recovery_report = shared.open(self._index_capacity)
+            t = tail.read()
+        except BaseException:
+            for seg in self._segs.items:
+                seg.close()
+            lock.release()
+            tail.unlock_write()
+            tail.close()
+            raise
+        tail.unlock_write()
+        self._dir_lock = lock
+        self._shared = shared
+        self._sync.shared_sync = self._shared_sync
+        self._next_offset = t.next_offset
+        self._sync.durable_offset = t.durable_offset
+        self._configure_active(self._segs.active)
+        self._start_threads()
+
+    def _shared_enter_locked(self) -> Any:
+        """(log lock held; shared writers) Take the write lock and catch up; returns the tail
+        snapshot ``_shared_leave_locked`` needs."""
+        t = self._shared.enter()
+        try:
+            if t.failed:
+                raise StorageError(f"an fsync of {self.path} failed in another process: the log "
+                                   f"refuses writes until reopened")
+            self._segs.active.synced_size = self._shared.synced_size()
+            self._next_offset = t.next_offset
+            if t.writing_to == ROLLING:  # a writer died in the middle of a roll: finish it
+                self._roll_locked()
+        except BaseException:
+            self._shared.leave(t)
+            raise
+        return t
+
+    def _shared_sync(self) -> int:
+        """(group commit's leader, shared writers) fsync shared with the other processes."""
+        try:
+            return self._shared.sync(self._fs, self._next_offset)
+        except StorageError:
+            raise
+        except OSError:
+            self._shared.fail()
+            raise
+
+    def _start_threads(self) -> None:
+        """The background retention/compaction pass and the fsync_ms flusher, when configured
+        and not yet running."""
+        cfg = self.config
+        if self._cleaner is None and cfg.has_cleanup and cfg.retention_check_interval_s > 0:
+            self._cleaner = background.start_periodic(
+                f"logstore-cleaner:{self.path}", cfg.retention_check_interval_s,
+                self._cleanup_pass, self._stop, (LogClosedError, StorageError))
+        if self._flusher is None and cfg.fsync == "every" and cfg.fsync_ms:
+            self._flusher = background.start_periodic(
+                f"logstore-flusher:{self.path}", cfg.fsync_ms / 1000.0, self._flush_pass,
+                self._stop, (LogClosedError, StorageError))
+
+    def _cleanup_pass(self) -> None:
+        if self.config.retention_ms is not None or self.config.retention_bytes is not None:
+            self.enforce_retention()
+        if self.config.compacted:
+            self.compact()
+
+    def _flush_pass(self) -> None:
+        if self._sync.durable_offset < self._next_offset and self._sync.failed is None:
+            self._sync.sync_to(self._next_offset)
 
     def _configure_active(self, seg: Segment) -> None:
         """Writer settings of a segment that becomes the active one."""
-        writer = seg.writer
-        writer.buffer_limit = self.config.write_buffer_bytes
-        # Without an fsync per append, dirty pages pile up until the seal's fdatasync: start
-        # their writeback as the segment fills, so sealing does not stall the writer for long.
-        writer.writeback_bytes = 0 if self._always else _WRITEBACK_BYTES
-        writer.writeback_from = seg.size
-        # Policies that fdatasync while the segment fills: extend the file ahead of the data, so
-        # that those fdatasyncs need not also commit a new file size (~20% faster here).
-        syncs = self._always or self.config.fsync_records is not None or \
-            self.config.fsync_ms is not None
-        writer.preallocate = _PREALLOCATE_BYTES if syncs else 0
-        writer.preallocate_limit = self.config.segment_bytes
-        # No fsync policy at all: copy batches into a write mapping instead of one pwrite system
-        # call each (see logstore.storage.active_file). Not through a test double of the file
-        # system (its pwrite is the seam fault-injection tests use), not with a write buffer
-        # (that already writes in large pieces).
-        writer.map_writes = (self.config.fsync == "never" and not self.config.write_buffer_bytes
-                             and type(self._fs) is FileSystem and hasattr(os, "posix_fallocate"))
-        writer.map_write_limit = self.config.segment_bytes
+        seg.writer.apply_policy(self.config, seg.size, default_fs=type(self._fs) is FileSystem,
+                                shared=self.shared)
 
     def _open_reader(self) -> None:
         d = self.path
@@ -221,24 +332,36 @@ class Log:
         if found is None:
             raise NotALogError(f"{d} has no {META_NAME}: not a logstore log")
         self.meta = found
-        if found.get("settings", {}).get("compacted"):
-            self._allow_gaps = True
+        self._apply_config(self.config)  # (the "compacted" mark of the metadata)
         self._refresh_locked()
 
     # ------------------------------------------------------------------ read-only refresh
     def _refresh_locked(self) -> None:
-        """Catch up with the writer: walk new whole, CRC-valid batches; follow segment rolls."""
-        if self._segs.items or list_segments(self.path):
+        """Catch up with the writer(s): a reader walks new whole, CRC-valid batches and follows
+        segment rolls; a shared writer adopts what the other writers published."""
+        if self._shared is not None:
+            t = self._shared.follow()
+            self._next_offset = t.next_offset
+            if t.durable_offset > self._sync.durable_offset:
+                self._sync.advance(t.durable_offset)
+        elif self._segs.items or list_segments(self.path):
             self._next_offset = self._segs.follow()
 
     # ------------------------------------------------------------------ state
     def _check_open(self) -> None:
         if self._closed:
-            raise LogClosedError(f"log {self.path} is closed")
+            self._refuse_closed()
+
+    def _refuse_closed(self) -> None:
+        if self._forked:
+            raise ForkedProcessError(
+                f"log {self.path} was opened in process {self._pid}; this is a forked child "
+                f"(pid {os.getpid()}): open it again in this process")
+        raise LogClosedError(f"log {self.path} is closed")
 
     def _check_writable(self) -> None:
         if self._closed:
-            raise LogClosedError(f"log {self.path} is closed")
+            self._refuse_closed()
         if self.readonly:
             raise ReadOnlyError(f"log {self.path} was opened with readonly=True")
         if self._sync.failed is not None:
@@ -262,7 +385,7 @@ class Log:
         """The next offset to be assigned: every record below it is readable."""
         with self._lock:
             self._check_open()
-            if self.readonly:
+            if self._follows:
                 self._refresh_locked()
             return self._visible_end()
 
@@ -357,6 +480,10 @@ class Log:
             raise RecordTooLargeError(
                 f"record encodes to {raw_len} bytes, above max_record_bytes="
                 f"{self._max_record_bytes}; nothing was written")
+        if self._shared is not None:  # (one path for every batch of a shared log)
+            return self.append_prepared(prepare_one(
+                value, key, None, ts, self._codec, self.config.compression_level,
+                self._max_record_bytes), wait).start
         framed = (HEADER_SIZE + raw_len + 7) & ~7
         with self._lock:
             if self._closed or self.readonly or self._sync.failed is not None:
@@ -390,15 +517,38 @@ class Log:
         ``prepare_*``); ``wait=False`` does not wait for the fsync policy."""
         with self._lock:
             self._check_writable()
-            base = self._next_offset
-            active = self._active_for_locked(p.framed_length, p.max_timestamp, p.last_offset_delta)
-            data = frame(p, base, active.synced_size)
-            nxt = base + p.last_offset_delta + 1
-            active.append(data, base, nxt, p.max_timestamp, p.base_timestamp)
-            self._next_offset = nxt
+            if self._shared is not None:
+                nxt = self._append_shared_locked(p)
+                base = nxt - p.last_offset_delta - 1
+            else:
+                base = self._next_offset
+                active = self._active_for_locked(p.framed_length, p.max_timestamp,
+                                                 p.last_offset_delta)
+                data = frame(p, base, active.synced_size)
+                nxt = base + p.last_offset_delta + 1
+                active.append(data, base, nxt, p.max_timestamp, p.base_timestamp)
+                self._next_offset = nxt
         if wait:
             self._sync_per_policy(nxt)
         return range(base, nxt)
+
+    def _append_shared_locked(self, p: PreparedBatch) -> int:
+        """(log lock held) Append one batch to a shared log under its write lock: catch up with
+        the other writers, write at the tail, publish. Returns the next offset."""
+        shared = self._shared
+        t = self._shared_enter_locked()
+        try:
+            base = self._next_offset
+            active = self._active_for_locked(p.framed_length, p.max_timestamp, p.last_offset_delta)
+            data = frame(p, base, active.synced_size)
+            if active.base_offset == t.active_base:  # (after a roll the roll mark stays on)
+                t = shared.writing(t, active.size + len(data))  # (a kill now: torn)
+            nxt = base + p.last_offset_delta + 1
+            active.append(data, base, nxt, p.max_timestamp, p.base_timestamp)
+            self._next_offset = nxt
+        finally:
+            shared.leave(t)
+        return nxt
 
     def _active_for_locked(self, length: int, max_ts: int, last_delta: int) -> Segment:
         """(lock held) The segment the next batch goes to, rolling first if the batch would pass
@@ -416,6 +566,12 @@ class Log:
             active = self._segs.active
         return active
 
+    def await_policy(self, next_offset: int) -> None:
+        """(Engine API, for views) After ``append_internal(..., wait=False)``: return once the
+        records below ``next_offset`` are as durable as an append's return promises under the
+        fsync policy (group commit: threads waiting together share fsyncs)."""
+        self._sync_per_policy(next_offset)
+
     def _sync_per_policy(self, nxt: int) -> None:
         """After an append up to ``nxt``: wait for durability as the fsync policy says."""
         if self._always:
@@ -428,21 +584,30 @@ class Log:
         """Seal the active segment (durably) and start a new one at ``_next_offset``."""
         old = self._segs.active
         try:
-            old.trim()
+            if self._shared is not None:
+                self._shared.rolling(self._next_offset)  # (a kill from here on: finished by
+            old.trim()                                   # the next writer, see shared.py)
             old.sync()
             old.seal()
             new = Segment.create(self.path, self._next_offset, self._fs,
                                  self.config.index_interval_bytes, self._index_capacity)
-        except OSError as e:
+        except BaseException as e:
+            # Whatever stopped the roll (an I/O error, or an interrupt such as ^C between two of
+            # its steps), the log is now between two states: refuse writes until a reopen
+            # recovers it. The cause is raised as it is (KeyboardInterrupt stays one).
             self._sync.fail(e)
-            raise StorageError(f"rolling to a new segment failed: {e}", e) from e
+            if isinstance(e, OSError) and not isinstance(e, StorageError):
+                raise StorageError(f"rolling to a new segment failed: {e}", e) from e
+            raise
         self._configure_active(new)
         self._segs.add(new)
         try:
             self._fs.fsync_dir(self.path)
-        except OSError as e:
+        except BaseException as e:
             self._sync.fail(e)
-            raise StorageError(f"fsync of directory {self.path} failed: {e}", e) from e
+            if isinstance(e, OSError) and not isinstance(e, StorageError):
+                raise StorageError(f"fsync of directory {self.path} failed: {e}", e) from e
+            raise
         self._sync.advance(self._next_offset)
 
     def _sync_snapshot(self) -> Tuple[int, int, Callable[[], None]]:
@@ -462,15 +627,6 @@ class Log:
                 seg.synced_size = pos  # later batches record it (recovery)
 
         return upto, fd, synced
-
-    def _flush_loop(self) -> None:
-        interval = self.config.fsync_ms / 1000.0
-        while not self._stop.wait(interval):
-            if self._sync.durable_offset < self._next_offset and self._sync.failed is None:
-                try:
-                    self._sync.sync_to(self._next_offset)
-                except (StorageError, LogClosedError):
-                    return
 
     def flush(self) -> None:
         """Make every record appended so far durable (whatever the fsync policy)."""
@@ -492,10 +648,8 @@ class Log:
         if self._closed:
             return
         self._stop.set()
-        if self._flusher is not None:
-            self._flusher.join()
-        if self._cleaner is not None:
-            self._cleaner.join()
+        background.join(self._flusher)
+        background.join(self._cleaner)
         problem: Optional[BaseException] = None
         if not self.readonly:
             if self._sync.failed is not None:
@@ -509,25 +663,27 @@ class Log:
             if self._closed:
                 return
             self._closed = True
+            process.unregister(self)
+            if self._exit_flush is not None:
+                self._exit_flush.detach()
             try:
                 if not self.readonly:
                     active = self._segs.active
                     if active.pending and problem is None:
                         problem = StorageError(f"{len(active.pending)} buffered bytes of "
                                                f"{self.path} could not be written")
-                    if problem is None:
+                    if self._shared is not None:
+                        # The last writer closes the log cleanly; the others make their own
+                        # appends durable (the close is their durability point) and go.
                         try:
-                            if active.trim():  # the marker's size is then the file's size
-                                active.sync()
-                            last = active.find(self._next_offset - 1) if active.size else None
-                            active.close_active()
-                            meta.write_clean_shutdown(self.path, self._fs, {
-                                "segment": active.base_offset,
-                                "size": active.size,
-                                "end_offset": self._next_offset,
-                                "max_timestamp": active.max_timestamp,
-                                "last_batch": last[0] if last else -1,
-                            })
+                            self._shared.close(
+                                loader.close_cleanly if problem is None else _no_clean_close,
+                                lambda: self._segs.active.sync())
+                        except OSError as e:
+                            problem = problem or e
+                    elif problem is None:
+                        try:
+                            loader.close_cleanly(active, self._next_offset)
                         except OSError as e:
                             problem = e
             finally:
@@ -546,18 +702,25 @@ class Log:
             raise StorageError(f"closing {self.path} failed: {problem}; the next open will "
                                f"recover the log", problem) from problem
 
-    def abandon(self) -> None:
+    def abandon(self, release_files: bool = True) -> None:
         """Let go of the log as a killed process would (for crash tests): no flush, no
-        clean-shutdown marker, no fsync; the directory lock and the files are released, and
+        clean-shutdown marker, no fsync; the directory lock is released (and the files, unless
+        ``release_files`` is false: a simulated power cut took the descriptors already), and
         this object refuses every later call. What the kernel would keep after a SIGKILL (bytes
         already written) stays; a buffered append (``write_buffer_bytes``) is lost."""
         if self._closed:
             return
         self._stop.set()
+        if self._exit_flush is not None:
+            self._exit_flush.detach()  # a killed process's buffer is lost
+        process.unregister(self)
         with self._lock:
             self._closed = True
             for seg in self._segs.items:
-                seg.close()
+                if release_files:
+                    seg.close()
+                else:
+                    seg.close_mappings()
             if self._dir_lock is not None:
                 self._dir_lock.release()
 
@@ -605,7 +768,7 @@ class Log:
         with self._lock:
             if self._closed:
                 self._check_open()
-            if self.readonly and offset >= self._next_offset:
+            if self._follows and offset >= self._next_offset:
                 self._refresh_locked()  # only needed for records this reader has not seen yet
             end = self._sync.durable_offset if self._always else self._next_offset
             segs = self._segs
@@ -636,30 +799,17 @@ class Log:
         :class:`RecordRemovedError` for an offset compaction removed, :class:`CorruptLogError`
         for a batch that fails its checks.
         """
-        wanted = offsets if isinstance(offsets, list) else list(offsets)
-        if not all(type(o) is int for o in wanted):
-            wanted = [check_offset("offset", o) for o in wanted]
-        n = len(wanted)
-        if n == 0:
+        sorted_offs, order_list, huge = sort_request(offsets)
+        if huge is not None or not sorted_offs:
             with self._lock:
                 self._check_open()
+                if huge is not None:  # beyond int64: no log holds such an offset
+                    self._check_range(huge, self._visible_end())
             return []
-        # Offset order (numpy argsort: ~20x faster than sorting indexes in Python).
-        try:
-            arr = np.fromiter(wanted, dtype=np.int64, count=n)
-        except OverflowError:  # beyond int64: no log holds such an offset
-            huge = next(o for o in wanted if not -(1 << 63) <= o < 1 << 63)
-            with self._lock:
-                self._check_open()
-                self._check_range(huge, self._visible_end())
-            raise  # (not reached: _check_range refuses it)
-        order = np.argsort(arr, kind="stable")
-        sorted_offs = arr[order].tolist()
-        order_list = order.tolist()
-        out: List[Any] = [None] * n
+        out: List[Any] = [None] * len(sorted_offs)
         with self._lock:
             self._check_open()
-            if self.readonly and sorted_offs[-1] >= self._next_offset:
+            if self._follows and sorted_offs[-1] >= self._next_offset:
                 self._refresh_locked()
             end = self._visible_end()
             self._check_get_range(sorted_offs[0], end)
@@ -691,7 +841,7 @@ class Log:
             raise ValueError(f"max_bytes must be an int >= 0 or None, got {max_bytes!r}")
         with self._lock:
             self._check_open()
-            if self.readonly:
+            if self._follows:
                 self._refresh_locked()
             end = self._visible_end()
             self._check_range(offset, end)
@@ -722,7 +872,7 @@ class Log:
         from_offset = check_offset("from_offset", from_offset)
         with self._lock:
             self._check_open()
-            if self.readonly:
+            if self._follows:
                 self._refresh_locked()
             end = self._visible_end()
             self._check_range(from_offset, end)
@@ -738,26 +888,37 @@ class Log:
         ts = check_timestamp(timestamp_ms)
         with self._lock:
             self._check_open()
-            if self.readonly:
+            if self._follows:
                 self._refresh_locked()
             return first_offset_at(self._segs, ts, self._visible_end())
 
     # ------------------------------------------------------------------ retention, compaction
     def enforce_retention(self, keep_from: Optional[int] = None,
-                          protect_from: Optional[int] = None) -> Dict[str, Any]:
+                          protect_from: Optional[int] = None,
+                          limits: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Delete the oldest sealed segments that ``retention_ms`` / ``retention_bytes`` (or
         ``keep_from``: every offset below it may go) allow, but never one holding an offset
         >= ``protect_from``. Never the active segment; only whole segments, oldest first.
-        Returns ``{"segments_removed", "bytes_freed", "start_offset"}``.
+        ``limits`` (``{"retention_ms": ..., "retention_bytes": ...}``) replaces the stored
+        limits for this pass only. Returns ``{"segments_removed", "bytes_freed",
+        "start_offset"}``.
         """
-        with self._cleaner_lock, self._lock:
+        config = self.config.replace(**limits) if limits else self.config
+        with self._cleaner_lock, self._cleaning(), self._lock:
             self._check_writable()
-            removed = segments_to_delete(self._segs.items[:-1], self._segs.active.size,
-                                         self.config, now_ms(), keep_from, protect_from)
-            if removed:
-                with storage_errors(f"deleting segments of {self.path}"):
-                    self._segs.delete(removed)
-            start = self._segs.start_offset
+            t = self._shared_enter_locked() if self._shared is not None else None
+            try:
+                removed = segments_to_delete(self._segs.items[:-1], self._segs.active.size,
+                                             config, now_ms(), keep_from, protect_from)
+                if removed:
+                    with storage_errors(f"deleting segments of {self.path}"):
+                        self._segs.delete(removed)
+                    if t is not None:
+                        self._shared.segments_changed()
+                start = self._segs.start_offset
+            finally:
+                if t is not None:
+                    self._shared.leave(t)
         return {"segments_removed": len(removed),
                 "bytes_freed": sum(seg.size for seg in removed), "start_offset": start}
 
@@ -768,12 +929,48 @@ class Log:
         if not self.config.compacted:
             raise ConfigError(f"log {self.path} has cleanup_policy={self.config.cleanup_policy!r};"
                               f" open it with cleanup_policy='compact' (or 'compact,delete')")
-        with self._cleaner_lock:
+        with self._cleaner_lock, self._cleaning():
             with self._lock:
                 self._check_writable()
-            with storage_errors(f"compaction of {self.path}"):
-                return cleaner.compact(self._segs, self.config, self._mark_compacted,
-                                       now_ms).as_dict()
+                if self._shared is not None:
+                    self._refresh_locked()  # the sealed segments as the other writers left them
+            try:
+                with storage_errors(f"compaction of {self.path}"):
+                    return cleaner.compact(self._segs, self.config, self._mark_compacted,
+                                           now_ms, self._swapping).as_dict()
+            except BaseException as e:
+                if os.path.exists(os.path.join(self.path, COMPACTION_COMMIT)):
+                    # Failed after its commit point: the files are half swapped. Nothing may
+                    # change the log until a reopen completes the swap.
+                    self._sync.fail(e)
+                raise
+
+    @contextlib.contextmanager
+    def _cleaning(self) -> Iterator[None]:
+        """One retention or compaction pass at a time across the writers of a shared log."""
+        if self._shared is None:
+            yield
+            return
+        self._shared.tail.lock_clean()
+        try:
+            yield
+        finally:
+            self._shared.tail.unlock_clean()
+
+    @contextlib.contextmanager
+    def _swapping(self) -> Iterator[None]:
+        """The cleaner swaps cleaned segments in under this (the log lock; for a shared log also
+        the write lock, with the other writers told that the segment list changed)."""
+        with self._lock:
+            if self._shared is None:
+                yield
+                return
+            t = self._shared.enter()
+            try:
+                yield
+                self._shared.segments_changed()
+            finally:
+                self._shared.leave(t)
 
     def _mark_compacted(self) -> None:
         """Record in the metadata that offsets may now have gaps (read-only openers need it).
@@ -784,26 +981,12 @@ class Log:
             settings["compacted"] = True
             meta.rewrite_meta(self.path, self._fs, self.meta)
 
-    def _cleanup_loop(self) -> None:
-        interval = self.config.retention_check_interval_s
-        while not self._stop.wait(interval):
-            try:
-                if self.config.retention_ms is not None or self.config.retention_bytes is not None:
-                    self.enforce_retention()
-                if self.config.compacted:
-                    self.compact()
-            except (LogClosedError, StorageError):
-                return
-            except Exception:  # keep the thread alive; the next pass retries
-                logger.exception("background cleanup of %s failed",
-                                                        self.path)
-
     # ------------------------------------------------------------------ introspection
     def segments(self) -> List[Dict[str, Any]]:
         """Per segment: base offset, next offset, size in bytes, file name (for tools and stats)."""
         with self._lock:
             self._check_open()
-            if self.readonly:
+            if self._follows:
                 self._refresh_locked()
             out = []
             for seg in self._segs.items:

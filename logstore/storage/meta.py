@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 import crc32c
 
 from ..errors import NotALogError, UnsupportedFormatError
-from ..format.names import CLEAN_SHUTDOWN_NAME, LOCK_NAME, META_NAME, TMP
+from ..format.names import CLEAN_SHUTDOWN_NAME, LOCK_FILES, META_NAME, TMP
 from ..fs import FileSystem
 
 FORMAT_NAME = "logstore-log"
@@ -27,7 +27,7 @@ FORMAT_NAME = "logstore-log"
 # logstore refuses it instead of misreading version 2 batches as damaged ones.
 FORMAT_VERSION = 2
 # Files that may exist in a directory that is not a log yet (a lock, an interrupted atomic write).
-_IGNORABLE = (LOCK_NAME,)
+_IGNORABLE = LOCK_FILES
 
 
 def read_meta(directory: str) -> Optional[Dict[str, Any]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from ..format.decode import DecodedBatch, decode
 from ..format.extract import extract_range, extract_record, extract_records
 from ..format.header import ATTR_OFFSET_DELTAS, CODEC_MASK, FORMAT_VERSION, BatchHeader, crc_ok
 from ..record import Record
+from ..util import check_offset
 from .segment import Segment
 from .segments import SegmentList
 
@@ -213,6 +214,21 @@ def records(hooks: ReadHooks, start: int, stop: int,
         k = batch.index_of(stop) if h.last_offset >= stop else len(batch)
         if j < k:
             yield batch.records(j, k, partition)
+
+
+def sort_request(offsets: Iterable[int]) -> Tuple[List[int], List[int], Optional[int]]:
+    """``get_many``'s offsets in ascending order and, for each, its place in the request
+    (numpy argsort: ~20x faster than sorting indexes in Python); or an offset beyond int64
+    (third item), which no log can hold. TypeError for a non-integer."""
+    wanted = offsets if isinstance(offsets, list) else list(offsets)
+    if not all(type(o) is int for o in wanted):
+        wanted = [check_offset("offset", o) for o in wanted]
+    try:
+        arr = np.fromiter(wanted, dtype=np.int64, count=len(wanted))
+    except OverflowError:
+        return [], [], next(o for o in wanted if not -(1 << 63) <= o < 1 << 63)
+    order = np.argsort(arr, kind="stable")
+    return arr[order].tolist(), order.tolist(), None
 
 
 def take(batches_of_records: Iterator[List[Record]], max_records: int,

@@ -20,65 +20,29 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import CorruptLogError, OffsetOutOfRangeError
-from ..format.decode import DecodedBatch, decode
-from ..format.extract import extract_record, find_record
+from ..format.decode import DecodedBatch, decode, scan_batch
+from ..format.extract import extract_record, find_batch, find_record
 from ..format.header import (
-    ALIGN, ATTR_OFFSET_DELTAS, CHUNK_SHIFT_AT, CODEC_MASK, FORMAT_VERSION, HEADER, HEADER_SIZE,
-    KNOWN_ATTRS, KNOWN_ATTRS_V2, MAGIC, MAGIC_INT, MAX_BATCH_LENGTH, MAX_CHUNK_SHIFT,
-    MAX_TIMESTAMP, MIN_CHUNK_SHIFT, STEP, VERSION_1, WALK, BatchHeader, check_header, crc_ok,
-    header_problem, parse_header,
+    HEADER_SIZE, MAGIC, MAX_TIMESTAMP, WALK, BatchHeader, check_header, crc_ok, header_problem,
+    parse_header,
 )
 from ..fs import FileSystem
 from ..record import Record
 from ..format.names import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
 from .active_file import ActiveFile
-from .tail import RecoveryReport, inspect_active
+from .tail import RecoveryReport, ScannedBatch, ScanResult, inspect_active
 from .index import OffsetIndex, TimeIndex
+from .sparse import zeros_between, zeros_in_mapping
 
 MAX_RELATIVE_OFFSET = 2**31 - 1  # index entries store offsets relative to the segment base
 
 
-def zeros_between(fd: int, pos: int, end: int) -> bool:
-    """Whether bytes ``[pos, end)`` of the file are all zero (an active segment's preallocated,
-    never-written tail; see FORMAT.md). Reads with pread, 4 MiB at a time."""
-    while pos < end:
-        data = os.pread(fd, min(1 << 22, end - pos), pos)
-        if not data or data.count(0) != len(data):
-            return False
-        pos += len(data)
-    return True
 
-
-# Batches quick_locate leaves to the general path: compressed, with offset deltas, unknown flags.
-_NOT_QUICK = CODEC_MASK | ATTR_OFFSET_DELTAS | ~KNOWN_ATTRS
-_NOT_QUICK_V2 = CODEC_MASK | ATTR_OFFSET_DELTAS | ~KNOWN_ATTRS_V2
-
-
-class ScannedBatch(NamedTuple):
-    position: int
-    length: int
-    base_offset: int
-    next_offset: int
-    max_timestamp: int
-    record_count: int
-
-
-class ScanResult(NamedTuple):
-    """Outcome of validating a segment batch by batch from some position."""
-
-    batches: List[ScannedBatch]
-    valid_end: int  # file position just after the last valid batch
-    file_size: int
-    error: Optional[CorruptLogError]  # first problem found, None if the whole range was valid
-
-    @property
-    def next_offset(self) -> Optional[int]:
-        return self.batches[-1].next_offset if self.batches else None
 
 
 class Segment:
@@ -229,6 +193,38 @@ class Segment:
         self.rebuild_indexes(scan, index_capacity)
         report.indexes_rebuilt = True
         return report
+
+    # ------------------------------------------------------------------ shared logs
+    def shared_state(self) -> Tuple[int, int, int, int, int, int]:
+        """(active segment of a shared log) What other writers adopt after this one appended:
+        ``(size, next_offset, index entries, last indexed position, max timestamp, first
+        timestamp or -1)``."""
+        first = -1 if self.first_timestamp is None else self.first_timestamp
+        return (self.size, self.next_offset, self._offset_index.n, self._last_index_pos,
+                self.max_timestamp, first)
+
+    def adopt(self, size: int, next_offset: int, index_n: int, last_index_pos: int,
+              max_ts: int, first_ts: int) -> None:
+        """(active segment of a shared log) Take what other writers appended: the batches are
+        in the file and their index entries in the shared index mappings already."""
+        self.size = size
+        self.next_offset = next_offset
+        self._offset_index.set_count(index_n)
+        self._time_index.set_count(index_n)
+        self._last_index_pos = last_index_pos
+        self.max_timestamp = max_ts
+        self.first_timestamp = None if first_ts < 0 else first_ts
+
+    def open_shared_active(self, state: Tuple[int, int, int, int, int, int]) -> None:
+        """Open this segment as the active one of a shared log that other writers are writing
+        (no recovery: the tail they share says how far its batches go)."""
+        self.fd = self.fs.open(self.path, os.O_RDWR)
+        self.writer = ActiveFile(self.fd, self.fs, self.path, os.fstat(self.fd).st_size)
+        self._offset_index = OffsetIndex.map_shared(self.index_path, state[2])
+        self._time_index = TimeIndex.map_shared(self.timeindex_path, state[2])
+        self._index_checked = True
+        self.sealed = False
+        self.adopt(*state)
 
     def rebuild_sealed_indexes(self) -> None:
         """Rebuild and save this sealed segment's indexes from a strict scan (``logstore
@@ -391,7 +387,7 @@ class Segment:
             and ti.last()[1] == rel_end
         )
         if good:
-            good = self._time_index_agrees(oi, ti)
+            good = self._time_index_agrees(oi, ti) and self._final_time_entry_ok(oi, ti)
         if good:
             self._offset_index, self._time_index = oi, ti
             self.max_timestamp = ti.last()[0]
@@ -436,6 +432,27 @@ class Segment:
                     or tss[i + 1] < h.max_timestamp:
                 return False
         return True
+
+    def _final_time_entry_ok(self, oi: OffsetIndex, ti: TimeIndex) -> bool:
+        """The last entry of a sealed segment's time index is its largest timestamp, which
+        retention and ``offset_for_time`` trust: it must equal the largest ``max_timestamp``
+        of the batches, read from their headers after the previous entry's batch (about one
+        index interval of batches; the entries before it are checked by the sample)."""
+        entries = ti.entries
+        n = len(entries)
+        pos, best = 0, 0
+        if n >= 2:
+            rel_prev = int(entries["rel"][n - 2])
+            rel, pos = oi.lookup(rel_prev)
+            if rel != rel_prev:
+                return False
+            best = int(entries["ts"][n - 2])
+        try:
+            for _pos, h in self.iter_headers(pos):
+                best = max(best, h.max_timestamp)
+        except CorruptLogError:
+            return False  # the rebuild reports the damage where it is
+        return int(entries["ts"][n - 1]) == best
 
     def rebuild_indexes(self, scan: ScanResult, capacity: Optional[int],
                         persist: bool = True) -> None:
@@ -520,13 +537,13 @@ class Segment:
         with pread) and ``header`` the plain tuple of its fields, or None: "ask :meth:`find`".
 
         The common route is a loaded index whose hint checks out and intact, dense,
-        uncompressed batches from the hint to the target: one index search, four header fields
-        per batch stepped over (from the mapping, or one pread each for a reader's active
-        segment), then the target's full header check. Its CRC is the caller's to check
-        (:func:`extract_record` does, or :func:`check_crc` once for several
-        records). Anything else (write buffer, a hint that does not match, a gap, compression,
-        any odd header) returns None, and the caller takes the general path, which handles and
-        reports every case. Both give the same batch for the same bytes.
+        uncompressed batches from the hint to the target (:func:`find_batch`: four header
+        fields per batch stepped over, in the mapping, or in one pread of an index interval
+        for a reader's active segment), then the target's full header check. Checking its
+        bytes is the caller's job (:func:`extract_record`, :func:`extract_records`). Anything
+        else (write buffer, a hint that does not match, a gap, compression, any odd header)
+        returns None, and the caller takes the general path, which handles and reports every
+        case. Both give the same batch for the same bytes.
         """
         oi = self._offset_index
         size = self.size
@@ -534,61 +551,20 @@ class Segment:
         if oi is None or size <= 0 or offset >= self.next_offset or (
                 writer is not None and writer.pending):
             return None
-        if self.use_pread:
-            mm = None
-            fd = self.fd
-        else:
+        rel, pos = oi.lookup(offset - self.base_offset)
+        expect = self.base_offset + rel
+        if not self.use_pread:
             mm = self._map if self._map_len >= size else self.mapped(size)
-        base_offset = self.base_offset
-        rel, pos = oi.lookup(offset - base_offset)
-        expect = base_offset + rel
-        step = STEP.unpack_from
-        magic_int = MAGIC_INT
-        limit = size - HEADER_SIZE
-        while pos <= limit:
-            # Batches before the target are stepped over on four fields (about half of a full
-            # check: a get walks ~12 one-record batches from its index entry); a damaged one
-            # breaks the base-offset chain or the length checks, and the target batch gets the
-            # full header check and its CRC below.
-            if mm is None:
-                raw = os.pread(fd, HEADER_SIZE, pos)
-                if len(raw) < HEADER_SIZE:
-                    return None
-                magic, length, base, last_delta = step(raw, 0)
-            else:
-                raw = mm
-                magic, length, base, last_delta = step(mm, pos)
-            if (magic != magic_int or base != expect or length < HEADER_SIZE or length & 7
-                    or pos + length > size):
-                return None  # odd or a gap: the general path decides and reports
-            expect = base + last_delta + 1
-            if expect > offset:
-                h = HEADER.unpack_from(raw, 0 if mm is None else pos)
-                a = h[4]
-                table = 0
-                if h[3] == FORMAT_VERSION:
-                    shift = (a >> CHUNK_SHIFT_AT) & 0x1F
-                    if shift:
-                        if not MIN_CHUNK_SHIFT <= shift <= MAX_CHUNK_SHIFT or h[10] < 1:
-                            return None
-                        table = ((h[10] + (1 << shift) - 1) >> shift) * 4
-                    if a & _NOT_QUICK_V2:
-                        return None
-                elif h[3] != VERSION_1 or a & _NOT_QUICK:
-                    return None
-                if (length > MAX_BATCH_LENGTH or h[9] != h[8] - 1 or h[8] < 1
-                        or not length - ALIGN < HEADER_SIZE + table + h[10] <= length
-                        or h[6] < 0 or h[7] < 0):
-                    # (header_problem's checks, on the plain tuple) odd or compressed:
-                    return None  # the general path decides and reports
-                if mm is None:
-                    data = os.pread(fd, length, pos)
-                    if len(data) < length:
-                        return None
-                    return data, 0, h, pos
-                return mm, pos, h, pos
-            pos += length
-        return None
+            found = find_batch(mm, pos, size, expect, offset)
+            return None if found is None else (mm, found[0], found[1], found[0])
+        # Every batch between two index entries starts within an index interval of the first.
+        raw = os.pread(self.fd, min(size, pos + self.index_interval + HEADER_SIZE) - pos, pos)
+        found = find_batch(raw, 0, size - pos, expect, offset)
+        if found is None:
+            return None
+        at, h = found
+        data = os.pread(self.fd, h[2], pos + at)
+        return (data, 0, h, pos + at) if len(data) == h[2] else None
 
     def walk_to(self, offset: int, pos: int) -> Optional[Tuple[int, BatchHeader]]:
         """Walk batch headers from ``pos`` to the batch reaching ``offset``.
@@ -713,19 +689,12 @@ class Segment:
             buf = None
         while pos < end:
             try:
-                if end - pos < HEADER_SIZE:
-                    raise CorruptLogError("truncated batch header", self.path, pos)
-                raw = buf if buf is not None else os.pread(self.fd, HEADER_SIZE, pos)
-                h = parse_header(raw, pos if buf is not None else 0)
-                check_header(h, self.path, pos)
-                if pos + h.length > end:
-                    raise CorruptLogError("truncated batch (torn write)", self.path, pos)
-                data = buf if buf is not None else os.pread(self.fd, h.length, pos)
-                decode(data, pos if buf is not None else 0, h, self.path, pos, deep=True)
-                if h.base_offset < expect:
-                    raise CorruptLogError(
-                        f"batch base offset {h.base_offset} goes back (expected >= {expect})",
-                        self.path, pos)
+                if buf is not None:
+                    h = scan_batch(buf, pos, pos, end, expect, self.path)
+                else:  # (a reader's active segment: pread, never a mapping)
+                    raw = os.pread(self.fd, min(HEADER_SIZE, end - pos), pos)
+                    h = scan_batch(raw, 0, pos, end, expect, self.path,
+                                   lambda n: os.pread(self.fd, n, pos))
                 if h.next_offset - 1 - self.base_offset > MAX_RELATIVE_OFFSET:
                     raise CorruptLogError("batch offsets too far from the segment base",
                                           self.path, pos)
@@ -743,12 +712,19 @@ class Segment:
         return ScanResult(batches, pos, file_size, error)
 
     def _zeros(self, pos: int, end: int, buf) -> bool:
-        """Whether bytes ``[pos, end)`` are all zero (``buf``: a mapping of the file, or None)."""
-        if buf is not None:
-            return not np.frombuffer(buf, dtype=np.uint8, count=end - pos, offset=pos).any()
-        return zeros_between(self.fd, pos, end)
+        """Whether bytes ``[pos, end)`` are all zero (``buf``: a mapping of the file, or None),
+        reading only the file's data ranges (:mod:`~logstore.storage.sparse`)."""
+        if buf is None:
+            return zeros_between(self.fd, pos, end)
+        fd = self.fd if self.fd is not None else os.open(self.path, os.O_RDONLY)
+        try:
+            return zeros_in_mapping(fd, buf, pos, end)
+        finally:
+            if fd != self.fd:
+                os.close(fd)
 
-    def scan_view(self, end: int):
+    def scan_view(self, end: int) -> mmap.mmap:
+        """A fresh read-only mapping of the file's first ``end`` bytes (scans, damage rules)."""
         fd = self.fd if self.fd is not None else os.open(self.path, os.O_RDONLY)
         try:
             return mmap.mmap(fd, end, access=mmap.ACCESS_READ)

@@ -19,7 +19,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from ..format.header import BatchHeader
 from ..format.names import (
-    DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, parse_segment_name, segment_name,
+    CLEANED, DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, parse_segment_name,
+    segment_name,
 )
 from ..fs import FileSystem
 from .segment import Segment
@@ -140,6 +141,11 @@ class SegmentList:
                     fs.unlink(path + DELETED)
                 except FileNotFoundError:
                     pass
+            for path in (seg.path + SWAP, seg.path + CLEANED):
+                try:  # an unfinished compaction's copy must not bring the segment back
+                    fs.unlink(path)
+                except FileNotFoundError:
+                    pass
 
     def swap_in(self, old: Sequence[Segment], swaps: Sequence[str]) -> None:
         """Rename each ``.swap`` file over its original and put a fresh sealed Segment object in
@@ -149,7 +155,11 @@ class SegmentList:
             finish_swap(self.fs, swap)
             new = Segment.open_sealed(self.directory, seg.base_offset, seg.next_offset, self.fs,
                                       self.index_interval, self.writable)
-            self.items = [new if s is seg else s for s in self.items]
+            for s in self.items:
+                if s.base_offset == seg.base_offset:
+                    s.retired = True
+            # (by base offset: the list may hold another object for the segment by now)
+            self.items = [new if s.base_offset == seg.base_offset else s for s in self.items]
             seg.retired = True
 
     # ------------------------------------------------------------------ following a writer

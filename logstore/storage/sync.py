@@ -47,6 +47,9 @@ class GroupCommit:
         self.last_fsync_s = 0.0
         self.failed: Optional[BaseException] = None
         self.durable_offset = 0  # every record below it is on stable storage
+        # A shared log (several processes) fsyncs through this instead of the snapshot: it
+        # returns the offset now durable (maybe covered by another process's fsync).
+        self.shared_sync: Optional[Callable[[], int]] = None
 
     @property
     def waiting(self) -> int:
@@ -132,20 +135,28 @@ class GroupCommit:
             # A failed *write* of a write buffer raises StorageError from the snapshot: the
             # buffer is kept and retried later, and the log is not poisoned (nothing was
             # reported durable). Only fsync failures poison it.
-            upto, fd, after_sync = self._snapshot()
             started = time.monotonic()
-            try:
-                self._fs.fdatasync(fd)
-                synced = True
-            except StorageError:
-                raise
-            except OSError as e:
-                error = e
-            finally:
-                self._fs.close(fd)
+            if self.shared_sync is not None:
+                try:
+                    upto = self.shared_sync()
+                    synced = True
+                except OSError as e:  # (a StorageError too: another process's fsync failed)
+                    error = e
+            else:
+                upto, fd, after_sync = self._snapshot()
+                try:
+                    self._fs.fdatasync(fd)
+                    synced = True
+                except StorageError:
+                    raise
+                except OSError as e:
+                    error = e
+                finally:
+                    self._fs.close(fd)
+                if synced:
+                    after_sync()
             if synced:
                 self.last_fsync_s = time.monotonic() - started
-                after_sync()
         finally:
             lock.acquire()
             self._syncing = False

@@ -16,12 +16,47 @@ Read-only: :func:`inspect_active` changes nothing; :meth:`Segment.recover` appli
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, NamedTuple, Optional, Tuple
 
-from ..format.header import ALIGN, HEADER_SIZE, MAGIC, crc_ok, header_problem, parse_header
+from ..errors import CorruptLogError
+from ..format.damage import classify_damage
 
 if TYPE_CHECKING:
-    from .segment import ScanResult, Segment
+    from .segment import Segment
+
+
+class ScannedBatch(NamedTuple):
+    """One whole, valid batch found by :meth:`Segment.scan`."""
+
+    position: int
+    length: int
+    base_offset: int
+    next_offset: int
+    max_timestamp: int
+    record_count: int
+
+
+class ScanResult(NamedTuple):
+    """Outcome of validating a segment batch by batch from some position."""
+
+    batches: List[ScannedBatch]
+    valid_end: int  # file position just after the last valid batch
+    file_size: int
+    error: Optional[CorruptLogError]  # first problem found, None if the whole range was valid
+
+    @property
+    def next_offset(self) -> Optional[int]:
+        return self.batches[-1].next_offset if self.batches else None
+
+
+class _MappedBytes:
+    """A mapping of a segment file as format.damage's byte source."""
+
+    def __init__(self, mapping: Any):
+        self._mapping = mapping
+
+    def read(self, pos: int, n: int) -> bytes:
+        return self._mapping[pos : pos + n]
 
 
 @dataclass
@@ -64,43 +99,6 @@ class RecoveryReport:
         return "\n".join(lines)
 
 
-def valid_batch_after(segment: "Segment", start: int, end: int, min_offset: int) -> Optional[int]:
-    """Position of a CRC-valid batch at or after ``start`` (8-aligned), or None.
-
-    Used to tell a torn tail (nothing valid after the damage) from mid-file corruption.
-    """
-    if end - start < HEADER_SIZE:
-        return None
-    buf = segment.scan_view(end)
-    pos = start + (-start % ALIGN)
-    while True:
-        pos = buf.find(MAGIC, pos, end)
-        if pos < 0:
-            return None
-        if pos % ALIGN == 0 and pos + HEADER_SIZE <= end:
-            h = parse_header(buf, pos)
-            if (header_problem(h) is None and pos + h.length <= end
-                    and h.base_offset >= min_offset and crc_ok(buf, pos, h)):
-                return pos
-        pos += 1
-
-
-def synced_before_of_later_batches(segment: "Segment", first: int, end: int) -> int:
-    """The largest ``synced_before`` among the CRC-valid batches from ``first`` on.
-
-    If it exceeds the position of some damage, that damage lies in bytes an fsync had already
-    made durable before a later batch was written: real corruption, never truncated.
-    """
-    buf = segment.scan_view(end)
-    best = 0
-    pos: Optional[int] = first
-    while pos is not None:
-        h = parse_header(buf, pos)
-        best = max(best, h.synced_before)
-        pos = valid_batch_after(segment, pos + h.length, end, h.next_offset)
-    return best
-
-
 def inspect_active(segment: "Segment") -> Tuple["ScanResult", RecoveryReport]:
     """Scan the active segment; return (ScanResult, RecoveryReport) without changing anything."""
     scan = segment.scan(0)
@@ -116,16 +114,15 @@ def inspect_active(segment: "Segment") -> Tuple["ScanResult", RecoveryReport]:
         report.problem = scan.error.reason
         report.problem_position = scan.error.position
         nxt = scan.next_offset if scan.batches else segment.base_offset
-        after = valid_batch_after(segment, scan.valid_end + 1, scan.file_size, nxt)
-        report.data_after_problem = after is not None
-        if after is not None and synced_before_of_later_batches(
-                segment, after, scan.file_size) <= scan.valid_end:
-            # Every valid batch after the damage was written while the damaged bytes were not
-            # yet known durable (its synced_before field says so), and no later batch vouches
-            # for them: they were never fsynced, so never acknowledged under any policy. A power
-            # loss with out-of-order write-back can leave exactly this: a torn tail.
-            report.data_after_problem = False
-            report.zero_hole = True
+        # (format.damage: one copy of the rule, shared with `logstore verify`)
+        found = classify_damage(_MappedBytes(segment.scan_view(scan.file_size)),
+                                scan.valid_end, scan.file_size, nxt)
+        # Valid data after the damage is corruption, unless every valid batch after it was
+        # written while the damaged bytes were not yet known durable (their synced_before says
+        # so): never fsynced, never acknowledged; out-of-order write-back at a power loss
+        # leaves exactly this, a torn tail ("zero hole").
+        report.data_after_problem = found.resume is not None and not found.zero_hole
+        report.zero_hole = found.zero_hole
     elif scan.file_size > scan.valid_end:
         report.unwritten_tail = True  # zero bytes only (Segment.scan): preallocated space
     report.truncated_bytes = scan.file_size - scan.valid_end

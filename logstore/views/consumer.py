@@ -16,6 +16,7 @@ continues from its last commit: what was polled and not committed is delivered a
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import time
@@ -32,6 +33,8 @@ from ..errors import (
 from ..storage.log import Log
 from ..record import Record
 from .names import validate_name
+
+logger = logging.getLogger("logstore")
 
 SUBSCRIPTION_PREFIX = "__sub__"
 _POLL_SLICE = 0.05  # also re-check the logs this often while blocked (appends by other paths)
@@ -79,7 +82,19 @@ class _GroupState:
         with self.lock:
             member._member = leases.Member(self.members_dir)
             self.members.append(member)
-            self.rebalance(force=True)
+            try:
+                self.rebalance(force=True)
+            except BaseException:
+                # A member that failed to join must not stay in the group: the others would
+                # leave its share of the partitions unread.
+                self.members.remove(member)
+                member._member.leave()
+                self.assigned.pop(member, None)
+                try:
+                    self.rebalance(force=True)  # give its share back to the others
+                except Exception:
+                    pass  # the next poll's rebalance retries; the join's error is the news
+                raise
 
     def leave(self, member: "Consumer") -> None:
         with self.lock:
@@ -117,11 +132,29 @@ class _GroupState:
             if pos is None:
                 # A new group (or one from before leases: its commit is in the offsets log).
                 pos = self.store.offsets.get(self.group, self.topic.name, p)
-                if pos is None:
-                    part = self.topic.partitions[p]
+                part = self.topic.partitions[p]
+                if pos is None and leases.was_started(self.dir, p):
+                    # Its lease log was lost (deleted or damaged away): starting at "latest"
+                    # would skip what was published since its last commit. Start over from
+                    # the earliest record instead (duplicates, never a gap), and say so.
+                    pos = part.start_offset
+                    self.store.repaired(
+                        f"group {self.group!r} topic {self.topic.name!r} partition {p}: its "
+                        f"lease log (and commits) is missing: starting again from the "
+                        f"earliest offset {pos}")
+                elif pos is None:
                     pos = part.start_offset if self.start == "earliest" else part.end_offset
+                leases.mark_started(self.store.fs, self.dir, p)
                 # Durable at once: a "latest" group created before a crash must not skip what
                 # was published between its creation and its first commit.
+                leases.append_commit(log, pos)
+            end = self.topic.partitions[p].end_offset
+            if pos > end:
+                # The topic lost an unsynced tail the commit's log kept (power loss): records
+                # published from now on would be skipped. Cut back, say so, durably.
+                self.store.repaired(f"group {self.group!r} topic {self.topic.name!r} partition "
+                                    f"{p}: commit {pos} beyond the end {end}: cut back to {end}")
+                pos = end
                 leases.append_commit(log, pos)
         except BaseException:
             log.close()
@@ -163,10 +196,15 @@ class Consumer:
     """A member of a consumer group on one topic. Create with ``store.consumer(group, topic)``."""
 
     def __init__(self, store, group_id: str, topic, start: str = "earliest",
-                 _internal: bool = False):
+                 _internal: bool = False, on_out_of_range: str = "earliest"):
         if not _internal:
             validate_group(group_id)
         _check_start(start)
+        if on_out_of_range not in ("earliest", "error"):
+            raise ConfigError(f"on_out_of_range must be 'earliest' or 'error' (got "
+                              f"{on_out_of_range!r})")
+        self.on_out_of_range = on_out_of_range
+        self._skipped: Dict[int, int] = {}
         self.store = store
         self.group_id = group_id
         self.topic = topic
@@ -223,12 +261,17 @@ class Consumer:
                 lease = st.leases.get(p)
             if pos is None:
                 continue  # released since assignment() (a rebalance in another thread)
-            start = log.start_offset
-            if pos < start:
-                pos = start  # retention removed what we had not read: continue at the start
-            if pos >= log.end_offset:
+            end = log.end_offset  # (first: a read-only log catches up with the writer here)
+            if pos < log.start_offset:
+                pos = self._below_start(p, pos, log.start_offset, lease)
+            if pos >= end:
                 continue
-            recs = log.read_records(pos, max_records - len(out), None, p)
+            try:
+                recs = log.read_records(pos, max_records - len(out), None, p)
+            except OffsetOutOfRangeError:
+                if log.start_offset <= pos:
+                    raise
+                continue  # retention passed us while reading: the next poll says so
             if recs:
                 with st.lock:
                     if st.leases.get(p) is not lease:
@@ -238,6 +281,29 @@ class Consumer:
             if len(out) >= max_records:
                 break
         return out
+
+    def _below_start(self, p: int, pos: int, start: int, lease: Optional[Log]) -> int:
+        """Retention removed records this member had not read: ``on_out_of_range="error"``
+        raises; ``"earliest"`` continues at ``start``, counts them in :attr:`skipped` and logs a
+        warning (Kafka's ``auto.offset.reset``)."""
+        what = (f"group {self.group_id!r} topic {self.topic.name!r} partition {p}: position "
+                f"{pos} is below the start offset {start} (retention removed offsets "
+                f"{pos}..{start - 1} before they were read)")
+        if self.on_out_of_range == "error":
+            raise OffsetOutOfRangeError(f"{what}; seek() to continue")
+        logger.warning("%s: continuing at %d, %d records skipped", what, start, start - pos)
+        st = self._state
+        with st.lock:
+            if st.leases.get(p) is lease and st.positions.get(p) == pos:
+                st.positions[p] = start
+                self._skipped[p] = self._skipped.get(p, 0) + start - pos
+        return start
+
+    @property
+    def skipped(self) -> Dict[int, int]:
+        """``{partition: records skipped}``: records retention removed before this member read
+        them (it continued at the start offset, ``on_out_of_range="earliest"``)."""
+        return dict(self._skipped)
 
     def __iter__(self):
         """Yield records forever, blocking for new ones (stop by closing the consumer)."""
@@ -347,7 +413,8 @@ class Consumer:
             with self._state.lock:
                 pos = self._state.positions.get(p)
             if pos is not None:
-                out[p] = max(0, log.end_offset - max(pos, log.start_offset))
+                end = log.end_offset  # (first: a read-only log catches up here)
+                out[p] = max(0, end - max(pos, log.start_offset))
         return out
 
     def close(self) -> None:
@@ -372,10 +439,12 @@ class Subscription(Consumer):
     """A durable pub/sub subscription: its own position, receives every message (see
     ``Store.subscribe``). Positions persist across reopen; ``store.unsubscribe`` removes it."""
 
-    def __init__(self, store, name: str, topic, start: str = "latest"):
+    def __init__(self, store, name: str, topic, start: str = "latest",
+                 on_out_of_range: str = "earliest"):
         validate_name("subscription", name)
         self.name = name
-        super().__init__(store, SUBSCRIPTION_PREFIX + name, topic, start, _internal=True)
+        super().__init__(store, SUBSCRIPTION_PREFIX + name, topic, start, _internal=True,
+                         on_out_of_range=on_out_of_range)
 
     def __repr__(self) -> str:
         return f"<logstore.Subscription {self.name!r} topic={self.topic.name!r}>"

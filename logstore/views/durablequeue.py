@@ -70,8 +70,10 @@ records below the last checkpoint. Items not yet done are never deleted, whateve
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
+import os
 import pickle
 import threading
 from collections import deque
@@ -79,10 +81,22 @@ from queue import Empty, Full
 from time import monotonic as _time
 from typing import Any, Deque, Dict, Optional, Tuple
 
-from ..errors import AckError, LogClosedError, LogstoreError
+from .. import process
+from ..errors import AckError, ForkedProcessError, LogClosedError, LogstoreError
 from .store import Store
 
 __all__ = ["DurableQueue", "DurableSimpleQueue", "PICKLE", "JSON", "BYTES", "Empty", "Full"]
+
+def _owned(method: Any) -> Any:
+    """Refuse the call in a forked child before any lock is taken (a thread of the parent may
+    have held one at the fork)."""
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._forked:
+            self._check_closed()
+        return method(self, *args, **kwargs)
+    return call
+
 
 #: Name of the topic / work queue inside the store that holds the items.
 QUEUE_NAME = "items"
@@ -174,6 +188,7 @@ class _DurableBase:
         self.not_empty = threading.Condition(self.mutex)
         self._idle = threading.Condition(self.mutex)  # close() waits for in-progress I/O
         self._closed = True  # until fully opened
+        self._forked = False
         self._store = Store.open(path, fsync=fsync, **options)
         try:
             self._wq = self._store.queue(
@@ -187,10 +202,23 @@ class _DurableBase:
         self.path = self._store.root
         self._active = 0  # operations doing I/O outside the mutex
         self._closed = False
+        self._forked = False
+        self._pid = os.getpid()
+        process.register(self)
+
+    def mark_forked(self) -> None:
+        """(In a forked child, by :mod:`logstore.process`) Refuse every call from now on (no
+        lock is taken: a thread of the parent may have held one at the fork)."""
+        self._forked = True
+        self._closed = True
 
     # ------------------------------------------------------------------ helpers
     def _check_closed(self) -> None:
         if self._closed:
+            if getattr(self, "_forked", False):
+                raise ForkedProcessError(
+                    f"{self._kind} {self.path} was opened in process {self._pid}; this is a "
+                    f"forked child (pid {os.getpid()}): open it again in this process")
             raise LogClosedError(f"{self._kind} {getattr(self, 'path', '?')} is closed")
 
     def _dumps(self, item: Any) -> bytes:
@@ -280,6 +308,7 @@ class _DurableBase:
         self.not_empty.notify_all()
 
     # ------------------------------------------------------------------ stdlib API (shared)
+    @_owned
     def qsize(self) -> int:
         """Items put and not yet got."""
         with self.mutex:
@@ -303,6 +332,8 @@ class _DurableBase:
         """Wake every blocked ``get``/``put``/``join`` (they raise LogClosedError), wait for
         operations already doing I/O, and close the store (releasing the directory lock).
         Items got and not done are delivered again at the next open. Idempotent."""
+        if getattr(self, "_forked", False):
+            return  # a forked child's copy: nothing of the parent's is its to release
         with self.mutex:
             if self._closed:
                 return
@@ -310,6 +341,7 @@ class _DurableBase:
             self._wake_all()
             while self._active:
                 self._idle.wait()
+        process.unregister(self)
         self._store.close()
 
     def __enter__(self):
@@ -368,6 +400,7 @@ class DurableQueue(_DurableBase):
         return self._unfinished
 
     # ------------------------------------------------------------------ queue.Queue API
+    @_owned
     def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         """Store ``item`` at the tail. Bounded queue: ``block=False`` raises ``queue.Full`` at
         once when full; otherwise wait (at most ``timeout`` seconds, then ``queue.Full``).
@@ -414,6 +447,7 @@ class DurableQueue(_DurableBase):
         """``put(item, block=False)``."""
         self.put(item, False)
 
+    @_owned
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """Remove and return the item at the head. ``block=False`` raises ``queue.Empty`` at once
         when empty; otherwise wait (at most ``timeout`` seconds, then ``queue.Empty``). The item
@@ -468,6 +502,7 @@ class DurableQueue(_DurableBase):
         if self._unfinished <= 0:
             self.all_tasks_done.notify_all()
 
+    @_owned
     def task_done(self) -> None:
         """Mark one item done, durably: the oldest item got by this thread and not yet done, or
         if this thread holds none, the oldest one got by any thread. ``ValueError`` if called
@@ -498,6 +533,7 @@ class DurableQueue(_DurableBase):
                     self.not_empty.notify()
                 self._leave()
 
+    @_owned
     def join(self) -> None:
         """Block until every item put (or stored at open) has been marked done."""
         with self.all_tasks_done:
@@ -533,6 +569,7 @@ class DurableSimpleQueue(_DurableBase):
                  **store_options: Any):
         super().__init__(path, serializer, fsync, store_options)
 
+    @_owned
     def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         """Store ``item`` at the tail. Never blocks; ``block`` and ``timeout`` are ignored (they
         exist for compatibility with ``queue.Queue.put``, as in the stdlib)."""
@@ -555,6 +592,7 @@ class DurableSimpleQueue(_DurableBase):
         """``put(item, block=False)``."""
         self.put(item, False)
 
+    @_owned
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """Remove and return the item at the head, marking it done (durably) before returning.
         ``block=False`` raises ``queue.Empty`` at once when empty; otherwise wait (at most

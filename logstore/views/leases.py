@@ -80,6 +80,23 @@ def ensure_group_dir(fs: FileSystem, root: str, topic: str, group: str) -> str:
     return path
 
 
+def _started_path(group_dir: str, partition: int) -> str:
+    return os.path.join(group_dir, f"started-{partition}")
+
+
+def mark_started(fs: FileSystem, group_dir: str, partition: int) -> None:
+    """Record, durably, that the group has a position in ``partition`` (before its first
+    commit): a lease log lost later is then an error to report, not a new group."""
+    path = _started_path(group_dir, partition)
+    if not os.path.exists(path):
+        fs.write_file_atomic(path, b"")
+
+
+def was_started(group_dir: str, partition: int) -> bool:
+    """Whether the group ever had a position in ``partition`` (see :func:`mark_started`)."""
+    return os.path.exists(_started_path(group_dir, partition))
+
+
 def list_groups(root: str) -> Iterator[Tuple[str, str, str]]:
     """``(topic, group, directory)`` of every group directory under the store ``root``."""
     base = os.path.join(root, GROUPS_DIR)
@@ -126,6 +143,9 @@ def append_commit(log: Log, offset: int) -> None:
     log.append(_OFFSET.pack(offset), key=COMMIT_KEY)
     end = log.end_offset
     if end - log.start_offset > _TRIM_AFTER_RECORDS:
+        # Never trim below a commit that is not yet durable (fsync="never"/"every"): a power
+        # loss would leave no commit at all, and the group would start over.
+        log.flush()
         log.enforce_retention(keep_from=end - 1)  # never the active segment (holds the last)
 
 

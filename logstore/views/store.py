@@ -18,7 +18,6 @@ Every view reads the topic's own logs: nothing is copied into per-consumer stora
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -27,13 +26,13 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
-from ..config import LogConfig
-from ..format.encode import check_batch_shape
+from ..config import SHAPING_SETTINGS, LogConfig
 from ..errors import (
     ConfigError,
+    CorruptLogError,
+    ForkedProcessError,
     LogClosedError,
     LogLockedError,
-    MissingKeyError,
     NotALogError,
     ReadOnlyError,
     StorageError,
@@ -41,180 +40,46 @@ from ..errors import (
     UnsupportedFormatError,
 )
 from . import leases
+from .. import process
 from ..fs import DEFAULT_FS, FileSystem
+from ..storage.loader import configured
 from ..storage.lockfile import DirectoryLock
+from ..storage.meta import read_meta
 from ..storage.log import Log
 from .consumer import SUBSCRIPTION_PREFIX, Consumer, Subscription
-from .names import partition_for_key, validate_name
+from .names import validate_name
 from .offsets import OffsetStore
+from .queue_state import QueueState
+from .topic import Topic
 from .workqueue import WorkQueue
 from ..format.names import (
-    INTERNAL_DIR, OFFSETS_LOG, STORE_META, TOPIC_META, TOPICS_DIR, LOCK_NAME, topic_dir,
+    INTERNAL_DIR, LOCK_NAME, META_NAME, OFFSETS_LOG, QUEUE_GROUP, STORE_META, TMP, TOPIC_META, TOPICS_DIR,
+    queue_events_dir, topic_dir,
 )
 from ..record import Record
-from ..util import now_ms
 
 logger = logging.getLogger("logstore")
 STORE_FORMAT = "logstore-store"
 # 2: consumer groups and subscriptions commit into per-partition lease logs (internal/groups);
 #    version 1 stores are upgraded when opened for writing (their commits are read as a fallback).
 STORE_VERSION = 2
-MSG_ID_HEADER = "x-msg-id"
 MAX_PARTITIONS = 4096
 
 
 
 
-class Topic:
-    """A named set of partitions. ``publish`` appends to one of them."""
-
-    def __init__(self, store: "Store", name: str, logs: List[Log]):
-        self.store = store
-        self.name = name
-        self.partitions = logs
-        self._rr = itertools.count()
-        self._dedup_lock = threading.Lock()
-        self._dedup: Dict[str, Tuple[int, int, int]] = {}  # msg_id -> (partition, offset, ts)
-        self.listeners: List[Callable[[Record], None]] = []
-        self.retention = "limits"
-        if store.dedup_window_s > 0:
-            self._load_dedup()
-
-    @property
-    def partition_count(self) -> int:
-        return len(self.partitions)
-
-    def _load_dedup(self) -> None:
-        """Rebuild the msg-id window from the records published within it (survives reopen)."""
-        since = max(0, now_ms() - int(self.store.dedup_window_s * 1000))
-        found = []
-        for p, log in enumerate(self.partitions):
-            for rec in log.replay(log.offset_for_time(since)):
-                mid = rec.headers.get(MSG_ID_HEADER)
-                if mid is not None:
-                    found.append((rec.timestamp_ms, mid.decode("utf-8", "replace"), p, rec.offset))
-        for ts, mid, p, off in sorted(found):
-            self._dedup[mid] = (p, off, ts)
-
-    def _expire_dedup(self, now: int) -> None:
-        horizon = now - int(self.store.dedup_window_s * 1000)
-        while self._dedup:
-            mid, (_, _, ts) = next(iter(self._dedup.items()))
-            if ts >= horizon:
-                break
-            del self._dedup[mid]
-
-    def partition_of(self, key: Optional[bytes]) -> int:
-        n = len(self.partitions)
-        if key is None:
-            return next(self._rr) % n
-        if not isinstance(key, (bytes, bytearray, memoryview)):
-            raise TypeError(f"key must be bytes-like or None, got {type(key).__name__}"
-                            + (" (encode it first)" if isinstance(key, str) else ""))
-        return partition_for_key(bytes(key), n)
-
-    def publish(
-        self,
-        value: Optional[bytes],
-        key: Optional[bytes] = None,
-        headers: Optional[Dict[str, bytes]] = None,
-        *,
-        msg_id: Optional[str] = None,
-        partition: Optional[int] = None,
-        timestamp_ms: Optional[int] = None,
-    ) -> Tuple[int, int]:
-        """Append one message; return ``(partition, offset)``.
-
-        Keyed messages go to ``partition_for_key(key, N)`` (per-key order is preserved);
-        unkeyed ones round-robin. There is no order across partitions. With ``msg_id``, a second
-        publish of the same id within ``dedup_window_s`` returns the first one's position and
-        appends nothing.
-        """
-        self.store.check_writable()
-        if partition is None:
-            partition = self.partition_of(key)
-        elif not isinstance(partition, int) or not 0 <= partition < len(self.partitions):
-            raise UnknownTopicError(f"topic {self.name!r} has no partition {partition!r}")
-        ts = now_ms() if timestamp_ms is None else timestamp_ms
-        log = self.partitions[partition]
-        if msg_id is not None:
-            if not isinstance(msg_id, str) or not msg_id:
-                raise TypeError("msg_id must be a non-empty str")
-            with self._dedup_lock:
-                self._expire_dedup(now_ms())
-                seen = self._dedup.get(msg_id)
-                if seen is not None:
-                    return seen[0], seen[1]
-                headers = dict(headers or {})
-                headers[MSG_ID_HEADER] = msg_id.encode("utf-8")
-                offset = log.append(value, key=key, headers=headers, timestamp_ms=ts)
-                self._dedup[msg_id] = (partition, offset, ts)
-        else:
-            offset = log.append(value, key=key, headers=headers, timestamp_ms=ts)
-        self.store.notify_published(self, partition, offset, ts, key, value, headers)
-        return partition, offset
-
-    def publish_batch(
-        self,
-        values: Sequence[Optional[bytes]],
-        *,
-        keys: Optional[Sequence[Optional[bytes]]] = None,
-        headers: Optional[Sequence[Optional[Dict[str, bytes]]]] = None,
-    ) -> List[Tuple[int, int]]:
-        """Publish many messages with one write per partition; return their ``(partition,
-        offset)`` in input order.
-
-        Keyed messages go where :meth:`publish` would send them, in input order (per-key order
-        is kept); the unkeyed messages of one call all go to the next partition in round-robin
-        order (one batch instead of N small ones, like Kafka's sticky partitioner). Every
-        message is encoded and checked before anything is written, so bad input (a ``str``
-        value, a missing key on a compacted topic, mismatched lengths) writes nothing. Each
-        partition's share is one atomic batch; the call is not atomic across partitions (a disk
-        error on the second partition leaves the first one's batch written). No ``msg_id``
-        deduplication here: use :meth:`publish` for that.
-        """
-        self.store.check_writable()
-        n = check_batch_shape(values, keys=keys, headers=headers)
-        if n == 0:
-            return []
-        count = len(self.partitions)
-        unkeyed = next(self._rr) % count
-        groups: Dict[int, List[int]] = {}
-        for i in range(n):
-            key = None if keys is None else keys[i]
-            groups.setdefault(unkeyed if key is None else self.partition_of(key), []).append(i)
-        ts = now_ms()
-        prepared = []
-        for p, idx in groups.items():
-            log = self.partitions[p]
-            ks = None if keys is None else [keys[i] for i in idx]
-            if log.config.compacted and (ks is None or any(k is None for k in ks)):
-                raise MissingKeyError(f"topic {self.name!r} is compacted: every message needs a "
-                                      f"key; nothing was published")
-            prepared.append((p, idx, log.prepare_batch(
-                [values[i] for i in idx], ks,
-                None if headers is None else [headers[i] for i in idx], None, ts)))
-        out: List[Tuple[int, int]] = [(0, 0)] * n
-        for p, idx, batch in prepared:
-            offsets = self.partitions[p].append_prepared(batch)
-            for i, off in zip(idx, offsets):
-                out[i] = (p, off)
-        if self.listeners:
-            for i, (p, off) in enumerate(out):
-                self.store.notify_published(self, p, off, ts, None if keys is None else keys[i],
-                                      values[i], None if headers is None else headers[i])
-        else:
-            self.store.notify_published(self, out[-1][0], out[-1][1], ts, None, None, None)
-        return out
-
-    def end_offsets(self) -> Dict[int, int]:
-        return {p: log.end_offset for p, log in enumerate(self.partitions)}
-
-    def start_offsets(self) -> Dict[int, int]:
-        return {p: log.start_offset for p, log in enumerate(self.partitions)}
-
-    def __repr__(self) -> str:
-        return f"<logstore.Topic {self.name!r} partitions={len(self.partitions)}>"
+def _only_creation_leftovers(root: str) -> bool:
+    """Whether ``root`` (no store.meta) holds only what an interrupted creation leaves: the lock
+    file, store.meta.tmp (its atomic write cut short) and, from versions that created them
+    before store.meta, empty topics/ and internal/ directories."""
+    for name in os.listdir(root):
+        if name in (LOCK_NAME, STORE_META + TMP):
+            continue
+        path = os.path.join(root, name)
+        if name in (TOPICS_DIR, INTERNAL_DIR) and os.path.isdir(path) and not os.listdir(path):
+            continue
+        return False
+    return True
 
 
 class Store:
@@ -232,14 +97,22 @@ class Store:
         self.readonly = readonly
         self.dedup_window_s = dedup_window_s
         self.fs = fs  # the I/O seam every log of the store uses
-        self._log_options = log_options
+        # Options that shape what a log keeps are defaults for the logs (topics) created by
+        # this store from now on; the others (fsync, buffers...) apply to every log it opens.
+        self._shaping = {k: v for k, v in log_options.items() if k in SHAPING_SETTINGS}
+        self._process_options = {k: v for k, v in log_options.items()
+                                 if k not in SHAPING_SETTINGS}
         self._lock = threading.RLock()
         self._data = threading.Condition(threading.Lock())  # notified on every publish
         self._waiters = 0
         self._topics: Dict[str, Topic] = {}
         self._queues: Dict[str, Any] = {}
+        self._queue_states: Dict[str, QueueState] = {}
+        self._repairs: List[str] = []
         self._groups: Dict[Tuple[str, str], Any] = {}
         self._closed = False
+        self._forked = False
+        self._pid = os.getpid()
         self._dir_lock: Optional[DirectoryLock] = None
         self._cleaner: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -261,6 +134,7 @@ class Store:
         root = os.path.abspath(os.fspath(root))
         store = cls(root, config, fs or DEFAULT_FS, readonly, float(dedup_window_s), log_options)
         store._open()
+        process.register(store)
         return store
 
     def _open(self) -> None:
@@ -272,7 +146,7 @@ class Store:
         if meta is None:
             if self.readonly:
                 raise NotALogError(f"{root} is not a logstore store (no {STORE_META})")
-            if os.path.isdir(root) and [n for n in os.listdir(root) if n != LOCK_NAME]:
+            if os.path.isdir(root) and not _only_creation_leftovers(root):
                 raise NotALogError(f"{root} is not empty and has no {STORE_META}: not a store")
         if not self.readonly:
             self.fs.makedirs(root)
@@ -280,17 +154,23 @@ class Store:
         try:
             if meta is None:
                 meta = {"format": STORE_FORMAT, "version": STORE_VERSION, "id": uuid.uuid4().hex}
+                # store.meta first: a crash before it leaves nothing but what
+                # _only_creation_leftovers accepts, so the next open creates the store again.
+                self.fs.write_file_atomic(meta_path, json.dumps(meta).encode())
                 self.fs.makedirs(os.path.join(root, TOPICS_DIR))
                 self.fs.makedirs(os.path.join(root, INTERNAL_DIR))
-                self.fs.write_file_atomic(meta_path, json.dumps(meta).encode())
             elif not self.readonly and int(meta.get("version", 1)) < STORE_VERSION:
                 meta = dict(meta, version=STORE_VERSION)
                 self.fs.write_file_atomic(meta_path, json.dumps(meta).encode())
             if not self.readonly:
                 leases.remove_trash(root)
             self.meta = meta
-            self.offsets = OffsetStore(
-                self.open_internal_log(os.path.join(root, OFFSETS_LOG), True))
+            offsets_log = self.open_internal_log(os.path.join(root, OFFSETS_LOG), True)
+            try:
+                self.offsets = OffsetStore(offsets_log)
+            except BaseException:
+                offsets_log.close()
+                raise
             interval = self.config.retention_check_interval_s
             if not self.readonly and interval > 0:
                 self._cleaner = threading.Thread(target=self._cleanup_loop, daemon=True,
@@ -320,27 +200,50 @@ class Store:
 
     @property
     def id(self) -> str:
+        """The store's permanent id (a uuid in ``store.meta``; mirrors embed it in message ids)."""
         return self.meta["id"]
 
-    def _open_log(self, path: str, **extra: Any) -> Log:
-        options = dict(self._log_options)
+    @property
+    def repairs(self) -> List[str]:
+        """What this store object found inconsistent between its logs and repaired (a position
+        kept in one log beyond the end of the log it points into, after a power loss), one
+        line each; every one is also logged as a warning on the ``logstore`` logger."""
+        return list(self._repairs)
+
+    def repaired(self, line: str) -> None:
+        """(For views) Record a repair: logged as a warning and listed in :attr:`repairs`."""
+        logger.warning("%s", line)
+        self._repairs.append(line)
+
+    def _open_log(self, path: str, settings: Dict[str, Any], **fixed: Any) -> Log:
+        """Open a log of the store with this process's options. ``settings`` (then ``fixed``)
+        are its shaping settings if it is created now, or has none stored yet (a log from
+        before they were stored); otherwise its stored ones apply."""
+        options = dict(self._process_options)
         options["retention_check_interval_s"] = 0  # the store runs one cleanup thread for all
-        options.update(extra)
+        found = read_meta(path) if os.path.isdir(path) else None
+        if found is None or not set(found.get("settings", {})) & set(SHAPING_SETTINGS):
+            options.update(self._shaping)
+            options.update(settings)
+            options.update(fixed)
         return Log.open(path, readonly=self.readonly, fs=self.fs, **options)
 
     def open_internal_log(self, path: str, compacted: bool) -> Log:
         # Internal logs never inherit user retention limits: losing commits or acks is not an
         # option. The offsets log is compacted (latest commit per key); event logs are trimmed
         # below their last checkpoint.
-        return self._open_log(path, retention_ms=None, retention_bytes=None,
+        return self._open_log(path, {}, retention_ms=None, retention_bytes=None,
                               cleanup_policy="compact" if compacted else "delete")
 
     def open_lease_log(self, path: str) -> Log:
         """Open a consumer group's lease log for writing (the lease), even in a read-only store:
         the lease holder is its only writer. Raises LogLockedError while another holds it."""
-        options = dict(self._log_options)
-        options.update(retention_check_interval_s=0, retention_ms=None, retention_bytes=None,
-                       cleanup_policy="delete", segment_bytes=leases.LEASE_SEGMENT_BYTES)
+        options = dict(self._process_options, retention_check_interval_s=0)
+        found = read_meta(path) if os.path.isdir(path) else None
+        if found is None or not set(found.get("settings", {})) & set(SHAPING_SETTINGS):
+            options.update(self._shaping)
+            options.update(retention_ms=None, retention_bytes=None, cleanup_policy="delete",
+                           segment_bytes=leases.LEASE_SEGMENT_BYTES)
         return Log.open(path, fs=self.fs, **options)
 
     def group_commits(self, group: str, topic: str) -> Dict[int, int]:
@@ -354,7 +257,16 @@ class Store:
 
     def check_open(self) -> None:
         if self._closed:
+            if self._forked:
+                raise ForkedProcessError(
+                    f"store {self.root} was opened in process {self._pid}; this is a forked "
+                    f"child (pid {os.getpid()}): open it again in this process")
             raise LogClosedError(f"store {self.root} is closed")
+
+    def mark_forked(self) -> None:
+        """(In a forked child, by :mod:`logstore.process`) Refuse every call from now on."""
+        self._forked = True
+        self._closed = True
 
     def check_writable(self) -> None:
         self.check_open()
@@ -363,14 +275,20 @@ class Store:
 
     # ------------------------------------------------------------------ topics
     def topic(self, name: str, partitions: Optional[int] = None,
-              retention: Optional[str] = None) -> Topic:
+              retention: Optional[str] = None, **settings: Any) -> Topic:
         """Open topic ``name``, creating it (with ``partitions``, default 1) if it is new.
 
         ``retention="interest"`` (fixed at creation, default ``"limits"``): segments every
         consumer group and subscription of the topic has committed past are deleted, on top of
-        the store's ``retention_ms``/``retention_bytes`` limits.
+        its ``retention_ms``/``retention_bytes`` limits. ``settings``: the topic's shaping
+        settings (``cleanup_policy``, ``retention_ms``, ``compression``, ``segment_bytes``...,
+        ``logstore.config.SHAPING_SETTINGS``), stored at creation over the store's defaults;
+        for an existing topic a value different from the stored one raises ConfigError (use
+        ``topic.configure``).
         """
         validate_name("topic", name)
+        if settings:
+            configured(self.config, settings)  # names and values checked before anything
         if retention not in (None, "limits", "interest"):
             raise ConfigError(f"retention must be 'limits' or 'interest' (got {retention!r})")
         if partitions is not None and (isinstance(partitions, bool) or not isinstance(
@@ -381,45 +299,164 @@ class Store:
             self.check_open()
             topic = self._topics.get(name)
             if topic is None:
-                topic = self._open_topic(name, partitions, retention)
+                topic = self._open_topic(name, partitions, retention, settings)
                 self._topics[name] = topic
             elif partitions is not None and partitions != topic.partition_count:
                 raise ConfigError(f"topic {name!r} has {topic.partition_count} partitions, "
                                   f"not {partitions} (the count cannot change)")
+            else:
+                current = topic.settings
+                for k, v in settings.items():
+                    if current.get(k) != v:
+                        raise ConfigError(f"topic {name!r} stores {k}={current.get(k)!r}, not "
+                                          f"{v!r}; change it with topic.configure({k}=...)")
             return topic
 
-    def _open_topic(self, name: str, partitions: Optional[int],
-                    retention: Optional[str] = None) -> Topic:
+    def _open_topic(self, name: str, partitions: Optional[int], retention: Optional[str],
+                    settings: Dict[str, Any]) -> Topic:
         tdir = topic_dir(self.root, name)
-        meta_path = os.path.join(tdir, TOPIC_META)
-        try:
-            with open(meta_path, "rb") as f:
-                tmeta = json.loads(f.read())
-            existing = int(tmeta["partitions"])
-            policy = tmeta.get("retention", "limits")
-        except FileNotFoundError:
-            existing = None
-        except (ValueError, KeyError, TypeError, OSError):
-            raise NotALogError(f"{meta_path} is not a topic metadata file") from None
-        if existing is None:
+        tmeta = self._read_topic_meta(name)
+        if tmeta is None:
             if self.readonly:
                 raise UnknownTopicError(f"no topic {name!r} in {self.root}")
+            if os.path.isdir(tdir) and any(n.isdigit() for n in os.listdir(tdir)):
+                raise CorruptLogError(f"topic {name!r} has partition directories but no "
+                                      f"{TOPIC_META}: refusing to recreate it (its partition "
+                                      f"count is unknown)", os.path.join(tdir, TOPIC_META))
             existing = partitions or 1
             policy = retention or "limits"
+            # A new topic's settings: the store's defaults, the ones given here; stored whole
+            # (with the defaults of this version) so that they never change by themselves.
+            stored = self.config.replace(**{**self._shaping, **settings}).settings()
             self.fs.makedirs(tdir)
+            # topic.json first, marked "creating" until every partition exists: a crash in
+            # between is finished by the next open, and a partition missing from a created
+            # topic is always damage.
+            tmeta = {"partitions": existing, "retention": policy, "settings": stored}
+            self.fs.write_file_atomic(os.path.join(tdir, TOPIC_META),
+                                      json.dumps(dict(tmeta, creating=True)).encode())
+            self._create_partitions(tdir, existing, stored)
+            self.fs.write_file_atomic(os.path.join(tdir, TOPIC_META), json.dumps(tmeta).encode())
+        elif tmeta.get("creating"):
+            if self.readonly:
+                raise UnknownTopicError(f"topic {name!r} of {self.root} is being created")
+            existing, policy = int(tmeta["partitions"]), tmeta.get("retention", "limits")
+            stored = tmeta.get("settings") or {}
+            self._create_partitions(tdir, existing, stored)
+            tmeta.pop("creating")
+            self.fs.write_file_atomic(os.path.join(tdir, TOPIC_META), json.dumps(tmeta).encode())
+        else:
+            existing, policy = int(tmeta["partitions"]), tmeta.get("retention", "limits")
+            stored = tmeta.get("settings") or {}
+            if retention is not None and retention != policy:
+                raise ConfigError(f"topic {name!r} has retention={policy!r}, not {retention!r}")
+            if partitions is not None and partitions != existing:
+                raise ConfigError(f"topic {name!r} has {existing} partitions, not "
+                                  f"{partitions} (the count cannot change)")
+            for k, v in settings.items():
+                if k in stored and stored[k] != v:
+                    raise ConfigError(f"topic {name!r} stores {k}={stored[k]!r}, not {v!r}; "
+                                      f"change it with topic.configure({k}=...)")
             for p in range(existing):
-                self._open_log(os.path.join(tdir, str(p))).close()
-            self.fs.write_file_atomic(meta_path, json.dumps(
-                {"partitions": existing, "retention": policy}).encode())
-        elif retention is not None and retention != policy:
-            raise ConfigError(f"topic {name!r} has retention={policy!r}, not {retention!r}")
-        elif partitions is not None and partitions != existing:
-            raise ConfigError(f"topic {name!r} has {existing} partitions, not {partitions} "
-                              f"(the count cannot change)")
-        logs = [self._open_log(os.path.join(tdir, str(p))) for p in range(existing)]
-        topic = Topic(self, name, logs)
-        topic.retention = policy
+                # A partition recorded in topic.json must exist: re-created empty, it would
+                # reuse offsets its readers and groups have already seen.
+                if not os.path.exists(os.path.join(tdir, str(p), META_NAME)):
+                    raise CorruptLogError(
+                        f"topic {name!r}: partition {p} is missing (no log in "
+                        f"{os.path.join(tdir, str(p))}); restore it from a copy",
+                        os.path.join(tdir, str(p)))
+        logs: List[Log] = []
+        try:
+            for p in range(existing):
+                logs.append(self._open_log(os.path.join(tdir, str(p)), {**stored, **settings}))
+            topic = Topic(self, name, logs)
+            topic.retention = policy
+            if not self.readonly:
+                # Positions other logs keep into this topic are checked now, before anything
+                # is published: afterwards a stale one could not be told from a valid one.
+                if os.path.isdir(queue_events_dir(self.root, name)):
+                    self._load_queue_state(name, logs)
+                self._check_group_commits(name, logs)
+        except BaseException:
+            state = self._queue_states.pop(name, None)
+            if state is not None:
+                state.events.close()
+            for log in logs:
+                log.close()
+            raise
         return topic
+
+    def _create_partitions(self, tdir: str, count: int, settings: Dict[str, Any]) -> None:
+        for p in range(count):
+            self._open_log(os.path.join(tdir, str(p)), settings).close()
+
+    def _read_topic_meta(self, name: str) -> Optional[Dict[str, Any]]:
+        path = os.path.join(topic_dir(self.root, name), TOPIC_META)
+        try:
+            with open(path, "rb") as f:
+                tmeta = json.loads(f.read())
+            int(tmeta["partitions"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, OSError):
+            raise NotALogError(f"{path} is not a topic metadata file") from None
+        return tmeta
+
+    def rewrite_topic_meta(self, name: str, changes: Dict[str, Any]) -> None:
+        """(For topics) Update fields of a topic's ``topic.json``, atomically."""
+        tmeta = self._read_topic_meta(name) or {}
+        tmeta.update(changes)
+        self.fs.write_file_atomic(os.path.join(topic_dir(self.root, name), TOPIC_META),
+                                  json.dumps(tmeta).encode())
+
+    def _load_queue_state(self, name: str, partitions: List[Log]) -> QueueState:
+        events = self.open_internal_log(queue_events_dir(self.root, name), False)
+        try:
+            state = QueueState(name, events, self.offsets)
+            with state.lock:
+                repairs = state.load(partitions)
+        except BaseException:
+            events.close()
+            raise
+        self._repairs.extend(repairs)
+        self._queue_states[name] = state
+        return state
+
+    def queue_state(self, name: str) -> QueueState:
+        """(For views) The durable state of work queue ``name`` (its topic opened, the state
+        loaded and checked against it on first use)."""
+        with self._lock:
+            self.check_writable()
+            topic = self.topic(name)
+            state = self._queue_states.get(name)
+            if state is None:
+                state = self._load_queue_state(name, topic.partitions)
+            return state
+
+    def _check_group_commits(self, topic: str, partitions: List[Log]) -> None:
+        """Cut back every group's commit beyond the end of the partition it points into (the
+        topic lost an unsynced tail that the lease log kept); a partition whose lease another
+        process holds is checked by that member when it takes it."""
+        for t, group, path in leases.list_groups(self.root):
+            if t != topic:
+                continue
+            for p in leases.lease_partitions(path):
+                if p >= len(partitions):
+                    continue
+                end = partitions[p].end_offset
+                if (leases.read_commit(os.path.join(path, str(p)), self.fs) or 0) <= end:
+                    continue
+                log = leases.try_lease(self.open_lease_log, os.path.join(path, str(p)))
+                if log is None:
+                    continue
+                try:
+                    last = leases.last_commit(log)
+                    if last is not None and last > end:
+                        leases.append_commit(log, end)
+                        self.repaired(f"group {group!r} topic {topic!r} partition {p}: commit "
+                                      f"{last} beyond the end {end}: cut back to {end}")
+                finally:
+                    log.close()
 
     def topics(self) -> List[str]:
         """Names of every topic in the store."""
@@ -482,14 +519,21 @@ class Store:
             state.join(member)
             return state
 
-    def consumer(self, group_id: str, topic: str, start: str = "earliest") -> Consumer:
-        """A member of consumer group ``group_id`` on ``topic`` (Kafka-style stream view)."""
-        return Consumer(self, group_id, self.topic(topic), start)
+    def consumer(self, group_id: str, topic: str, start: str = "earliest",
+                 on_out_of_range: str = "earliest") -> Consumer:
+        """A member of consumer group ``group_id`` on ``topic`` (Kafka-style stream view).
+        ``on_out_of_range``: when retention removed records the group had not read,
+        ``"earliest"`` continues at the start offset (counted in ``consumer.skipped``, logged
+        as a warning), ``"error"`` raises OffsetOutOfRangeError at every poll until a seek."""
+        return Consumer(self, group_id, self.topic(topic), start,
+                        on_out_of_range=on_out_of_range)
 
-    def subscribe(self, topic: str, name: str, start: str = "latest") -> Subscription:
+    def subscribe(self, topic: str, name: str, start: str = "latest",
+                  on_out_of_range: str = "earliest") -> Subscription:
         """A durable subscription: it receives every message published after it was created
-        (``start="latest"``, the default) or all retained ones (``"earliest"``)."""
-        return Subscription(self, name, self.topic(topic), start)
+        (``start="latest"``, the default) or all retained ones (``"earliest"``);
+        ``on_out_of_range`` as for :meth:`consumer`."""
+        return Subscription(self, name, self.topic(topic), start, on_out_of_range)
 
     def unsubscribe(self, topic: str, name: str) -> None:
         """Remove a durable subscription and its committed position. Its members in this process
@@ -579,45 +623,55 @@ class Store:
             return q
 
     # ------------------------------------------------------------------ retention
-    def enforce_retention(self) -> Dict[str, Any]:
-        """One retention pass over every open topic and internal log. Returns what was removed.
+    def enforce_retention(self, limits: Optional[Dict[str, Any]] = None,
+                          topics: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+        """One retention pass over every topic and internal log. Returns what was removed.
 
         Per partition: the store's ``retention_ms``/``retention_bytes``; for an ``"interest"``
         topic, everything all its groups and subscriptions committed past; for a queue's topic,
-        never a message that is not yet acked (below the queue's low watermark only). Queue event
-        logs are trimmed below their last checkpoint; the offsets log is compacted.
+        never a message that is not yet acked (below the queue's low watermark only), whether or
+        not the queue is open. Queue event logs are trimmed below their last durable checkpoint;
+        the offsets log is compacted. ``limits`` (``retention_ms``/``retention_bytes``) replace
+        the topics' stored limits for this pass only (never for queue topics and internal
+        logs). ``topics``: only these topics (default: every topic on disk).
         """
         self.check_writable()
+        names = self.topics() if topics is None else list(topics)
+        chosen = [self.topic(name) for name in names]  # (opening loads their queue states)
         report: Dict[str, Any] = {}
         with self._lock:
-            topics = list(self._topics.values())
-            queues = {q.name: q for q in self._queues.values() if not q.closed}
+            states = {n: st for n, st in self._queue_states.items() if n in names}
         # Reading every group's commits opens their lease logs: only when a topic needs them.
-        groups = self.groups() if any(t.retention == "interest" for t in topics) else {}
-        for topic in topics:
+        groups = self.groups() if any(t.retention == "interest" for t in chosen) else {}
+        for topic in chosen:
             committed: Dict[int, List[int]] = {}
             for g, by_topic in groups.items():
-                if topic.name in by_topic and not g.startswith("__queue__"):
+                if topic.name in by_topic and not g.startswith(QUEUE_GROUP):
                     for p, off in by_topic[topic.name].items():
                         committed.setdefault(p, []).append(off)
-            queue = queues.get(topic.name)
-            lows = queue.low_watermarks() if queue is not None else {}
+            state = states.get(topic.name)
+            if state is not None:
+                # Every applied event durable first: an ack in memory that a crash could still
+                # undo must not let its message go.
+                state.events.flush()
+                with state.lock:
+                    lows = state.low_watermarks()
             for p, log in enumerate(topic.partitions):
                 keep_from: Optional[int] = None
                 if topic.retention == "interest" and committed.get(p):
                     keep_from = min(committed[p])
-                if queue is not None:
+                if state is not None:
                     # A queue's acked prefix may go; time/size limits never delete unacked ones.
                     low = lows.get(p, 0)
                     r = log.enforce_retention(low, protect_from=low)
                 else:
-                    r = log.enforce_retention(keep_from)
+                    r = log.enforce_retention(keep_from, limits=limits)
                 if r["segments_removed"]:
                     report[f"{topic.name}/{p}"] = r
-        for q in queues.values():
-            r = q.trim_events()
+        for name, state in states.items():
+            r = state.trim()
             if r and r["segments_removed"]:
-                report[f"queue-events/{q.name}"] = r
+                report[f"queue-events/{name}"] = r
         if len(self.offsets.log.segments()) > 1:
             report["offsets"] = self.offsets.log.compact()
         return report
@@ -640,26 +694,40 @@ class Store:
         self.offsets.log.flush()
 
     def close(self) -> None:
-        """Close every view, topic and internal log, and release the store lock. Idempotent."""
+        """Close every view, topic and internal log, and release the store lock. Idempotent.
+        Everything is released even if closing one of them fails; the first error is raised
+        afterwards."""
         self._stop.set()
-        if self._cleaner is not None:
+        if self._cleaner is not None and self._cleaner is not threading.current_thread():
             self._cleaner.join()
+        if self._forked:
+            return  # a forked child's copy: the parent's locks and logs are not its to release
         with self._lock:
             if self._closed:
                 return
-            for q in list(self._queues.values()):
-                q.close()
-            for state in list(self._groups.values()):
-                state.close()
             self._closed = True
-            with self._data:
-                self._data.notify_all()
-            for t in self._topics.values():
-                for log in t.partitions:
-                    log.close()
-            self.offsets.log.close()
-            if self._dir_lock is not None:
-                self._dir_lock.release()
+            process.unregister(self)
+            closers: List[Callable[[], None]] = [q.close for q in list(self._queues.values())]
+            closers += [state.close for state in list(self._groups.values())]
+            closers += [state.events.close for state in self._queue_states.values()]
+            closers += [log.close for t in self._topics.values() for log in t.partitions]
+            if getattr(self, "offsets", None) is not None:
+                closers.append(self.offsets.log.close)
+            first: Optional[BaseException] = None
+            try:
+                for close in closers:
+                    try:
+                        close()
+                    except BaseException as e:  # release the rest, report the first
+                        if first is None:
+                            first = e
+            finally:
+                with self._data:
+                    self._data.notify_all()
+                if self._dir_lock is not None:
+                    self._dir_lock.release()
+            if first is not None:
+                raise first
 
     @property
     def closed(self) -> bool:

@@ -1,43 +1,39 @@
 """Work queue (SQS/RabbitMQ semantics) as a view over a topic.
 
-Messages live only in the topic's partition logs. The queue adds an internal *event log*
-(``internal/queues/<name>``) of small fixed-size records:
+Messages live only in the topic's partition logs. What happened to them (deliveries, acks,
+nacks, dead-letterings, checkpoints) lives in the queue's event log, whose format is
+:mod:`logstore.format.queue_events` and whose durable state the store keeps in a
+:class:`~logstore.views.queue_state.QueueState` (so retention protects unacked messages whether
+or not a ``WorkQueue`` object is open). This module schedules deliveries on top of that state:
+what is ready, delayed or in flight, visibility timeouts, backoff, dead letters.
 
-    G partition offset count          delivered (the count-th delivery)
-    A partition offset count          acknowledged: done
-    D partition offset count          dead-lettered (copied to the dead-letter topic): done
-    N partition offset count t        nacked: not before t (ms)
-    C json                            checkpoint: every partition's state, see below
-
-In memory, per partition: the *low watermark* (every offset below it is done), the done offsets
-above it, delivery counts, and what is ready / in flight / delayed. Reopening replays the events
-after the last checkpoint (its offset is committed in the store's offset log), so everything in
-flight when the process died is ready again: at-least-once, and an acked message is never
-delivered again. Delivery counts are in the log too, so a poison message that kills its consumer
-still reaches the dead-letter topic after ``max_deliveries``.
+After a crash or reopen everything that was in flight is ready again (at-least-once); an acked
+message is never delivered again. Delivery counts are in the log too, so a poison message that
+kills its consumer still reaches the dead-letter topic after ``max_deliveries``.
 
 Durability: ``ack``/``nack``/dead-lettering return after their event is durable under the store's
-fsync policy. Delivery events are written before ``get`` returns (so they survive a process
-crash) but ``get`` does not wait for their fsync: after a power failure a delivery count may be
-one lower, which costs at most an extra redelivery.
+fsync policy (an event is applied to the in-memory state as it is appended, so a checkpoint
+taken by another thread always includes it; the caller then waits for the fsync outside the
+lock, so acks from several threads share fsyncs). Delivery events are written before ``get``
+returns (so they survive a process crash) but ``get`` does not wait for their fsync: after a
+power failure a delivery count may be one lower, which costs at most an extra redelivery.
 """
 
 from __future__ import annotations
 
 import heapq
-import json
 import random
-import struct
 import threading
 import time
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import AckError, ConfigError, LogClosedError, QueueFullError
-from ..format.names import QUEUE_EVENTS_TOPIC, QUEUE_GROUP, REDRIVE_GROUP, queue_events_dir
+from ..format.names import REDRIVE_GROUP
+from ..format.queue_events import ACKED, DEAD_LETTERED, DELIVERED, DONE_KINDS, NACKED
 from ..record import Record
 from ..util import now_ms
+from .queue_state import QueueState
 
-_EVENT = struct.Struct("<cIqIq")  # kind, partition, offset, count, time (ms)
 CHECKPOINT_EVERY = 20_000  # events between checkpoints (bounds replay at open)
 NOT_BEFORE_HEADER = "x-not-before"
 DLQ_REASON = "x-dead-letter-reason"
@@ -77,47 +73,30 @@ class Message:
                 f"value={self.value[:40] if self.value else self.value!r}>")
 
 
-class _Partition:
-    """In-memory state of one partition of the queue."""
+class _Schedule:
+    """In-memory scheduling of one partition (the durable state is the QueueState's)."""
 
-    def __init__(self, low: int):
-        self.low = low  # every offset below is done
-        self.scan = low  # next offset of the log not yet looked at
-        self.done: Set[int] = set()  # done offsets >= low
-        self.counts: Dict[int, int] = {}  # deliveries so far (not done)
+    def __init__(self, scan: int):
+        self.scan = scan  # next offset of the log not yet looked at
         self.ready: List[int] = []  # heap of offsets ready now
-        self.delayed: List[Tuple[int, int]] = []  # heap (not_before_ms, offset)
-        self.not_before: Dict[int, int] = {}
+        self.delayed: List[Tuple[float, int]] = []  # heap (monotonic due time, offset)
         self.inflight: Dict[int, Tuple[float, int]] = {}  # offset -> (deadline, count)
         self.deadlines: List[Tuple[float, int, int]] = []  # heap (deadline, offset, count)
         self.cache: Dict[int, Record] = {}  # records read while scanning, until delivered
 
-    def mark_done(self, off: int) -> None:
-        if off < self.low:
-            return
-        self.counts.pop(off, None)
-        if self.not_before:
-            self.not_before.pop(off, None)
-        self.cache.pop(off, None)
-        if off != self.low:
-            self.done.add(off)
-            return
-        # The usual case, acks in order: advance the watermark without touching the set.
-        low = off + 1
-        done = self.done
-        while low in done:
-            done.discard(low)
-            low += 1
-        self.low = low
 
-    def snapshot(self) -> Dict[str, Any]:
-        return {"low": self.low, "done": sorted(self.done),
-                "counts": {str(k): v for k, v in self.counts.items()},
-                "not_before": {str(k): v for k, v in self.not_before.items()}}
+def _due(not_before_ms: int, now: float, now_ms: int) -> float:
+    """A wall-clock not-before time as a monotonic due time (so a clock step back after the
+    message was scheduled never stalls it)."""
+    return now + (not_before_ms - now_ms) / 1000.0
 
 
 class WorkQueue:
-    """A work queue over topic ``name``. Create with ``store.queue(name, ...)``."""
+    """A work queue over topic ``name``. Create with ``store.queue(name, ...)``.
+
+    Thread-safety: every method may be called from any thread; the state is guarded by the
+    queue state's lock (``self._mutex``).
+    """
 
     def __init__(self, store, name: str, *, visibility_timeout: float, max_deliveries: int,
                  dead_letter: Optional[str], max_depth: Optional[int], overflow: str,
@@ -145,78 +124,69 @@ class WorkQueue:
         self.topic = store.topic(name, partitions)
         self.dead_letter = store.topic(dead_letter, 1) if dead_letter else None
         self.closed = False
-        # Held through the plain lock (a C-level context manager); the condition shares it.
-        self._mutex = threading.Lock()
+        # The durable state (event log, done offsets, delivery counts) is the store's: it
+        # outlives this object (retention reads it) and is shared by every WorkQueue object of
+        # the queue in this store. Its lock is this queue's mutex.
+        self._state: QueueState = store.queue_state(name)
+        self._mutex = self._state.lock
         self._cond = threading.Condition(self._mutex)
         self._sleepers = 0  # threads in self._cond.wait(): notify only when someone waits
-        self._events = store.open_internal_log(
-            queue_events_dir(store.root, name), False)
-        self._checkpoint_offset: Optional[int] = None
-        self._since_checkpoint = 0
-        self._parts = [_Partition(0) for _ in self.topic.partitions]
+        self._parts = [_Schedule(part.low) for part in self._state.parts]
         self._rr = 0
-        self._load()
+        if self.dead_letter is not None:
+            self._check_redrive_cursor()
 
-    # ------------------------------------------------------------------ state from the log
-    def _load(self) -> None:
-        start = self.store.offsets.get(QUEUE_GROUP + self.name, QUEUE_EVENTS_TOPIC, 0)
-        if start is None or start < self._events.start_offset:
-            start = self._events.start_offset
-        for p, log in enumerate(self.topic.partitions):
-            self._parts[p] = _Partition(log.start_offset)
-        for rec in self._events.replay(start):
-            v = rec.value
-            if v is None:
-                continue
-            if v[:1] == b"C":
-                snap = json.loads(v[1:])
-                for p, st in enumerate(snap["partitions"]):
-                    part = _Partition(int(st["low"]))
-                    part.done = set(st["done"])
-                    part.counts = {int(k): c for k, c in st["counts"].items()}
-                    part.not_before = {int(k): t for k, t in st["not_before"].items()}
-                    self._parts[p] = part
-                continue
-            kind, p, off, count, t = _EVENT.unpack(v)
-            part = self._parts[p]
-            if kind in (b"A", b"D"):
-                part.mark_done(off)
-            elif off >= part.low and off not in part.done:
-                part.counts[off] = max(part.counts.get(off, 0), count)
-                if kind == b"N":
-                    part.not_before[off] = t
-        for p, log in enumerate(self.topic.partitions):
-            part = self._parts[p]
-            if part.low < log.start_offset:  # retention removed them: nothing left to deliver
-                part.done = {o for o in part.done if o >= log.start_offset}
-                part.low = log.start_offset
-                while part.low in part.done:
-                    part.done.discard(part.low)
-                    part.low += 1
-            part.scan = part.low
+    def _check_redrive_cursor(self) -> None:
+        """A redrive cursor beyond the dead-letter topic's end (it lost an unsynced tail) is cut
+        back to the end, with a warning and a note in ``store.repairs``."""
+        dl = self.dead_letter.partitions[0]
+        group = REDRIVE_GROUP + self.name
+        pos = self.store.offsets.get(group, self.dead_letter.name, 0)
+        end = dl.end_offset
+        if pos is not None and pos > end:
+            self.store.repaired(f"queue {self.name!r}: redrive cursor {pos} beyond the end {end} "
+                                f"of {self.dead_letter.name!r}: cut back to {end}")
+            if not self.store.readonly:
+                self.store.offsets.commit(group, self.dead_letter.name, {0: end})
 
-    def _event(self, kind: bytes, p: int, off: int, count: int, t: int = 0) -> None:
-        # Delivery counts (G) only bound redeliveries: written at once (they survive a process
-        # crash) but not waited on for fsync; the next ack's fsync covers them.
-        self._events.append_internal(_EVENT.pack(kind, p, off, count, t), kind != b"G")
-        self._since_checkpoint += 1
-        if self._since_checkpoint >= CHECKPOINT_EVERY:
-            self.checkpoint()
+    # ------------------------------------------------------------------ durable changes
+    def _record(self, kind: bytes, p: int, off: int, count: int, t: int = 0) -> int:
+        """(mutex held) Append and apply an event; checkpoint when due. Returns the offset the
+        caller waits for (outside the mutex) to make the event durable."""
+        state = self._state
+        nxt = state.record(kind, p, off, count, t)
+        if kind in DONE_KINDS:
+            sched = self._parts[p]
+            sched.cache.pop(off, None)
+            sched.inflight.pop(off, None)
+        if state.since_checkpoint >= CHECKPOINT_EVERY:
+            nxt = state.checkpoint() + 1
+            self._pending_hint = nxt - 1
+        return nxt
+
+    def _settle(self, nxt: int) -> None:
+        """(mutex not held) Wait for the events below ``nxt`` to be durable; then commit the
+        hint of a checkpoint taken meanwhile."""
+        self._state.await_durable(nxt)
+        hint = self._pending_hint
+        if hint is not None:
+            self._pending_hint = None
+            self._state.commit_hint(hint)
+
+    _pending_hint: Optional[int] = None
 
     def checkpoint(self) -> None:
-        """Write the whole state as one event and commit its offset, so reopen replays from it."""
+        """Write the whole state as one event, so a reopen folds from it."""
         with self._mutex:
-            snap = {"partitions": [part.snapshot() for part in self._parts]}
-            self._since_checkpoint = 0
-            off = self._events.append(b"C" + json.dumps(snap).encode())
-        self.store.offsets.commit(QUEUE_GROUP + self.name, QUEUE_EVENTS_TOPIC, {0: off})
-        self._checkpoint_offset = off
+            off = self._state.checkpoint()
+        self._state.await_durable(off + 1)
+        self._state.commit_hint(off)
 
     def trim_events(self) -> Optional[Dict[str, Any]]:
-        """Delete event-log segments wholly before the last committed checkpoint."""
-        if self._checkpoint_offset is None or self.closed:
+        """Delete event-log segments wholly before the last durable checkpoint."""
+        if self.closed:
             return None
-        return self._events.enforce_retention(self._checkpoint_offset)
+        return self._state.trim()
 
     # ------------------------------------------------------------------ bookkeeping
     def _sleep(self, seconds: float) -> None:
@@ -237,15 +207,23 @@ class WorkQueue:
             raise LogClosedError(f"queue {self.name!r} is closed")
         self.store.check_open()
 
-    def _scan(self, p: int, now_ms: int, limit: int = 1000) -> None:
+    def _scan(self, p: int, now: float, now_ms: int, limit: int = 1000) -> None:
         """Look at new messages of partition p: make them ready or delayed."""
-        part = self._parts[p]
+        sched = self._parts[p]
+        part = self._state.parts[p]
         log = self.topic.partitions[p]
-        if part.scan >= log.end_offset:
+        if sched.scan >= log.end_offset:
             return
-        for rec in log.read_records(part.scan, limit, None, p):
+        start = log.start_offset
+        if part.low < start:  # deleted under the queue (not by the store's retention)
+            lost = self._state.follow_start(p, start)
+            if lost:
+                self._state.warn_skipped(p, lost, start)
+        if sched.scan < part.low:
+            sched.scan = part.low
+        for rec in log.read_records(sched.scan, limit, None, p):
             off = rec.offset
-            part.scan = off + 1
+            sched.scan = off + 1
             if off < part.low or off in part.done:
                 continue
             nb = part.not_before.get(off)
@@ -256,42 +234,42 @@ class WorkQueue:
                         nb = int(raw)
                     except ValueError:
                         nb = None
-            part.cache[off] = rec
+            sched.cache[off] = rec
             if nb is not None and nb > now_ms:
-                part.not_before[off] = nb
-                heapq.heappush(part.delayed, (nb, off))
+                heapq.heappush(sched.delayed, (_due(nb, now, now_ms), off))
             else:
-                heapq.heappush(part.ready, off)
+                heapq.heappush(sched.ready, off)
 
-    def _maintain(self, now: float, now_ms: int) -> List[Tuple[int, int, int]]:
+    def _maintain(self, now: float) -> List[Tuple[int, int, int]]:
         """Expire visibility timeouts, release due delayed messages. Returns messages that ran
         out of deliveries (partition, offset, count) to dead-letter (outside the lock)."""
         doomed = []
-        for p, part in enumerate(self._parts):
-            dl = part.deadlines
+        for p, sched in enumerate(self._parts):
+            part = self._state.parts[p]
+            dl = sched.deadlines
             while dl and dl[0][0] <= now:
                 _, off, count = heapq.heappop(dl)
-                cur = part.inflight.get(off)
+                cur = sched.inflight.get(off)
                 if cur is None or cur[1] != count or cur[0] > now:
                     continue  # acked, or extended (a newer deadline entry exists)
-                del part.inflight[off]
+                del sched.inflight[off]
                 if count >= self.max_deliveries:
                     doomed.append((p, off, count))
                 else:
-                    heapq.heappush(part.ready, off)
-            delayed = part.delayed
-            while delayed and delayed[0][0] <= now_ms:
+                    heapq.heappush(sched.ready, off)
+            delayed = sched.delayed
+            while delayed and delayed[0][0] <= now:
                 _, off = heapq.heappop(delayed)
-                if off >= part.low and off not in part.done and off not in part.inflight:
+                if off >= part.low and off not in part.done and off not in sched.inflight:
                     part.not_before.pop(off, None)
-                    heapq.heappush(part.ready, off)
+                    heapq.heappush(sched.ready, off)
         return doomed
 
     def _depth_total(self) -> int:
         """Messages not yet done (ready, delayed, in flight, or not yet scanned)."""
         total = 0
-        for p, part in enumerate(self._parts):
-            total += self.topic.partitions[p].end_offset - part.low - len(part.done)
+        for p, part in enumerate(self._state.parts):
+            total += max(0, self.topic.partitions[p].end_offset - part.low - len(part.done))
         return total
 
     # ------------------------------------------------------------------ producing
@@ -322,25 +300,24 @@ class WorkQueue:
                     self._sleep(0.05 if left is None else min(left, 0.05))
                     self._check()
         not_before = None
+        ts = now_ms()
         if delay:
             headers = dict(headers or {})
-            not_before = now_ms() + int(delay * 1000)
+            not_before = ts + int(delay * 1000)
             headers[NOT_BEFORE_HEADER] = str(not_before).encode()
-        ts = time.time_ns() // 1_000_000
         p, off = self.topic.publish(value, key, headers, timestamp_ms=ts)
         with self._mutex:
-            part = self._parts[p]
-            if part.scan == off:
+            sched = self._parts[p]
+            if sched.scan == off:
                 # Our own put, next in line: queue it from memory instead of reading it back.
-                part.scan = off + 1
-                part.cache[off] = Record(off, ts, None if key is None else bytes(key),
-                                         None if value is None else bytes(value),
-                                         dict(headers or {}), p)
+                sched.scan = off + 1
+                sched.cache[off] = Record(off, ts, None if key is None else bytes(key),
+                                          None if value is None else bytes(value),
+                                          dict(headers or {}), p)
                 if not_before is not None:
-                    part.not_before[off] = not_before
-                    heapq.heappush(part.delayed, (not_before, off))
+                    heapq.heappush(sched.delayed, (time.monotonic() + delay, off))
                 else:
-                    heapq.heappush(part.ready, off)
+                    heapq.heappush(sched.ready, off)
             self._wake()
         return f"{p}:{off}"
 
@@ -357,89 +334,89 @@ class WorkQueue:
                 if self.closed or self.store.closed:
                     self._check()
                 now = time.monotonic()
-                now_ms = time.time_ns() // 1_000_000
-                doomed = self._maintain(now, now_ms)
-                got = None if doomed else self._take(now, now_ms)
+                doomed = self._maintain(now)
+                got = None if doomed else self._take(now, now_ms())
                 if got is None and not doomed:
                     left = None if deadline is None else deadline - now
                     if left is not None and left <= 0:
                         return None
-                    self._sleep(self._wait_time(now, now_ms, left))
+                    self._sleep(self._wait_time(now, left))
                     continue
+                if got is not None and got[2] <= self.max_deliveries:
+                    p, rec, count = got
+                    # Delivery counts only bound redeliveries: written now (they survive a
+                    # process crash) but not waited on for fsync; the next ack's covers them.
+                    try:
+                        self._record(DELIVERED, p, rec.offset, count)
+                    except BaseException:
+                        self._release_locked(p, rec.offset, count)
+                        raise
+                    return Message(rec, p, count, self)
             for p, off, count in doomed:
                 self._dead_letter(p, off, count, "max_deliveries")
-            if got is None:
-                continue
-            p, rec, count = got
-            if count > self.max_deliveries:
+            if got is not None:
                 # Counted deliveries (e.g. before a crash) exhausted: never hand it out again.
+                p, rec, count = got
                 self._dead_letter(p, rec.offset, count - 1, "max_deliveries")
-                continue
-            try:
-                self._event(b"G", p, rec.offset, count)
-            except BaseException:
-                self._release(p, rec.offset, count)
-                raise
-            return Message(rec, p, count, self)
 
     def _take(self, now: float, now_ms: int):
         n = len(self._parts)
         for i in range(n):
             p = (self._rr + i) % n
-            part = self._parts[p]
-            if not part.ready:
-                self._scan(p, now_ms)
-            while part.ready:
-                off = heapq.heappop(part.ready)
-                if off < part.low or off in part.done or off in part.inflight:
+            sched = self._parts[p]
+            part = self._state.parts[p]
+            if not sched.ready:
+                self._scan(p, now, now_ms)
+            while sched.ready:
+                off = heapq.heappop(sched.ready)
+                if off < part.low or off in part.done or off in sched.inflight:
                     continue
-                rec = part.cache.pop(off, None)
+                rec = sched.cache.pop(off, None)
                 if rec is None:
                     rec = self.topic.partitions[p].read_records(off, 1, None, p)[0]
                 count = part.counts.get(off, 0) + 1
-                part.counts[off] = count
                 deadline = now + self.visibility_timeout
-                part.inflight[off] = (deadline, count)
-                heapq.heappush(part.deadlines, (deadline, off, count))
+                sched.inflight[off] = (deadline, count)
+                heapq.heappush(sched.deadlines, (deadline, off, count))
                 self._rr = p + 1
                 return p, rec, count
         return None
 
-    def _wait_time(self, now: float, now_ms: int, left: Optional[float]) -> float:
+    def _wait_time(self, now: float, left: Optional[float]) -> float:
         waits = [0.05]  # also notice messages published by other paths than put()
         if left is not None:
             waits.append(left)
-        for part in self._parts:
-            if part.deadlines:
-                waits.append(part.deadlines[0][0] - now)
-            if part.delayed:
-                waits.append((part.delayed[0][0] - now_ms) / 1000.0)
+        for sched in self._parts:
+            if sched.deadlines:
+                waits.append(sched.deadlines[0][0] - now)
+            if sched.delayed:
+                waits.append(sched.delayed[0][0] - now)
         return max(0.0, min(waits))
 
-    def _release(self, p: int, off: int, count: int) -> None:
-        with self._mutex:
-            part = self._parts[p]
-            if part.inflight.get(off, (0, None))[1] == count:
-                del part.inflight[off]
-                heapq.heappush(part.ready, off)
-            self._wake()
+    def _release_locked(self, p: int, off: int, count: int) -> None:
+        sched = self._parts[p]
+        if sched.inflight.get(off, (0, None))[1] == count:
+            del sched.inflight[off]
+            heapq.heappush(sched.ready, off)
+        self._wake()
 
-    def _claim(self, msg: Message) -> _Partition:
-        """Validate that ``msg`` is this queue's current delivery and take it out of flight."""
+    def _claim(self, msg: Message) -> _Schedule:
+        """(mutex held) Validate that ``msg`` is this queue's current delivery and take it out
+        of flight."""
         if not isinstance(msg, Message) or msg.queue is not self:
             raise AckError(f"not a message of queue {self.name!r}: {msg!r}")
-        part = self._parts[msg.partition]
-        cur = part.inflight.get(msg.offset)
+        sched = self._parts[msg.partition]
+        cur = sched.inflight.get(msg.offset)
         if cur is None or cur[1] != msg.delivery_count:
-            if msg.offset < part.low or msg.offset in part.done:
+            if not self._state.unsettled(msg.partition, msg.offset):
                 raise AckError(f"message {msg.id} is already done (acked or dead-lettered)")
             raise AckError(f"message {msg.id} (delivery {msg.delivery_count}) expired: its "
                            f"visibility timeout passed and it is or will be delivered again")
         if cur[0] <= time.monotonic():
             raise AckError(f"message {msg.id} (delivery {msg.delivery_count}) expired: its "
                            f"visibility timeout passed and it is or will be delivered again")
-        del part.inflight[msg.offset]
-        return part
+        del sched.inflight[msg.offset]
+        return sched
 
     def ack(self, msg: Message) -> None:
         """Mark ``msg`` done, durably: it is never delivered again. AckError if unknown,
@@ -447,20 +424,18 @@ class WorkQueue:
         with self._mutex:
             if self.closed or self.store.closed:
                 self._check()
-            part = self._claim(msg)
-        try:
-            self._event(b"A", msg.partition, msg.offset, msg.delivery_count)
-        except BaseException:
-            self._undo_claim(msg)
-            raise
-        with self._mutex:
-            part.mark_done(msg.offset)
+            self._claim(msg)
+            try:
+                nxt = self._record(ACKED, msg.partition, msg.offset, msg.delivery_count)
+            except BaseException:
+                self._undo_claim_locked(msg)
+                raise
             self._wake()
+        self._settle(nxt)
 
-    def _undo_claim(self, msg: Message) -> None:
-        with self._mutex:
-            heapq.heappush(self._parts[msg.partition].ready, msg.offset)
-            self._wake()
+    def _undo_claim_locked(self, msg: Message) -> None:
+        heapq.heappush(self._parts[msg.partition].ready, msg.offset)
+        self._wake()
 
     def nack(self, msg: Message, delay: Optional[float] = None) -> None:
         """Give ``msg`` back for redelivery after ``delay`` seconds (default: exponential backoff
@@ -470,23 +445,27 @@ class WorkQueue:
             raise ValueError(f"delay must be None or seconds >= 0, got {delay!r}")
         with self._mutex:
             self._check()
-            part = self._claim(msg)
-        if msg.delivery_count >= self.max_deliveries:
+            sched = self._claim(msg)
+            if msg.delivery_count < self.max_deliveries:
+                if delay is None:
+                    base, cap = self.backoff
+                    delay = random.uniform(0, min(cap, base * 2 ** (msg.delivery_count - 1)))
+                not_before = now_ms() + int(delay * 1000)
+                try:
+                    nxt = self._record(NACKED, msg.partition, msg.offset, msg.delivery_count,
+                                       not_before)
+                except BaseException:
+                    self._undo_claim_locked(msg)
+                    raise
+                heapq.heappush(sched.delayed, (time.monotonic() + delay, msg.offset))
+                self._wake()
+                nxt_or_none: Optional[int] = nxt
+            else:
+                nxt_or_none = None
+        if nxt_or_none is None:
             self._dead_letter(msg.partition, msg.offset, msg.delivery_count, "max_deliveries")
-            return
-        if delay is None:
-            base, cap = self.backoff
-            delay = random.uniform(0, min(cap, base * 2 ** (msg.delivery_count - 1)))
-        not_before = now_ms() + int(delay * 1000)
-        try:
-            self._event(b"N", msg.partition, msg.offset, msg.delivery_count, not_before)
-        except BaseException:
-            self._undo_claim(msg)
-            raise
-        with self._mutex:
-            part.not_before[msg.offset] = not_before
-            heapq.heappush(part.delayed, (not_before, msg.offset))
-            self._wake()
+        else:
+            self._settle(nxt_or_none)
 
     def extend(self, msg: Message, seconds: float) -> None:
         """Keep ``msg`` invisible to others for ``seconds`` from now (AckError if expired)."""
@@ -494,10 +473,10 @@ class WorkQueue:
             raise ValueError(f"seconds must be > 0, got {seconds!r}")
         with self._mutex:
             self._check()
-            part = self._claim(msg)
+            sched = self._claim(msg)
             deadline = time.monotonic() + seconds
-            part.inflight[msg.offset] = (deadline, msg.delivery_count)
-            heapq.heappush(part.deadlines, (deadline, msg.offset, msg.delivery_count))
+            sched.inflight[msg.offset] = (deadline, msg.delivery_count)
+            heapq.heappush(sched.deadlines, (deadline, msg.offset, msg.delivery_count))
 
     def _dead_letter(self, p: int, off: int, count: int, reason: str) -> None:
         rec = self.topic.partitions[p].read_records(off, 1, None, p)[0]
@@ -508,12 +487,12 @@ class WorkQueue:
             headers[DLQ_COUNT] = str(count).encode()
             headers[DLQ_SOURCE] = f"{self.name}:{p}:{off}".encode()
             self.dead_letter.publish(rec.value, rec.key, headers)
-        self._event(b"D", p, off, count)
         with self._mutex:
-            part = self._parts[p]
-            part.inflight.pop(off, None)
-            part.mark_done(off)
+            if not self._state.unsettled(p, off):
+                return  # dead-lettered meanwhile by another thread: one D event only
+            nxt = self._record(DEAD_LETTERED, p, off, count)
             self._wake()
+        self._settle(nxt)
 
     # ------------------------------------------------------------------ dead letters
     def redrive(self, max_messages: Optional[int] = None) -> int:
@@ -555,17 +534,18 @@ class WorkQueue:
         (age of the oldest message not yet done), ``total`` (not yet done)."""
         with self._mutex:
             self._check()
-            now = now_ms()
-            doomed = self._maintain(time.monotonic(), now)
+            now = time.monotonic()
+            wall = now_ms()
+            doomed = self._maintain(now)
             for p in range(len(self._parts)):
                 while self._parts[p].scan < self.topic.partitions[p].end_offset:
-                    self._scan(p, now, 10_000)
-            in_flight = sum(len(pt.inflight) for pt in self._parts)
-            delayed = sum(len({o for _, o in pt.delayed if o not in pt.done and o >= pt.low})
-                          for pt in self._parts)
+                    self._scan(p, now, wall, 10_000)
+            in_flight = sum(len(sched.inflight) for sched in self._parts)
+            delayed = sum(len({o for _, o in sched.delayed if self._state.unsettled(p, o)})
+                          for p, sched in enumerate(self._parts))
             total = self._depth_total()
-            lows = [(p, pt.low) for p, pt in enumerate(self._parts)
-                    if pt.low < self.topic.partitions[p].end_offset]
+            lows = [(p, part.low) for p, part in enumerate(self._state.parts)
+                    if part.low < self.topic.partitions[p].end_offset]
         for p, off, count in doomed:
             self._dead_letter(p, off, count, "max_deliveries")
         oldest = None
@@ -577,28 +557,28 @@ class WorkQueue:
             "in_flight": in_flight,
             "delayed": delayed,
             "dead_lettered": self.dead_lettered(),
-            "oldest_age_s": 0.0 if oldest is None else max(0.0, (now - oldest) / 1000.0),
+            "oldest_age_s": 0.0 if oldest is None else max(0.0, (wall - oldest) / 1000.0),
             "total": total,
+            "skipped": self._state.skipped,
         }
 
     def low_watermarks(self) -> Dict[int, int]:
         """``{partition: first offset not yet done}`` (drives queue retention)."""
         with self._mutex:
-            return {p: pt.low for p, pt in enumerate(self._parts)}
+            return self._state.low_watermarks()
 
     def close(self) -> None:
-        """Checkpoint the state and close the event log. In-flight messages become ready again
-        at the next open."""
+        """Checkpoint the state. In-flight messages become ready again at the next open (of
+        this store or another); the state stays with the store (retention reads it)."""
         if self.closed:
             return
         try:
-            if not self.store.readonly and not self._events.closed:
+            if not self.store.readonly and not self._state.events.closed:
                 self.checkpoint()
         finally:
             self.closed = True
             with self._mutex:
                 self._wake()
-            self._events.close()
 
     def __len__(self) -> int:
         with self._mutex:

@@ -1,0 +1,435 @@
+"""Commands that read records: ``dump`` (what is stored, batch by batch, from the files),
+``tail``, ``replay`` and ``consume`` (through read-only opens of the logs).
+
+All of them work beside a running writer and change nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional
+
+import click
+
+from ..diagnostics.indexes import index_report
+from ..diagnostics.scan import BatchEvent, ErrorEvent, SegmentStart, scan
+from ..diagnostics.targets import Target, resolve_targets
+from ..errors import CorruptLogError, OffsetOutOfRangeError
+from .common import (
+    EXIT_CORRUPT, CommandExit, error, opened_readers, operator, path_arg, quiet_option,
+    store_options,
+)
+from .output import (
+    VALUE_MODES, Out, Progress, dumps, json_bytes, json_headers, labelled, parse_time,
+    rec_json, record_line, seg_heading, seg_label, text_bytes, total_bytes, where,
+)
+
+
+# ------------------------------------------------------------------------------------ dump
+@dataclass(frozen=True)
+class DumpOptions:
+    from_offset: Optional[int]
+    max_items: Optional[int]
+    values: str
+    as_json: bool
+    batches: bool
+    continue_on_error: bool
+
+
+@click.command()
+@path_arg
+@click.option("--from-offset", type=click.IntRange(min=0), default=None,
+              help="Start at this offset (skips whole segments and batches below it).")
+@click.option("--max", "max_items", type=click.IntRange(min=1), default=None,
+              help="Print at most N records (or batches).")
+@click.option("--values", type=click.Choice(VALUE_MODES), default="none", show_default=True,
+              help="How to print values (text: UTF-8 as a JSON string, else 0x-hex).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--batches", is_flag=True, help="One line per batch instead of per record.")
+@click.option("--index", "show_index", is_flag=True,
+              help="Print the offset and time index entries instead, checking each against "
+                   "the log.")
+@click.option("--continue-on-error", is_flag=True,
+              help="After corrupt data, skip to the next valid batch (8-aligned magic with a "
+                   "valid CRC) instead of stopping.")
+@store_options()
+@quiet_option
+@operator
+def dump(path: str, from_offset: Optional[int], max_items: Optional[int], values: str,
+         as_json: bool, batches: bool, show_index: bool, continue_on_error: bool,
+         topic: Optional[str], partition: Optional[int], quiet: bool) -> None:
+    """Print the records (or batches, or index entries) stored in PATH.
+
+    PATH is a log directory, one .log segment file, or a store root (every partition of every
+    topic, or --topic NAME [--partition P]; --from-offset and --max apply per partition).
+    Read-only; works while a writer runs.
+
+    \b
+    Record line: offset=N ts=MS key=K size=BYTES headers={..} batch=POS codec=C crc=ok [value=V]
+    Batch line:  batch=POS offsets=A..B records=N base_ts=MS max_ts=MS length=L payload=P
+                 raw=R codec=C crc=ok|BAD
+    Keys and header values print as JSON strings, or 0x-hex when not UTF-8; null = none
+    (size=null: a tombstone). --json prints the same fields as JSON objects (key/headers as
+    text, falling back to base64 with a "key_encoding"/"headers_encoding" marker); records and
+    batches of a store's topic also carry "topic" and "partition".
+
+    Exit 1 if corrupt data is met: its file and byte position are printed on stderr, and
+    whether `logstore recover` would repair it (a torn tail of the active segment).
+    """
+    targets = resolve_targets(path, topic, partition)
+    out = Out()
+    if show_index:
+        dump_index(targets, out, as_json)
+        return
+    opts = DumpOptions(from_offset, max_items, values, as_json, batches, continue_on_error)
+    bad = False
+    for target in targets:
+        bad |= _dump_target(out, target, opts, quiet)
+    out.close()
+    if bad:
+        raise CommandExit(EXIT_CORRUPT)
+
+
+def _dump_target(out: Out, target: Target, o: DumpOptions, quiet: bool) -> bool:
+    """Dump one log; True if corrupt data was met."""
+    count = 0
+    bad = False
+    with Progress(total_bytes(target), "dump", quiet, output_is_stdout=True) as progress:
+        for ev in scan(target, decode=True, continue_on_error=o.continue_on_error,
+                       from_offset=o.from_offset, progress=progress):
+            if isinstance(ev, SegmentStart):
+                if not o.as_json:
+                    kind = "active" if ev.seg.active else "sealed"
+                    if ev.seg.base_offset is None:
+                        kind = "segment"
+                    out.line(f"# {seg_heading(target, ev.seg.path)} ({kind}, {ev.size} bytes)")
+            elif isinstance(ev, BatchEvent):
+                if o.batches:
+                    batch_line(out, target, ev.seg, ev.pos, ev.header, "ok", o.as_json)
+                    count += 1
+                else:
+                    shown = _dump_records(out, target, ev, o, count)
+                    if shown is None:
+                        bad = True
+                        continue
+                    count = shown
+                if o.max_items is not None and count >= o.max_items:
+                    out.flush()
+                    break
+            elif isinstance(ev, ErrorEvent):
+                bad = True
+                _dump_error(out, target, ev, o)
+    return bad
+
+
+def _dump_records(out: Out, target: Target, ev: BatchEvent, o: DumpOptions, count: int
+                  ) -> Optional[int]:
+    """Print the records of one batch; the new count, or None for malformed record headers
+    (then, without --continue-on-error, the command ends with exit 1)."""
+    try:
+        recs = ev.batch.records()
+    except CorruptLogError as e:
+        error(f"{e} (a CRC-valid batch with malformed record headers: data damaged)")
+        if not o.continue_on_error:
+            raise CommandExit(EXIT_CORRUPT)
+        return None
+    h = ev.header
+    for rec in recs:
+        if o.from_offset is not None and rec.offset < o.from_offset:
+            continue
+        if o.as_json:
+            obj: Dict[str, Any] = {**where(target), "segment": ev.seg.name,
+                                   "offset": rec.offset, "timestamp_ms": rec.timestamp_ms}
+            json_bytes(obj, "key", rec.key, "text")
+            obj["value_size"] = None if rec.value is None else len(rec.value)
+            if o.values != "none":
+                json_bytes(obj, "value", rec.value, o.values)
+            json_headers(obj, rec.headers, "text")
+            obj.update(batch_position=ev.pos, codec=h.codec, crc="ok")
+            out.line(dumps(obj))
+        else:
+            out.line(f"{record_line(rec, 'none')} batch={ev.pos} codec={h.codec} crc=ok"
+                     + ("" if o.values == "none"
+                        else f" value={text_bytes(rec.value, o.values)}"))
+        count += 1
+        if o.max_items is not None and count >= o.max_items:
+            break
+    return count
+
+
+def _dump_error(out: Out, target: Target, ev: ErrorEvent, o: DumpOptions) -> None:
+    if o.batches and ev.header is not None and ev.error.reason == "CRC32C mismatch":
+        batch_line(out, target, ev.seg, ev.pos, ev.header, "BAD", o.as_json)
+    out.flush()
+    error(corruption_line(target, ev))
+    if o.continue_on_error and ev.resume is not None:
+        click.echo(f"logstore: skipping bytes {ev.pos}..{ev.resume - 1} of "
+                   f"{seg_label(target, ev.seg.path)}", err=True)
+
+
+def corruption_line(target: Target, ev: ErrorEvent) -> str:
+    where_ = f"corrupt data in {seg_label(target, ev.seg.path)} at byte {ev.pos}: {ev.error.reason}"
+    if ev.torn_tail:
+        return (f"{where_} (torn tail of the active segment, {ev.size - ev.pos} bytes: "
+                f"`logstore recover --apply` would truncate it)")
+    if ev.resume is not None:
+        return f"{where_} (data damaged; the next valid batch is at byte {ev.resume})"
+    return f"{where_} (data damaged; nothing valid follows in this segment)"
+
+
+def batch_line(out: Out, target: Target, seg: Any, pos: int, h: Any, crc: str,
+               as_json: bool) -> None:
+    if as_json:
+        out.line(dumps({
+            **where(target), "segment": seg.name, "position": pos, "base_offset": h.base_offset,
+            "last_offset": h.last_offset, "records": h.record_count,
+            "base_timestamp": h.base_timestamp, "max_timestamp": h.max_timestamp,
+            "length": h.length, "payload_length": h.payload_length,
+            "raw_length": h.raw_length, "codec": h.codec, "attributes": h.attributes,
+            "crc": crc}))
+    else:
+        out.line(f"batch={pos} offsets={h.base_offset}..{h.last_offset} records={h.record_count} "
+                 f"base_ts={h.base_timestamp} max_ts={h.max_timestamp} length={h.length} "
+                 f"payload={h.payload_length} raw={h.raw_length} codec={h.codec} crc={crc}")
+
+
+def dump_index(targets: List[Target], out: Out, as_json: bool) -> None:
+    """``dump --index``: every index entry with its check against the log."""
+    bad = False
+    for target in targets:
+        for seg, entries, file_problems, skipped, notes in index_report(target):
+            if not as_json:
+                out.line(f"# {seg_heading(target, seg.path)} "
+                         f"({'active' if seg.active else 'sealed'})")
+            for e in entries:
+                bad |= not e.ok
+                out.line(_index_entry_line(target, seg, e, as_json))
+            for why in file_problems:
+                bad = True
+                if as_json:
+                    out.line(dumps({**where(target), "segment": seg.name, "index": "file",
+                                    "status": why}))
+                else:
+                    out.line(f"BAD: {why}")
+            if not as_json:
+                for note in notes:
+                    out.line(f"# {note}")
+                for kind, n in skipped.items():
+                    if n:
+                        name = "index" if kind == "offset" else "timeindex"
+                        out.line(f"# {n} preallocated empty {name} entries not shown")
+    out.close()
+    if bad:
+        raise CommandExit(EXIT_CORRUPT)
+
+
+def _index_entry_line(target: Target, seg: Any, e: Any, as_json: bool) -> str:
+    if as_json:
+        obj: Dict[str, Any] = {**where(target), "segment": seg.name, "index": e.kind,
+                               "entry": e.number, "offset": e.offset}
+        if e.kind == "offset":
+            obj["position"] = e.position
+        else:
+            obj["timestamp"] = e.timestamp
+        obj["status"] = e.status
+        return dumps(obj)
+    status = e.status if e.ok else "BAD: " + e.status
+    if e.kind == "offset":
+        return f"index entry={e.number} offset={e.offset} position={e.position} {status}"
+    return f"timeindex entry={e.number} timestamp={e.timestamp} offset={e.offset} {status}"
+
+
+# ------------------------------------------------------------------------------------ tail
+@click.command()
+@path_arg
+@click.option("-n", "--lines", "n", type=click.IntRange(min=0), default=10, show_default=True,
+              help="How many of the last records to print.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep printing records as they are appended (by any process), until Ctrl-C.")
+@click.option("--values", type=click.Choice(VALUE_MODES), default="text", show_default=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per record (the `replay` format).")
+@click.option("--interval", type=click.FloatRange(min=0.001), default=0.2, show_default=True,
+              help="Seconds between polls with --follow.")
+@store_options()
+@quiet_option
+@operator
+def tail(path: str, n: int, follow: bool, values: str, as_json: bool, interval: float,
+         topic: Optional[str], partition: Optional[int], quiet: bool) -> None:
+    """Print the last N records of the log in PATH; with --follow, keep printing new ones.
+
+    Line format: offset=N ts=MS key=K size=BYTES headers={..} value=V (see `dump`).
+    A store root (or --topic NAME [--partition P]): the last N records over all its
+    partitions by timestamp, each line starting with its partition (`orders/2 offset=...`;
+    JSON objects carry "topic" and "partition"); --follow prints new records of every
+    partition. Ctrl-C ends --follow with exit status 0.
+    """
+    with opened_readers(path, topic, partition, "tail") as readers:
+        out = Out()
+        mode = "base64" if values == "none" and as_json else values
+
+        def emit(target: Target, recs: Iterable[Any]) -> None:
+            for rec in recs:
+                out.line(dumps(rec_json(target, rec, mode)) if as_json
+                         else labelled(target, record_line(rec, values)))
+
+        try:
+            nexts = _tail_last(readers, n, emit)
+            out.flush()
+            while follow:
+                if _tail_poll(readers, nexts, emit):
+                    out.flush()
+                else:
+                    time.sleep(interval)
+        except KeyboardInterrupt:
+            if not follow:
+                raise
+            # Ctrl-C is how --follow ends: exit 0, quietly
+
+
+def _tail_last(readers: List[Any], n: int, emit: Any) -> List[int]:
+    """Emit the last ``n`` records (over all logs: by timestamp); return each log's next offset."""
+    nexts = []
+    last: List[Any] = []
+    for i, (target, log) in enumerate(readers):
+        end = log.end_offset
+        nxt = max(log.start_offset, end - n)
+        while nxt < end:
+            recs = log.read(nxt, max_records=min(1000, end - nxt))
+            if not recs:
+                break
+            if len(readers) == 1:
+                emit(target, recs)
+            else:
+                last.extend((r.timestamp_ms, i, r.offset, r) for r in recs)
+            nxt = recs[-1].offset + 1
+        nexts.append(nxt)
+    if last:
+        last.sort(key=lambda x: x[:3])
+        for _, i, _, rec in last[len(last) - n:] if n else []:
+            emit(readers[i][0], [rec])
+    return nexts
+
+
+def _tail_poll(readers: List[Any], nexts: List[int], emit: Any) -> bool:
+    """Emit what was appended since ``nexts``; whether anything was."""
+    got = False
+    for i, (target, log) in enumerate(readers):
+        recs = log.read(nexts[i], max_records=1000)
+        if recs:
+            emit(target, recs)
+            nexts[i] = recs[-1].offset + 1
+            got = True
+    return got
+
+
+# ------------------------------------------------------------------------------------ replay
+@click.command()
+@path_arg
+@click.option("--from-offset", type=click.IntRange(min=0), default=None,
+              help="First offset (default: the log's start).")
+@click.option("--to-offset", type=click.IntRange(min=0), default=None,
+              help="Stop before this offset (exclusive, like range(); default: the end now).")
+@click.option("--from-time", default=None, metavar="ISO8601",
+              help="Start at the first record with a timestamp >= this (ISO 8601, naive = UTC, "
+                   "or integer ms); combined with --from-offset, the later start wins.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "raw"]), default="jsonl",
+              show_default=True)
+@click.option("--values", type=click.Choice(["base64", "text"]), default="base64",
+              show_default=True, help="jsonl: how keys, values and header values are written.")
+@click.option("--newline", is_flag=True, help="raw: write a \\n after each value.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to FILE instead of stdout.")
+@store_options()
+@quiet_option
+@operator
+def replay(path: str, from_offset: Optional[int], to_offset: Optional[int],
+           from_time: Optional[str], fmt: str, values: str, newline: bool,
+           output: Optional[str], topic: Optional[str], partition: Optional[int],
+           quiet: bool) -> None:
+    """Write the records of the log in PATH in offset order, from an offset or a time.
+
+    \b
+    jsonl (default): one JSON object per record:
+      {"offset": N, "timestamp_ms": MS, "key": K, "value": V, "headers": {NAME: V}}
+      Keys, values and header values are base64; with --values text they are UTF-8 strings,
+      and a field that is not valid UTF-8 is written in base64 with a marker field:
+      "key_encoding": "base64", "value_encoding": "base64" or "headers_encoding": "base64"
+      (then all header values of that record are base64). Null key/tombstone: null.
+      Records of a store's topic start with "topic" and "partition".
+    raw: the value bytes only, back to back with nothing in between (a tombstone writes
+      nothing); with --newline a "\\n" follows every record's value.
+    A store root (or --topic NAME [--partition P]): partition after partition (topics by
+    name), each in offset order; the offsets and the time apply to every partition.
+    """
+    ts = parse_time(from_time) if from_time is not None else None
+    with opened_readers(path, topic, partition, "replay") as readers:
+        out = Out(output)
+        for target, log in readers:
+            start = log.start_offset if from_offset is None else from_offset
+            if ts is not None:
+                start = max(start, log.offset_for_time(ts))
+            stop = to_offset
+            if stop is not None and stop < start:
+                stop = start
+            if len(readers) > 1:  # offsets apply to every partition: clamp to each one
+                start = min(max(start, log.start_offset), log.end_offset)
+                if stop is not None:
+                    stop = min(max(stop, start), log.end_offset)
+            for rec in log.replay(start, stop):
+                if fmt == "raw":
+                    if rec.value is not None:
+                        out.raw(rec.value)
+                    if newline:
+                        out.raw(b"\n")
+                else:
+                    out.line(dumps(rec_json(target, rec, values)))
+        out.close()
+
+
+# ------------------------------------------------------------------------------------ consume
+@click.command()
+@path_arg
+@click.option("--from-offset", type=click.IntRange(min=0), default=None,
+              help="First offset (default: the log's start).")
+@click.option("--max", "max_records", type=click.IntRange(min=1), default=None,
+              help="At most N records (in all).")
+@click.option("--values", type=click.Choice(["base64", "text"]), default="base64",
+              show_default=True)
+@store_options()
+@quiet_option
+@operator
+def consume(path: str, from_offset: Optional[int], max_records: Optional[int], values: str,
+            topic: Optional[str], partition: Optional[int], quiet: bool) -> None:
+    """Print records of the log in PATH as JSON lines (the `replay` format), then exit.
+
+    Reads from --from-offset up to the end of the log as it is when the command starts.
+    A store root (or --topic NAME [--partition P]): partition after partition, objects with
+    "topic" and "partition"; --from-offset applies to every partition (one that ends
+    before it is skipped). Committed offsets are not used or changed.
+    """
+    with opened_readers(path, topic, partition, "consume") as readers:
+        out = Out()
+        left = max_records
+        for target, log in readers:
+            end = log.end_offset
+            nxt = log.start_offset if from_offset is None else from_offset
+            if nxt > end:
+                if len(readers) == 1:
+                    raise OffsetOutOfRangeError(
+                        f"offset {nxt} is past the end of the log (end_offset {end})")
+                continue
+            if len(readers) > 1:
+                nxt = max(nxt, log.start_offset)
+            while nxt < end and (left is None or left > 0):
+                want = min(1000, end - nxt) if left is None else min(1000, end - nxt, left)
+                recs = log.read(nxt, max_records=want)
+                if not recs:
+                    break
+                for rec in recs:
+                    out.line(dumps(rec_json(target, rec, values)))
+                nxt = recs[-1].offset + 1
+                if left is not None:
+                    left -= len(recs)
+        out.close()
