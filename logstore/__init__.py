@@ -30,11 +30,18 @@ from .errors import (
     UnknownTopicError,
     UnsupportedFormatError,
     MirrorError,
+    RemoteError,
+    CircuitOpenError,
 )
 from .record import Record
 from .storage.log import Log
 from .version import __version__ as __version__
+from .views.aio import AsyncStore
+from .views.breaker import CircuitBreaker
+from .views.durableasyncqueue import DurableAsyncQueue
 from .views.durablequeue import DurableQueue, DurableSimpleQueue
+from .views.prometheus import prometheus_text
+from .views.rpc import Requester
 from .views.store import Store, Topic
 
 
@@ -54,5 +61,10 @@ __all__ = [
     "Topic",
     "DurableQueue",
     "DurableSimpleQueue",
+    "DurableAsyncQueue",
+    "AsyncStore",
+    "CircuitBreaker",
+    "Requester",
+    "prometheus_text",
     *_errors.__all__,  # every public exception, listed once in logstore.errors
 ]

@@ -127,6 +127,19 @@ class MirrorError(LogstoreError):
     ``run_once`` could not reach the cluster). ``status()['last_error']`` has the same text."""
 
 
+class RemoteError(LogstoreError):
+    """Request-reply: the responder's handler raised. The message is the error reply's
+    ``x-rpc-error`` header (``"<type>: <message>"``); ``reply`` is the reply record."""
+
+    def __init__(self, message: str, reply: object = None):
+        super().__init__(message)
+        self.reply = reply
+
+
+class CircuitOpenError(LogstoreError):
+    """A circuit breaker refused the call: it is open (or half-open with its probe running)."""
+
+
 __all__ = [
     "LogstoreError",
     "ConfigError",
@@ -147,4 +160,6 @@ __all__ = [
     "NotAssignedError",
     "ForkedProcessError",
     "MirrorError",
+    "RemoteError",
+    "CircuitOpenError",
 ]

@@ -182,6 +182,13 @@ def test_verify_torn_active_segment_is_recoverable(tmp_path):
     d = copy_golden(tmp_path)
     seg = os.path.join(d, ACTIVE)
     os.truncate(seg, os.path.getsize(seg) - 10)
+    # After a clean close (the golden log's marker says how many bytes close() made durable)
+    # a shorter file is data damage (issue 16, case 5)...
+    r = run("verify", d)
+    assert r.exit_code == 1 and "0 repairable by `logstore recover --apply`, 1 data damage" \
+        in r.stdout, r.stdout
+    # ...after a crash (no marker) it is a torn tail.
+    os.unlink(os.path.join(d, "clean-shutdown"))
     r = run("verify", d)
     assert r.exit_code == 1
     out = r.stdout
@@ -392,6 +399,7 @@ def test_produce_consume_tail_roundtrip(tmp_path):
 # ------------------------------------------------------------------------------ recover
 def test_recover_dry_run_then_apply_torn_tail(tmp_path):
     d = copy_golden(tmp_path)
+    os.unlink(os.path.join(d, "clean-shutdown"))  # as after a crash (with it: data damage)
     seg = os.path.join(d, ACTIVE)
     os.truncate(seg, 250)
     before = snapshot(d)
@@ -420,11 +428,20 @@ def test_recover_apply_mid_file_damage_in_active_segment(tmp_path):
     r = run("verify", d)
     assert r.exit_code == 1 and "a valid batch follows at byte 96, so this is not a torn tail" \
         in r.stdout
-    r = run("recover", d)
+    # The damaged bytes were durable (later batches say so): data damage. recover --apply
+    # refuses and changes nothing (issue 16, case 5); --force cuts.
+    before = snapshot(d)
+    for args in ((), ("--apply",)):
+        r = run("recover", d, *args)
+        assert r.exit_code == 1
+        assert "refused (data damage): 00000000000000000037.log: CRC32C mismatch" in r.stdout
+        assert snapshot(d) == before
+    r = run("recover", d, "--force")
     assert r.exit_code == 1
     assert ("would: cut 00000000000000000037.log at byte 0, DROPPING 296 bytes including 2 "
             "records" in r.stdout)
-    r = run("recover", d, "--apply")
+    assert snapshot(d) == before
+    r = run("recover", d, "--apply", "--force")
     assert r.exit_code == 0, r.stdout + r.stderr
     with logstore.Log.open(d) as log:
         assert log.end_offset == 37

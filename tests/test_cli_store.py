@@ -291,10 +291,11 @@ def test_stats_store_groups_subscriptions_and_queue_depth(tmp_path):
         r = run("stats", root)
         out = r.stdout
         assert out.startswith(f"store {root} (id {store.id})")
-        assert "consumer groups (committed offsets):" in out
+        assert "consumer groups:" in out
+        # (issue 16: columns committed, start, end, lag, skipped; a total row: lag, skipped)
         row = next(x for x in lines(r) if x.split()[:3] == ["billing", "orders", "total"])
-        assert row.split()[-1] == "201"
-        assert any(x.split()[:3] == ["audit", "orders", "total"] and x.split()[-1] == "1"
+        assert row.split()[-2:] == ["201", "0"]
+        assert any(x.split()[:3] == ["audit", "orders", "total"] and x.split()[-2] == "1"
                    for x in lines(r))
         qrow = next(x for x in lines(r) if x.split()[:1] == ["jobs"])
         assert qrow.split()[1:5] == ["1", "6", "2", "1"]
@@ -373,6 +374,10 @@ def test_recover_store_dry_run_apply_and_lock(tmp_path):
     path = os.path.join(seg_dir, active)
     size = os.path.getsize(path)
     os.truncate(path, size - 5)
+    # The store closed cleanly: its marker says those bytes were durable (data damage).
+    r = run("recover", root, "--apply", "--topic", "orders")
+    assert r.exit_code == 1 and "refused" in r.stdout and os.path.getsize(path) == size - 5
+    os.unlink(os.path.join(seg_dir, "clean-shutdown"))  # as after a crash: a torn tail
     r = run("recover", root, "--topic", "orders")
     assert r.exit_code == 1
     assert "orders/1:" in r.stdout and f"would: truncate the torn tail of {active}" in r.stdout
@@ -399,7 +404,16 @@ def test_compact_plain_log_and_store(tmp_path):
         log.append(None, key=b"k0", timestamp_ms=T0 + 500)  # a tombstone
         for i in range(30):
             log.append(b"w%d" % i, key=b"k1", timestamp_ms=T0 + 1000 + i)
-    r = run("compact", d, "--now-ms", T0 + 600, "-o", "delete_retention_ms=0", "--json")
+    # Issue 16 (case 3): the log's stored cleanup_policy is "delete": refused (exit 2),
+    # unchanged; --dry-run counts; --force compacts.
+    r = run("compact", d)
+    assert r.exit_code == 2 and "cleanup_policy='delete'" in r.stderr
+    r = run("compact", d, "--now-ms", T0 + 600, "--dry-run", "--json")
+    assert r.exit_code == 0, r.stderr
+    dry = json.loads(r.stdout)["logs"][0]["report"]
+    assert dry["dry_run"] and dry["records_removed"] > 0
+    r = run("compact", d, "--now-ms", T0 + 600, "-o", "delete_retention_ms=0", "--json",
+            "--force")
     assert r.exit_code == 0, r.stderr
     [doc] = json.loads(r.stdout)["logs"]
     rep = doc["report"]
@@ -409,11 +423,11 @@ def test_compact_plain_log_and_store(tmp_path):
         for rec in log.replay():
             latest[rec.key] = rec.value
         assert latest[b"k1"] == b"w29" and b"k0" not in latest
-    r = run("compact", d)
+    r = run("compact", d, "--force")
     assert r.exit_code == 0 and lines(r)[0].startswith(f"compact {d}: ")
     # Locked by a writer: exit 3.
     with logstore.Log.open(d):
-        r = run("compact", d)
+        r = run("compact", d, "--force")
         assert r.exit_code == 3
     # A store: keyed topics are compacted, a queue's topic and keyless topics are skipped.
     root = str(tmp_path / "s")
@@ -427,7 +441,12 @@ def test_compact_plain_log_and_store(tmp_path):
         q = store.queue("jobs")
         for i in range(5):
             q.put(b"j", key=b"same")
-    r = run("compact", root)
+    before = api_records(root, "profiles")
+    r = run("compact", root)  # no topic's stored policy includes compact: all skipped
+    assert r.exit_code == 0, r.stderr
+    assert "  profiles/1: skipped: cleanup_policy='delete'" in r.stdout
+    assert api_records(root, "profiles") == before
+    r = run("compact", root, "--force")
     assert r.exit_code == 0, r.stderr
     out = r.stdout
     assert "  jobs: skipped: a work queue's topic" in out
@@ -444,9 +463,9 @@ def test_compact_plain_log_and_store(tmp_path):
     assert sum(1 for _ in api_records(root, "jobs")[0]) == 5  # untouched
     r = run("compact", root, "--topic", "jobs")
     assert r.exit_code == 2 and "work queue" in r.stderr
-    r = run("compact", root, "--topic", "logs")
+    r = run("compact", root, "--topic", "logs", "--force")
     assert r.exit_code == 2 and r.stderr.startswith("logstore: error: cannot compact ")
-    r = run("compact", os.path.join(root, "topics", "profiles", "1"), "--json")
+    r = run("compact", os.path.join(root, "topics", "profiles", "1"), "--json", "--force")
     assert r.exit_code == 0
     assert [x["label"] for x in json.loads(r.stdout)["logs"]] == ["profiles/1"]
     assert run("verify", root).exit_code == 0
@@ -535,7 +554,7 @@ def test_demo_end_to_end_in_a_process(tmp_path):
                  "     orders/0: ", "     orders/3: ",
                  "acknowledged records lost: 0 (must be 0)",
                  f"7. logstore stats {d}",
-                 "consumer groups (committed offsets):", "subscriptions (committed offsets):",
+                 "consumer groups:", "durable subscriptions:",
                  "work queues:"):
         assert text in out, text
     assert "MISMATCH" not in out and r.stderr == ""

@@ -228,6 +228,16 @@ def test_torn_tail_of_active_segment_is_cut_back_to_last_whole_batch(tmp_path, c
         end = whole[-1].next_offset if whole else active_base
         valid_end = whole[-1].position + whole[-1].length if whole else 0
 
+        if marker == "stale" and cut < size:
+            # Issue 16 (case 5): the marker says close() made `size` bytes durable: a shorter
+            # file lost durable data. Data damage, not a torn tail: refused, nothing changed.
+            before = {n: (dst / n).read_bytes() for n in os.listdir(dst)}
+            with pytest.raises(CorruptLogError) as ei:
+                Log.open(dst, compression=compression, **OPTS)
+            assert "clean-shutdown marker" in str(ei.value)
+            assert {n: (dst / n).read_bytes() for n in os.listdir(dst)} == before
+            shutil.rmtree(dst)
+            continue
         log = Log.open(dst, compression=compression, **OPTS)
         try:
             report = log.recovery_report

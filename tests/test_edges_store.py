@@ -7,7 +7,6 @@ import os
 import shutil
 import time
 
-import pytest
 
 import logstore
 import logstore.fs

@@ -10,6 +10,7 @@ reader in a second process (tests/follower_proc.py).
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,6 +120,47 @@ def test_readonly_log_follows_rolls_retention_and_compaction(tmp_path):
         assert [(r.offset, r.key, r.value) for r in got] == want, f"round {rnd}"
     ro.close()
     w.close()
+
+
+def test_readonly_get_and_segments_see_fresh_bounds(tmp_path):
+    """Found while fixing case 1: a reader's get of an offset in a sealed segment it had not
+    opened yet, deleted by retention since, said "segment ... no longer exists" (an
+    OffsetOutOfRangeError without the log's bounds); get_many and segments() used stale bounds."""
+    d = str(tmp_path / "log")
+    w = retained_writer(d, retention_bytes=None)
+    append_n(w, 300)
+    ro = logstore.Log.open(d, readonly=True)
+    assert ro.start_offset == 0
+    w.enforce_retention(keep_from=200)
+    start = w.start_offset
+    assert 0 < start <= 200
+    for off in (0, start - 1):
+        with pytest.raises(logstore.OffsetOutOfRangeError) as ei:
+            ro.get(off)
+        assert str(start) in str(ei.value), str(ei.value)
+        with pytest.raises(logstore.OffsetOutOfRangeError):
+            ro.get_many([off, start])
+    assert ro.get(start).value == value(start)
+    assert [r.offset for r in ro.get_many([start, 299])] == [start, 299]
+    assert ro.segments()[0]["base_offset"] == start
+    assert ro.start_offset == start
+    ro.close()
+    w.close()
+
+
+def test_readonly_log_whose_directory_was_removed_says_so(tmp_path):
+    """Found while fixing case 1: a reader whose log directory was deleted answered from its
+    stale view (old code) or with a bare FileNotFoundError; it raises NotALogError."""
+    d = str(tmp_path / "log")
+    w = retained_writer(d, retention_bytes=None)
+    append_n(w, 10)
+    w.close()
+    ro = logstore.Log.open(d, readonly=True)
+    shutil.rmtree(d)
+    for call in (lambda: ro.end_offset, lambda: ro.start_offset, lambda: ro.read(0)):
+        with pytest.raises(logstore.NotALogError):
+            call()
+    ro.close()
 
 
 # ---------------------------------------------------------------------------- consumers
@@ -442,7 +484,9 @@ def _rounds(follower, write_round, end_offset, rounds=20, stop_every=5):
 
 def test_second_process_log_reader_follows_retention_and_compaction(tmp_path):
     d = str(tmp_path / "log")
-    w = retained_writer(d, cleanup_policy="compact,delete", retention_bytes=6144)
+    # (retention_bytes below what compaction leaves of 40 keys, ~3.2 KB: with 6144, retention
+    # never deleted anything and the test checked only compaction)
+    w = retained_writer(d, cleanup_policy="compact,delete", retention_bytes=2048)
     w.append(value(0), key=b"k0")
     follower = _Follower("log", d)
     starts = []
@@ -471,7 +515,8 @@ def test_second_process_log_reader_follows_retention_and_compaction(tmp_path):
 
 def test_second_process_group_member_follows_retention_and_compaction(tmp_path):
     d = str(tmp_path / "store")
-    s = _retained_store(d, cleanup_policy="compact,delete", retention_bytes=6144)
+    # (retention_bytes below what compaction leaves: see the Log test above)
+    s = _retained_store(d, cleanup_policy="compact,delete", retention_bytes=2048)
     t = s.topic("t", partitions=1)
     log = t.partitions[0]
     t.publish(value(0), key=b"k0")
@@ -492,3 +537,37 @@ def test_second_process_group_member_follows_retention_and_compaction(tmp_path):
     assert len(oks) == 20, err
     assert oks[-1][4] != "NA", "consumer.skipped is missing"
     assert int(oks[-1][4]) > 0  # skipped records were counted (the stopped rounds)
+
+
+@pytest.mark.parametrize("fsync", ["never", "every"])
+def test_second_process_reader_racing_the_writer_never_sees_damage(tmp_path, fsync):
+    """Issue 16 case 4 made a reader judge where its catch-up stops (a batch being written vs
+    damage). A reader racing a writer must never call a batch being written damage: under
+    "never" small batches are copied into a shared mapping and larger ones pwritten; under
+    "every" the file is preallocated and batches carry synced_before. Batches of 1..400
+    records (up to ~5 KB), segments of 64 KiB, no retention."""
+    d = str(tmp_path / "log")
+    opts = dict(segment_bytes=64 * 1024, fsync=fsync, retention_check_interval_s=0)
+    if fsync == "every":
+        opts["fsync_records"] = 500
+    w = logstore.Log.open(d, **opts)
+    w.append(value(0))
+    follower = _Follower("log", d)
+    sizes = [1, 7, 400, 3, 150, 1, 1, 300, 60, 2]
+
+    def write_round(rnd):
+        for i in range(60):
+            n = sizes[(rnd + i) % len(sizes)]
+            off = w.end_offset
+            if n == 1:
+                assert w.append(value(off)) == off
+            else:
+                assert w.append_batch([value(off + j) for j in range(n)]) == range(off, off + n)
+
+    try:
+        oks = _rounds(follower, write_round, lambda: w.end_offset, rounds=10, stop_every=0)
+    finally:
+        err = follower.close()
+        w.close()
+    assert len(oks) == 10, err
+    assert int(oks[-1][3]) == int(oks[-1][2])  # every record read once, in order

@@ -3,7 +3,8 @@
 Modules: ``common`` (exit codes, the error boundary, PATH/store options, opening readers),
 ``output`` (output stream, progress bar, record/bytes rendering, tables, times), ``read``
 (dump, tail, replay, consume), ``check`` (verify, stats), ``produce``, ``repair`` (recover),
-``maintain`` (compact, retention), ``config`` (stored settings), ``mirror``, ``demo`` (and ``demo_writer``, the process the
+``maintain`` (compact, retention), ``config`` (stored settings), ``metrics`` (Prometheus text,
+served or printed), ``mirror``, ``demo`` (and ``demo_writer``, the process the
 demo kills). Commands parse options, call the layers below (``logstore.diagnostics`` for what
 they read, ``logstore.storage``/``logstore.views`` for what they change) and print; nothing
 below this package imports it. The entry point ``logstore.cli:main`` is the click group.
@@ -17,7 +18,7 @@ dry run that has work to do); 2 usage error; 3 the log is locked by a writer; 4 
 import click
 
 from ..version import __version__
-from . import check, config, demo, maintain, mirror, produce, read, repair
+from . import check, config, demo, maintain, metrics, mirror, produce, read, repair
 
 
 @click.group(epilog="Exit status: 0 ok; 1 corrupt data found; 2 usage error (bad option, "
@@ -34,7 +35,7 @@ def main() -> None:
 
 for _command in (demo.demo, read.dump, check.verify, check.stats, read.tail, read.replay,
                  produce.produce, read.consume, repair.recover, maintain.compact,
-                 maintain.retention, config.config, mirror.mirror):
+                 maintain.retention, config.config, metrics.metrics, mirror.mirror):
     main.add_command(_command)
 
 __all__ = ["main"]

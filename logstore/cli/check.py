@@ -6,7 +6,7 @@ Both are read-only: the work is :mod:`logstore.diagnostics`; this module prints 
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
@@ -17,6 +17,7 @@ from .common import (
     EXIT_CORRUPT, CommandExit, error, inspect_with_progress, operator, path_arg, quiet_option,
     store_options,
 )
+from .metrics import run_checks
 from .output import Out, Progress, age, dumps, iso, num, seg_label, table, total_bytes
 
 
@@ -74,7 +75,7 @@ def print_problems(out: Out, r: LogReport, indent: str = "", repair: bool = True
 def print_verify(out: Out, r: LogReport, quiet: bool, summary: bool = True) -> None:
     t = r.totals()
     if not quiet and not summary and r.problems and not r.segments:
-        out.line(f"{r.label}: missing")
+        out.line(f"{r.label}: {'unreadable store metadata' if r.broken else 'missing'}")
     elif not quiet:
         rng = (f"offsets [{t['start_offset']}, {t['end_offset']})"
                if t["start_offset"] is not None else "no offsets")
@@ -126,11 +127,15 @@ def _print_verify_summary(out: Out, path: str, reports: List[LogReport], quiet: 
 @click.option("--internal", "show_internal", is_flag=True,
               help="Store root: also list the internal logs and the internal groups (work-queue "
                    "checkpoints, redrive cursors).")
+@click.option("--check", "checks", multiple=True, metavar="[NAME:]FIGURE>N",
+              help="Store root: an alert threshold (repeatable), e.g. 'depth>1000', "
+                   "'lag_s>60', 'jobs:dead_lettered>0'; prints one line per breach instead of "
+                   "the stats and exits 1 if any (see `logstore metrics`).")
 @store_options()
 @quiet_option
 @operator
-def stats(path: str, as_json: bool, show_internal: bool, topic: Optional[str],
-          partition: Optional[int], quiet: bool) -> None:
+def stats(path: str, as_json: bool, show_internal: bool, checks: Tuple[str, ...],
+          topic: Optional[str], partition: Optional[int], quiet: bool) -> None:
     """Segments, offsets, sizes, record and batch counts, compression, time range of PATH.
 
     Reads only the 64-byte batch headers (fast; CRCs are not checked: use `logstore verify`).
@@ -140,14 +145,24 @@ def stats(path: str, as_json: bool, show_internal: bool, topic: Optional[str],
     \b
     A store root (or --topic NAME [--partition P] of one):
       - per topic partition: segments, start and end offsets, records, bytes, time range;
-      - consumer groups and durable subscriptions: committed offset, end offset and lag per
-        partition (lag = end - committed, Kafka's meaning);
+      - consumer groups and durable subscriptions, per partition: committed offset, start
+        and end offset, lag = end - max(committed, start) (records it can still read) and
+        skipped = max(0, start - committed) (records retention deleted before it read them:
+        it will never see them); a committed offset beyond the end is flagged;
       - work queues: messages not yet done (ready, in flight or delayed), delivered but not
         acked, delayed for a retry, dead-lettered (not yet redriven), age of the oldest;
       - with --internal: the internal logs and groups.
     Committed offsets and queue state are read read-only (beside a running writer they are
     as of its last durable write).
+
+    With --check (a store): the figures of `logstore metrics` against each threshold
+    ([NAME:]FIGURE OP NUMBER, OP one of > >= < <= == !=; NAME a topic, topic/partition,
+    queue, group@topic or subscription@topic): one line per breach and exit 1, nothing and
+    exit 0 when all hold.
     """
+    if checks:
+        run_checks(path, topic, checks, as_json)
+        return
     if store_path(path) is not None:
         _store_stats_command(path, as_json, show_internal, topic, partition, quiet)
         return
@@ -162,10 +177,17 @@ def stats(path: str, as_json: bool, show_internal: bool, topic: Optional[str],
     out.close()
     for r in reports:
         for p in r.problems:
-            error(f"{seg_label(r, p.file)} at byte {p.position}: {p.reason} (run `logstore "
-                  f"verify`)")
+            error(stats_problem(seg_label(r, p.file), p.position, p.reason, p.kind))
     if not all(r.ok for r in reports):
         raise CommandExit(EXIT_CORRUPT)
+
+
+def stats_problem(where_: str, position: Optional[int], reason: str, kind: str) -> str:
+    """The stderr line of a problem ``stats`` met (details: ``logstore verify``)."""
+    at = f" at byte {position}" if position is not None else ""
+    what = {"index": "bad index", "marker": "bad clean-shutdown marker"}.get(kind,
+                                                                            "corrupt data")
+    return f"{what} in {where_}{at}: {reason} (run `logstore verify` for details)"
 
 
 def _print_stats(out: Out, r: LogReport) -> None:
@@ -214,8 +236,8 @@ def _store_stats_command(path: str, as_json: bool, show_internal: bool, topic: O
         print_store_stats(out, doc, show_internal)
     out.close()
     for p in doc["problems"]:
-        error(f"{p['label']}: {p['file']} at byte {p['position']}: {p['reason']} (run "
-              f"`logstore verify`)")
+        error(stats_problem(f"{p['label']} ({p['file']})", p["position"], p["reason"],
+                            p.get("kind", "damaged")))
     if doc["problems"]:
         raise CommandExit(EXIT_CORRUPT)
 
@@ -229,8 +251,8 @@ def print_store_stats(out: Any, doc: Dict[str, Any], show_internal: bool = False
                                               if doc.get("partition") is not None else "")
     out.line(f"store {doc['path']} (id {doc.get('id', '?')}{scope})")
     _print_topics(out, doc["topics"])
-    _print_lags(out, "consumer groups (committed offsets)", doc["groups"], "group", "group")
-    _print_lags(out, "subscriptions (committed offsets)", doc["subscriptions"], "subscription",
+    _print_lags(out, "consumer groups", doc["groups"], "group", "group")
+    _print_lags(out, "durable subscriptions", doc["subscriptions"], "subscription",
                 "subscription")
     _print_queues(out, doc["queues"])
     if show_internal:
@@ -252,6 +274,8 @@ def _print_topics(out: Any, topics: List[Dict[str, Any]]) -> None:
     rows = [["topic/partition", "segments", "start", "end", "records", "bytes",
              "first timestamp", "max timestamp", "status"]]
     for t in topics:
+        if t.get("error"):
+            rows.append([t["topic"], "-", "-", "-", "-", "-", "-", "-", "damaged"])
         for r in t["partition_stats"]:
             rows.append([r["label"], str(r["segments"]), num(r["start_offset"]),
                          num(r["end_offset"]), str(r["records"]), str(r["bytes"]),
@@ -276,14 +300,26 @@ def _print_lags(out: Any, title: str, entries: List[Dict[str, Any]], name_key: s
         out.line(f"{title}: none")
         return
     out.line(f"{title}:")
-    rows = [[head, "topic", "partition", "committed", "end", "lag"]]
+    rows = [[head, "topic", "partition", "committed", "start", "end", "lag", "skipped", ""]]
+    beyond = False
     for e in entries:
         for r in e["partitions"]:
+            note = ""
+            if r.get("committed_beyond_end"):
+                note, beyond = "committed > end (!)", True
             rows.append([e[name_key], e["topic"], str(r["partition"]), str(r["committed"]),
-                         num(r["end_offset"]), num(r["lag"])])
+                         num(r.get("start")), num(r["end_offset"]), num(r["lag"]),
+                         num(r.get("skipped")), note])
         if len(e["partitions"]) > 1:
-            rows.append([e[name_key], e["topic"], "total", "", "", num(e["lag"])])
-    table(out, rows, left=(0, 1), indent="  ")
+            rows.append([e[name_key], e["topic"], "total", "", "", "", num(e["lag"]),
+                         num(e.get("skipped")), ""])
+    table(out, rows, left=(0, 1, 8), indent="  ")
+    out.line("  (lag = end - max(committed, start): records it can still read; skipped = "
+             "max(0, start - committed): records retention deleted before it read them)")
+    if beyond:
+        out.line("  (!) committed > end: the partition has fewer records than the group "
+                 "committed (restored from an older copy?); new records at offsets below the "
+                 "committed position would not be delivered")
 
 
 def _print_queues(out: Any, queues: List[Dict[str, Any]]) -> None:

@@ -13,8 +13,10 @@ import click
 
 from ..diagnostics.targets import (
     partition_of_store, require_log_dir, resolve_targets, store_path, store_queues,
+    topic_cleanup_policy,
 )
-from ..errors import MissingKeyError, NotALogError
+from ..errors import ConfigError, MissingKeyError, NotALogError
+from ..storage import meta
 from ..storage.log import Log
 from ..views.store import Store
 from .common import (
@@ -51,7 +53,27 @@ def cleanup_scope(path: str, topic: Optional[str], partition: Optional[int], wha
 
 
 # ------------------------------------------------------------------------------------ compact
+def compacts(policy: str) -> bool:
+    """Whether a cleanup policy includes compaction."""
+    return "compact" in [p.strip() for p in policy.split(",")]
+
+
+def refusal(what: str, policy: str, dry_run_cmd: str) -> ConfigError:
+    """The usage error (exit 2) for compacting a log or topic whose policy does not say so."""
+    return ConfigError(
+        f"{what} has cleanup_policy={policy!r} (as stored): compaction keeps only the latest "
+        f"record of each key and deletes the others, so it runs only where the policy includes "
+        f"compact. `{dry_run_cmd} --dry-run` shows what a pass would remove; --force compacts "
+        f"anyway")
+
+
 def compact_line(label: str, r: Dict[str, Any]) -> str:
+    if r.get("dry_run"):
+        return (f"{label}: would remove {r['records_removed']} of {r['records_before']} records "
+                f"({r['tombstones_dropped']} tombstones, {r['payload_bytes_removed']} key and "
+                f"value bytes) from {r['segments_cleaned']} sealed segment"
+                f"{'s' if r['segments_cleaned'] != 1 else ''} of {r['bytes_before']} bytes; "
+                f"nothing changed")
     if not r.get("passes"):
         return (f"{label}: nothing to compact (no sealed segment; compaction works on sealed "
                 f"segments only)")
@@ -67,51 +89,68 @@ def compact_line(label: str, r: Dict[str, Any]) -> str:
 @click.option("--now-ms", type=click.IntRange(min=0), default=None,
               help="The time compaction takes as now (tombstones older than "
                    "delete_retention_ms before it are dropped); default: the clock.")
+@click.option("--dry-run", is_flag=True,
+              help="Print, per log, what a pass would remove; change nothing (takes no lock).")
+@click.option("--force", is_flag=True,
+              help="Also compact logs and topics whose stored cleanup_policy does not include "
+                   "compact.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @option_flag
 @store_options()
 @quiet_option
 @operator
-def compact(path: str, now_ms: Optional[int], as_json: bool, options: tuple,
-            topic: Optional[str], partition: Optional[int], quiet: bool) -> None:
+def compact(path: str, now_ms: Optional[int], dry_run: bool, force: bool, as_json: bool,
+            options: tuple, topic: Optional[str], partition: Optional[int], quiet: bool) -> None:
     """Run one compaction pass over PATH now and print what it did.
 
     Keeps the latest record of every key in the sealed segments (see README "Retention and
-    compaction"). Opens the log (or store) for writing: exit 3 if a writer has it open.
-    Options default to cleanup_policy=compact; -o NAME=VALUE passes Log.open options (e.g.
-    -o delete_retention_ms=0 -o compaction_buffer_bytes=1048576).
+    compaction"). Only logs and topics whose stored cleanup_policy includes compact are
+    compacted: a plain log (or a topic named with --topic) with another policy is refused
+    (exit 2); --force compacts it anyway; --dry-run prints what a pass would remove and
+    changes nothing. Opens the log (or store) for writing: exit 3 if a writer has it open
+    (not with --dry-run). -o delete_retention_ms=N and -o compaction_buffer_bytes=N
+    apply to this pass only (the stored settings are unchanged); other -o NAME=VALUE are
+    Log.open options.
 
     \b
-    A store root: every topic partition, or --topic NAME [--partition P], and (without
+    A store root: every topic partition whose topic's stored cleanup_policy includes compact
+    (the others are listed as skipped), or --topic NAME [--partition P], and (without
     --topic) the committed-offsets log. A work queue's topic is never compacted (that would
     drop messages not yet acked): skipped, or a usage error when named with --topic. A topic
     holding keyless records cannot be compacted: skipped with the reason, or a usage error
     (exit 2) when named with --topic or given as PATH.
     """
     opts = parse_options(options)
-    opts.setdefault("cleanup_policy", "compact")
     opts.setdefault("retention_check_interval_s", 0)
+    # This pass's tunables, not settings to store (a log keeps its stored ones).
+    tunables = {k: opts.pop(k) for k in ("delete_retention_ms", "compaction_buffer_bytes")
+                if k in opts}
     scope = cleanup_scope(path, topic, partition, "compact")
     out = Out()
     if scope is None:
-        with Log.open(path, **opts) as log:
-            report = log.compact(now_ms)
+        policy = meta.stored_cleanup_policy(meta.stored_settings(path))
+        if not (compacts(policy) or force or dry_run):
+            raise refusal(f"log {path}", policy, f"logstore compact {path}")
+        with Log.open(path, readonly=dry_run, **opts) as log:
+            report = log.compact(now_ms, dry_run=dry_run, force=True, tunables=tunables)
         if as_json:
-            out.line(dumps({"path": path, "logs": [{"label": path, "report": report}]}))
+            out.line(dumps({"path": path, "dry_run": dry_run,
+                            "logs": [{"label": path, "report": report}]}))
         else:
             out.line("compact " + compact_line(path, report))
         out.close()
         return
     root, topic, partition = scope
-    store = open_store(root, opts)
+    store = (Store.open(root, readonly=True, dedup_window_s=0) if dry_run
+             else open_store(root, opts))
     try:
-        docs = _compact_store(store, root, topic, partition, now_ms)
+        docs = _compact_store(store, root, topic, partition, now_ms, dry_run, force, tunables)
     finally:
         store.close()
     if as_json:
-        out.line(dumps({"path": path, "logs": docs}))
+        out.line(dumps({"path": path, "dry_run": dry_run, "logs": docs}))
     else:
-        out.line(f"compact {path}:")
+        out.line(f"compact {'--dry-run ' if dry_run else ''}{path}:")
         for d in docs:
             if "skipped" in d:
                 out.line(f"  {d['label']}: skipped: {d['skipped']}")
@@ -121,8 +160,10 @@ def compact(path: str, now_ms: Optional[int], as_json: bool, options: tuple,
 
 
 def _compact_store(store: Store, root: str, topic: Optional[str], partition: Optional[int],
-                   now_ms: Optional[int]) -> List[Dict[str, Any]]:
-    """Compact the store's topics in scope (and, for the whole store, its offsets log)."""
+                   now_ms: Optional[int], dry_run: bool, force: bool,
+                   tunables: Dict[str, int]) -> List[Dict[str, Any]]:
+    """Compact (or count, ``dry_run``) the store's topics in scope whose stored policy says so
+    (all with ``force``), and, for the whole store, its offsets log."""
     explicit = topic is not None
     docs: List[Dict[str, Any]] = []
     queues = set(store_queues(root))
@@ -136,13 +177,25 @@ def _compact_store(store: Store, root: str, topic: Optional[str], partition: Opt
             docs.append({"label": name, "topic": name, "skipped":
                          "a work queue's topic (compaction would drop unacked messages)"})
             continue
-        for p, log in enumerate(store.topic(name).partitions):
+        logs = store.topic(name).partitions
+        policy = topic_cleanup_policy(root, name, len(logs))
+        if not (compacts(policy) or force or (dry_run and explicit)):
+            if explicit:
+                raise refusal(f"topic {name!r}", policy,
+                              f"logstore compact {root} --topic {name}")
+            docs += [{"label": f"{name}/{p}", "topic": name, "partition": p,
+                      "cleanup_policy": policy, "skipped": f"cleanup_policy={policy!r} does not "
+                      f"include compact (--force compacts it anyway)"}
+                     for p in range(len(logs)) if partition is None or p == partition]
+            continue
+        for p, log in enumerate(logs):
             if partition is not None and p != partition:
                 continue
             label = f"{name}/{p}"
             try:
                 docs.append({"label": label, "topic": name, "partition": p,
-                             "report": log.compact(now_ms)})
+                             "report": log.compact(now_ms, dry_run=dry_run, force=True,
+                                                   tunables=tunables)})
             except MissingKeyError as e:
                 if explicit:
                     raise
@@ -150,7 +203,8 @@ def _compact_store(store: Store, root: str, topic: Optional[str], partition: Opt
                              "skipped": str(e)})
     if not explicit:
         docs.append({"label": "internal/offsets", "internal": True,
-                     "report": store.offsets.log.compact(now_ms)})
+                     "report": store.offsets.log.compact(now_ms, dry_run=dry_run,
+                                                         tunables=tunables)})
     return docs
 
 

@@ -12,11 +12,12 @@ from typing import Any, Dict, List, Optional
 import click
 
 from ..diagnostics.targets import require_log_dir, resolve_targets, store_path
-from ..errors import NotALogError, UnknownTopicError
+from ..errors import LogstoreError, NotALogError, RecordTooLargeError, UnknownTopicError
 from ..storage.log import Log
 from ..views.names import validate_name
 from .common import (
-    open_store, operator, option_flag, parse_options, path_arg, quiet_option, store_options,
+    EXIT_USAGE, CommandExit, error, exit_code, open_store, operator, option_flag, parse_options,
+    path_arg, quiet_option, store_options,
 )
 from .output import binary
 
@@ -77,12 +78,23 @@ def _lines(stream: Any):
         yield line[:-1] if line.endswith(b"\n") else line
 
 
+def failed(e: BaseException, first_line: int, line: int, written: str) -> CommandExit:
+    """Say on stderr what a failed append of input lines ``first_line..line`` (one batch) left
+    written (``written``: e.g. "100 records, offsets 0..99 of LOG"), and the exit to take:
+    2 for a record too large (a usage error), else as for any error."""
+    reason = str(e).replace("; nothing was written", "")
+    lines = f"line {line}" if first_line == line else f"lines {first_line}..{line}"
+    error(f"appending {lines} failed: {reason}. Written in all: {written}")
+    return CommandExit(EXIT_USAGE if isinstance(e, RecordTooLargeError) else exit_code(e))
+
+
 def _produce_log(path: str, src: Optional[str], kb: Optional[bytes], batch_size: int,
                  opts: Dict[str, Any], quiet: bool) -> None:
     log = Log.open(path, **opts)
     stream = open(src, "rb") if src else binary(sys.stdin)
     first = None
     count = 0
+    line = 0
     pending: List[bytes] = []
 
     def flush() -> None:
@@ -90,7 +102,12 @@ def _produce_log(path: str, src: Optional[str], kb: Optional[bytes], batch_size:
         if not pending:
             return
         keys = None if kb is None else [kb] * len(pending)
-        offs = log.append_batch(pending, keys=keys)
+        try:
+            offs = log.append_batch(pending, keys=keys)
+        except (LogstoreError, OSError) as e:
+            written = (f"{count} records, offsets {first}..{first + count - 1} of {path}"
+                       if count else "no record")
+            raise failed(e, line - len(pending) + 1, line, written) from e
         if first is None:
             first = offs.start
         count += len(pending)
@@ -98,6 +115,7 @@ def _produce_log(path: str, src: Optional[str], kb: Optional[bytes], batch_size:
 
     try:
         for value in _lines(stream):
+            line += 1
             pending.append(value)
             if len(pending) >= batch_size:
                 flush()
@@ -139,7 +157,14 @@ def _produce_store(path: str, src: Optional[str], kb: Optional[bytes], batch_siz
             nonlocal waiting
             for p, values in sorted(pending.items()):
                 keys = None if kb is None else [kb] * len(values)
-                offs = t.partitions[p].append_batch(values, keys=keys)
+                try:
+                    offs = t.partitions[p].append_batch(values, keys=keys)
+                except (LogstoreError, OSError) as e:
+                    done = sum(b - a + 1 for a, b in ranges.values())
+                    where = ", ".join(f"{topic}/{q} offsets {a}..{b}"
+                                      for q, (a, b) in sorted(ranges.items()))
+                    raise failed(e, count - waiting + 1, count,
+                                 f"{done} records ({where})" if done else "no record") from e
                 r = ranges.setdefault(p, [offs.start, offs.stop - 1])
                 r[1] = offs.stop - 1
             pending.clear()

@@ -13,7 +13,9 @@ from typing import Any, Dict, Iterable, List, Optional
 import click
 
 from ..diagnostics.indexes import index_report
-from ..diagnostics.scan import BatchEvent, ErrorEvent, SegmentStart, scan
+from ..diagnostics.scan import (
+    BatchEvent, ErrorEvent, GapEvent, SegmentEnd, SegmentStart, scan,
+)
 from ..diagnostics.targets import Target, resolve_targets
 from ..errors import CorruptLogError, OffsetOutOfRangeError
 from .common import (
@@ -85,16 +87,24 @@ def dump(path: str, from_offset: Optional[int], max_items: Optional[int], values
     opts = DumpOptions(from_offset, max_items, values, as_json, batches, continue_on_error)
     bad = False
     for target in targets:
-        bad |= _dump_target(out, target, opts, quiet)
+        bad |= _dump_target(out, target, opts, quiet, single=len(targets) == 1)
     out.close()
     if bad:
         raise CommandExit(EXIT_CORRUPT)
 
 
-def _dump_target(out: Out, target: Target, o: DumpOptions, quiet: bool) -> bool:
-    """Dump one log; True if corrupt data was met."""
+def _dump_target(out: Out, target: Target, o: DumpOptions, quiet: bool,
+                 single: bool = True) -> bool:
+    """Dump one log; True if corrupt data was met. ``--from-offset`` past the end of the only
+    log dumped is a usage error (as for ``replay``); of a store's partitions, one that ends
+    before it just shows nothing."""
     count = 0
     bad = False
+    end: Optional[int] = None
+    if target.broken is not None:  # (a store's unreadable topic.json: the others go on)
+        out.flush()
+        error(f"{target.label}: {target.broken} (data damaged)")
+        return True
     with Progress(total_bytes(target), "dump", quiet, output_is_stdout=True) as progress:
         for ev in scan(target, decode=True, continue_on_error=o.continue_on_error,
                        from_offset=o.from_offset, progress=progress):
@@ -120,6 +130,19 @@ def _dump_target(out: Out, target: Target, o: DumpOptions, quiet: bool) -> bool:
             elif isinstance(ev, ErrorEvent):
                 bad = True
                 _dump_error(out, target, ev, o)
+            elif isinstance(ev, SegmentEnd):
+                end = ev.next_offset if ev.next_offset is not None else ev.seg.base_offset
+            elif isinstance(ev, GapEvent):
+                bad = True
+                out.flush()
+                error(f"{seg_label(target, ev.seg.path)}"
+                      + ("" if ev.at_end else f" at byte {ev.pos}")
+                      + f": {ev.reason} (data damaged: the log is not compacted, so offsets "
+                        f"must be dense)")
+    if (single and not bad and o.from_offset is not None and end is not None
+            and o.from_offset > end and target.segment is None):
+        raise OffsetOutOfRangeError(f"offset {o.from_offset} is past the end of the log "
+                                    f"(end_offset {end})")
     return bad
 
 
@@ -316,7 +339,18 @@ def _tail_poll(readers: List[Any], nexts: List[int], emit: Any) -> bool:
     """Emit what was appended since ``nexts``; whether anything was."""
     got = False
     for i, (target, log) in enumerate(readers):
-        recs = log.read(nexts[i], max_records=1000)
+        try:
+            recs = log.read(nexts[i], max_records=1000)
+        except OffsetOutOfRangeError:
+            start = log.start_offset
+            if start <= nexts[i]:
+                raise
+            # Retention deleted records before they were printed: say so, go on at the start.
+            click.echo(f"logstore: {target.label}: offsets {nexts[i]}..{start - 1} were "
+                       f"deleted by retention before they were printed; continuing at "
+                       f"{start}", err=True)
+            nexts[i] = start
+            recs = log.read(start, max_records=1000)
         if recs:
             emit(target, recs)
             nexts[i] = recs[-1].offset + 1
@@ -364,6 +398,10 @@ def replay(path: str, from_offset: Optional[int], to_offset: Optional[int],
     name), each in offset order; the offsets and the time apply to every partition.
     """
     ts = parse_time(from_time) if from_time is not None else None
+    if from_offset is not None and to_offset is not None and to_offset < from_offset:
+        raise click.BadParameter(f"--to-offset {to_offset} is below --from-offset {from_offset} "
+                                 f"(the range is [from, to), like range())",
+                                 param_hint="--to-offset")
     with opened_readers(path, topic, partition, "replay") as readers:
         out = Out(output)
         for target, log in readers:

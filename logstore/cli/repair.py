@@ -25,11 +25,14 @@ from .output import Out, dumps, where
 @path_arg
 @click.option("--apply", "do_apply", is_flag=True,
               help="Do it (default: a dry run that changes nothing).")
+@click.option("--force", is_flag=True,
+              help="With --apply: also cut the active segment at data damage (durable data "
+                   "missing or damaged), DROPPING the durable records after it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @store_options()
 @quiet_option
 @operator
-def recover(path: str, do_apply: bool, as_json: bool, topic: Optional[str],
+def recover(path: str, do_apply: bool, force: bool, as_json: bool, topic: Optional[str],
             partition: Optional[int], quiet: bool) -> None:
     """Run crash recovery of the log in PATH explicitly; report what it would change.
 
@@ -43,21 +46,36 @@ def recover(path: str, do_apply: bool, as_json: bool, topic: Optional[str],
     --apply: takes the writer's lock (exit 3 if a writer has the log open), then
       - removes the clean-shutdown marker if the active segment needs recovery,
       - rewrites the indexes of sealed segments whose indexes are wrong,
-      - if valid batches follow damage in the active segment (a writer refuses to open
-        such a log), cuts the segment at the damage, DROPPING everything after it,
       - opens the log for writing, which truncates a torn tail, rebuilds the active
         segment's indexes and deletes leftover *.tmp files, and closes it cleanly,
     then verifies again. Exit 0 if the log is now clean, 1 if damage remains (damage in
     sealed segments or missing offsets: restore those segments from a copy).
+
+    \b
+    Data damage in the active segment is refused: bytes that were durable (a clean-shutdown
+    marker says close() fsynced them, or a later batch says they were fsynced before it was
+    written) missing, zeroed or damaged, or the last segment missing. Then --apply changes
+    nothing and exits 1: restore from a copy. --apply --force cuts the active segment at the
+    damage instead, DROPPING the durable records after it (never for a missing last segment:
+    its offsets would be assigned again).
     """
     if store_path(path) is not None:
-        _recover_store(path, do_apply, as_json, topic, partition, quiet)
+        _recover_store(path, do_apply, force, as_json, topic, partition, quiet)
         return
     resolve_targets(path, topic, partition)  # usage error for --topic with a plain log
     target = require_log_dir(path, "recover")
     report = inspect_with_progress(target, True, quiet)
-    plan = plan_repair(target, report)
+    plan = plan_repair(target, report, force)
     out = Out()
+    if do_apply and plan.refused:
+        if as_json:
+            out.line(dumps({"path": path, "apply": True, "applied": False, **plan.as_dict(),
+                            "report": report.as_dict()}))
+        else:
+            out.line(f"recover {path}: refused, nothing changed (data damage)")
+            print_plan(out, plan, "would")
+        out.close()
+        raise CommandExit(EXIT_CORRUPT)
     if not do_apply:
         if as_json:
             out.line(dumps({"path": path, "apply": False, **plan.as_dict(),
@@ -112,7 +130,9 @@ def print_plan(out: Out, plan: RepairPlan, verb: str, indent: str = "") -> None:
         out.line(f"{indent}note: {note}")
     for bad in plan.unrepairable:
         out.line(f"{indent}cannot repair: {bad}")
-    if not plan.actions and not plan.unrepairable:
+    for bad in plan.refused:
+        out.line(f"{indent}refused (data damage): {bad}")
+    if not plan.actions and not plan.unrepairable and not plan.refused:
         out.line(f"{indent}nothing to recover")
 
 
@@ -125,14 +145,14 @@ def _print_done(out: Out, done: Dict[str, str], summary: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------ stores
-def _recover_store(path: str, do_apply: bool, as_json: bool, topic: Optional[str],
-                   partition: Optional[int], quiet: bool) -> None:
+def _recover_store(path: str, do_apply: bool, force: bool, as_json: bool,
+                   topic: Optional[str], partition: Optional[int], quiet: bool) -> None:
     """`recover` over the logs of a store root: per log as for one log, under the store lock."""
     targets = resolve_targets(path, topic, partition, internal=True)
     root = store_path(path)[0]
     lock = DirectoryLock(root).acquire() if do_apply else None  # exit 3 if the store is open
     try:
-        items = [_recover_one(t, do_apply, quiet) for t in targets]
+        items = [_recover_one(t, do_apply, force, quiet) for t in targets]
     finally:
         if lock is not None:
             lock.release()
@@ -160,14 +180,14 @@ def _recover_store(path: str, do_apply: bool, as_json: bool, topic: Optional[str
         raise CommandExit(EXIT_CORRUPT)
 
 
-def _recover_one(target: Target, do_apply: bool, quiet: bool) -> Dict[str, Any]:
-    """Plan (and apply) the recovery of one log of a store."""
+def _recover_one(target: Target, do_apply: bool, force: bool, quiet: bool) -> Dict[str, Any]:
+    """Plan (and apply, unless refused: data damage) the recovery of one log of a store."""
     report = inspect_with_progress(target, True, quiet)
     if target.expanded and not report.segments and report.problems:
         return {"target": target, "report": report, "missing": True}
-    plan = plan_repair(target, report)
+    plan = plan_repair(target, report, force)
     item = {"target": target, "report": report, "plan": plan, "missing": False}
-    if do_apply:
+    if do_apply and not plan.refused:
         item["done"] = apply_plan(target, plan)
         item["after"] = inspect_log(target, verify=True)
     return item
@@ -181,6 +201,9 @@ def _store_item_doc(it: Dict[str, Any], do_apply: bool) -> Tuple[Dict[str, Any],
                 "reason": report.problems[0].reason}, True
     plan: RepairPlan = it["plan"]
     doc: Dict[str, Any] = {"label": t.label, **where(t), **plan.as_dict()}
+    if do_apply and plan.refused:
+        doc.update(applied=False, ok=False, report=report.as_dict())
+        return doc, True
     if do_apply:
         after = it["after"]
         doc.update(recovery=it["done"], ok=after.ok, report=after.as_dict())
@@ -193,6 +216,10 @@ def _print_store_item(out: Out, it: Dict[str, Any], do_apply: bool) -> None:
     out.line(f"{it['target'].label}:")
     if it["missing"]:
         out.line(f"  cannot repair: {it['report'].problems[0].reason}")
+        return
+    if do_apply and it["plan"].refused:
+        out.line("  refused, nothing changed (data damage):")
+        print_plan(out, it["plan"], "would", indent="  ")
         return
     print_plan(out, it["plan"], "did" if do_apply else "would", indent="  ")
     if do_apply:

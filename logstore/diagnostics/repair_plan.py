@@ -19,7 +19,7 @@ from ..fs import DEFAULT_FS
 from ..storage import meta
 from ..storage.segment import Segment
 from ..storage.segments import list_segments
-from ..storage.tail import inspect_active
+from ..storage.tail import inspect_active, refusal
 from .report import LogReport, leftover_files
 from .targets import Target
 
@@ -34,11 +34,15 @@ class RepairPlan:
     unrepairable: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     active: Optional[Dict[str, Any]] = None
+    # Data damage that --apply must not touch at all (it changes nothing while any is there):
+    # durable data missing or damaged in the active segment (unless forced), a missing last
+    # segment (never forced: opening would assign its offsets again).
+    refused: List[str] = field(default_factory=list)
 
     @property
     def has_work(self) -> bool:
         """Something to do or something wrong (a dry run with this exits 1)."""
-        return bool(self.actions or self.unrepairable)
+        return bool(self.actions or self.unrepairable or self.refused)
 
     def kinds(self) -> set:
         return {a["action"] for a in self.actions}
@@ -50,17 +54,23 @@ class RepairPlan:
 
     def as_dict(self) -> Dict[str, Any]:
         return {"actions": self.actions, "unrepairable": self.unrepairable,
-                "notes": self.notes, "active": self.active}
+                "refused": self.refused, "notes": self.notes, "active": self.active}
 
 
-def plan_repair(target: Target, report: LogReport) -> RepairPlan:
+def plan_repair(target: Target, report: LogReport, force: bool = False) -> RepairPlan:
     """What recovery would do, from the verify report and the engine's scan of the active
-    segment (see ``logstore recover --help``)."""
+    segment (see ``logstore recover --help``). ``force``: cut the active segment at data
+    damage, dropping the durable data after it (else that is refused)."""
     plan = RepairPlan()
+    marker = meta.read_clean_shutdown(target.log_dir)
+    bases = list_segments(target.log_dir)
+    missing = meta.missing_last_segment(marker, bases)
+    if missing is not None:
+        plan.refused.append(missing)
     seg = _active_segment(target)
     if seg is not None:
         try:
-            _plan_active(plan, seg, target, report)
+            _plan_active(plan, seg, target, report, marker, force)
         finally:
             seg.close()
     for s in report.segments:
@@ -68,9 +78,11 @@ def plan_repair(target: Target, report: LogReport) -> RepairPlan:
             plan.actions.append({"action": "rebuild_sealed_indexes", "segment": s.name,
                                  "next_offset": s.next_offset,
                                  "text": f"rewrite the indexes of sealed segment {s.name}"})
-    active_damage = seg is not None and plan.active is not None and plan.active["problem"]
+    active_damage = seg is not None and plan.active is not None and (
+        plan.active["problem"] or plan.active["below_floor"])
     for p in report.problems:
-        if p.kind == "damaged" and not (active_damage and p.file == seg.path):
+        if p.kind == "damaged" and not (active_damage and p.file == seg.path) \
+                and not p.file.endswith(CLEAN_SHUTDOWN_NAME):
             plan.unrepairable.append(f"{os.path.basename(p.file)}"
                                      + (f" at byte {p.position}" if p.position is not None
                                         else "")
@@ -100,34 +112,40 @@ def _active_segment(target: Target) -> Optional[Segment]:
                    writable=False)
 
 
-def _plan_active(plan: RepairPlan, seg: Segment, target: Target, report: LogReport) -> None:
+def _plan_active(plan: RepairPlan, seg: Segment, target: Target, report: LogReport,
+                 marker: Optional[Dict[str, int]], force: bool) -> None:
     """The actions on the active segment: marker, torn tail or forced cut, index rebuild."""
-    marker = meta.read_clean_shutdown(target.log_dir)
-    _, rr = inspect_active(seg)
+    ours = marker is not None and marker["segment"] == seg.base_offset
+    _, rr = inspect_active(seg, marker["size"] if ours else 0,
+                           marker["end_offset"] if ours else None)
     size = rr.file_bytes
-    clean_marker = (marker is not None and marker["segment"] == seg.base_offset
-                    and marker["size"] == size)
+    clean_marker = ours and marker["size"] == size
     plan.active = {"segment": os.path.basename(seg.path), "file_bytes": size,
                    "valid_bytes": rr.valid_bytes, "batches": rr.batches,
                    "problem": rr.problem, "problem_position": rr.problem_position,
                    "data_after_problem": rr.data_after_problem,
+                   "below_floor": rr.below_floor, "durable_floor": rr.durable_floor,
                    "truncate_bytes": rr.truncated_bytes, "clean_marker": clean_marker}
     name = os.path.basename(seg.path)
-    active_bad = bool(rr.problem) or any(
+    refused = refusal(rr, target.log_dir)
+    if refused is not None and not force:
+        plan.refused.append(f"{name}: {refused}")
+        return
+    active_bad = bool(rr.problem) or rr.below_floor or any(
         p.file == seg.path and p.kind == "index" for p in report.problems)
     marker_bad = any(p.kind == "marker" for p in report.problems)
     if (active_bad or marker_bad) and marker is not None:
         plan.actions.append({"action": "remove_marker",
                              "text": f"remove the clean-shutdown marker ({CLEAN_SHUTDOWN_NAME}) "
                                      f"so that the active segment is scanned"})
-    if rr.problem and rr.data_after_problem:
+    if refused is not None:
         lost = sum(s.records_after_damage for s in report.segments if s.path == seg.path)
         plan.actions.append({"action": "force_truncate", "segment": name,
                              "position": rr.valid_bytes, "drop_bytes": rr.truncated_bytes,
                              "drop_records": lost,
                              "text": f"cut {name} at byte {rr.valid_bytes}, DROPPING "
                                      f"{rr.truncated_bytes} bytes including {lost} records in "
-                                     f"valid batches after the damage (mid-file corruption, "
+                                     f"valid batches after the damage (--force: data damage, "
                                      f"not a torn tail)"})
     elif rr.problem:
         plan.actions.append({"action": "truncate", "segment": name, "position": rr.valid_bytes,

@@ -18,15 +18,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import CorruptLogError, NotALogError
+from ..errors import CorruptLogError, NotALogError, UnsupportedFormatError
 from ..format.header import ATTR_HEADERS
 from ..format.names import (
-    CLEAN_SHUTDOWN_NAME, CLEANED, COMPACTION_COMMIT, DELETED, INDEX_SUFFIX, LOG_SUFFIX, META_NAME,
-    SWAP, TIMEINDEX_SUFFIX, TMP, parse_segment_name,
+    CLEAN_SHUTDOWN_NAME, CLEANED, COMPACTION_COMMIT, DELETED, GROUP_META, INDEX_SUFFIX,
+    LOG_SUFFIX, META_NAME, SWAP, TIMEINDEX_SUFFIX, TMP, TOPIC_META, parse_segment_name,
 )
 from ..storage import meta
 from .indexes import BatchTable, IndexFiles, check_indexes, read_index_files
-from .scan import BatchEvent, ErrorEvent, Progress, SegmentEnd, SegmentStart, scan
+from .scan import (
+    BatchEvent, ErrorEvent, GapEvent, Progress, SegmentEnd, SegmentStart, log_facts, scan,
+)
 from .targets import Target, writer_pid
 
 RECOVER_HINT = "`logstore recover --apply`"
@@ -110,6 +112,7 @@ class LogReport:
     topic: Optional[str] = None  # a topic partition of a store: its topic and partition
     partition: Optional[int] = None
     internal: bool = False  # an internal log of a store
+    broken: bool = False  # the store's file describing this log is unreadable (Target.broken)
 
     @property
     def files_label(self) -> str:
@@ -183,6 +186,13 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
                        checked="full" if verify else "headers", dir_label=target.dir_label,
                        topic=target.topic, partition=target.partition,
                        internal=target.internal)
+    if target.broken is not None:
+        report.broken = True
+        name = GROUP_META if target.internal else TOPIC_META
+        report.problem("damaged", os.path.join(target.log_dir, name), None, target.broken,
+                       "the store's metadata of this log is damaged: restore the file from a "
+                       "copy (the store's other logs are not affected)", False)
+        return report
     if target.expanded and (not os.path.isdir(target.log_dir)
                             or not os.path.exists(os.path.join(target.log_dir, META_NAME))):
         # A store's topic.json promises this partition (or the store an internal log).
@@ -190,24 +200,15 @@ def inspect_log(target: Target, *, verify: bool = True, progress: Progress = Non
                        f"{target.label}: the log directory is missing or has no {META_NAME}",
                        "data damaged: restore the directory from a copy", False)
         return report
+    _check_meta(target, report)
     report.writer_pid = writer_pid(target.log_dir)
-    report.compacted = _is_compacted(target.log_dir)
+    report.compacted = log_facts(target)[0]
     walker = _SegmentChecks(report, verify)
     for ev in scan(target, decode=verify, continue_on_error=True, progress=progress,
                    settle=settle):
         walker.on_event(ev)
     _check_log(target, report, verify, walker.missing_indexes)
     return report
-
-
-def _is_compacted(log_dir: str) -> bool:
-    """A compacted log (settings.compacted in logstore.meta) legitimately has offset gaps and
-    sealed segments emptied by compaction."""
-    try:
-        found = meta.read_meta(log_dir)
-    except NotALogError:
-        found = None
-    return bool(found and (found.get("settings") or {}).get("compacted"))
 
 
 class _SegmentChecks:
@@ -225,6 +226,7 @@ class _SegmentChecks:
         self.expect: Optional[int] = None
         self.damaged = False
         self.valid_next: Optional[int] = None  # next offset after the undamaged prefix
+        self.gap_at_end = False  # offsets are missing after this segment's data
         self.missing_indexes: List[str] = []
 
     def on_event(self, ev: Any) -> None:
@@ -234,6 +236,8 @@ class _SegmentChecks:
             self.on_batch(ev)
         elif isinstance(ev, ErrorEvent):
             self.on_error(ev)
+        elif isinstance(ev, GapEvent):
+            self.on_gap(ev)
         elif isinstance(ev, SegmentEnd):
             self.on_end(ev)
 
@@ -252,19 +256,21 @@ class _SegmentChecks:
             files = None
         self.files = files
         self.expect = self.valid_next = seg.base_offset
-        self.damaged = False
+        self.damaged = self.gap_at_end = False
+
+    def on_gap(self, ev: GapEvent) -> None:
+        """Offsets missing in a log that is not compacted (scan.GapEvent): data damage."""
+        self.report.problem(
+            "damaged", ev.seg.path, ev.pos, ev.reason,
+            "data damaged: offsets of a log must be dense; restore the missing segment (or "
+            "batches) from a copy", False, missing_from=ev.expected, missing_to=ev.found - 1)
+        if ev.at_end:
+            self.gap_at_end = True  # (its indexes end where its data ends: not their fault)
+        else:
+            self.damaged = True
 
     def on_batch(self, ev: BatchEvent) -> None:
         h, s = ev.header, self.current
-        if self.verify and self.expect is not None and h.base_offset > self.expect \
-                and not self.damaged and not self.compacted:
-            self.report.problem(
-                "damaged", ev.seg.path, ev.pos,
-                f"offsets {self.expect}..{h.base_offset - 1} are missing (the batch at this "
-                f"position starts at offset {h.base_offset})",
-                "data damaged: offsets of a log must be dense; restore the segment from a copy",
-                False)
-            self.damaged = True
         self.expect = h.next_offset
         if s.first_offset is None:
             s.first_offset = h.base_offset
@@ -296,7 +302,18 @@ class _SegmentChecks:
     def on_error(self, ev: ErrorEvent) -> None:
         s, seg = self.current, ev.seg
         lost = ev.size - ev.pos
-        if ev.torn_tail:
+        if ev.durable_floor > ev.pos and not self.damaged:
+            s.status = "damaged"
+            self.report.problem(
+                "damaged", seg.path, ev.pos, ev.error.reason,
+                f"data damaged: the clean-shutdown marker says close() made "
+                f"{ev.durable_floor} bytes of this segment durable, so this is lost or "
+                f"damaged durable data, not a torn tail or preallocated space; a writer "
+                f"refuses to open the log and `logstore recover --apply` refuses to cut it. "
+                f"Restore the segment from a copy (`recover --apply --force` cuts it here, "
+                f"accepting the loss)", False, durable_floor=ev.durable_floor,
+                next_valid=ev.resume)
+        elif ev.torn_tail:
             s.status = "torn tail"
             why = ("a zero-filled sector follows: unsynced data lost to a power failure"
                    if ev.zero_hole else "nothing valid follows")
@@ -335,31 +352,30 @@ class _SegmentChecks:
             s.valid_end = s.valid_end if s.batches else 0
         if self.verify:
             self._check_continuity(s)
-            if not seg.active and s.batches == 0 and s.status == "ok" and not self.compacted:
+            if not seg.active and s.batches == 0 and s.status == "ok" and not self.compacted \
+                    and not self.gap_at_end:
                 self.report.problem("damaged", seg.path, 0, "sealed segment holds no batch",
                                     "data damaged: restore the segment from a copy", False)
                 s.status = "damaged"
-            if self.files is not None and s.status in ("ok", "torn tail"):
+            if self.files is not None and s.status in ("ok", "torn tail") \
+                    and not self.gap_at_end:
                 self._check_indexes(s, ev)
         self.prev = s
 
     def _check_continuity(self, s: SegmentReport) -> None:
-        """Segments must continue each other's offsets (a compacted log may have gaps)."""
+        """A segment must not start below where the previous one ends (offsets missing between
+        segments are the scan's GapEvent)."""
         prev = self.prev
         if self.report.segment_only or prev is None or s.base_offset is None \
                 or prev.next_offset is None or prev.status != "ok":
             return
-        if prev.next_offset < s.base_offset and not self.compacted:
-            why = (f"offsets {prev.next_offset}..{s.base_offset - 1} are missing "
-                   f"between {prev.name} and this segment")
-        elif prev.next_offset > s.base_offset:
-            why = (f"this segment starts at offset {s.base_offset} but {prev.name} "
-                   f"already reaches offset {prev.next_offset - 1}")
-        else:
-            return
-        self.report.problem("damaged", s.path, 0, why,
-                            "data damaged: segments must continue each other's offsets; "
-                            "restore the missing segment from a copy", False)
+        if prev.next_offset > s.base_offset:
+            self.report.problem(
+                "damaged", s.path, 0,
+                f"this segment starts at offset {s.base_offset} but {prev.name} already "
+                f"reaches offset {prev.next_offset - 1}",
+                "data damaged: segments must continue each other's offsets; restore the "
+                "segment from a copy", False)
 
     def _check_indexes(self, s: SegmentReport, ev: SegmentEnd) -> None:
         files = self.files
@@ -383,6 +399,21 @@ class _SegmentChecks:
                                 INDEX_REPAIR, True)
         if (file_problems or bad) and s.status == "ok":
             s.status = "bad index"
+
+
+def _check_meta(target: Target, report: LogReport) -> None:
+    """A log's ``logstore.meta`` must parse: a writer or reader refuses a log whose file is
+    damaged (NotALogError), so verify must not call such a log OK. Its segments are still
+    scanned (their records are intact, and restoring the file makes them readable)."""
+    path = os.path.join(target.log_dir, META_NAME)
+    if not os.path.exists(path):
+        return
+    try:
+        meta.read_meta(target.log_dir)
+    except (NotALogError, UnsupportedFormatError) as e:
+        report.problem("damaged", path, None, f"{META_NAME} is unreadable: {e}",
+                       "the log cannot be opened until the file is restored from a copy "
+                       "(its segments are intact: `logstore dump` reads them)", False)
 
 
 def _check_log(target: Target, report: LogReport, verify: bool,
@@ -409,26 +440,52 @@ def _check_log(target: Target, report: LogReport, verify: bool,
 
 
 def _check_marker(report: LogReport) -> None:
-    """The clean-shutdown marker must describe the active segment (a writer trusts it)."""
+    """The clean-shutdown marker must describe the active segment (a writer trusts it, and
+    holds the log to it: see the durable floor in ``logstore.storage.tail``)."""
     marker = meta.read_clean_shutdown(report.log_dir)
-    if marker is None or not report.segments:
+    if marker is None:
+        return
+    name = CLEAN_SHUTDOWN_NAME
+    path = os.path.join(report.log_dir, name)
+    if not report.segments:
+        report.problem("damaged", path, None, meta.missing_last_segment(marker, []) or "",
+                       "data damaged: restore the segments from a copy", False)
         return
     last = report.segments[-1]
-    name = CLEAN_SHUTDOWN_NAME
-    if marker["segment"] != last.base_offset or marker["size"] != last.size:
-        report.warnings.append(
-            f"{name} names segment {marker['segment']} with {marker['size']} bytes but the "
-            f"active segment is {last.base_offset} with {last.size} bytes: it is stale and a "
-            f"writer ignores it")
-        return
     end = last.next_offset if last.next_offset is not None else last.base_offset
+    if last.base_offset is not None and marker["segment"] > last.base_offset:
+        report.problem(
+            "damaged", path, None,
+            f"{name} says the log ends in segment {marker['segment']} at offset "
+            f"{marker['end_offset']}, but the last segment there is {last.name} (ending at "
+            f"offset {end}): the last segment is missing, offsets {end}.."
+            f"{marker['end_offset'] - 1} are lost",
+            "data damaged: restore the missing segment from a copy; a writer refuses to open "
+            "the log (it would assign those offsets again)", False)
+        return
+    if marker["segment"] != last.base_offset:
+        report.warnings.append(
+            f"{name} names segment {marker['segment']} but the active segment is "
+            f"{last.base_offset}: it is stale and a writer ignores it")
+        return
+    if last.status == "damaged":
+        return  # below the marker's size: reported as data damage already
+    if marker["size"] != last.size:
+        report.warnings.append(
+            f"{name} says {marker['size']} bytes but the active segment has {last.size}: a "
+            f"writer scans the segment instead of trusting it")
     max_ts = last.max_timestamp if last.max_timestamp is not None else -1
-    path = os.path.join(report.log_dir, name)
-    if last.status in ("torn tail", "damaged"):
+    if marker["end_offset"] > end:
+        report.problem(
+            "damaged", path, None,
+            f"{name} says the log ended at offset {marker['end_offset']}, but the active "
+            f"segment's data ends at offset {end}: durable records are missing",
+            "data damaged: restore the segment from a copy; a writer refuses to open the log",
+            False)
+    elif last.status == "torn tail":
         report.problem("marker", path, None,
-                       f"{name} matches the damaged active segment, so a writer would open the "
-                       f"log without scanning it", f"{RECOVER_HINT} removes the marker first",
-                       True)
+                       f"{name} describes a segment with a torn tail",
+                       f"{RECOVER_HINT} removes the marker first", True)
     elif marker["end_offset"] != end or marker["max_timestamp"] != max_ts:
         report.problem("marker", path, None,
                        f"{name} says end offset {marker['end_offset']}, max timestamp "

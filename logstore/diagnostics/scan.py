@@ -10,23 +10,31 @@ Beside a running writer: an incomplete batch at the end of the active segment (w
 holds the lock, or while the file keeps growing) is re-read for a short while before it is
 called torn, as it is usually a write in progress; never-written preallocated space at the end
 of the active segment is where its data ends, not damage.
+
+Two rules of the engine apply here too. The *durable floor* (``storage.tail``): a clean-shutdown
+marker naming the active segment says how many of its bytes ``close()`` made durable; missing,
+zeroed or invalid bytes below that size are data damage, never a torn tail or preallocated
+space. And offsets are dense unless the log was compacted: a :class:`GapEvent` reports offsets
+missing inside a segment or between two (a segment missing from the middle).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
-from ..errors import CorruptLogError
+from ..errors import CorruptLogError, NotALogError
 from ..format import damage
 from ..format import decode as batch_decode
 from ..format.decode import DecodedBatch
 from ..format.header import BatchHeader, HEADER_SIZE, header_problem, parse_header
 from ..format.index_entries import first_entry_above, unpack_offset_entry
-from ..format.names import INDEX_SUFFIX
+from ..format.names import INDEX_SUFFIX, META_NAME
+from ..storage import meta
 from ..storage.index import OFFSET_ENTRY
 from ..storage.segment import MAX_RELATIVE_OFFSET
 from ..storage.sparse import zeros_between
@@ -81,17 +89,19 @@ def read_one(r: Reader, seg: SegmentFile, pos: int, expect: Optional[int], decod
 
 
 def walk(r: Reader, seg: SegmentFile, pos: int = 0, expect: Optional[int] = None,
-         decode: bool = True, settle: float = 0.0, writer_running: bool = False
-         ) -> Iterator[Item]:
+         decode: bool = True, settle: float = 0.0, writer_running: bool = False,
+         floor: int = 0) -> Iterator[Item]:
     """Yield consecutive batches from ``pos``; the last item is the first invalid batch, if any.
 
     ``decode`` checks CRC32C and structure (else only headers and bounds: ``stats``).
     ``settle`` > 0 (active segment): an invalid batch is re-read for up to that many seconds if
     a writer is running or the file has grown since it was opened: it may be being written.
+    ``floor``: the active segment's durable floor (zero bytes below it are not preallocation).
     """
     while pos < r.size:
         item = read_one(r, seg, pos, expect, decode)
-        if item.error is not None and seg.active and zeros_between(r.fd, pos, r.size):
+        if item.error is not None and seg.active and pos >= floor \
+                and zeros_between(r.fd, pos, r.size):
             # Never-written, preallocated space of the active segment: the data ends here
             # (FORMAT.md, "Preallocated tail"). Recovery trims it; it is not damage.
             r.unwritten = r.size - pos
@@ -140,6 +150,29 @@ class ErrorEvent:
     resume: Optional[int]
     size: int  # file size when the error was classified
     zero_hole: bool = False  # torn tail although valid batches follow: a zero-filled sector
+    durable_floor: int = 0  # > pos: a clean-shutdown marker says these bytes were durable
+
+
+@dataclass
+class GapEvent:
+    """Offsets ``expected``..``found - 1`` are missing in a log that is not compacted: the batch
+    at ``pos`` starts at ``found``, or (``at_end``) the segment's data ends at ``pos`` with
+    next offset ``expected`` while the next segment starts at ``found``."""
+
+    seg: SegmentFile
+    pos: int
+    expected: int
+    found: int
+    at_end: bool
+
+    @property
+    def reason(self) -> str:
+        missing = f"offsets {self.expected}..{self.found - 1} are missing"
+        if self.at_end:
+            return (f"{missing}: {self.seg.name} ends at offset {self.expected - 1} and the next "
+                    f"segment starts at {self.found} (a segment missing from the middle, or "
+                    f"this one lost its last batches)")
+        return f"{missing} (the batch at this position starts at offset {self.found})"
 
 
 @dataclass
@@ -147,6 +180,7 @@ class SegmentEnd:
     seg: SegmentFile
     size: int  # bytes of data (an active segment's preallocated zero tail excluded)
     unwritten: int = 0  # that zero tail's length
+    next_offset: Optional[int] = None  # the offset after its last batch walked (None: none)
 
 
 # ---------------------------------------------------------------------------------- the walk
@@ -186,6 +220,7 @@ def scan(target: Target, *, decode: bool = True, continue_on_error: bool = False
     watched for a write in progress while the file keeps changing.
     """
     segs = segment_files(target)
+    compacted, marker = log_facts(target)
     if from_offset is not None:
         segs = [s for i, s in enumerate(segs) if i + 1 == len(segs)
                 or segs[i + 1].base_offset is None or segs[i + 1].base_offset > from_offset]
@@ -200,15 +235,40 @@ def scan(target: Target, *, decode: bool = True, continue_on_error: bool = False
             wait = 0.0
             if seg.active:
                 wait = settle if settle is not None else (1.0 if running else 0.2)
-            stopped = yield from _scan_segment(seg, r, decode, continue_on_error, from_offset,
-                                               progress, wait, running)
+            floor = (marker["size"] if marker is not None and seg.active and seg.in_log
+                     and marker["segment"] == seg.base_offset else 0)
+            # The active segment is always CRC-checked: whether its tail is torn or damaged
+            # depends on it (stats must not call a damaged active segment fine).
+            stopped = yield from _scan_segment(seg, r, decode or seg.active, continue_on_error,
+                                               from_offset, progress, wait, running,
+                                               _Rules(floor, not compacted))
             if stopped:
                 return
 
 
+@dataclass(frozen=True)
+class _Rules:
+    floor: int  # the segment's durable floor (a clean-shutdown marker's size), 0: none
+    dense: bool  # offsets must be dense (the log is not compacted): report gaps
+
+
+def log_facts(target: Target) -> Tuple[bool, Optional[Dict[str, int]]]:
+    """(compacted, clean-shutdown marker) of the target's log; a segment file outside a log
+    has neither. A compacted log (settings.compacted in logstore.meta) may have offset gaps."""
+    if target.segment is not None and not os.path.exists(os.path.join(target.log_dir,
+                                                                       META_NAME)):
+        return False, None
+    try:
+        found = meta.read_meta(target.log_dir)
+    except NotALogError:
+        found = None
+    compacted = bool(found and (found.get("settings") or {}).get("compacted"))
+    return compacted, meta.read_clean_shutdown(target.log_dir)
+
+
 def _scan_segment(seg: SegmentFile, r: Reader, decode: bool, continue_on_error: bool,
-                  from_offset: Optional[int], progress: Progress, wait: float, running: bool
-                  ) -> Iterator[Any]:
+                  from_offset: Optional[int], progress: Progress, wait: float, running: bool,
+                  rules: _Rules) -> Iterator[Any]:
     """The events of one segment; returns True if the scan stops at an error."""
     yield SegmentStart(seg, r.size)
     pos = 0
@@ -221,22 +281,35 @@ def _scan_segment(seg: SegmentFile, r: Reader, decode: bool, continue_on_error: 
                 progress(pos)
     last_next = expect  # offset the next batch must reach (recovery's min_offset)
     first_error = True
+    damaged = False
     while True:
         error_item = None
-        for item in walk(r, seg, pos, expect, decode, wait, running):
+        for item in walk(r, seg, pos, expect, decode, wait, running, rules.floor):
             if item.error is not None:
                 error_item = item
                 break
             h = item.header
+            if rules.dense and last_next is not None and h.base_offset > last_next \
+                    and not damaged:
+                yield GapEvent(seg, item.pos, last_next, h.base_offset, False)
+                if not continue_on_error:
+                    return True
+                damaged = True
             last_next = h.next_offset
             if progress:
                 progress(h.length)
             if from_offset is None or h.next_offset > from_offset:
                 yield BatchEvent(seg, item.pos, h, item.batch)
         if error_item is None:
-            break
-        ev = _classify(seg, r, error_item, last_next, first_error)
+            if seg.active and rules.floor > r.size and not damaged:
+                # Whole batches up to the end of a file shorter than close() left it.
+                error_item = Item(r.size, None, None, CorruptLogError(
+                    f"the segment ends at byte {r.size}", r.path, r.size))
+            else:
+                break
+        ev = _classify(seg, r, error_item, last_next, first_error, rules.floor)
         first_error = False
+        damaged = True
         yield ev
         if not continue_on_error:
             return True
@@ -247,18 +320,25 @@ def _scan_segment(seg: SegmentFile, r: Reader, decode: bool, continue_on_error: 
         if progress:
             progress(ev.resume - ev.pos)
         pos, expect = ev.resume, None
-    yield SegmentEnd(seg, r.size, r.unwritten)
+    if rules.dense and not damaged and seg.end_offset is not None and last_next is not None \
+            and last_next < seg.end_offset:
+        yield GapEvent(seg, r.size, last_next, seg.end_offset, True)
+        if not continue_on_error:
+            return True
+    yield SegmentEnd(seg, r.size, r.unwritten, last_next)
     return False
 
 
 def _classify(seg: SegmentFile, r: Reader, item: Item, min_offset: Optional[int],
-              first_error: bool) -> ErrorEvent:
+              first_error: bool, floor: int) -> ErrorEvent:
     """The error event of invalid data: only the first damage of the active segment can be a
-    torn tail (format.damage); anything else is damage, resuming at the next valid batch."""
+    torn tail (format.damage), and only above its durable floor; anything else is damage,
+    resuming at the next valid batch."""
     epos = item.pos
     if seg.active and first_error:
         d = damage.classify_damage(r, epos, r.size, min_offset)
-        return ErrorEvent(seg, epos, item.error, item.header, d.torn_tail, d.resume, r.size,
-                          d.zero_hole)
+        torn = d.torn_tail and epos >= floor
+        return ErrorEvent(seg, epos, item.error, item.header, torn, d.resume, r.size,
+                          d.zero_hole and torn, floor)
     resume = damage.find_valid_batch(r, epos + 1, r.size, min_offset)
     return ErrorEvent(seg, epos, item.error, item.header, False, resume, r.size, False)

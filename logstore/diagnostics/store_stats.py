@@ -19,11 +19,14 @@ from ..errors import LogstoreError
 from ..format import queue_events
 from ..format.names import QUEUE_EVENTS_TOPIC, QUEUE_GROUP, REDRIVE_GROUP, queue_events_dir
 from ..storage.log import Log
+from ..views import leases
 from ..views.consumer import SUBSCRIPTION_PREFIX
 from ..views.store import Store
 from .report import LogReport, inspect_log
 from .scan import Progress
-from .targets import Target, is_store_root, resolve_targets, store_queues, store_topics
+from .targets import (
+    Target, broken_topics, group_dirs, is_store_root, resolve_targets, store_queues, store_topics,
+)
 
 Bounds = Dict[int, Tuple[int, int]]  # partition -> (start offset, end offset)
 
@@ -151,15 +154,16 @@ def store_stats(path: "str | os.PathLike[str]", topic: Optional[str] = None,
                               "internal": {"groups": [], "logs": []}, "problems": []}
     for rep in reports.values():
         for pr in rep.problems:
-            result["problems"].append({"label": rep.label, "file": pr.file,
+            result["problems"].append({"label": rep.label, "file": pr.file, "kind": pr.kind,
                                        "position": pr.position, "reason": pr.reason})
     store = Store.open(root, readonly=True, dedup_window_s=0)
     try:
         result["id"] = store.id
         topic_names = store.topics()
         bounds = _topic_bounds(store, root, topic, partition, reports, result)
-        _group_stats(store, topic, partition, bounds, topic_names, result)
-        groups = store.groups()
+        result["topics"].sort(key=lambda t: t["topic"])
+        groups = committed_offsets(store, root)
+        _group_stats(groups, topic, partition, bounds, topic_names, result)
         for q in store_queues(root):
             if topic is not None and q != topic:
                 continue
@@ -185,6 +189,13 @@ def _topic_bounds(store: Store, root: str, topic: Optional[str], partition: Opti
     """Every topic's partition bounds (from the store); the rows of the topics in scope go to
     ``result["topics"]``."""
     bounds: Dict[str, Bounds] = {}
+    for name, problem in broken_topics(root):
+        if topic is None or name == topic:
+            result["topics"].append({
+                "topic": name, "partitions": None, "error": problem, "partition_stats": [],
+                "queue": False, "retention": None,
+                "totals": {"segments": 0, "records": 0, "batches": 0, "bytes": 0,
+                           "first_timestamp": None, "max_timestamp": None, "status": "damaged"}})
     for name, n in store_topics(root):
         try:
             logs = store.topic(name).partitions
@@ -232,11 +243,25 @@ def _partition_row(name: str, p: int, rep: Optional[LogReport], bounds: Bounds
             "status": "ok" if rep is not None and rep.ok else "problems"}
 
 
-def _group_stats(store: Store, topic: Optional[str], partition: Optional[int],
-                 bounds: Dict[str, Bounds], topic_names: List[str],
+def committed_offsets(store: Store, root: str) -> Dict[str, Dict[str, Dict[int, int]]]:
+    """``store.groups()`` (``{group: {topic: {partition: committed}}}``), but a group whose
+    ``group.json`` is unreadable is left out (``verify``/``stats`` report it as damaged through
+    its target) instead of failing the whole listing."""
+    out: Dict[str, Dict[str, Dict[int, int]]] = {}
+    for (g, t, p), o in store.offsets.items():
+        out.setdefault(g, {}).setdefault(t, {})[p] = o
+    for t, g, path, problem in group_dirs(root):
+        if problem is None and g is not None:
+            out.setdefault(g, {}).setdefault(t, {}).update(
+                leases.read_group_commits(path, store.fs))
+    return out
+
+
+def _group_stats(groups: Dict[str, Dict[str, Dict[int, int]]], topic: Optional[str],
+                 partition: Optional[int], bounds: Dict[str, Bounds], topic_names: List[str],
                  result: Dict[str, Any]) -> None:
     """Committed offsets and lag of every group, subscription and internal group in scope."""
-    for group, by_topic in sorted(store.groups().items()):
+    for group, by_topic in sorted(groups.items()):
         kind = group_kind(group)
         for tname, offsets in sorted(by_topic.items()):
             if topic is not None and tname != topic and group not in (
@@ -247,8 +272,10 @@ def _group_stats(store: Store, topic: Optional[str], partition: Optional[int],
             if not rows:
                 continue
             lags = [r["lag"] for r in rows if r["lag"] is not None]
+            skipped = [r["skipped"] for r in rows if r["skipped"] is not None]
             entry: Dict[str, Any] = {"topic": tname, "partitions": rows,
-                                     "lag": sum(lags) if lags else None}
+                                     "lag": sum(lags) if lags else None,
+                                     "skipped": sum(skipped) if skipped else None}
             if kind == "subscription":
                 entry = {"subscription": group[len(SUBSCRIPTION_PREFIX):], **entry}
                 result["subscriptions"].append(entry)
@@ -257,9 +284,26 @@ def _group_stats(store: Store, topic: Optional[str], partition: Optional[int],
             else:
                 if tname not in topic_names:
                     for r in rows:
-                        r["lag"] = None
-                    entry["lag"] = None
+                        r["lag"] = r["skipped"] = None
+                    entry["lag"] = entry["skipped"] = None
                 result["internal"]["groups"].append({"group": group, **entry})
+
+
+def lag_row(p: int, committed: int, start: Optional[int], end: Optional[int]
+            ) -> Dict[str, Any]:
+    """One partition of a group: ``lag`` = end - max(committed, start), the records it can
+    still read; ``skipped`` = max(0, start - committed), the records retention deleted before
+    the group read them (it will never see them); ``committed_beyond_end``: the committed
+    position is past the partition's end (the partition lost records, e.g. restored from an
+    older copy: the group would wait there for offsets that were already assigned once)."""
+    row: Dict[str, Any] = {"partition": p, "committed": committed, "start": start,
+                           "end_offset": end, "lag": None, "skipped": None}
+    if start is not None and end is not None:
+        row["lag"] = max(0, end - max(committed, start))
+        row["skipped"] = max(0, start - committed)
+        if committed > end:
+            row["committed_beyond_end"] = True
+    return row
 
 
 def _lag_rows(offsets: Dict[int, int], bounds: Bounds,
@@ -268,8 +312,6 @@ def _lag_rows(offsets: Dict[int, int], bounds: Bounds,
     for p in sorted(offsets):
         if partition is not None and p != partition:
             continue
-        committed = offsets[p]
         start, end = bounds.get(p, (None, None))
-        lag = None if end is None else max(0, end - max(committed, start))
-        rows.append({"partition": p, "committed": committed, "end_offset": end, "lag": lag})
+        rows.append(lag_row(p, offsets[p], start, end))
     return rows

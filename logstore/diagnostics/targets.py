@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import NotALogError
+from ..errors import CorruptLogError, NotALogError
 from ..format.names import (
-    LOCK_NAME, LOG_SUFFIX, META_NAME, OFFSETS_LOG, QUEUES_DIR, STORE_META, TOPIC_META,
-    TOPICS_DIR, parse_segment_name, partition_dir, segment_name,
+    GROUP_META, GROUPS_DIR, LOCK_NAME, LOG_SUFFIX, META_NAME, OFFSETS_LOG, QUEUES_DIR,
+    STORE_META, TOPIC_META, TOPICS_DIR, parse_segment_name, partition_dir, segment_name,
 )
 from ..storage import meta
 from ..views import leases
@@ -44,6 +44,9 @@ class Target:
     expanded: bool = False
     dir_label: Optional[str] = None  # the log directory as the operator would type it
     store_root: Optional[str] = None  # absolute path of the store holding this log, if any
+    # The store's file describing this log (a topic.json, a group.json) is unreadable: the
+    # reason. Reported as damage of this target alone; the others are still checked.
+    broken: Optional[str] = None
 
     @property
     def files_label(self) -> str:
@@ -89,8 +92,18 @@ def partition_of_store(path: "str | os.PathLike[str]") -> Optional[Tuple[str, st
 def store_topics(root: str) -> List[Tuple[str, int]]:
     """``(topic, partition count)`` of every topic of the store at ``root``, by name.
 
-    Read from ``topics/<name>/topic.json`` (a directory without one is not a topic).
+    Read from ``topics/<name>/topic.json`` (a directory without one is not a topic); a topic
+    whose ``topic.json`` is unreadable is left out (see :func:`broken_topics`).
     """
+    return [(name, n) for name, n, problem in _topic_entries(root) if problem is None]
+
+
+def broken_topics(root: str) -> List[Tuple[str, str]]:
+    """``(topic, reason)`` of every topic of the store whose ``topic.json`` is unreadable."""
+    return [(name, problem) for name, _n, problem in _topic_entries(root) if problem is not None]
+
+
+def _topic_entries(root: str) -> List[Tuple[str, int, Optional[str]]]:
     tdir = os.path.join(root, TOPICS_DIR)
     if not os.path.isdir(tdir):
         return []
@@ -99,7 +112,10 @@ def store_topics(root: str) -> List[Tuple[str, int]]:
         meta_path = os.path.join(tdir, name, TOPIC_META)
         if not os.path.isfile(meta_path):
             continue
-        out.append((name, _topic_partitions(meta_path)))
+        try:
+            out.append((name, _topic_partitions(meta_path), None))
+        except NotALogError as e:
+            out.append((name, 0, str(e)))
     return out
 
 
@@ -112,6 +128,66 @@ def _topic_partitions(meta_path: str) -> int:
     if n < 1:
         raise NotALogError(f"{meta_path} is not a topic metadata file (partitions={n})")
     return n
+
+
+def group_dirs(root: str) -> List[Tuple[str, Optional[str], str, Optional[str]]]:
+    """``(topic, group, directory, problem)`` of every group directory of the store at
+    ``root`` (``internal/groups/<topic>/<dir>``), like the store's own listing but tolerant:
+    a group whose ``group.json`` is unreadable comes with the reason (and group None) instead
+    of failing the whole listing. Directories without a ``group.json`` (a process died before
+    writing it: no commits either) and ones being removed are left out."""
+    base = os.path.join(root, GROUPS_DIR)
+    out: List[Tuple[str, Optional[str], str, Optional[str]]] = []
+    if not os.path.isdir(base):
+        return out
+    for topic in sorted(os.listdir(base)):
+        tdir = os.path.join(base, topic)
+        if topic.startswith(".") or not os.path.isdir(tdir):
+            continue
+        for name in sorted(os.listdir(tdir)):
+            path = os.path.join(tdir, name)
+            if name.startswith("."):
+                continue
+            gmeta = os.path.join(path, GROUP_META)
+            try:
+                with open(gmeta, "rb") as f:
+                    group = json.loads(f.read())["group"]
+                if not isinstance(group, str):
+                    raise ValueError
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, TypeError):
+                out.append((topic, None, path, f"{gmeta} is not a group file"))
+                continue
+            out.append((topic, group, path, None))
+    return out
+
+
+def topic_settings(root: str, name: str) -> Dict[str, Any]:
+    """The settings stored in topic ``name``'s ``topic.json`` (``{}`` if none are stored);
+    :class:`NotALogError` if the file is unreadable."""
+    path = os.path.join(root, TOPICS_DIR, name, TOPIC_META)
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except (OSError, ValueError):
+        raise NotALogError(f"{path} is not a topic metadata file") from None
+    settings = doc.get("settings") if isinstance(doc, dict) else None
+    return dict(settings) if isinstance(settings, dict) else {}
+
+
+def topic_cleanup_policy(root: str, name: str, partitions: int) -> str:
+    """The stored cleanup policy of topic ``name``: its ``topic.json`` settings, else (stores
+    from before topics stored settings) its partitions' own (``meta.stored_cleanup_policy``:
+    a partition ever compacted was opened with a compact policy), else ``"delete"``."""
+    settings = topic_settings(root, name)
+    if isinstance(settings.get("cleanup_policy"), str):
+        return settings["cleanup_policy"]
+    for p in range(partitions):
+        stored = meta.stored_settings(partition_dir(root, name, p))
+        if "cleanup_policy" in stored or stored.get("compacted"):
+            return meta.stored_cleanup_policy(stored)
+    return "delete"
 
 
 def store_queues(root: str) -> List[str]:
@@ -165,7 +241,15 @@ def _log_target(given: str, p: str) -> Target:
         return Target(given, os.path.dirname(p), p)
     if not os.path.isdir(p):
         raise NotALogError(f"{given} is neither a log directory nor a .log segment file")
-    if meta.read_meta(p) is None:  # raises NotALogError/UnsupportedFormatError for bad files
+    try:
+        found = meta.read_meta(p)
+    except NotALogError:
+        # A torn or damaged logstore.meta beside segment files is a damaged log, not "not a
+        # log": verify reports it (exit 1), dump still reads its segments.
+        if not any(n.endswith(LOG_SUFFIX) for n in os.listdir(p)):
+            raise
+        found = {}
+    if found is None:
         raise NotALogError(f"{given} is not a log directory (no {META_NAME})")
     owner = partition_of_store(p)
     if owner is not None:
@@ -175,18 +259,23 @@ def _log_target(given: str, p: str) -> Target:
 
 def _store_targets(given: str, root: str, topic: Optional[str], partition: Optional[int],
                    internal: bool) -> List[Target]:
-    topics = store_topics(root)
+    topics = _topic_entries(root)
     if topic is not None:
         found = [t for t in topics if t[0] == topic]
         if not found:
             names = ", ".join(t[0] for t in topics) or "none"
             raise NotALogError(f"no topic {topic!r} in store {given} (topics: {names})")
         topics = found
-        if partition is not None and not 0 <= partition < found[0][1]:
+        if partition is not None and found[0][2] is None and not 0 <= partition < found[0][1]:
             raise NotALogError(f"topic {topic!r} has no partition {partition} (it has "
                                f"{found[0][1]}: 0..{found[0][1] - 1})")
     out = []
-    for name, n in topics:
+    for name, n, problem in topics:
+        if problem is not None:  # an unreadable topic.json: this topic alone is damaged
+            out.append(Target(name, os.path.join(root, TOPICS_DIR, name), topic=name,
+                              expanded=True, dir_label=os.path.join(given, TOPICS_DIR, name),
+                              store_root=root, broken=problem))
+            continue
         for part in range(n):
             if partition is not None and part != partition:
                 continue
@@ -203,13 +292,19 @@ def _internal_targets(given: str, root: str) -> List[Target]:
     """The store's internal logs: committed offsets, queue events, groups' lease logs."""
     logs = [(OFFSETS_LOG, os.path.join(root, OFFSETS_LOG))]
     logs += [(f"{QUEUES_DIR}/{q}", os.path.join(root, QUEUES_DIR, q)) for q in store_queues(root)]
-    for _topic, _group, gdir in leases.list_groups(root):  # consumer groups' lease logs
+    out = [Target(label, d, internal=True, expanded=True,
+                  dir_label=os.path.join(given, label), store_root=root)
+           for label, d in logs if os.path.isdir(d)]
+    for _topic, _group, gdir, problem in group_dirs(root):  # consumer groups' lease logs
         rel = os.path.relpath(gdir, root)
-        logs += [(f"{rel}/{p}", os.path.join(gdir, str(p)))
-                 for p in leases.lease_partitions(gdir)]
-    return [Target(label, d, internal=True, expanded=True,
-                   dir_label=os.path.join(given, label), store_root=root)
-            for label, d in logs if os.path.isdir(d)]
+        if problem is not None:
+            out.append(Target(rel, gdir, internal=True, expanded=True,
+                              dir_label=os.path.join(given, rel), store_root=root,
+                              broken=problem))
+        out += [Target(f"{rel}/{p}", os.path.join(gdir, str(p)), internal=True, expanded=True,
+                       dir_label=os.path.join(given, rel, str(p)), store_root=root)
+                for p in leases.lease_partitions(gdir)]
+    return out
 
 
 def require_log_dir(path: "str | os.PathLike[str]", what: str) -> Target:
@@ -227,6 +322,10 @@ def require_log_dirs(path: "str | os.PathLike[str]", what: str, topic: Optional[
     if any(t.segment is not None for t in targets):
         raise NotALogError(f"{what} needs a log directory or a store, not a segment file: "
                            f"{os.fspath(path)}")
+    for t in targets:
+        if t.broken is not None:
+            raise CorruptLogError(f"{t.broken} (topic {t.topic!r} of the store is damaged; "
+                                  f"--topic NAME reads another one)", t.log_dir)
     return targets
 
 

@@ -26,6 +26,10 @@ alive while mapped); in-process readers switch to the new segments by offset.
 
 A log with more records than fit the budget is compacted in several passes, each mapping the next
 range and cleaning everything before its end.
+
+A *dry run* (``compact(..., dry_run=True)``: ``logstore compact --dry-run``) builds the same maps
+pass by pass and counts what the passes would remove, writing nothing: per sealed batch it keeps
+one byte per record (which records would still be there after the passes so far).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import time
 from functools import partial
 from operator import methodcaller
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, List, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -63,9 +67,16 @@ class CompactionReport:
     bytes_before: int = 0
     bytes_after: int = 0
     seconds: float = 0.0
+    dry_run: bool = False  # nothing was changed: records_after is what a pass would leave
+    records_removed: int = 0  # (dry runs) records a pass would remove, tombstones included
+    payload_bytes_removed: int = 0  # (dry runs) their key and value bytes
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        if not self.dry_run:
+            for name in ("dry_run", "records_removed", "payload_bytes_removed"):
+                del d[name]
+        return d
 
 
 _blake16 = partial(hashlib.blake2b, digest_size=16)
@@ -203,14 +214,15 @@ def _clean_segment(fs: FileSystem, seg: Segment, keymap: _KeyMap, horizon_ms: in
 
 
 def compact(segs: SegmentList, cfg: LogConfig, mark_compacted: Callable[[], None],
-            now_ms: Optional[int] = None,
+            now_ms: Optional[int] = None, dry_run: bool = False,
             guard: Optional[Callable[[], ContextManager[Any]]] = None) -> CompactionReport:
     """Run compaction passes over the sealed segments of ``segs`` (the caller holds the log's
     cleaner lock: one pass at a time). ``mark_compacted`` records durably that the log may have
-    offset gaps; it is called before the first commit point. ``guard()``: held while cleaned
-    segments are swapped in (default: the segment list's lock)."""
+    offset gaps; it is called before the first commit point. ``dry_run``: count what the
+    passes would remove and change nothing (``mark_compacted`` is not called). ``guard()``:
+    held while cleaned segments are swapped in (default: the segment list's lock)."""
     t0 = time.perf_counter()
-    report = CompactionReport()
+    report = CompactionReport(dry_run=dry_run)
     sealed = segs.sealed_snapshot()
     if not sealed:
         return report
@@ -220,6 +232,7 @@ def compact(segs: SegmentList, cfg: LogConfig, mark_compacted: Callable[[], None
     budget = max(1, cfg.compaction_buffer_bytes // _ENTRY_BYTES)
     report.bytes_before = sum(seg.size for seg in sealed)
     report.records_before = _count(sealed)
+    alive: Dict[Tuple[int, int], np.ndarray] = {}  # (dry run) per batch: records still there
     start = 0
     while start < len(sealed):
         # Map as many segments as the budget allows (at least one).
@@ -232,6 +245,12 @@ def compact(segs: SegmentList, cfg: LogConfig, mark_compacted: Callable[[], None
             end += 1
         cache: dict = {}
         keymap = _build_map(sealed[start:end], cache)
+        if dry_run:
+            _count_pass(sealed[:end], keymap, horizon, report, cache, alive)
+            report.passes += 1
+            report.segments_cleaned += end
+            start = end
+            continue
         pass_report = CompactionReport()
         changed_segs, cleaned = [], []
         for seg in sealed[:end]:
@@ -249,10 +268,44 @@ def compact(segs: SegmentList, cfg: LogConfig, mark_compacted: Callable[[], None
         report.segments_cleaned += end
         report.tombstones_dropped += pass_report.tombstones_dropped
         start = end
-    report.records_after = _count(sealed)
-    report.bytes_after = sum(seg.size for seg in sealed)
+    if dry_run:
+        report.records_removed = report.records_before - sum(int(a.sum())
+                                                             for a in alive.values())
+        report.records_after = report.records_before - report.records_removed
+        report.bytes_after = report.bytes_before
+    else:
+        report.records_after = _count(sealed)
+        report.bytes_after = sum(seg.size for seg in sealed)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _count_pass(segments: List[Segment], keymap: _KeyMap, horizon_ms: int,
+                report: CompactionReport, cache: dict,
+                alive: Dict[Tuple[int, int], np.ndarray]) -> None:
+    """(dry run) What one pass would remove from ``segments`` (every sealed segment up to the
+    end of its mapped range): the same keep rule as :func:`_clean_segment`, applied to the
+    records earlier passes would have left (``alive``, updated)."""
+    for seg in segments:
+        for bpos, _h, batch in _batches(seg):
+            offsets = np.asarray(batch.offsets, dtype=np.int64)
+            hashes = cache.pop((seg.base_offset, bpos), None)
+            if hashes is None:
+                hashes = _key_hashes(batch)
+            before = alive.get((seg.base_offset, bpos))
+            if before is None:
+                before = np.ones(len(batch), dtype=bool)
+            keep = keymap.keep(hashes, offsets) & before
+            vl = np.asarray(batch.value_lengths)
+            old_tombstones = keep & (vl < 0) & (np.asarray(batch.timestamps) < horizon_ms)
+            report.tombstones_dropped += int(old_tombstones.sum())
+            keep &= ~old_tombstones
+            gone = before & ~keep
+            if gone.any():
+                kl = batch.key_lengths
+                report.payload_bytes_removed += int(np.maximum(vl[gone], 0).sum()) + (
+                    0 if kl is None else int(np.maximum(np.asarray(kl)[gone], 0).sum()))
+            alive[(seg.base_offset, bpos)] = keep
 
 
 def _count(segments: List[Segment]) -> int:

@@ -16,7 +16,11 @@ The file is cut after the last valid batch only if *nothing valid follows*, i.e.
 torn tail. If a valid batch follows the damage, the problem is corruption in the middle of the
 data, not a crash artefact: open refuses with :class:`CorruptLogError` rather than silently drop
 the records after it; ``logstore recover --apply`` (or :func:`recover`) truncates on request.
-Recovery is idempotent: a crash during recovery just means it runs again.
+A marker that names the active segment but does not match it is still a promise: close() had
+made that many bytes, up to that end offset, durable. Recovery that finds less (a shorter file,
+zeroed or damaged bytes below that size) refuses with :class:`CorruptLogError`, and so does a
+marker naming a segment after the last one (a missing last segment: opening would assign its
+offsets again). Recovery is idempotent: a crash during recovery just means it runs again.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..config import SHAPING_SETTINGS, LogConfig
-from ..errors import ConfigError, NotALogError
+from ..errors import ConfigError, CorruptLogError, NotALogError
 from ..format.header import HEADER_SIZE, crc_ok, header_problem, parse_header
 from ..format.names import (
     CLEANED, COMPACTION_COMMIT, DELETED, INDEX_SUFFIX, LOG_SUFFIX, META_NAME, SWAP,
@@ -114,6 +118,10 @@ def open_for_writing(segs: SegmentList, index_capacity: int) -> Optional[Recover
     would lie.
     """
     d, fs = segs.directory, segs.fs
+    marker = meta.read_clean_shutdown(d)
+    missing = meta.missing_last_segment(marker, list_segments(d))
+    if missing is not None:  # (checked before anything is changed)
+        raise CorruptLogError(missing, d)
     finish_interrupted_cleanups(d, fs)
     bases = list_segments(d)
     if not bases:
@@ -125,10 +133,9 @@ def open_for_writing(segs: SegmentList, index_capacity: int) -> Optional[Recover
     segs.open_sealed(bases)
     active = segs.new_segment(bases[-1])
     segs.add(active)
-    marker = meta.read_clean_shutdown(d)
+    ours = marker is not None and marker["segment"] == active.base_offset
     clean = (
-        marker is not None
-        and marker["segment"] == active.base_offset
+        ours
         and os.path.getsize(active.path) == marker["size"]
         and marker["end_offset"] >= active.base_offset
         and marker_matches_segment(active.path, marker)
@@ -138,7 +145,10 @@ def open_for_writing(segs: SegmentList, index_capacity: int) -> Optional[Recover
                            index_capacity, trust_indexes=True)
         report = RecoveryReport(segment=active.path, clean=True)
     else:
-        report = active.recover(index_capacity)
+        # A marker that names this segment but does not match it still says what close()
+        # made durable: recovery must find at least that (else it refuses: data damage).
+        report = active.recover(index_capacity, durable_floor=marker["size"] if ours else 0,
+                                durable_end=marker["end_offset"] if ours else None)
     meta.remove_clean_shutdown(d, fs)
     return report
 

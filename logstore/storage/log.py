@@ -17,13 +17,11 @@ Theory of operation
 * Segments roll when the next batch would pass ``segment_bytes`` or the active segment's first
   batch is ``segment_ms`` older than the new one. Rolling fsyncs the old segment and its indexes
   before creating the next file, so only the last segment can ever need recovery
-  (see :mod:`logstore.recovery`).
+  (see :mod:`logstore.storage.loader`).
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
 import logging
 import os
 import threading
@@ -31,7 +29,6 @@ import time
 import weakref
 from itertools import chain
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
-
 
 from ..config import LogConfig
 from ..errors import (
@@ -42,49 +39,37 @@ from ..errors import (
     LogLockedError,
     MissingKeyError,
     NotALogError,
-    OffsetOutOfRangeError,
     ReadOnlyError,
-    RecordRemovedError,
     RecordTooLargeError,
     StorageError,
 )
 from ..format.decode import DecodedBatch
-from ..format.extract import extract_record
 from ..format.encode import (
     PreparedBatch, check_batch_shape, check_timestamp, frame, frame_single, prepare_batch,
     prepare_from_buffer, prepare_one,
 )
-from ..format.header import (
-    CODEC_NONE, HEADER_SIZE, codec_id,
-)
+from ..format.header import CODEC_NONE, HEADER_SIZE, codec_id
 from ..format.names import COMPACTION_COMMIT, META_NAME
 from ..fs import DEFAULT_FS, FileSystem
 from .. import process
 from ..record import Record
 from ..util import check_offset, now_ms, storage_errors
-from . import background, cleaner, loader, meta
+from . import background, cleaner, lifecycle, loader, meta
 from .sizing import index_capacity
 from .lockfile import DirectoryLock
-from .retention import segments_to_delete
+from .retention import delete_expired
 from .segment import MAX_RELATIVE_OFFSET, Segment
 from .reading import (
-    ReadHooks, batch_for, batches, collect_sorted, first_offset_at, records, sort_request, take,
+    GapRule, ReadHooks, batches, check_get_range, check_range, collect_sorted, current_end,
+    offset_at_time, read_range, record_at, records, replay_bounds, sort_request,
 )
-from .segments import SegmentList, list_segments
-from .shared import ROLLING, SharedTail, SharedWriter
+from .segments import SegmentList
+from .shared import ROLLING, SharedWriter, cleaning, swapping
 from .sync import GroupCommit
 from .tail import RecoveryReport
 
 logger = logging.getLogger("logstore")
 DEFAULT_MAX_RECORDS = 1000
-
-
-def _no_clean_close(active: Segment, next_offset: int) -> None:
-    """(a shared log's last writer after a failure) No clean-shutdown marker: the next open
-    recovers the log."""
-
-
-
 
 
 class Log:
@@ -111,9 +96,11 @@ class Log:
         self._segs = SegmentList(directory, fs, config.index_interval_bytes, not readonly,
                                  self._lock)
         self._next_offset = 0
+        self._gaps = GapRule(directory, readonly)
         self._hooks = ReadHooks(self._lock, self._segs, self._check_open,
                                 self._refresh_locked if readonly else None,
-                                self._gaps_allowed, self._gap)
+                                self._gaps.gaps_allowed, self._gaps.check,
+                                self._caught_up_end_locked)
         self._dir_lock: Optional[DirectoryLock] = None
         self._always = config.fsync == "always" and not readonly
         self._flusher: Optional[threading.Thread] = None
@@ -132,7 +119,8 @@ class Log:
         every append (attribute lookups on the hot path)."""
         self.config = config
         self._codec = codec_id(config.compression)
-        self._allow_gaps = config.compacted or bool(self.meta.get("settings", {}).get("compacted"))
+        self._gaps.allowed = config.compacted or bool(
+            self.meta.get("settings", {}).get("compacted"))
         self._allow_keyless = not config.compacted
         self._max_record_bytes = config.max_record_bytes
         self._segment_bytes = config.segment_bytes
@@ -218,82 +206,33 @@ class Log:
         d = self.path
         loader.check_writer_directory(d)
         self._fs.makedirs(d)
-        if self.shared:
-            self._open_shared_writer(options)
-            return
-        self._dir_lock = DirectoryLock(d).acquire()
-        try:
-            found = loader.meta_for_writer(d, self._fs, self.config)
-            self.meta = found
-            # Under the lock now: the settings may have changed since open() read them.
-            self._apply_config(loader.settled_config(d, options, found))
-            loader.store_missing_settings(d, self._fs, found, self.config)
-            self.recovery_report = loader.open_for_writing(self._segs, self._index_capacity)
-        except BaseException:
-            for seg in self._segs.items:
-                seg.close()
-            self._dir_lock.release()
-            raise
-        self._next_offset = self._sync.durable_offset = self._segs.active.next_offset
-        self._configure_active(self._segs.active)
-        self._start_threads()
-
-    def _open_shared_writer(self, options: Dict[str, Any]) -> None:
-        """Join the writers of a shared log (the first recovers it), under the write lock."""
-        d = self.path
-        tail = SharedTail(d).open()
-        tail.lock_write()
-        lock = DirectoryLock(d)
-        try:
-            found = loader.meta_for_writer(d, self._fs, self.config)
-            self.meta = found
-            self._apply_config(loader.settled_config(d, options, found))
-            loader.store_missing_settings(d, self._fs, found, self.config)
-            shared = SharedWriter(self._segs, tail, lock)
-            self.recovery_report = shared.open(self._index_capacity)
-            t = tail.read()
-        except BaseException:
-            for seg in self._segs.items:
-                seg.close()
-            lock.release()
-            tail.unlock_write()
-            tail.close()
-            raise
-        tail.unlock_write()
-        self._dir_lock = lock
-        self._shared = shared
-        self._sync.shared_sync = self._shared_sync
-        self._next_offset = t.next_offset
-        self._sync.durable_offset = t.durable_offset
+        start = (lifecycle.start_shared_writer if self.shared else lifecycle.start_writer)(
+            d, self._fs, self._segs, self.config, options)
+        self.meta = start.meta
+        self._apply_config(start.config)
+        self.recovery_report = start.report
+        self._dir_lock = start.lock
+        self._shared = start.shared
+        if start.shared is not None:
+            shared: SharedWriter = start.shared
+            self._sync.shared_sync = lambda: shared.sync(self._fs, self._next_offset)
+        self._next_offset = start.next_offset
+        self._sync.durable_offset = start.durable_offset
         self._configure_active(self._segs.active)
         self._start_threads()
 
     def _shared_enter_locked(self) -> Any:
         """(log lock held; shared writers) Take the write lock and catch up; returns the tail
-        snapshot ``_shared_leave_locked`` needs."""
+        snapshot to give back to ``SharedWriter.leave``."""
         t = self._shared.enter()
-        try:
-            if t.failed:
-                raise StorageError(f"an fsync of {self.path} failed in another process: the log "
-                                   f"refuses writes until reopened")
-            self._segs.active.synced_size = self._shared.synced_size()
-            self._next_offset = t.next_offset
-            if t.writing_to == ROLLING:  # a writer died in the middle of a roll: finish it
+        self._next_offset = t.next_offset
+        if t.writing_to == ROLLING:  # a writer died in the middle of a roll: finish it
+            try:
                 self._roll_locked()
-        except BaseException:
-            self._shared.leave(t)
-            raise
+            except BaseException:
+                self._shared.leave(t)
+                raise
         return t
-
-    def _shared_sync(self) -> int:
-        """(group commit's leader, shared writers) fsync shared with the other processes."""
-        try:
-            return self._shared.sync(self._fs, self._next_offset)
-        except StorageError:
-            raise
-        except OSError:
-            self._shared.fail()
-            raise
 
     def _start_threads(self) -> None:
         """The background retention/compaction pass and the fsync_ms flusher, when configured
@@ -333,18 +272,22 @@ class Log:
             raise NotALogError(f"{d} has no {META_NAME}: not a logstore log")
         self.meta = found
         self._apply_config(self.config)  # (the "compacted" mark of the metadata)
-        self._refresh_locked()
+        try:
+            self._refresh_locked()
+        except CorruptLogError:
+            pass  # damage in the active segment: every read that gets there raises it
 
     # ------------------------------------------------------------------ read-only refresh
     def _refresh_locked(self) -> None:
-        """Catch up with the writer(s): a reader walks new whole, CRC-valid batches and follows
-        segment rolls; a shared writer adopts what the other writers published."""
+        """Catch up with the writer(s): a reader follows the segments in the directory
+        (retention, compaction, rolls) and the new whole, CRC-valid batches of the active one
+        (``SegmentList.follow``); a shared writer adopts what the other writers published."""
         if self._shared is not None:
             t = self._shared.follow()
             self._next_offset = t.next_offset
             if t.durable_offset > self._sync.durable_offset:
                 self._sync.advance(t.durable_offset)
-        elif self._segs.items or list_segments(self.path):
+        else:
             self._next_offset = self._segs.follow()
 
     # ------------------------------------------------------------------ state
@@ -378,18 +321,21 @@ class Log:
         """The first offset still in the log."""
         with self._lock:
             self._check_open()
+            if self.readonly:
+                self._refresh_locked()
             return self._segs.start_offset
 
     @property
     def end_offset(self) -> int:
         """The next offset to be assigned: every record below it is readable."""
-        with self._lock:
-            self._check_open()
-            if self._follows:
-                self._refresh_locked()
-            return self._visible_end()
+        return current_end(self._hooks)
 
     def _visible_end(self) -> int:
+        return self._sync.durable_offset if self._always else self._next_offset
+
+    def _caught_up_end_locked(self) -> int:
+        if self._follows:
+            self._refresh_locked()
         return self._sync.durable_offset if self._always else self._next_offset
 
     @property
@@ -582,33 +528,8 @@ class Log:
 
     def _roll_locked(self) -> None:
         """Seal the active segment (durably) and start a new one at ``_next_offset``."""
-        old = self._segs.active
-        try:
-            if self._shared is not None:
-                self._shared.rolling(self._next_offset)  # (a kill from here on: finished by
-            old.trim()                                   # the next writer, see shared.py)
-            old.sync()
-            old.seal()
-            new = Segment.create(self.path, self._next_offset, self._fs,
-                                 self.config.index_interval_bytes, self._index_capacity)
-        except BaseException as e:
-            # Whatever stopped the roll (an I/O error, or an interrupt such as ^C between two of
-            # its steps), the log is now between two states: refuse writes until a reopen
-            # recovers it. The cause is raised as it is (KeyboardInterrupt stays one).
-            self._sync.fail(e)
-            if isinstance(e, OSError) and not isinstance(e, StorageError):
-                raise StorageError(f"rolling to a new segment failed: {e}", e) from e
-            raise
-        self._configure_active(new)
-        self._segs.add(new)
-        try:
-            self._fs.fsync_dir(self.path)
-        except BaseException as e:
-            self._sync.fail(e)
-            if isinstance(e, OSError) and not isinstance(e, StorageError):
-                raise StorageError(f"fsync of directory {self.path} failed: {e}", e) from e
-            raise
-        self._sync.advance(self._next_offset)
+        lifecycle.roll(self._segs, self._shared, self._next_offset, self._index_capacity,
+                       self._configure_active, self._sync)
 
     def _sync_snapshot(self) -> Tuple[int, int, Callable[[], None]]:
         """(group commit's leader) What an fdatasync now covers: the next offset, a dup()ed fd
@@ -668,32 +589,10 @@ class Log:
                 self._exit_flush.detach()
             try:
                 if not self.readonly:
-                    active = self._segs.active
-                    if active.pending and problem is None:
-                        problem = StorageError(f"{len(active.pending)} buffered bytes of "
-                                               f"{self.path} could not be written")
-                    if self._shared is not None:
-                        # The last writer closes the log cleanly; the others make their own
-                        # appends durable (the close is their durability point) and go.
-                        try:
-                            self._shared.close(
-                                loader.close_cleanly if problem is None else _no_clean_close,
-                                lambda: self._segs.active.sync())
-                        except OSError as e:
-                            problem = problem or e
-                    elif problem is None:
-                        try:
-                            loader.close_cleanly(active, self._next_offset)
-                        except OSError as e:
-                            problem = e
+                    problem = lifecycle.finish_writer(self._segs, self._shared,
+                                                      self._next_offset, problem)
             finally:
-                for seg in self._segs.items:
-                    try:
-                        seg.close()
-                    except OSError:
-                        pass
-                if self._dir_lock is not None:
-                    self._dir_lock.release()
+                lifecycle.release(self._segs, self._dir_lock)
         if problem is not None:
             if problem is self._sync.failed:
                 return  # already reported by the write/fsync that failed (the log was poisoned)
@@ -716,13 +615,7 @@ class Log:
         process.unregister(self)
         with self._lock:
             self._closed = True
-            for seg in self._segs.items:
-                if release_files:
-                    seg.close()
-                else:
-                    seg.close_mappings()
-            if self._dir_lock is not None:
-                self._dir_lock.release()
+            lifecycle.release(self._segs, self._dir_lock, release_files)
 
     def __enter__(self) -> "Log":
         return self
@@ -735,32 +628,6 @@ class Log:
         return f"<logstore.Log {self.path!r} {state} next_offset={self._next_offset}>"
 
     # ------------------------------------------------------------------ reading
-    def _check_range(self, offset: int, end: int) -> None:
-        start = self._segs.start_offset
-        if offset < start or offset > end:
-            raise OffsetOutOfRangeError(
-                f"offset {offset} is outside the log [{start}, {end}] (start_offset, end_offset)")
-
-    def _gaps_allowed(self) -> bool:
-        if not self._allow_gaps and self.readonly:
-            # The writer may have compacted since this reader opened: its metadata says so.
-            found_meta = meta.read_meta(self.path) or {}
-            self._allow_gaps = bool(found_meta.get("settings", {}).get("compacted"))
-        return self._allow_gaps
-
-    def _gap(self, expected: int, found: int, seg: Segment, pos: int) -> None:
-        if found > expected and not self._gaps_allowed():
-            raise CorruptLogError(
-                f"offsets {expected}..{found - 1} are missing (the log is not compacted, so "
-                f"offsets must be dense)", seg.path, pos)
-
-    def _check_get_range(self, offset: int, end: int) -> None:
-        """Refuse an offset ``get`` cannot answer: outside the log, or ``end`` itself."""
-        if offset == end:
-            raise OffsetOutOfRangeError(
-                f"offset {offset} is end_offset: no record there yet (use read() to poll)")
-        self._check_range(offset, end)
-
     def get(self, offset: int) -> Record:
         """The record at ``offset``. Raises OffsetOutOfRangeError outside [start, end)."""
         if type(offset) is not int:
@@ -768,22 +635,14 @@ class Log:
         with self._lock:
             if self._closed:
                 self._check_open()
-            if self._follows and offset >= self._next_offset:
-                self._refresh_locked()  # only needed for records this reader has not seen yet
-            end = self._sync.durable_offset if self._always else self._next_offset
             segs = self._segs
             bases = segs.bases
-            if bases and bases[0] <= offset < end:
-                rec = segs.items[bisect.bisect_right(bases, offset) - 1].quick_get(offset)
-                if rec is not None:
-                    return rec
-            self._check_get_range(offset, end)
-            seg, buf, at, h, pos = batch_for(self._segs, offset)
-            rec = extract_record(buf, h, offset, seg.path, pos, at)
-        if rec is None:
-            self._gap(offset, h.base_offset if h.base_offset > offset else offset + 1, seg, pos)
-            raise RecordRemovedError(f"offset {offset} was removed by compaction")
-        return rec
+            if self._follows and (offset >= self._next_offset or not bases or offset < bases[0]):
+                # Only for offsets outside what this reader has seen (a stat per get would
+                # cost ~20%): a segment it mapped stays readable after the writer drops it.
+                self._refresh_locked()
+            end = self._sync.durable_offset if self._always else self._next_offset
+            return record_at(segs, offset, end, self._gaps.check)
 
     def get_many(self, offsets: Iterable[int]) -> List[Record]:
         """The records at ``offsets``, in the order given (an offset may repeat).
@@ -804,19 +663,19 @@ class Log:
             with self._lock:
                 self._check_open()
                 if huge is not None:  # beyond int64: no log holds such an offset
-                    self._check_range(huge, self._visible_end())
+                    check_range(self._segs, huge, self._visible_end())
             return []
         out: List[Any] = [None] * len(sorted_offs)
         with self._lock:
             self._check_open()
-            if self._follows and sorted_offs[-1] >= self._next_offset:
+            low, high = sorted_offs[0], sorted_offs[-1]
+            if self._follows and (high >= self._next_offset or low < self._segs.start_offset):
                 self._refresh_locked()
             end = self._visible_end()
-            self._check_get_range(sorted_offs[0], end)
-            self._check_get_range(sorted_offs[-1], end)
-            collect_sorted(self._segs, sorted_offs, order_list, out, self._gap)
+            check_get_range(self._segs, low, end)
+            check_get_range(self._segs, high, end)
+            collect_sorted(self._segs, sorted_offs, order_list, out, self._gaps.check)
         return out
-
     def read(
         self,
         offset: int,
@@ -833,26 +692,14 @@ class Log:
     def read_records(self, offset: int, max_records: int, max_bytes: Optional[int],
                      partition: Optional[int]) -> List[Record]:
         """(Engine API, for views) :meth:`read`, the records tagged with ``partition``."""
-        offset = check_offset("offset", offset)
-        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
-            raise ValueError(f"max_records must be an int >= 1, got {max_records!r}")
-        if max_bytes is not None and (isinstance(max_bytes, bool) or
-                                      not isinstance(max_bytes, int) or max_bytes < 0):
-            raise ValueError(f"max_bytes must be an int >= 0 or None, got {max_bytes!r}")
-        with self._lock:
-            self._check_open()
-            if self._follows:
-                self._refresh_locked()
-            end = self._visible_end()
-            self._check_range(offset, end)
-        return take(records(self._hooks, offset, end, partition), max_records, max_bytes)
+        return read_range(self._hooks, offset, max_records, max_bytes, partition)
 
     def replay(self, from_offset: int = 0, to_offset: Optional[int] = None) -> Iterator[Record]:
         """Iterate records in ``[from_offset, to_offset)``; ``to_offset`` defaults to the current end.
 
         Arguments are checked now, not at the first ``next()``; the end is fixed at this call.
         """
-        start, stop = self._replay_bounds(from_offset, to_offset)
+        start, stop = replay_bounds(self._hooks, from_offset, to_offset)
         # chain, not a generator with "yield from": no Python frame resumed per record.
         return chain.from_iterable(records(self._hooks, start, stop, None))
 
@@ -865,32 +712,12 @@ class Log:
         the mapped file when uncompressed). The first and last batch may extend beyond the
         range: filter with ``offsets``.
         """
-        start, stop = self._replay_bounds(from_offset, to_offset)
+        start, stop = replay_bounds(self._hooks, from_offset, to_offset)
         return batches(self._hooks, start, stop)
-
-    def _replay_bounds(self, from_offset: int, to_offset: Optional[int]):
-        from_offset = check_offset("from_offset", from_offset)
-        with self._lock:
-            self._check_open()
-            if self._follows:
-                self._refresh_locked()
-            end = self._visible_end()
-            self._check_range(from_offset, end)
-        if to_offset is None:
-            return from_offset, end
-        to_offset = check_offset("to_offset", to_offset)
-        if to_offset < from_offset:
-            raise ValueError(f"to_offset {to_offset} is below from_offset {from_offset}")
-        return from_offset, min(to_offset, end)
 
     def offset_for_time(self, timestamp_ms: int) -> int:
         """The first offset whose record timestamp is >= ``timestamp_ms`` (``end_offset`` if none)."""
-        ts = check_timestamp(timestamp_ms)
-        with self._lock:
-            self._check_open()
-            if self._follows:
-                self._refresh_locked()
-            return first_offset_at(self._segs, ts, self._visible_end())
+        return offset_at_time(self._hooks, check_timestamp(timestamp_ms))
 
     # ------------------------------------------------------------------ retention, compaction
     def enforce_retention(self, keep_from: Optional[int] = None,
@@ -904,17 +731,13 @@ class Log:
         "start_offset"}``.
         """
         config = self.config.replace(**limits) if limits else self.config
-        with self._cleaner_lock, self._cleaning(), self._lock:
+        with self._cleaner_lock, cleaning(self._shared), self._lock:
             self._check_writable()
             t = self._shared_enter_locked() if self._shared is not None else None
             try:
-                removed = segments_to_delete(self._segs.items[:-1], self._segs.active.size,
-                                             config, now_ms(), keep_from, protect_from)
-                if removed:
-                    with storage_errors(f"deleting segments of {self.path}"):
-                        self._segs.delete(removed)
-                    if t is not None:
-                        self._shared.segments_changed()
+                removed = delete_expired(self._segs, config, keep_from, protect_from)
+                if removed and t is not None:
+                    self._shared.segments_changed()
                 start = self._segs.start_offset
             finally:
                 if t is not None:
@@ -922,22 +745,33 @@ class Log:
         return {"segments_removed": len(removed),
                 "bytes_freed": sum(seg.size for seg in removed), "start_offset": start}
 
-    def compact(self, now_ms: Optional[int] = None) -> Dict[str, Any]:
+    def compact(self, now_ms: Optional[int] = None, *, dry_run: bool = False,
+                force: bool = False, tunables: Optional[Dict[str, int]] = None
+                ) -> Dict[str, Any]:
         """Run compaction now: keep the latest record per key in sealed segments (see
         :mod:`logstore.storage.cleaner`). Returns a report dict. Needs ``cleanup_policy`` with
-        compact."""
-        if not self.config.compacted:
+        compact, unless ``force`` (operator tools). ``dry_run``: count what a pass would remove
+        and change nothing (a read-only log too). ``tunables``: ``delete_retention_ms`` and/or
+        ``compaction_buffer_bytes`` for this pass only (the stored settings are unchanged)."""
+        cfg = self.config
+        if tunables:
+            unknown = set(tunables) - {"delete_retention_ms", "compaction_buffer_bytes"}
+            if unknown:
+                raise ConfigError(f"compact() tunables: unknown {sorted(unknown)}")
+            cfg = cfg.replace(**tunables)
+        if not (self.config.compacted or force or dry_run):
             raise ConfigError(f"log {self.path} has cleanup_policy={self.config.cleanup_policy!r};"
                               f" open it with cleanup_policy='compact' (or 'compact,delete')")
-        with self._cleaner_lock, self._cleaning():
+        with self._cleaner_lock, cleaning(self._shared):
             with self._lock:
-                self._check_writable()
-                if self._shared is not None:
-                    self._refresh_locked()  # the sealed segments as the other writers left them
+                self._check_open() if dry_run and self.readonly else self._check_writable()
+                if self._follows:
+                    self._refresh_locked()  # (shared: the sealed segments as the others left them)
             try:
                 with storage_errors(f"compaction of {self.path}"):
-                    return cleaner.compact(self._segs, self.config, self._mark_compacted,
-                                           now_ms, self._swapping).as_dict()
+                    return cleaner.compact(
+                        self._segs, cfg, self._mark_compacted, now_ms, dry_run,
+                        lambda: swapping(self._lock, self._shared)).as_dict()
             except BaseException as e:
                 if os.path.exists(os.path.join(self.path, COMPACTION_COMMIT)):
                     # Failed after its commit point: the files are half swapped. Nothing may
@@ -945,41 +779,11 @@ class Log:
                     self._sync.fail(e)
                 raise
 
-    @contextlib.contextmanager
-    def _cleaning(self) -> Iterator[None]:
-        """One retention or compaction pass at a time across the writers of a shared log."""
-        if self._shared is None:
-            yield
-            return
-        self._shared.tail.lock_clean()
-        try:
-            yield
-        finally:
-            self._shared.tail.unlock_clean()
-
-    @contextlib.contextmanager
-    def _swapping(self) -> Iterator[None]:
-        """The cleaner swaps cleaned segments in under this (the log lock; for a shared log also
-        the write lock, with the other writers told that the segment list changed)."""
-        with self._lock:
-            if self._shared is None:
-                yield
-                return
-            t = self._shared.enter()
-            try:
-                yield
-                self._shared.segments_changed()
-            finally:
-                self._shared.leave(t)
-
     def _mark_compacted(self) -> None:
         """Record in the metadata that offsets may now have gaps (read-only openers need it).
         Called by the cleaner before its commit point, so a log with gaps is never without it."""
-        self._allow_gaps = True
-        settings = self.meta.setdefault("settings", {})
-        if not settings.get("compacted"):
-            settings["compacted"] = True
-            meta.rewrite_meta(self.path, self._fs, self.meta)
+        self._gaps.allowed = True
+        meta.mark_compacted(self.path, self._fs, self.meta)
 
     # ------------------------------------------------------------------ introspection
     def segments(self) -> List[Dict[str, Any]]:
@@ -988,12 +792,7 @@ class Log:
             self._check_open()
             if self._follows:
                 self._refresh_locked()
-            out = []
-            for seg in self._segs.items:
-                seg.ensure_open()
-                out.append({"base_offset": seg.base_offset, "next_offset": seg.next_offset,
-                            "size": seg.size, "path": seg.path, "sealed": seg.sealed})
-            return out
+            return self._segs.describe()
 
 
 __all__ = ["Log", "ConfigError"]

@@ -13,12 +13,12 @@ import json
 import os
 import time
 import uuid
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import crc32c
 
 from ..errors import NotALogError, UnsupportedFormatError
-from ..format.names import CLEAN_SHUTDOWN_NAME, LOCK_FILES, META_NAME, TMP
+from ..format.names import CLEAN_SHUTDOWN_NAME, LOCK_FILES, META_NAME, TMP, segment_name
 from ..fs import FileSystem
 
 FORMAT_NAME = "logstore-log"
@@ -122,3 +122,46 @@ def upgrade_meta(directory: str, fs: FileSystem, meta: Dict[str, Any]) -> None:
     if int(meta.get("version", FORMAT_VERSION)) < FORMAT_VERSION:
         meta["version"] = FORMAT_VERSION
         rewrite_meta(directory, fs, meta)
+
+
+def mark_compacted(directory: str, fs: FileSystem, meta: Dict[str, Any]) -> None:
+    """Record durably (``settings.compacted``) that the log may have offset gaps, once."""
+    settings = meta.setdefault("settings", {})
+    if not settings.get("compacted"):
+        settings["compacted"] = True
+        rewrite_meta(directory, fs, meta)
+
+
+def stored_settings(directory: str) -> Dict[str, Any]:
+    """The settings stored in the log's ``logstore.meta`` (``{}`` for none, or no log there)."""
+    try:
+        found = read_meta(directory)
+    except NotALogError:
+        return {}
+    settings = (found or {}).get("settings")
+    return dict(settings) if isinstance(settings, dict) else {}
+
+
+def stored_cleanup_policy(settings: Dict[str, Any]) -> str:
+    """The cleanup policy of stored ``settings``: ``cleanup_policy`` if stored; for a log from
+    before settings were stored, ``"compact"`` if it was ever compacted (it was opened with a
+    compact policy then), else the default ``"delete"``."""
+    policy = settings.get("cleanup_policy")
+    if isinstance(policy, str):
+        return policy
+    return "compact" if settings.get("compacted") else "delete"
+
+
+def missing_last_segment(marker: Optional[Dict[str, int]], bases: List[int]) -> Optional[str]:
+    """Why a log whose clean-shutdown ``marker`` names a segment after the last of ``bases``
+    (the segments there) is damaged, or None. Its last segment is missing: opening it would
+    assign offsets again that were acknowledged, so writers refuse and readers raise."""
+    if marker is None or (bases and marker["segment"] <= bases[-1]):
+        return None
+    have = (f"the last segment there is {segment_name(bases[-1])}" if bases
+            else "there is no segment")
+    return (f"the clean-shutdown marker says the log ends in segment "
+            f"{segment_name(marker['segment'])} at offset {marker['end_offset']}, but {have}: "
+            f"the last segment is missing (data damage). Opening it for writing would assign "
+            f"offsets again that were acknowledged; nothing was changed. Restore the segment "
+            f"from a copy")

@@ -22,6 +22,7 @@ from ..format.extract import extract_range, extract_record, extract_records
 from ..format.header import ATTR_OFFSET_DELTAS, CODEC_MASK, FORMAT_VERSION, BatchHeader, crc_ok
 from ..record import Record
 from ..util import check_offset
+from . import meta
 from .segment import Segment
 from .segments import SegmentList
 
@@ -45,6 +46,35 @@ class ReadHooks(NamedTuple):
     refresh: Optional[Callable[[], None]]  # a read-only opener's catch-up (lock held)
     gaps_allowed: Callable[[], bool]
     gap: GapCheck
+    # (lock held) catch up with other processes if this opener follows them; the end readers see
+    end: Callable[[], int]
+
+
+class GapRule:
+    """Offsets are dense unless the log is compacted: a gap elsewhere is corruption.
+
+    ``allowed`` is set from the settings (and when this writer compacts); a read-only opener
+    also learns from the metadata that the writer compacted since it opened.
+    """
+
+    def __init__(self, directory: str, readonly: bool):
+        self.directory = directory
+        self.readonly = readonly
+        self.allowed = False
+
+    def gaps_allowed(self) -> bool:
+        if not self.allowed and self.readonly:
+            found = meta.read_meta(self.directory) or {}
+            self.allowed = bool(found.get("settings", {}).get("compacted"))
+        return self.allowed
+
+    def check(self, expected: int, found: int, seg: Segment, pos: int) -> None:
+        """A batch starting at ``found`` where ``expected`` was next: CorruptLogError if
+        offsets are missing and gaps are not allowed."""
+        if found > expected and not self.gaps_allowed():
+            raise CorruptLogError(
+                f"offsets {expected}..{found - 1} are missing (the log is not compacted, so "
+                f"offsets must be dense)", seg.path, pos)
 
 
 def batch_for(segs: SegmentList, offset: int) -> Tuple[Segment, Any, int, Any, int]:
@@ -59,6 +89,39 @@ def batch_for(segs: SegmentList, offset: int) -> Tuple[Segment, Any, int, Any, i
     if seg.use_pread:
         return seg, seg.read_bytes(pos, h.length), 0, h, pos
     return seg, seg.mapped(pos + h.length), pos, h, pos
+
+
+def check_range(segs: SegmentList, offset: int, end: int) -> None:
+    """Refuse an offset outside ``[start_offset, end]``."""
+    start = segs.start_offset
+    if offset < start or offset > end:
+        raise OffsetOutOfRangeError(
+            f"offset {offset} is outside the log [{start}, {end}] (start_offset, end_offset)")
+
+
+def check_get_range(segs: SegmentList, offset: int, end: int) -> None:
+    """Refuse an offset ``get`` cannot answer: outside the log, or ``end`` itself."""
+    if offset == end:
+        raise OffsetOutOfRangeError(
+            f"offset {offset} is end_offset: no record there yet (use read() to poll)")
+    check_range(segs, offset, end)
+
+
+def record_at(segs: SegmentList, offset: int, end: int, gap: GapCheck) -> Record:
+    """(lock held) ``get``: the record at ``offset`` below ``end``; the sparse index's quick
+    route first, the general one (any batch layout, gaps checked) otherwise."""
+    bases = segs.bases
+    if bases and bases[0] <= offset < end:
+        rec = segs.items[bisect.bisect_right(bases, offset) - 1].quick_get(offset)
+        if rec is not None:
+            return rec
+    check_get_range(segs, offset, end)
+    seg, buf, at, h, pos = batch_for(segs, offset)
+    rec = extract_record(buf, h, offset, seg.path, pos, at)
+    if rec is None:
+        gap(offset, h.base_offset if h.base_offset > offset else offset + 1, seg, pos)
+        raise RecordRemovedError(f"offset {offset} was removed by compaction")
+    return rec
 
 
 def collect_sorted(segs: SegmentList, sorted_offs: List[int], order: List[int],
@@ -284,3 +347,49 @@ def first_offset_at(segs: SegmentList, ts: int, end: int) -> int:
             if len(hits):
                 return min(batch.offset_at(int(hits[0])), end)
     return end
+
+
+def current_end(hooks: ReadHooks) -> int:
+    """The end readers of the log see now (caught up with other processes' writes)."""
+    with hooks.lock:
+        hooks.check_open()
+        return hooks.end()
+
+
+def read_range(hooks: ReadHooks, offset: int, max_records: int, max_bytes: Optional[int],
+               partition: Optional[int]) -> List[Record]:
+    """``Log.read``: arguments checked, then up to ``max_records`` records from ``offset``."""
+    offset = check_offset("offset", offset)
+    if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
+        raise ValueError(f"max_records must be an int >= 1, got {max_records!r}")
+    if max_bytes is not None and (isinstance(max_bytes, bool) or
+                                  not isinstance(max_bytes, int) or max_bytes < 0):
+        raise ValueError(f"max_bytes must be an int >= 0 or None, got {max_bytes!r}")
+    with hooks.lock:
+        hooks.check_open()
+        end = hooks.end()
+        check_range(hooks.segs, offset, end)
+    return take(records(hooks, offset, end, partition), max_records, max_bytes)
+
+
+def replay_bounds(hooks: ReadHooks, from_offset: int, to_offset: Optional[int]
+                  ) -> Tuple[int, int]:
+    """``Log.replay``'s range, checked now (not at the first ``next()``), its end fixed now."""
+    from_offset = check_offset("from_offset", from_offset)
+    with hooks.lock:
+        hooks.check_open()
+        end = hooks.end()
+        check_range(hooks.segs, from_offset, end)
+    if to_offset is None:
+        return from_offset, end
+    to_offset = check_offset("to_offset", to_offset)
+    if to_offset < from_offset:
+        raise ValueError(f"to_offset {to_offset} is below from_offset {from_offset}")
+    return from_offset, min(to_offset, end)
+
+
+def offset_at_time(hooks: ReadHooks, ts: int) -> int:
+    """``Log.offset_for_time`` (``ts`` checked)."""
+    with hooks.lock:
+        hooks.check_open()
+        return first_offset_at(hooks.segs, ts, hooks.end())

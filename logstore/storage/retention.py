@@ -15,7 +15,9 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 from ..config import LogConfig
+from ..util import now_ms, storage_errors
 from .segment import Segment
+from .segments import SegmentList
 
 
 def segments_to_delete(sealed: Sequence[Segment], active_size: int, config: LogConfig,
@@ -40,3 +42,15 @@ def segments_to_delete(sealed: Sequence[Segment], active_size: int, config: LogC
         victims.append(seg)
         total -= seg.size
     return victims
+
+
+def delete_expired(segs: SegmentList, config: LogConfig, keep_from: Optional[int],
+                   protect_from: Optional[int]) -> List[Segment]:
+    """(log lock held) Delete what :func:`segments_to_delete` allows now; returns the deleted
+    segments."""
+    removed = segments_to_delete(segs.items[:-1], segs.active.size, config, now_ms(),
+                                 keep_from, protect_from)
+    if removed:
+        with storage_errors(f"deleting segments of {segs.directory}"):
+            segs.delete(removed)
+    return removed

@@ -20,29 +20,52 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, Iterator, List, Optional, Tuple
-
-import numpy as np
+from typing import Any, Iterator, List, NamedTuple, Optional, Tuple
 
 from ..errors import CorruptLogError, OffsetOutOfRangeError
 from ..format.decode import DecodedBatch, decode, scan_batch
 from ..format.extract import extract_record, find_batch, find_record
 from ..format.header import (
-    HEADER_SIZE, MAGIC, MAX_TIMESTAMP, WALK, BatchHeader, check_header, crc_ok, header_problem,
+    HEADER_SIZE, MAGIC, MAX_TIMESTAMP, WALK, BatchHeader, check_header, crc_ok,
     parse_header,
 )
 from ..fs import FileSystem
 from ..record import Record
 from ..format.names import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
 from .active_file import ActiveFile
-from .tail import RecoveryReport, ScannedBatch, ScanResult, inspect_active
+from .tail import (
+    RecoveryReport, inspect_active, reader_stop_problem, refusal, whole_batches,
+)
 from .index import OffsetIndex, TimeIndex
+from .index_checks import final_time_entry_ok, time_index_agrees
 from .sparse import zeros_between, zeros_in_mapping
 
 MAX_RELATIVE_OFFSET = 2**31 - 1  # index entries store offsets relative to the segment base
 
 
 
+class ScannedBatch(NamedTuple):
+    """One whole, valid batch found by :meth:`Segment.scan`."""
+
+    position: int
+    length: int
+    base_offset: int
+    next_offset: int
+    max_timestamp: int
+    record_count: int
+
+
+class ScanResult(NamedTuple):
+    """Outcome of validating a segment batch by batch from some position."""
+
+    batches: List[ScannedBatch]
+    valid_end: int  # file position just after the last valid batch
+    file_size: int
+    error: Optional[CorruptLogError]  # first problem found, None if the whole range was valid
+
+    @property
+    def next_offset(self) -> Optional[int]:
+        return self.batches[-1].next_offset if self.batches else None
 
 
 class Segment:
@@ -76,6 +99,8 @@ class Segment:
         self.first_timestamp: Optional[int] = None
         self.sealed = False
         self.retired = False  # replaced (compaction) or deleted (retention): readers relocate
+        self.inode: Optional[int] = None  # (readers) the file opened: another one replaced it
+        self.stop_checked: Optional[Tuple[int, int]] = None  # (reader) catch_up's last verdict
         self.use_pread = False
         self._map: Optional[mmap.mmap] = None
         self._map_len = 0
@@ -120,7 +145,8 @@ class Segment:
                 raise OffsetOutOfRangeError(
                     f"segment {self.path} no longer exists (removed by retention)") from None
             try:
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                size, self.inode = st.st_size, st.st_ino
                 if size:
                     self._map = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
                     self._map_len = size
@@ -149,7 +175,7 @@ class Segment:
             oi = OffsetIndex.in_memory(off_entries)
             ti = TimeIndex.in_memory(time_entries)
             ok = oi.valid_prefix(rel_end, size) == oi.n and ti.valid_prefix(rel_end) == ti.n
-            ok = ok and self._time_index_agrees(oi, ti)
+            ok = ok and time_index_agrees(self, oi, ti)
         if ok:
             self._offset_index = OffsetIndex.create(self.index_path, index_capacity, self.fs,
                                                     off_entries)
@@ -160,24 +186,22 @@ class Segment:
         else:
             self.rebuild_indexes(self.scan(0), index_capacity)
 
-    def recover(self, index_capacity: int, force_truncate: bool = False) -> RecoveryReport:
+    def recover(self, index_capacity: int, force_truncate: bool = False,
+                durable_floor: int = 0, durable_end: Optional[int] = None) -> RecoveryReport:
         """Recover this (writable) active segment after an unclean shutdown: scan it, cut a torn
         or never-written tail, make the rest durable, rebuild the indexes (Kafka's
         ``LogSegment.recover``). Returns the report.
 
-        Raises :class:`CorruptLogError` (changing nothing) if valid data follows the damage and
-        ``force_truncate`` is not set.
+        Raises :class:`CorruptLogError` (changing nothing) for data damage (``tail.refusal``:
+        valid data follows the damage, or data ends below ``durable_floor``/``durable_end``,
+        a clean-shutdown marker's size and end offset) unless ``force_truncate`` is set.
         """
         self.fd = self.fs.open(self.path, os.O_RDWR)
         self.writer = ActiveFile(self.fd, self.fs, self.path, os.fstat(self.fd).st_size)
-        scan, report = inspect_active(self)
-        if report.data_after_problem and not force_truncate:
-            raise CorruptLogError(
-                f"{report.problem}; valid batches follow it, so this is corruption inside the "
-                f"active segment, not a torn tail. Nothing was changed. Run `logstore recover "
-                f"--apply {self.directory}` to cut the segment at this point "
-                f"(dropping {report.truncated_bytes} bytes), or restore it from a copy",
-                self.path, report.problem_position)
+        scan, report = inspect_active(self, durable_floor, durable_end)
+        refused = refusal(report, self.directory)
+        if refused is not None and not force_truncate:
+            raise CorruptLogError(refused, self.path, report.valid_bytes)
         self.size = scan.valid_end
         if report.truncated_bytes:
             self.truncate_to(scan.valid_end)
@@ -236,34 +260,34 @@ class Segment:
         """Read-only view of the active segment: pread, in-memory index built while walking."""
         self.use_pread = True
         self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.inode = os.fstat(self.fd).st_ino
         self.size = 0
         self.next_offset = self.base_offset
         self._offset_index = OffsetIndex.in_memory()
         self._time_index = TimeIndex.in_memory()
         self._index_checked = True
 
-    def catch_up(self) -> None:
+    def catch_up(self, durable_floor: int = 0) -> None:
         """(A reader's active segment) Take in the whole, CRC-valid batches another writer
         appended since the last call; stop at anything not (yet) whole and valid: a batch being
-        written, the writer's preallocated tail, or a torn tail it will cut."""
+        written, the writer's preallocated tail, or a torn tail it will cut. Raises
+        :class:`CorruptLogError` where the stop is damage (``tail.reader_stop_problem``;
+        ``durable_floor``: the size a clean-shutdown marker gives this segment)."""
         file_size = os.fstat(self.fd).st_size
-        pos = self.size
-        while pos + HEADER_SIZE <= file_size:
-            raw = os.pread(self.fd, HEADER_SIZE, pos)
-            if len(raw) < HEADER_SIZE:
-                break  # the writer cut its preallocated tail since the fstat (a roll or close)
-            h = parse_header(raw, 0)
-            if header_problem(h) or pos + h.length > file_size:
-                break  # not written yet (or torn): look again next time
-            data = os.pread(self.fd, h.length, pos)
-            if len(data) < h.length or not crc_ok(data, 0, h):
-                break
-            self.size = pos + h.length
-            self.note_batch(pos, h.base_offset, h.max_timestamp)
-            self.next_offset = h.next_offset
-            if self.first_timestamp is None:
-                self.first_timestamp = h.base_timestamp
-            pos += h.length
+        pos, raw = whole_batches(self.fd, self.size, file_size, self._take_batch)
+        self.size = pos
+        if pos < durable_floor or (raw is not None and self.stop_checked != (pos, file_size)):
+            problem = reader_stop_problem(self.fd, pos, file_size, self.next_offset,
+                                          durable_floor, raw)
+            if problem is not None:
+                raise CorruptLogError(problem, self.path, pos)
+            self.stop_checked = (pos, file_size)
+
+    def _take_batch(self, pos: int, h: BatchHeader) -> None:
+        self.note_batch(pos, h.base_offset, h.max_timestamp)
+        self.next_offset = h.next_offset
+        if self.first_timestamp is None:
+            self.first_timestamp = h.base_timestamp
 
     def become_sealed_reader(self) -> None:
         """(A reader's active segment) The writer sealed this segment: read it as a sealed one
@@ -387,7 +411,7 @@ class Segment:
             and ti.last()[1] == rel_end
         )
         if good:
-            good = self._time_index_agrees(oi, ti) and self._final_time_entry_ok(oi, ti)
+            good = time_index_agrees(self, oi, ti) and final_time_entry_ok(self, oi, ti)
         if good:
             self._offset_index, self._time_index = oi, ti
             self.max_timestamp = ti.last()[0]
@@ -403,56 +427,6 @@ class Segment:
         self.rebuild_indexes(scan, None, persist=scan.error is None)
         if scan.error is not None:
             self.max_timestamp = MAX_TIMESTAMP
-
-    def _time_index_agrees(self, oi: OffsetIndex, ti: TimeIndex) -> bool:
-        """Check the time index against the log: entry i+1 promises that every record before
-        it is <= its timestamp, so it must be >= the max timestamp (from its header) of the batch
-        that entry i points at. One header read per entry, on first use of the segment."""
-        entries = ti.entries
-        n = len(entries)
-        if n < 2:
-            return True
-        rels = entries["rel"].tolist()
-        tss = entries["ts"].tolist()
-        mm = self.mapped(self.size) if self.size and not self.use_pread else None
-        # A sample of entries spread over the segment (all of them for small indexes): this runs
-        # on the first use of a segment and must stay cheap (a 64 MiB segment has ~16k entries).
-        # A systematically wrong index (zeroed, stale, shifted) fails on any sampled entry.
-        if n - 1 <= 64:
-            sample = range(n - 1)
-        else:
-            sample = sorted(set(np.linspace(0, n - 2, 64).astype(int).tolist()))
-        for i in sample:
-            rel, pos = oi.lookup(rels[i])
-            if rel != rels[i] or pos + HEADER_SIZE > self.size:
-                return False
-            h = parse_header(mm, pos) if mm is not None else \
-                parse_header(self.read_bytes(pos, HEADER_SIZE), 0)
-            if header_problem(h) or h.base_offset != self.base_offset + rel \
-                    or tss[i + 1] < h.max_timestamp:
-                return False
-        return True
-
-    def _final_time_entry_ok(self, oi: OffsetIndex, ti: TimeIndex) -> bool:
-        """The last entry of a sealed segment's time index is its largest timestamp, which
-        retention and ``offset_for_time`` trust: it must equal the largest ``max_timestamp``
-        of the batches, read from their headers after the previous entry's batch (about one
-        index interval of batches; the entries before it are checked by the sample)."""
-        entries = ti.entries
-        n = len(entries)
-        pos, best = 0, 0
-        if n >= 2:
-            rel_prev = int(entries["rel"][n - 2])
-            rel, pos = oi.lookup(rel_prev)
-            if rel != rel_prev:
-                return False
-            best = int(entries["ts"][n - 2])
-        try:
-            for _pos, h in self.iter_headers(pos):
-                best = max(best, h.max_timestamp)
-        except CorruptLogError:
-            return False  # the rebuild reports the damage where it is
-        return int(entries["ts"][n - 1]) == best
 
     def rebuild_indexes(self, scan: ScanResult, capacity: Optional[int],
                         persist: bool = True) -> None:

@@ -8,6 +8,11 @@ always see a consistent list: ``items`` and ``bases`` are replaced, never half-u
 
 Thread-safety: every method expects the caller to hold :attr:`lock` (the log's lock), except
 :meth:`sealed_snapshot` and :meth:`current`, which take it.
+
+A read-only opener's list follows the writer (another process, or another object) with
+:meth:`SegmentList.follow`: in O(1) while the directory does not change (one ``stat`` of it,
+then new batches of the active segment), and by listing the directory when it did (a roll,
+retention, a compaction swap, a clean close).
 """
 
 from __future__ import annotations
@@ -15,15 +20,23 @@ from __future__ import annotations
 import bisect
 import os
 import threading
-from typing import List, Optional, Sequence, Tuple
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..errors import CorruptLogError, NotALogError, OffsetOutOfRangeError
 from ..format.header import BatchHeader
 from ..format.names import (
     CLEANED, DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, parse_segment_name,
-    segment_name,
 )
 from ..fs import FileSystem
+from . import meta
 from .segment import Segment
+
+# A directory's mtime changes with every entry created, renamed or removed in it, but in steps of
+# the kernel's coarse clock (or of the file system's timestamp granularity, up to 2 s): a change
+# in the same step as the last listing would keep the mtime. So an mtime is trusted to announce
+# the next change only once it is older than this.
+MTIME_TRUST_NS = 2_000_000_000
 
 
 def list_segments(directory: str) -> List[int]:
@@ -62,6 +75,8 @@ class SegmentList:
         self.lock = lock
         self.items: List[Segment] = []
         self.bases: List[int] = []
+        self.dir_mtime: Optional[int] = None  # (readers) the directory as last listed
+        self.durable_floor = 0  # (readers) the clean-shutdown marker's size for the active one
 
     # ------------------------------------------------------------------ building
     def open_sealed(self, bases: Sequence[int]) -> None:
@@ -91,7 +106,23 @@ class SegmentList:
         return self.bases[0] if self.bases else 0
 
     def locate(self, offset: int) -> Optional[Tuple[int, int, BatchHeader]]:
-        """(segment index, position, header) of the first batch reaching ``offset``, or None."""
+        """(segment index, position, header) of the first batch reaching ``offset``, or None.
+
+        A read-only list whose sealed segment file is gone when first opened (retention since
+        the last :meth:`follow`) follows the writer and looks again, once.
+        """
+        try:
+            return self._locate(offset)
+        except OffsetOutOfRangeError:
+            if self.writable:
+                raise
+        self.follow()
+        if offset < self.start_offset:
+            raise OffsetOutOfRangeError(f"offset {offset} was removed by retention (the log "
+                                        f"starts at {self.start_offset} now)")
+        return self._locate(offset)
+
+    def _locate(self, offset: int) -> Optional[Tuple[int, int, BatchHeader]]:
         i = bisect.bisect_right(self.bases, offset) - 1
         if i < 0:
             i = 0
@@ -102,6 +133,15 @@ class SegmentList:
                 return i, found[0], found[1]
             i += 1
         return None
+
+    def describe(self) -> List[Dict[str, object]]:
+        """Per segment: base offset, next offset, size in bytes, path, sealed (opens them)."""
+        out: List[Dict[str, object]] = []
+        for seg in self.items:
+            seg.ensure_open()
+            out.append({"base_offset": seg.base_offset, "next_offset": seg.next_offset,
+                        "size": seg.size, "path": seg.path, "sealed": seg.sealed})
+        return out
 
     def sealed_snapshot(self) -> List[Segment]:
         """The sealed segments now (takes the lock)."""
@@ -164,36 +204,70 @@ class SegmentList:
 
     # ------------------------------------------------------------------ following a writer
     def follow(self) -> int:
-        """(read-only lists) Catch up with the writer in another process or object: forget
-        segments its retention deleted, walk new whole, CRC-valid batches of the active segment
-        and follow its rolls. Returns the next offset this list can read up to."""
-        if not self.items:
-            bases = list_segments(self.directory)
-            if not bases:
+        """(read-only lists) Catch up with the writer in another process or object; return the
+        next offset this list can read up to.
+
+        While the directory is unchanged since it was last listed (its mtime; see
+        :data:`MTIME_TRUST_NS`) only the active segment is read on from where it stopped.
+        Otherwise the directory is listed and the list rebuilt from it (:meth:`relist`).
+        Raises :class:`~logstore.errors.CorruptLogError` where the active segment's tail is
+        damage rather than data not written yet (``Segment.catch_up``).
+        """
+        try:
+            mtime = os.stat(self.directory).st_mtime_ns
+        except FileNotFoundError:
+            raise NotALogError(f"the log directory {self.directory} no longer exists") from None
+        if mtime != self.dir_mtime or not self.items:
+            self.relist(mtime)
+            if not self.items:
                 return 0
-            self.open_sealed(bases)
-            active = self.new_segment(bases[-1])
-            active.open_reader_active()
-            self.add(active)
-        if len(self.items) > 1 and not os.path.exists(self.items[0].path):
-            # The writer's retention removed old segments: forget them.
-            on_disk = set(list_segments(self.directory))
-            keep = [seg for seg in self.items[:-1] if seg.base_offset in on_disk]
-            for seg in self.items[:-1]:
-                if seg.base_offset not in on_disk:
-                    seg.retired = True
-            self.items = keep + [self.items[-1]]
-            self.bases = [seg.base_offset for seg in self.items]
-        while True:
-            active = self.items[-1]
-            active.catch_up()
-            successor = os.path.join(self.directory, segment_name(active.next_offset))
-            if active.next_offset == active.base_offset or not os.path.exists(successor):
-                break
-            # The writer sealed this segment (it fsyncs it before creating the next one).
-            active.catch_up()
-            active.become_sealed_reader()
-            nxt = self.new_segment(active.next_offset)
-            nxt.open_reader_active()
-            self.add(nxt)
-        return self.items[-1].next_offset
+        active = self.items[-1]
+        active.catch_up(self.durable_floor)
+        return active.next_offset
+
+    def relist(self, mtime: int) -> None:
+        """(read-only lists) Rebuild the list from the directory listing: segments gone
+        (retention) or replaced by another file (compaction: another inode) are marked retired
+        (readers relocate by offset) and dropped; a sealed segment is opened lazily, on first
+        use; the reader's active segment becomes a sealed one once the writer rolled past it
+        (it is complete then: the writer fsyncs it before creating the next file); the last
+        one is read as the active segment. Also reads the clean-shutdown marker."""
+        listed: Dict[int, int] = {}
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                base = parse_segment_name(entry.name)
+                if base is not None:
+                    listed[base] = entry.inode()
+        old = {seg.base_offset: seg for seg in self.items}
+        bases = sorted(listed)
+        items: List[Segment] = []
+        for i, base in enumerate(bases):
+            seg = old.pop(base, None)
+            last = i == len(bases) - 1
+            if seg is not None and ((seg.inode is not None and seg.inode != listed[base])
+                                    or (last and seg.sealed)):
+                seg.retired = True  # another file now (or, oddly, last and sealed): reopen
+                seg = None
+            if seg is None:
+                seg = Segment.open_sealed(self.directory, base, bases[i + 1] if not last
+                                          else base, self.fs, self.index_interval,
+                                          self.writable)
+                if last:
+                    seg.sealed = False
+                    seg.open_reader_active()
+            elif not last and not seg.sealed:
+                seg.become_sealed_reader()  # the writer rolled past it: complete and final
+                seg.next_offset = bases[i + 1]
+            items.append(seg)
+        for seg in old.values():
+            seg.retired = True  # deleted by retention
+        self.items, self.bases = items, bases
+        marker = meta.read_clean_shutdown(self.directory)
+        self.durable_floor = (marker["size"] if marker is not None and bases
+                              and marker["segment"] == bases[-1] else 0)
+        # Trust the mtime only once it is old enough that a later change must differ from it.
+        self.dir_mtime = mtime if time.time_ns() - mtime > MTIME_TRUST_NS else None
+        missing = meta.missing_last_segment(marker, bases)
+        if missing is not None:
+            self.dir_mtime = None  # (look again next time: raise until it is restored)
+            raise CorruptLogError(missing, self.directory)

@@ -29,12 +29,13 @@ Thread-safety: the owning log serialises its threads (its own lock) before takin
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
 import struct
 import threading
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, Iterator, NamedTuple, Optional, Tuple
 
 from ..errors import CorruptLogError, StorageError
 from ..format.names import (
@@ -250,8 +251,10 @@ class SharedWriter:
         self.epoch = t.epoch
 
     # ------------------------------------------------------------------ writing
-    def enter(self) -> Tail:
-        """Take the write lock and catch up with the other writers; returns the tail."""
+    def enter(self, writing: bool = True) -> Tail:
+        """Take the write lock and catch up with the other writers; returns the tail.
+        ``writing``: refuse (StorageError) if an fsync failed in another process, and tell the
+        active segment how much of it is durable (the next batch records it)."""
         tail = self.tail
         tail.lock_write()
         try:
@@ -272,6 +275,12 @@ class SharedWriter:
                                last_index_pos=last_pos, max_timestamp=max_ts,
                                first_timestamp=first_ts, writing_to=0)
                 tail.write(t)
+            if writing:
+                if t.failed:
+                    raise StorageError(f"an fsync of {self.segs.directory} failed in another "
+                                       f"process: the log refuses writes until reopened")
+                self.segs.active.synced_size = (t.durable_size if t.durable_base == t.active_base
+                                                else 0)
             return t
         except BaseException:
             tail.unlock_write()
@@ -284,7 +293,7 @@ class SharedWriter:
         if t.epoch == self.epoch and t.writing_to != ROLLING:
             self.segs.active.adopt(*_state(t))
             return t
-        t = self.enter()
+        t = self.enter(writing=False)
         self.leave(t)
         return t
 
@@ -363,11 +372,17 @@ class SharedWriter:
             if t.durable_offset >= wanted:
                 return t.durable_offset  # covered by another process's fsync
             path = os.path.join(self.segs.directory, segment_name(t.active_base))
-            fd = fs.open(path, os.O_RDONLY)
             try:
-                fs.fdatasync(fd)
-            finally:
-                fs.close(fd)
+                fd = fs.open(path, os.O_RDONLY)
+                try:
+                    fs.fdatasync(fd)
+                finally:
+                    fs.close(fd)
+            except StorageError:
+                raise
+            except OSError:
+                self.fail()  # fsyncgate: for every process
+                raise
             tail.lock_write()
             try:
                 now = tail.read()
@@ -411,6 +426,36 @@ class SharedWriter:
         finally:
             tail.unlock_write()
             tail.close()
+
+
+@contextlib.contextmanager
+def cleaning(shared: Optional[SharedWriter]) -> Iterator[None]:
+    """One retention or compaction pass at a time across the writers of a shared log (nothing
+    to take for the only writer: its own cleaner lock suffices)."""
+    if shared is None:
+        yield
+        return
+    shared.tail.lock_clean()
+    try:
+        yield
+    finally:
+        shared.tail.unlock_clean()
+
+
+@contextlib.contextmanager
+def swapping(lock: threading.Lock, shared: Optional[SharedWriter]) -> Iterator[None]:
+    """What a cleaner holds while it swaps segments: the log's lock and, for a shared log, the
+    write lock, with the other writers told afterwards that the segment list changed."""
+    with lock:
+        if shared is None:
+            yield
+            return
+        t = shared.enter()
+        try:
+            yield
+            shared.segments_changed()
+        finally:
+            shared.leave(t)
 
 
 def _state(t: Tail) -> Tuple[int, int, int, int, int, int]:

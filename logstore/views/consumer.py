@@ -26,12 +26,14 @@ from . import leases
 from ..errors import (
     ConfigError,
     LogClosedError,
+    LogstoreError,
     NotAssignedError,
     OffsetOutOfRangeError,
     UnknownTopicError,
 )
 from ..storage.log import Log
 from ..record import Record
+from .counters import WindowCounter
 from .names import validate_name
 
 logger = logging.getLogger("logstore")
@@ -76,6 +78,8 @@ class _GroupState:
         self.committed: Dict[int, int] = {}  # of leased partitions
         self.assigned: Dict["Consumer", List[int]] = {}
         self._next_check = 0.0
+        self.polled = WindowCounter()  # for store.metrics(): records polled here, errors
+        self.errors = 0
 
     # ------------------------------------------------------------------ membership
     def join(self, member: "Consumer") -> None:
@@ -240,7 +244,13 @@ class Consumer:
         deadline = time.monotonic() + timeout
         while True:
             self._check()
-            out = self._poll_once(max_records)
+            try:
+                out = self._poll_once(max_records)
+            except LogstoreError:
+                self._state.errors += 1
+                raise
+            if out:
+                self._state.polled.add(len(out))
             left = deadline - time.monotonic()
             if out or left <= 0:
                 return out

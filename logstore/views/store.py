@@ -47,11 +47,13 @@ from ..storage.lockfile import DirectoryLock
 from ..storage.meta import read_meta
 from ..storage.log import Log
 from .consumer import SUBSCRIPTION_PREFIX, Consumer, Subscription
+from .metrics import MeteredWorkQueue, collect
 from .names import validate_name
 from .offsets import OffsetStore
 from .queue_state import QueueState
+from .rpc import Requester, Responder
 from .topic import Topic
-from .workqueue import WorkQueue
+from .wakeup import AsyncWakeups
 from ..format.names import (
     INTERNAL_DIR, LOCK_NAME, META_NAME, OFFSETS_LOG, QUEUE_GROUP, STORE_META, TMP, TOPIC_META, TOPICS_DIR,
     queue_events_dir, topic_dir,
@@ -105,6 +107,9 @@ class Store:
         self._lock = threading.RLock()
         self._data = threading.Condition(threading.Lock())  # notified on every publish
         self._waiters = 0
+        self.async_wakeups = AsyncWakeups()  # asyncio waiters (views/aio), fired like _data
+        self._attached: List[Any] = []  # helpers in store.metrics(), closed first (attach)
+        self._requester: Optional[Requester] = None
         self._topics: Dict[str, Topic] = {}
         self._queues: Dict[str, Any] = {}
         self._queue_states: Dict[str, QueueState] = {}
@@ -485,6 +490,8 @@ class Store:
         if self._waiters:
             with self._data:
                 self._data.notify_all()
+        if self.async_wakeups:
+            self.async_wakeups.fire()
         if topic.listeners:
             rec = Record(offset, ts, None if key is None else bytes(key),
                          None if value is None else bytes(value), dict(headers or {}), partition)
@@ -614,13 +621,55 @@ class Store:
             self.check_writable()
             q = self._queues.get(name)
             if q is None or q.closed:
-                q = WorkQueue(self, name, visibility_timeout=visibility_timeout,
+                q = MeteredWorkQueue(self, name, visibility_timeout=visibility_timeout,
                               max_deliveries=max_deliveries,
                               dead_letter=dead_letter if dead_letter is not None else f"{name}.dlq",
                               max_depth=max_depth, overflow=overflow, partitions=partitions,
                               backoff=backoff)
                 self._queues[name] = q
             return q
+
+    # ------------------------------------------------------------------ metrics, request-reply
+    def attach(self, helper: Any) -> None:
+        """(For views) Include ``helper.metrics()`` in :meth:`metrics`, ``helper.close()`` first
+        at :meth:`close` (breakers, requesters, responders), until :meth:`detach`."""
+        with self._lock:
+            self._attached.append(helper)
+
+    def detach(self, helper: Any) -> None:
+        with self._lock:
+            self._attached = [h for h in self._attached if h is not helper]
+
+    def metrics(self, topics: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+        """Figures of every topic, group, subscription, queue (or of ``topics``) and helper:
+        see :mod:`logstore.views.metrics`."""
+        self.check_open()
+        with self._lock:
+            views = list(self._queues.values()), list(self._groups.values()), self._attached[:]
+        return collect(self, *views, topics)
+
+    def requester(self) -> Requester:
+        """The store's default :class:`~logstore.views.rpc.Requester` (one reply inbox)."""
+        with self._lock:
+            self.check_writable()
+            if self._requester is None or self._requester not in self._attached:
+                self._requester = Requester(self)
+            return self._requester
+
+    def request(self, topic: str, payload: Optional[bytes], timeout: float = 5.0,
+                headers: Optional[Dict[str, bytes]] = None) -> Record:
+        """Request-reply: send ``payload`` to the responders of ``topic``, return the reply
+        (TimeoutError after ``timeout`` s). See :mod:`logstore.views.rpc`."""
+        return self.requester().request(topic, payload, timeout, headers)
+
+    def responder(self, topic: str, **queue_options: Any) -> Responder:
+        """Answer requests of ``topic`` (``get`` + ``reply``; options: :meth:`queue`'s)."""
+        return Responder(self, topic, **queue_options)
+
+    def respond(self, topic: str, handler: Callable[..., Optional[bytes]], threads: int = 1,
+                **queue_options: Any) -> Responder:
+        """Answer requests of ``topic`` with ``handler(request)`` in ``threads`` threads."""
+        return Responder(self, topic, **queue_options).start(handler, threads)
 
     # ------------------------------------------------------------------ retention
     def enforce_retention(self, limits: Optional[Dict[str, Any]] = None,
@@ -702,6 +751,11 @@ class Store:
             self._cleaner.join()
         if self._forked:
             return  # a forked child's copy: the parent's locks and logs are not its to release
+        for helper in reversed(list(self._attached) if not self._closed else []):
+            try:  # (outside the lock: a responder thread may be using the store meanwhile)
+                helper.close()
+            except Exception:
+                logger.exception("closing %r failed", helper)
         with self._lock:
             if self._closed:
                 return
@@ -724,6 +778,7 @@ class Store:
             finally:
                 with self._data:
                     self._data.notify_all()
+                self.async_wakeups.fire()
                 if self._dir_lock is not None:
                     self._dir_lock.release()
             if first is not None:
