@@ -143,6 +143,11 @@ def table_bytes(attributes: int, payload_length: int) -> int:
     return ((payload_length + (1 << shift) - 1) >> shift) * 4
 
 
+def chunk_count(h: Any) -> int:
+    """Entries of the batch's chunk table (0: none; version 1 batches never have one)."""
+    return table_bytes(h[4], h[10]) // 4 if h[3] == FORMAT_VERSION else 0
+
+
 def header_problem(h: BatchHeader) -> Optional[str]:
     """Why the header cannot start a valid batch, or None. Checks only the header itself."""
     if h.magic != MAGIC:
