@@ -176,7 +176,39 @@ def find_record(buf: Any, pos: int, size: int, expect: int, offset: int, path: O
     if not first <= s <= e <= pl:
         return None  # (the general route reports it)
     if not checked:
-        check_two(buf, pos, HEADER_INTS.unpack_from(buf, pos), lo, 4 * j + 4, s, e, path, pos)
+        # check_two inlined (the value lies after the column entries): the chunks of the
+        # entries and of the value, as one run when they are at most one chunk apart.
+        c0 = lo >> shift
+        c1 = (4 * j + 3) >> shift
+        v0 = s >> shift
+        v1 = (e - 1) >> shift if e > s else v0
+        if v0 <= c1 + 2:
+            c1, v0 = v1, -1
+        mv = memoryview(buf)
+        end = p + pl  # the chunk table
+        if c0 > 1:
+            if crc32c(mv[pos + CRC_START : p]) != crc:
+                raise CorruptLogError("CRC32C mismatch (batch header)", path, pos)
+            if c0 == c1:
+                seed, want = U32_PAIR.unpack_from(buf, end + 4 * c0 - 4)
+            else:
+                seed = U32.unpack_from(buf, end + 4 * c0 - 4)[0]
+                want = U32.unpack_from(buf, end + 4 * c1)[0]
+            run = mv[p + (c0 << shift) : min(p + ((c1 + 1) << shift), end)]
+        else:  # from the header on: checks it too
+            seed = 0
+            want = U32.unpack_from(buf, end + 4 * c1)[0]
+            run = mv[pos + CRC_START : min(p + ((c1 + 1) << shift), end)]
+        if crc32c(run, seed) != want:
+            raise CorruptLogError(f"CRC32C mismatch (payload chunks {c0}..{c1})", path, pos)
+        if v0 >= 0:
+            if v0 == v1:
+                seed, want = U32_PAIR.unpack_from(buf, end + 4 * v0 - 4)
+            else:
+                seed = U32.unpack_from(buf, end + 4 * v0 - 4)[0]
+                want = U32.unpack_from(buf, end + 4 * v1)[0]
+            if crc32c(mv[p + (v0 << shift) : min(p + ((v1 + 1) << shift), end)], seed) != want:
+                raise CorruptLogError(f"CRC32C mismatch (payload chunks {v0}..{v1})", path, pos)
     return _new_record((offset, ts, None, buf[p + s : p + e], EMPTY_HEADERS, None))
 
 
