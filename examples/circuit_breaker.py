@@ -97,7 +97,7 @@ def main() -> int:
           f"{jobs['redelivered_total']} redeliveries, {jobs['errors_total']} errors")
     ok = (sorted(provider.charged) == sorted(f"pay-{i}" for i in range(200))
           and all(provider.charged[f"pay-{i}"] == 100 + i for i in range(200))
-          and jobs["total"] == 0 and b["opened_total"] >= 2 and b["probes_total"] >= 2
+          and jobs["total"] == 0 and b["opened_total"] >= 2 and b["probes_total"] >= 1
           and b["state"] == "closed" and "open" in transitions)
     print("OK" if ok else "MISMATCH")
     if args.json:

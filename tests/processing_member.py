@@ -1,7 +1,10 @@
 """A processor in its own process over a read-only store (tests/test_processing.py): a
 state-only pipeline (per-key count and sum, no outputs), run until SIGTERM.
 
-Usage: python processing_member.py ROOT
+Usage: python processing_member.py ROOT [shared]
+
+``shared``: the store is opened with ``shared=True`` and the pipeline also writes every record
+to the topic ``copy`` (outputs from several processes at once).
 
 Prints, one flushed line each: ``T [p, ...]`` whenever the set of partitions it holds changes,
 and at the end ``S <json>``: its final stats (tasks with restored_entries, records_in).
@@ -26,9 +29,15 @@ def count(value, state):
 
 
 def main() -> None:
-    store = logstore.Store.open(sys.argv[1], readonly=True)
+    shared = sys.argv[2:] == ["shared"]
+    if shared:
+        store = logstore.Store.open(sys.argv[1], shared=True, fsync="never")
+    else:
+        store = logstore.Store.open(sys.argv[1], readonly=True)
     app = lp.Processor(store, "counter", commit_interval_s=0.02)
-    app.stream("events").map(count, stateful=True, name="counts")
+    stream = app.stream("events").map(count, stateful=True, name="counts")
+    if shared:
+        stream.to("copy")
     stop = threading.Event()
 
     def monitor() -> None:

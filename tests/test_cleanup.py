@@ -77,8 +77,11 @@ def test_background_thread_runs_and_stops(tmp_path):
     while log.start_offset == 0 and time.time() < deadline:
         time.sleep(0.02)
     assert log.start_offset > 0
+    names = [t.name for t in threading.enumerate() if t.name.startswith("logstore-cleaner:")]
+    assert names, "the cleaner thread runs while the log is open"
     log.close()
-    assert not log._cleaner.is_alive()
+    assert not [t for t in threading.enumerate() if t.name.startswith("logstore-cleaner:")
+                and t.is_alive()]
 
 
 # ---------------------------------------------------------------- compaction

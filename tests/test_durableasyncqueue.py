@@ -23,7 +23,6 @@ from types import GenericAlias
 
 import pytest
 
-import logstore
 from logstore import DurableAsyncQueue, DurableQueue, LogClosedError, LogLockedError
 from logstore.durablequeue import JSON
 

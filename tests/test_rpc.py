@@ -243,21 +243,21 @@ def test_sigkill_while_handling_redelivers_only_that_request(tmp_path):
         assert inbox == [b"REQ-%d" % i for i in range(k)]
 
 
-@pytest.mark.skip(reason="needs issue 19: several writers")
 def test_requester_and_responder_in_two_processes(tmp_path):
-    """The responder runs in a child process that opens the same store for writing; the
-    requester is this process. Needs several processes writing one store (issue 19)."""
+    """The responder runs in a child process that opens the same store for writing (both
+    with shared=True); the requester is this process."""
     root = str(tmp_path / "s")
     code = (
         "import sys, logstore\n"
-        "s = logstore.Store.open(sys.argv[1])\n"
+        "s = logstore.Store.open(sys.argv[1], shared=True)\n"
         "r = s.responder('rpc.cross')\n"
         "print('ready', flush=True)\n"
         "r.serve(lambda req: b'pid-answer:' + req.value)\n"
     )
-    with logstore.Store.open(root) as store:
+    with logstore.Store.open(root, shared=True) as store:
         store.queue("rpc.cross")
-        child = subprocess.Popen([sys.executable, "-c", code, root], stdout=subprocess.PIPE)
+        child = subprocess.Popen([sys.executable, "-c", code, root], stdout=subprocess.PIPE,
+                                 env=dict(os.environ, PYTHONPATH=os.path.dirname(HERE)))
         try:
             assert child.stdout.readline().strip() == b"ready"
             for i in range(20):

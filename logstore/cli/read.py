@@ -17,8 +17,10 @@ from ..diagnostics.scan import (
     BatchEvent, ErrorEvent, GapEvent, SegmentEnd, SegmentStart, scan,
 )
 from ..diagnostics.targets import Target, resolve_targets
-from ..errors import CorruptLogError, OffsetOutOfRangeError
+from ..errors import CorruptLogError, NotALogError, OffsetOutOfRangeError
 from ..format.header import chunk_count
+from ..storage.log import Log
+from ..views.names import partition_for_key
 from .common import (
     EXIT_CORRUPT, CommandExit, error, opened_readers, operator, path_arg, quiet_option,
     store_options,
@@ -56,11 +58,17 @@ class DumpOptions:
 @click.option("--continue-on-error", is_flag=True,
               help="After corrupt data, skip to the next valid batch (8-aligned magic with a "
                    "valid CRC) instead of stopping.")
+@click.option("--key", "key_text", default=None, metavar="K",
+              help="Only the records whose key is K (UTF-8), read through the key index "
+                   "(a store: with --topic; the key's partition unless --partition).")
+@click.option("--key-hex", default=None, metavar="HEX",
+              help="--key given as hex digits (keys that are not UTF-8).")
 @store_options()
 @quiet_option
 @operator
 def dump(path: str, from_offset: Optional[int], max_items: Optional[int], values: str,
          as_json: bool, batches: bool, show_index: bool, continue_on_error: bool,
+         key_text: Optional[str], key_hex: Optional[str],
          topic: Optional[str], partition: Optional[int], quiet: bool) -> None:
     """Print the records (or batches, or index entries) stored in PATH.
 
@@ -81,7 +89,17 @@ def dump(path: str, from_offset: Optional[int], max_items: Optional[int], values
 
     Exit 1 if corrupt data is met: its file and byte position are printed on stderr, and
     whether `logstore recover` would repair it (a torn tail of the active segment).
+
+    --key K (or --key-hex): only that key's records, in offset order, found through the
+    segments' key indexes instead of a scan (Log.replay_key; no batch/codec/crc fields). A store
+    needs --topic: the key's partition is the one publish puts it in (--partition to read
+    another). A read-only command never writes the index files: where the writer has not saved
+    them yet, each run indexes the segments again in memory.
     """
+    if key_text is not None or key_hex is not None:
+        key = _key_option(key_text, key_hex, batches, show_index, continue_on_error)
+        dump_key(path, key, topic, partition, from_offset, max_items, values, as_json)
+        return
     targets = resolve_targets(path, topic, partition)
     out = Out()
     if show_index:
@@ -94,6 +112,67 @@ def dump(path: str, from_offset: Optional[int], max_items: Optional[int], values
     out.close()
     if bad:
         raise CommandExit(EXIT_CORRUPT)
+
+
+def _key_option(key_text: Optional[str], key_hex: Optional[str], batches: bool,
+                show_index: bool, continue_on_error: bool) -> bytes:
+    """The key of ``dump --key``/``--key-hex`` (usage errors for what does not go with it)."""
+    if key_text is not None and key_hex is not None:
+        raise click.UsageError("give --key or --key-hex, not both")
+    if batches or show_index or continue_on_error:
+        raise click.UsageError("--key prints records through the key index: it does not go "
+                               "with --batches, --index or --continue-on-error")
+    if key_text is not None:
+        return key_text.encode("utf-8")
+    try:
+        return bytes.fromhex(key_hex or "")
+    except ValueError:
+        raise click.BadParameter(f"{key_hex!r} is not hex digits", param_hint="--key-hex"
+                                 ) from None
+
+
+def dump_key(path: str, key: bytes, topic: Optional[str], partition: Optional[int],
+             from_offset: Optional[int], max_items: Optional[int], values: str,
+             as_json: bool) -> None:
+    """``dump --key``: the records of ``key`` in the log PATH names (a store's topic: the
+    key's partition, or ``partition``), through ``Log.replay_key``."""
+    targets = resolve_targets(path, topic, None)
+    if any(t.segment is not None for t in targets):
+        raise NotALogError(f"--key reads through the log's key index: give the log directory, "
+                           f"not a segment file ({path})")
+    if len(targets) > 1 or targets[0].expanded:
+        topics = {t.topic for t in targets}
+        if len(topics) != 1 or None in topics:
+            raise NotALogError("--key on a store needs --topic NAME (a key lives in one "
+                               "partition of one topic)")
+        broken = [t.broken for t in targets if t.broken is not None]
+        if broken:
+            raise CorruptLogError(broken[0], targets[0].log_dir)
+        if partition is None:
+            partition = partition_for_key(key, len(targets))
+        elif not 0 <= partition < len(targets):
+            raise NotALogError(f"topic {targets[0].topic!r} has no partition {partition}")
+        targets = [targets[partition]]
+    elif partition is not None:
+        raise NotALogError("--partition needs --topic (partition numbers are per topic)")
+    target = targets[0]
+    out = Out()
+    with Log.open(target.log_dir, readonly=True) as log:
+        start = log.start_offset if from_offset is None else from_offset
+        recs = log.replay_key(key, start)
+    for rec in recs[:max_items]:
+        if as_json:
+            obj: Dict[str, Any] = {**where(target), "offset": rec.offset,
+                                   "timestamp_ms": rec.timestamp_ms}
+            json_bytes(obj, "key", rec.key, "text")
+            obj["value_size"] = None if rec.value is None else len(rec.value)
+            if values != "none":
+                json_bytes(obj, "value", rec.value, values)
+            json_headers(obj, rec.headers, "text")
+            out.line(dumps(obj))
+        else:
+            out.line(labelled(target, record_line(rec, values)))
+    out.close()
 
 
 def _dump_target(out: Out, target: Target, o: DumpOptions, quiet: bool,

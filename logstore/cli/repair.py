@@ -4,6 +4,7 @@ it, and with ``--apply`` carry it out (``logstore.storage.repair``) and verify a
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Optional, Tuple
 
 import click
@@ -111,7 +112,10 @@ def apply_plan(target: Target, plan: RepairPlan) -> Dict[str, str]:
     kinds = plan.kinds()
     return repair_log(target.log_dir, remove_marker="remove_marker" in kinds,
                       sealed_rebuilds=plan.sealed_rebuilds(),
-                      force_truncate="force_truncate" in kinds)
+                      force_truncate="force_truncate" in kinds,
+                      drop_key_indexes=[os.path.join(target.log_dir, a["file"])
+                                        for a in plan.actions
+                                        if a["action"] == "delete_key_index"])
 
 
 def print_plan(out: Out, plan: RepairPlan, verb: str, indent: str = "") -> None:

@@ -87,6 +87,10 @@ def plan_repair(target: Target, report: LogReport, force: bool = False) -> Repai
                                      + (f" at byte {p.position}" if p.position is not None
                                         else "")
                                      + f": {p.reason}")
+    for path in report.key_index_problems:  # (hints: the next replay_key builds them again)
+        plan.actions.append({"action": "delete_key_index", "file": os.path.basename(path),
+                             "text": f"delete {os.path.basename(path)} (a key index that "
+                                     f"disagrees with its segment)"})
     for name, what, fate in leftover_files(target.log_dir):
         # (done by the writer's open: loader.finish_interrupted_cleanups)
         plan.actions.append({"action": "leftover", "file": name,

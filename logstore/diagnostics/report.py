@@ -22,10 +22,12 @@ from ..errors import CorruptLogError, NotALogError, UnsupportedFormatError
 from ..format.header import ATTR_HEADERS
 from ..format.names import (
     CLEAN_SHUTDOWN_NAME, CLEANED, COMPACTION_COMMIT, DELETED, GROUP_META, INDEX_SUFFIX,
-    LOG_SUFFIX, META_NAME, SWAP, TIMEINDEX_SUFFIX, TMP, TOPIC_META, parse_segment_name,
+    KEYINDEX_SUFFIX, LOG_SUFFIX, META_NAME, SWAP, TIMEINDEX_SUFFIX, TMP, TOPIC_META,
+    parse_segment_name,
 )
 from ..storage import meta
 from .indexes import BatchTable, IndexFiles, check_indexes, read_index_files
+from .key_indexes import key_index_problem, key_index_warning
 from .scan import (
     BatchEvent, ErrorEvent, GapEvent, Progress, SegmentEnd, SegmentStart, log_facts, scan,
 )
@@ -113,6 +115,7 @@ class LogReport:
     partition: Optional[int] = None
     internal: bool = False  # an internal log of a store
     broken: bool = False  # the store's file describing this log is unreadable (Target.broken)
+    key_index_problems: List[str] = field(default_factory=list)  # key index files that disagree
 
     @property
     def files_label(self) -> str:
@@ -360,6 +363,11 @@ class _SegmentChecks:
             if self.files is not None and s.status in ("ok", "torn tail") \
                     and not self.gap_at_end:
                 self._check_indexes(s, ev)
+            why = key_index_problem(seg, self.compacted) if s.status in ("ok", "bad index") \
+                and not self.gap_at_end else None
+            if why is not None:
+                self.report.warnings.append(key_index_warning(seg, why))
+                self.report.key_index_problems.append(seg.sibling(KEYINDEX_SUFFIX))
         self.prev = s
 
     def _check_continuity(self, s: SegmentReport) -> None:
@@ -518,7 +526,8 @@ def leftover_files(log_dir: str) -> List[Tuple[str, str, str]]:
         elif n == COMPACTION_COMMIT:
             out.append((n, "the commit point of an interrupted compaction",
                         "removed once its swaps are completed"))
-        elif n.endswith((INDEX_SUFFIX, TIMEINDEX_SUFFIX)) and n.rsplit(".", 1)[0] not in logs \
+        elif n.endswith((INDEX_SUFFIX, TIMEINDEX_SUFFIX, KEYINDEX_SUFFIX)) \
+                and n.rsplit(".", 1)[0] not in logs \
                 and parse_segment_name(n.split(".", 1)[0] + LOG_SUFFIX) is not None:
             out.append((n, "an index file whose segment does not exist", "deleted"))
     return out

@@ -346,6 +346,13 @@ class DecodedBatch:
     def values_buffer(self) -> memoryview:
         return memoryview(self.data)
 
+    def __repr__(self) -> str:
+        h = self.header
+        where = f" {self._path}@{self.position}" if self._path else f" @{self.position}"
+        return (f"<DecodedBatch offsets {h.base_offset}..{h.last_offset} "
+                f"({h.record_count} records) ts {h.base_timestamp}..{h.max_timestamp} "
+                f"{h.codec} {h.length} bytes{where}>")
+
     def __len__(self) -> int:
         return self.header.record_count
 

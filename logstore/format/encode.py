@@ -319,6 +319,31 @@ def prepare_one(
                    level, max_bytes, lengths)
 
 
+def as_sequence(items: Any, name: str = "values") -> Any:
+    """``items`` as a sequence: a list, tuple or other sequence as it is, any other iterable
+    (a generator...) as a list; None stays None. A single bytes/str object is refused
+    (TypeError): it would be taken for a sequence of its bytes or characters."""
+    if items is None or isinstance(items, (list, tuple)):
+        return items
+    if isinstance(items, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"{name} must be a sequence of items (a list), not a single bytes/str "
+                        f"object")
+    if hasattr(items, "__len__") and hasattr(items, "__getitem__"):
+        return items
+    try:
+        return list(items)
+    except TypeError:
+        raise TypeError(f"{name} must be an iterable of items, not "
+                        f"{type(items).__name__}") from None
+
+
+def batch_sequences(values: Any, keys: Any = None, headers: Any = None,
+                    timestamps_ms: Any = None) -> Tuple[Any, Any, Any, Any]:
+    """:func:`as_sequence` of a batch's values and parallel keys, headers and timestamps."""
+    return (as_sequence(values), as_sequence(keys, "keys"), as_sequence(headers, "headers"),
+            as_sequence(timestamps_ms, "timestamps_ms"))
+
+
 def check_batch_shape(values: Any, **parallel: Any) -> int:
     """``len(values)``, after checking that ``values`` is a sequence (not one bytes/str object)
     and that every given parallel sequence (``keys=...``, ``headers=...``) has as many items.

@@ -18,6 +18,7 @@ from ..fs import TMP_SUFFIX
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
 TIMEINDEX_SUFFIX = ".timeindex"
+KEYINDEX_SUFFIX = ".keyindex"  # a sealed segment's key index (a hint, written on first use)
 SEGMENT_SUFFIXES = (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX)
 NAME_DIGITS = 20
 
@@ -28,6 +29,9 @@ WRITE_LOCK_NAME = ".wlock"  # shared logs: the write lock, and the shared tail i
 SYNC_LOCK_NAME = ".slock"  # shared logs: held around an fsync of the tail
 CLEAN_LOCK_NAME = ".clock"  # shared logs: one retention/compaction pass at a time
 WRITERS_NAME = ".writers"  # shared logs: LOCK_SH by each writer (the first and last tell)
+CREATION_LOCK_NAME = ".tlock"  # shared stores: creating a topic or a queue, one process at a time
+DEDUP_LOCK_NAME = ".dlock"  # shared stores, in a topic's directory: publishing with a msg_id
+REDRIVE_LOCK_NAME = ".rlock"  # shared stores, in a queue's event log directory: redriving
 LOCK_FILES = (LOCK_NAME, WRITE_LOCK_NAME, SYNC_LOCK_NAME, CLEAN_LOCK_NAME, WRITERS_NAME)
 
 TMP = TMP_SUFFIX  # an interrupted atomic write (tmp + fsync + rename)

@@ -184,7 +184,7 @@ class Processor:
     def _readonly_message(self) -> str:
         return (f"processor {self.name!r} writes topics, which needs the store open for writing: "
                 f"a read-only store can run only processors without outputs (state, foreach); "
-                f"several writing processes need multi-writer stores")
+                f"to run it in several processes open the store with shared=True in each")
 
     def _check_meta(self) -> None:
         """Refuse to run over state and positions written by another topology. What must match

@@ -45,7 +45,7 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..config import LogConfig
-from ..errors import MissingKeyError
+from ..errors import ConfigError, MissingKeyError
 from ..format.decode import DecodedBatch
 from ..format.encode import frame, prepare_batch
 from ..format.header import CODEC_MASK, MAX_BATCH_LENGTH
@@ -211,6 +211,17 @@ def _clean_segment(fs: FileSystem, seg: Segment, keymap: _KeyMap, horizon_ms: in
         fs.close(fd)
     report.bytes_after += pos
     return out_path, dropped
+
+
+def pass_config(config: LogConfig, tunables: Optional[Dict[str, int]]) -> LogConfig:
+    """The configuration of one pass: ``config`` with ``delete_retention_ms`` and/or
+    ``compaction_buffer_bytes`` replaced (ConfigError for anything else or a bad value)."""
+    if not tunables:
+        return config
+    unknown = set(tunables) - {"delete_retention_ms", "compaction_buffer_bytes"}
+    if unknown:
+        raise ConfigError(f"compact() tunables: unknown {sorted(unknown)}")
+    return config.replace(**tunables)
 
 
 def compact(segs: SegmentList, cfg: LogConfig, mark_compacted: Callable[[], None],

@@ -10,12 +10,14 @@ way (a clean-shutdown marker, written by the last writer only when nothing faile
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional
 
 from ..config import LogConfig
-from ..errors import StorageError
+from ..errors import ConfigError, NotALogError, StorageError
+from ..format.names import META_NAME
 from ..fs import FileSystem
-from . import loader
+from . import loader, meta
 from .lockfile import DirectoryLock
 from .segment import Segment
 from .segments import SegmentList
@@ -35,6 +37,44 @@ class WriterStart(NamedTuple):
     shared: Optional[SharedWriter]  # None: the only writer
     next_offset: int
     durable_offset: int
+
+
+def checked_path(path: Any, readonly: bool, shared: bool, options: Mapping[str, Any],
+                 what: str = "log") -> str:
+    """The absolute directory of a ``Log.open``/``Store.open`` (checked before anything is
+    created): a ``str`` or ``os.PathLike[str]`` naming something (TypeError for bytes or other
+    types, ConfigError for an empty path), and options that go together."""
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        raise TypeError(f"the {what} path must be a str or os.PathLike[str], not "
+                        f"{type(path).__name__} (decode it first: os.fsdecode(path))")
+    try:
+        raw = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"the {what} path must be a str or os.PathLike[str], not "
+                        f"{type(path).__name__}") from None
+    if not isinstance(raw, str):
+        raise TypeError(f"the {what} path must be a str or os.PathLike[str]: "
+                        f"{type(path).__name__} gave {type(raw).__name__}")
+    if not raw:
+        raise ConfigError(f"the {what} path is empty (use \".\" for the current directory)")
+    if shared and readonly:
+        raise ConfigError("shared=True is for writers; a readonly=True open needs no lock")
+    if shared and options.get("write_buffer_bytes"):
+        raise ConfigError("write_buffer_bytes is not available with shared=True: every append "
+                          "must be in the file before another process appends")
+    return os.path.abspath(raw)
+
+
+def reader_meta(path: str) -> Dict[str, Any]:
+    """The metadata of the log a read-only opener opens (NotALogError if there is none: a
+    read-only open never creates a log)."""
+    if not os.path.isdir(path):
+        raise NotALogError(f"{path} does not exist or is not a directory (read-only opens "
+                           f"never create a log)")
+    found = meta.read_meta(path)
+    if found is None:
+        raise NotALogError(f"{path} has no {META_NAME}: not a logstore log")
+    return found
 
 
 def _settle(path: str, fs: FileSystem, segs: SegmentList, config: LogConfig,

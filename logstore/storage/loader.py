@@ -32,8 +32,8 @@ from ..config import SHAPING_SETTINGS, LogConfig
 from ..errors import ConfigError, CorruptLogError, NotALogError
 from ..format.header import HEADER_SIZE, crc_ok, header_problem, parse_header
 from ..format.names import (
-    CLEANED, COMPACTION_COMMIT, DELETED, INDEX_SUFFIX, LOG_SUFFIX, META_NAME, SWAP,
-    TIMEINDEX_SUFFIX, TMP,
+    CLEANED, COMPACTION_COMMIT, DELETED, INDEX_SUFFIX, KEYINDEX_SUFFIX, LOG_SUFFIX, META_NAME,
+    SWAP, TIMEINDEX_SUFFIX, TMP,
     parse_segment_name,
 )
 from . import meta
@@ -98,7 +98,7 @@ def finish_interrupted_cleanups(directory: str, fs) -> List[str]:
         done.append(f"removed {COMPACTION_COMMIT}")
     for name in os.listdir(directory):
         stem, dot, ext = name.partition(".")
-        if "." + ext in (INDEX_SUFFIX, TIMEINDEX_SUFFIX) \
+        if "." + ext in (INDEX_SUFFIX, TIMEINDEX_SUFFIX, KEYINDEX_SUFFIX) \
                 and parse_segment_name(stem + LOG_SUFFIX) is not None \
                 and not os.path.exists(os.path.join(directory, stem + LOG_SUFFIX)):
             fs.unlink(os.path.join(directory, name))

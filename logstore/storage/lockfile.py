@@ -98,7 +98,7 @@ class DirectoryLock:
                 f"{where} is open for writing by processes that opened it with shared=True; "
                 f"open it with shared=True to write beside them, or readonly=True to read")
         return LogLockedError(
-            f"{where} is already open for writing by another Log (pid {pid or '?'}, opened "
+            f"{where} is already open for writing by another writer (pid {pid or '?'}, opened "
             f"without shared=True: the only writer); open it with readonly=True to read")
 
     def release(self) -> None:

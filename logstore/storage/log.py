@@ -22,7 +22,7 @@ Theory of operation
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import threading
 import time
@@ -32,43 +32,34 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 from ..config import LogConfig
 from ..errors import (
-    ConfigError,
-    CorruptLogError,
-    ForkedProcessError,
-    LogClosedError,
-    LogLockedError,
-    MissingKeyError,
-    NotALogError,
-    ReadOnlyError,
-    RecordTooLargeError,
-    StorageError,
+    ConfigError, CorruptLogError, ForkedProcessError, LogClosedError, LogLockedError,
+    MissingKeyError, ReadOnlyError, RecordTooLargeError, StorageError,
 )
 from ..format.decode import DecodedBatch
 from ..format.encode import (
-    PreparedBatch, check_batch_shape, check_timestamp, frame, frame_single, prepare_batch,
-    prepare_from_buffer, prepare_one,
+    PreparedBatch, batch_sequences, check_batch_shape, check_timestamp, frame, frame_single,
+    prepare_batch, prepare_from_buffer, prepare_one,
 )
 from ..format.header import CODEC_NONE, HEADER_SIZE, codec_id
-from ..format.names import COMPACTION_COMMIT, META_NAME
+from ..format.names import COMPACTION_COMMIT
 from ..fs import DEFAULT_FS, FileSystem
 from .. import process
 from ..record import Record
 from ..util import check_offset, now_ms, storage_errors
-from . import background, cleaner, lifecycle, loader, meta
+from . import background, cleaner, key_replay, lifecycle, loader, meta
 from .sizing import index_capacity
 from .lockfile import DirectoryLock
 from .retention import delete_expired
 from .segment import MAX_RELATIVE_OFFSET, Segment
 from .reading import (
-    GapRule, ReadHooks, batches, check_get_range, check_range, collect_sorted, current_end,
-    offset_at_time, read_range, record_at, records, replay_bounds, sort_request,
+    GapRule, ReadHooks, batches, current_end, get_many,
+    offset_at_time, read_range, record_at, records, replay_bounds,
 )
 from .segments import SegmentList
 from .shared import ROLLING, SharedWriter, cleaning, swapping
-from .sync import GroupCommit
+from .sync import GroupCommit, sync_snapshot
 from .tail import RecoveryReport
 
-logger = logging.getLogger("logstore")
 DEFAULT_MAX_RECORDS = 1000
 
 
@@ -90,7 +81,10 @@ class Log:
         self._shared: Optional[SharedWriter] = None  # set by a shared writer's open
         self._follows = readonly or shared  # reads catch up with other processes' writes
         self._fs = fs
-        self._lock = threading.Lock()
+        # Reentrant: a transaction (see transaction()) reads and appends under it.
+        self._lock = threading.RLock()
+        self._txn: Optional[Any] = None  # the shared tail while a transaction holds it
+        self._in_txn = False  # (only the thread holding the lock can see it True)
         self._sync = GroupCommit(directory, fs, self._sync_snapshot)
         self._closed = False
         self._segs = SegmentList(directory, fs, config.index_interval_bytes, not readonly,
@@ -103,15 +97,15 @@ class Log:
                                 self._caught_up_end_locked)
         self._dir_lock: Optional[DirectoryLock] = None
         self._always = config.fsync == "always" and not readonly
-        self._flusher: Optional[threading.Thread] = None
-        self._stop = threading.Event()
+        self._threads = background.Threads(directory)
         self._cleaner_lock = threading.Lock()  # one retention/compaction pass at a time
-        self._cleaner: Optional[threading.Thread] = None
         self._pid = os.getpid()
         self._forked = False
         self._exit_flush: Optional[weakref.finalize] = None
         self.meta: Dict[str, Any] = {}
         self.recovery_report: Optional[RecoveryReport] = None
+        # A writer that found no other writer (it recovered the log): always, unless shared.
+        self.first_writer = False
         self._apply_config(config)
 
     def _apply_config(self, config: LogConfig) -> None:
@@ -148,12 +142,7 @@ class Log:
         number of processes (see README, "Many processes"); without it the only writer.
         ``fs`` replaces the I/O layer (tests only).
         """
-        directory = os.path.abspath(os.fspath(path))
-        if shared and readonly:
-            raise ConfigError("shared=True is for writers; a readonly=True open needs no lock")
-        if shared and options.get("write_buffer_bytes"):
-            raise ConfigError("write_buffer_bytes is not available with shared=True: every "
-                              "append must be in the file before another process appends")
+        directory = lifecycle.checked_path(path, readonly, shared, options)
         # The stored settings win; a passed one that differs is refused before anything changes.
         config = loader.settled_config(directory, options)
         log = cls(directory, config, fs or DEFAULT_FS, readonly, shared)
@@ -211,6 +200,7 @@ class Log:
         self.meta = start.meta
         self._apply_config(start.config)
         self.recovery_report = start.report
+        self.first_writer = start.shared is None or start.shared.first
         self._dir_lock = start.lock
         self._shared = start.shared
         if start.shared is not None:
@@ -235,17 +225,7 @@ class Log:
         return t
 
     def _start_threads(self) -> None:
-        """The background retention/compaction pass and the fsync_ms flusher, when configured
-        and not yet running."""
-        cfg = self.config
-        if self._cleaner is None and cfg.has_cleanup and cfg.retention_check_interval_s > 0:
-            self._cleaner = background.start_periodic(
-                f"logstore-cleaner:{self.path}", cfg.retention_check_interval_s,
-                self._cleanup_pass, self._stop, (LogClosedError, StorageError))
-        if self._flusher is None and cfg.fsync == "every" and cfg.fsync_ms:
-            self._flusher = background.start_periodic(
-                f"logstore-flusher:{self.path}", cfg.fsync_ms / 1000.0, self._flush_pass,
-                self._stop, (LogClosedError, StorageError))
+        self._threads.start(self.config, self._cleanup_pass, self._flush_pass)
 
     def _cleanup_pass(self) -> None:
         if self.config.retention_ms is not None or self.config.retention_bytes is not None:
@@ -263,14 +243,7 @@ class Log:
                                 shared=self.shared)
 
     def _open_reader(self) -> None:
-        d = self.path
-        if not os.path.isdir(d):
-            raise NotALogError(f"{d} does not exist or is not a directory (read-only opens "
-                               f"never create a log)")
-        found = meta.read_meta(d)
-        if found is None:
-            raise NotALogError(f"{d} has no {META_NAME}: not a logstore log")
-        self.meta = found
+        self.meta = lifecycle.reader_meta(self.path)
         self._apply_config(self.config)  # (the "compacted" mark of the metadata)
         try:
             self._refresh_locked()
@@ -282,6 +255,8 @@ class Log:
         """Catch up with the writer(s): a reader follows the segments in the directory
         (retention, compaction, rolls) and the new whole, CRC-valid batches of the active one
         (``SegmentList.follow``); a shared writer adopts what the other writers published."""
+        if self._txn is not None:
+            return  # (in a transaction: caught up when it began, and no one else appends)
         if self._shared is not None:
             t = self._shared.follow()
             self._next_offset = t.next_offset
@@ -321,7 +296,7 @@ class Log:
         """The first offset still in the log."""
         with self._lock:
             self._check_open()
-            if self.readonly:
+            if self._follows:  # (a reader, or a shared writer: another process's retention)
                 self._refresh_locked()
             return self._segs.start_offset
 
@@ -331,12 +306,14 @@ class Log:
         return current_end(self._hooks)
 
     def _visible_end(self) -> int:
-        return self._sync.durable_offset if self._always else self._next_offset
+        if self._always and not self._in_txn:
+            return self._sync.durable_offset
+        return self._next_offset
 
     def _caught_up_end_locked(self) -> int:
         if self._follows:
             self._refresh_locked()
-        return self._sync.durable_offset if self._always else self._next_offset
+        return self._visible_end()
 
     @property
     def durable_offset(self) -> int:
@@ -373,7 +350,9 @@ class Log:
         headers: Optional[Sequence[Optional[Dict[str, bytes]]]] = None,
         timestamps_ms: Optional[Sequence[int]] = None,
     ) -> range:
-        """Append ``values`` as one batch, atomically (all or nothing); return their offsets."""
+        """Append ``values`` (any iterable) as one batch, atomically (all or nothing); return
+        their offsets."""
+        values, keys, headers, timestamps_ms = batch_sequences(values, keys, headers, timestamps_ms)
         if check_batch_shape(values, keys=keys, headers=headers) == 0:
             if timestamps_ms is not None and len(timestamps_ms):
                 raise ValueError(f"timestamps_ms has {len(timestamps_ms)} items for 0 values")
@@ -482,7 +461,8 @@ class Log:
         """(log lock held) Append one batch to a shared log under its write lock: catch up with
         the other writers, write at the tail, publish. Returns the next offset."""
         shared = self._shared
-        t = self._shared_enter_locked()
+        inner = self._txn is not None  # in a transaction: the write lock is held already
+        t = self._txn if inner else self._shared_enter_locked()
         try:
             base = self._next_offset
             active = self._active_for_locked(p.framed_length, p.max_timestamp, p.last_offset_delta)
@@ -493,7 +473,10 @@ class Log:
             active.append(data, base, nxt, p.max_timestamp, p.base_timestamp)
             self._next_offset = nxt
         finally:
-            shared.leave(t)
+            if inner:
+                self._txn = t
+            else:
+                shared.leave(t)
         return nxt
 
     def _active_for_locked(self, length: int, max_ts: int, last_delta: int) -> Segment:
@@ -511,6 +494,32 @@ class Log:
             self._roll_locked()
             active = self._segs.active
         return active
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[int]:
+        """(Engine API, for views) Read, decide, append, with no other writer in between.
+
+        Inside the block no other thread, and for a ``shared=True`` log no other process,
+        appends; reads see every record appended so far by anyone (written, whether or not yet
+        durable: what the block appends comes after them in the log, so it cannot outlive
+        them); appends (``wait=False``) are part of the block. Yields the end offset. Waiting
+        for durability belongs after the block (``await_policy``), so that other writers share
+        the fsync. Not reentrant.
+        """
+        with self._lock:
+            self._check_writable()
+            if self._in_txn:
+                raise RuntimeError(f"log {self.path}: transactions do not nest")
+            if self._shared is not None:
+                self._txn = self._shared_enter_locked()
+            self._in_txn = True
+            try:
+                yield self._next_offset
+            finally:
+                self._in_txn = False
+                t, self._txn = self._txn, None
+                if t is not None:
+                    self._shared.leave(t)
 
     def await_policy(self, next_offset: int) -> None:
         """(Engine API, for views) After ``append_internal(..., wait=False)``: return once the
@@ -532,22 +541,11 @@ class Log:
                        self._configure_active, self._sync)
 
     def _sync_snapshot(self) -> Tuple[int, int, Callable[[], None]]:
-        """(group commit's leader) What an fdatasync now covers: the next offset, a dup()ed fd
-        of the active segment, and what to record once it succeeded."""
+        """(group commit's leader) What an fdatasync now covers (see ``sync_snapshot``)."""
         with self._lock:
             if self._closed:
                 raise LogClosedError(f"log {self.path} is closed")
-            upto = self._next_offset
-            seg = self._segs.active
-            seg.flush_pending()
-            pos = seg.size
-            fd = self._fs.dup(seg.fd)
-
-        def synced() -> None:
-            if pos > seg.synced_size:
-                seg.synced_size = pos  # later batches record it (recovery)
-
-        return upto, fd, synced
+            return sync_snapshot(self._segs.active, self._next_offset, self._fs)
 
     def flush(self) -> None:
         """Make every record appended so far durable (whatever the fsync policy)."""
@@ -568,9 +566,7 @@ class Log:
         """
         if self._closed:
             return
-        self._stop.set()
-        background.join(self._flusher)
-        background.join(self._cleaner)
+        self._threads.stop()
         problem: Optional[BaseException] = None
         if not self.readonly:
             if self._sync.failed is not None:
@@ -609,13 +605,31 @@ class Log:
         already written) stays; a buffered append (``write_buffer_bytes``) is lost."""
         if self._closed:
             return
-        self._stop.set()
+        self._threads.signal()
         if self._exit_flush is not None:
             self._exit_flush.detach()  # a killed process's buffer is lost
         process.unregister(self)
         with self._lock:
             self._closed = True
             lifecycle.release(self._segs, self._dir_lock, release_files)
+
+    def __iter__(self) -> Iterator[Record]:
+        """``for rec in log``: :meth:`replay` from ``start_offset`` to the current end."""
+        return self.replay(self.start_offset)
+
+    def __len__(self) -> int:
+        """The number of records: ``end_offset - start_offset`` (offsets are dense). A
+        compacted log has gaps: TypeError (counting would read it; use :meth:`replay`)."""
+        with self._lock:
+            self._check_open()
+            end, start = self._caught_up_end_locked(), self._segs.start_offset
+            if self._gaps.gaps_allowed():
+                raise TypeError(f"len() of compacted log {self.path} is unknown without reading "
+                                f"it (compaction leaves gaps): its offsets are [{start}, {end})")
+        return end - start
+
+    def __bool__(self) -> bool:
+        return True  # (an empty log is still a log: `if log:` must not mean `if len(log):`)
 
     def __enter__(self) -> "Log":
         return self
@@ -641,7 +655,8 @@ class Log:
                 # Only for offsets outside what this reader has seen (a stat per get would
                 # cost ~20%): a segment it mapped stays readable after the writer drops it.
                 self._refresh_locked()
-            end = self._sync.durable_offset if self._always else self._next_offset
+            end = (self._sync.durable_offset if self._always and not self._in_txn
+                   else self._next_offset)
             return record_at(segs, offset, end, self._gaps.check)
 
     def get_many(self, offsets: Iterable[int]) -> List[Record]:
@@ -658,24 +673,8 @@ class Log:
         :class:`RecordRemovedError` for an offset compaction removed, :class:`CorruptLogError`
         for a batch that fails its checks.
         """
-        sorted_offs, order_list, huge = sort_request(offsets)
-        if huge is not None or not sorted_offs:
-            with self._lock:
-                self._check_open()
-                if huge is not None:  # beyond int64: no log holds such an offset
-                    check_range(self._segs, huge, self._visible_end())
-            return []
-        out: List[Any] = [None] * len(sorted_offs)
-        with self._lock:
-            self._check_open()
-            low, high = sorted_offs[0], sorted_offs[-1]
-            if self._follows and (high >= self._next_offset or low < self._segs.start_offset):
-                self._refresh_locked()
-            end = self._visible_end()
-            check_get_range(self._segs, low, end)
-            check_get_range(self._segs, high, end)
-            collect_sorted(self._segs, sorted_offs, order_list, out, self._gaps.check)
-        return out
+        return get_many(self._hooks, offsets)
+
     def read(
         self,
         offset: int,
@@ -715,6 +714,11 @@ class Log:
         start, stop = replay_bounds(self._hooks, from_offset, to_offset)
         return batches(self._hooks, start, stop)
 
+    def replay_key(self, key: bytes, from_offset: int = 0) -> List[Record]:
+        """``[r for r in replay(from_offset) if r.key == key]``, read through the segments' key
+        indexes instead of the whole log (see :mod:`logstore.storage.key_replay`)."""
+        return key_replay.replay_key(self._hooks, key, from_offset)
+
     def offset_for_time(self, timestamp_ms: int) -> int:
         """The first offset whose record timestamp is >= ``timestamp_ms`` (``end_offset`` if none)."""
         return offset_at_time(self._hooks, check_timestamp(timestamp_ms))
@@ -735,9 +739,8 @@ class Log:
             self._check_writable()
             t = self._shared_enter_locked() if self._shared is not None else None
             try:
-                removed = delete_expired(self._segs, config, keep_from, protect_from)
-                if removed and t is not None:
-                    self._shared.segments_changed()
+                removed = delete_expired(self._segs, config, keep_from, protect_from,
+                                         self._shared.segments_changed if t else None)
                 start = self._segs.start_offset
             finally:
                 if t is not None:
@@ -753,12 +756,7 @@ class Log:
         compact, unless ``force`` (operator tools). ``dry_run``: count what a pass would remove
         and change nothing (a read-only log too). ``tunables``: ``delete_retention_ms`` and/or
         ``compaction_buffer_bytes`` for this pass only (the stored settings are unchanged)."""
-        cfg = self.config
-        if tunables:
-            unknown = set(tunables) - {"delete_retention_ms", "compaction_buffer_bytes"}
-            if unknown:
-                raise ConfigError(f"compact() tunables: unknown {sorted(unknown)}")
-            cfg = cfg.replace(**tunables)
+        cfg = cleaner.pass_config(self.config, tunables)
         if not (self.config.compacted or force or dry_run):
             raise ConfigError(f"log {self.path} has cleanup_policy={self.config.cleanup_policy!r};"
                               f" open it with cleanup_policy='compact' (or 'compact,delete')")

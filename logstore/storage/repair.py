@@ -29,13 +29,16 @@ from .sizing import index_capacity
 
 def repair_log(log_dir: str, *, remove_marker: bool = False,
                sealed_rebuilds: Sequence[Tuple[int, int]] = (),
-               force_truncate: bool = False, fs: Optional[FileSystem] = None) -> Dict[str, str]:
+               force_truncate: bool = False, fs: Optional[FileSystem] = None,
+               drop_key_indexes: Sequence[str] = ()) -> Dict[str, str]:
     """Repair the log in ``log_dir`` (see the module docstring), then open it for writing (which
     truncates a torn tail, rebuilds the active indexes, deletes leftovers) and close it.
 
     ``sealed_rebuilds``: ``(base offset, next offset)`` of each sealed segment whose indexes
     are rewritten. Returns ``{"forced": <the forced cut's recovery summary>}`` (if
-    ``force_truncate``) and ``{"summary": <the open's recovery summary>}``. Raises
+    ``force_truncate``) and ``{"summary": <the open's recovery summary>}``.
+    ``drop_key_indexes``: key index files to delete (hints that disagree with their segment:
+    the next ``replay_key`` builds them again). Raises
     ``LogLockedError`` if a writer has the log open (nothing is changed then).
     """
     fs = fs or DEFAULT_FS
@@ -47,6 +50,11 @@ def repair_log(log_dir: str, *, remove_marker: bool = False,
             meta.remove_clean_shutdown(log_dir, fs)
         for base, next_offset in sealed_rebuilds:
             rebuild_sealed_indexes(log_dir, base, next_offset, fs, cfg)
+        for path in drop_key_indexes:
+            try:
+                fs.unlink(path)
+            except FileNotFoundError:
+                pass
         if force_truncate:
             result["forced"] = cut_active_at_damage(log_dir, fs, cfg)
     finally:

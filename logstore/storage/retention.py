@@ -12,7 +12,7 @@ with a far-future timestamp is kept until that time, and so is every later segme
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from ..config import LogConfig
 from ..util import now_ms, storage_errors
@@ -45,12 +45,19 @@ def segments_to_delete(sealed: Sequence[Segment], active_size: int, config: LogC
 
 
 def delete_expired(segs: SegmentList, config: LogConfig, keep_from: Optional[int],
-                   protect_from: Optional[int]) -> List[Segment]:
+                   protect_from: Optional[int],
+                   announce: Optional[Callable[[], None]] = None) -> List[Segment]:
     """(log lock held) Delete what :func:`segments_to_delete` allows now; returns the deleted
-    segments."""
+    segments. ``announce`` (a shared log's) is called before the first file is touched and
+    after the last: a pass killed half-way has already told the other writers to list the
+    directory again."""
     removed = segments_to_delete(segs.items[:-1], segs.active.size, config, now_ms(),
                                  keep_from, protect_from)
     if removed:
+        if announce is not None:
+            announce()
         with storage_errors(f"deleting segments of {segs.directory}"):
             segs.delete(removed)
+        if announce is not None:
+            announce()
     return removed

@@ -26,7 +26,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..errors import CorruptLogError, NotALogError, OffsetOutOfRangeError
 from ..format.header import BatchHeader
 from ..format.names import (
-    CLEANED, DELETED, INDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX, parse_segment_name,
+    CLEANED, DELETED, INDEX_SUFFIX, KEYINDEX_SUFFIX, LOG_SUFFIX, SWAP, TIMEINDEX_SUFFIX,
+    parse_segment_name,
 )
 from ..fs import FileSystem
 from . import meta
@@ -56,7 +57,7 @@ def finish_swap(fs: FileSystem, swap_path: str) -> None:
     log_path = swap_path[: -len(SWAP)]
     fs.replace(swap_path, log_path)
     stem = log_path[: -len(LOG_SUFFIX)]
-    for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX):
+    for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX, KEYINDEX_SUFFIX):
         try:
             fs.unlink(stem + suffix)
         except FileNotFoundError:
@@ -169,14 +170,16 @@ class SegmentList:
         self.bases = [seg.base_offset for seg in self.items]
         for seg in victims:
             seg.retired = True
-            for path in (seg.path, seg.index_path, seg.timeindex_path):
+            for path in (seg.path, seg.index_path, seg.timeindex_path,
+                         seg.path[: -len(LOG_SUFFIX)] + KEYINDEX_SUFFIX):
                 try:
                     fs.replace(path, path + DELETED)
                 except FileNotFoundError:
                     pass
         fs.fsync_dir(self.directory)
         for seg in victims:
-            for path in (seg.path, seg.index_path, seg.timeindex_path):
+            for path in (seg.path, seg.index_path, seg.timeindex_path,
+                         seg.path[: -len(LOG_SUFFIX)] + KEYINDEX_SUFFIX):
                 try:
                     fs.unlink(path + DELETED)
                 except FileNotFoundError:

@@ -209,13 +209,15 @@ class SharedWriter:
         self.lock = lock
         self.epoch = -1
         self.session = 0
+        self.first = False  # (after open) no other writer had the log open: this one recovered
 
     # ------------------------------------------------------------------ opening
     def open(self, index_capacity: int) -> Optional[RecoveryReport]:
         """(shared write lock held by the caller) Join the log's writers: the first one
         recovers it and initialises the tail, the others adopt the tail."""
         first = self.lock.acquire_shared()
-        if first or not self.tail.valid():
+        self.first = first or not self.tail.valid()
+        if self.first:
             report = loader.open_for_writing(self.segs, index_capacity)
             active = self.segs.active
             size, nxt, index_n, last_pos, max_ts, first_ts = active.shared_state()
@@ -452,6 +454,9 @@ def swapping(lock: threading.Lock, shared: Optional[SharedWriter]) -> Iterator[N
             return
         t = shared.enter()
         try:
+            # Bumped first too: a cleaner killed half-way (a segment renamed away, the write lock
+            # released by its death) leaves the new epoch, so the others list the directory again.
+            shared.segments_changed()
             yield
             shared.segments_changed()
         finally:

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 from ..errors import StorageError
 from ..fs import FileSystem
+
+if TYPE_CHECKING:
+    from .segment import Segment
 
 # What the leader syncs: (offset every record below which the fsync covers, a dup()ed fd of the
 # file to fdatasync, a callback run after a successful fdatasync). Taken under the log's lock.
@@ -201,3 +204,19 @@ class GroupCommit:
             self.lock.acquire()
             self._gather_waker = None
             self._returning = 0
+
+
+def sync_snapshot(seg: "Segment", next_offset: int, fs: FileSystem
+                  ) -> Tuple[int, int, Callable[[], None]]:
+    """(log lock held) What an fdatasync of the active segment ``seg`` now covers: the next
+    offset, a dup()ed fd of the segment (the log may roll meanwhile), and what to record once
+    it succeeded (batches written later record how much of the file is durable: recovery)."""
+    seg.flush_pending()
+    pos = seg.size
+    fd = fs.dup(seg.fd)
+
+    def synced() -> None:
+        if pos > seg.synced_size:
+            seg.synced_size = pos
+
+    return next_offset, fd, synced

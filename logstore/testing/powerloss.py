@@ -124,6 +124,9 @@ BYPASS: Tuple[Tuple[str, str, str, str], ...] = (
      "into a write mapping; any FileSystem subclass (this simulator too) gets pwrite, so a "
      "sweep covers the pwrite path of fsync=\"never\", not the mapped copy"),
     ("active_file.py", "ActiveFile._map_ahead", "mmap(ACCESS_WRITE)", "the same mapping"),
+    ("flocks.py", "held", "os.open(create)",
+     "a shared store's lock files (.tlock, .dlock, .rlock): flocks around topic creation, "
+     "queue transactions and redrives, no content"),
     ("output.py", "Out.__init__", "open('wb')", "the CLI's output file (-o), not log data"),
 )
 

@@ -114,7 +114,10 @@ class CircuitBreaker:
             self.counts["failures_total"] += 1
             state = self._advance(now)
             if state == HALF_OPEN:
-                self._open(now)  # the probe failed
+                # With no probe out, this is work taken before the breaker opened, failing late:
+                # it says nothing new about the service, and reopening on it would skip the probe.
+                if self._probing:
+                    self._open(now)  # the probe failed (or a late failure while it runs)
                 return
             if state == OPEN:
                 return  # a failure of work taken before it opened: already open

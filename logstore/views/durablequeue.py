@@ -49,9 +49,21 @@ the queue, a failed ``task_done`` puts the item back at the head of the queue (n
 delivered again, and ``unfinished_tasks`` still counts it).
 ``DurableSimpleQueue`` is not reentrant (do not ``put`` from ``__del__`` or signal handlers).
 
-One process at a time: the directory is locked (``flock``) while open; a second open, in this or
-another process, raises :class:`~logstore.LogLockedError`. The lock is released by the kernel if
-the holder dies.
+One process at a time, unless every process opens it with ``shared=True``: the directory is
+locked (``flock``) while open; a second open, in this or another process, raises
+:class:`~logstore.LogLockedError`. The lock is released by the kernel if the holder dies.
+
+``shared=True`` (every process): producers and consumers in several processes share the queue
+(a producer process and a pool of worker processes, each opening the queue itself). Each item is
+handed to one ``get`` at a time across processes; ``qsize()``/``empty()``/``full()`` count the
+items of every process (read from the queue's state, as racy as the stdlib's); ``maxsize`` is
+checked against that count. Items got and not yet done are leased for ``lease_s`` seconds and
+the lease is renewed by a thread of the holding process while it lives: an item got by a process
+that dies is delivered again ``lease_s`` seconds later at most (at once if the queue is reopened
+by a process that finds no other one sharing it). ``task_done()`` marks done an item got in the
+calling process (ValueError if it holds none: there is no credit for items not yet got), and
+``join()`` waits until every item put *by this process* is done, by whichever process;
+``unfinished_tasks`` counts those.
 
 Serializers: items are pickled by default (:data:`PICKLE`), so any picklable object can be put.
 **Never open a queue whose files could have been written by someone you do not trust with the
@@ -72,6 +84,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import operator
 import os
 import pickle
@@ -84,6 +97,8 @@ from typing import Any, Deque, Dict, Optional, Tuple
 from .. import process
 from ..errors import AckError, ForkedProcessError, LogClosedError, LogstoreError
 from .store import Store
+
+logger = logging.getLogger("logstore")
 
 __all__ = ["DurableQueue", "DurableSimpleQueue", "PICKLE", "JSON", "BYTES", "Empty", "Full"]
 
@@ -105,6 +120,7 @@ QUEUE_NAME = "items"
 _FOREVER_S = 10 * 365 * 24 * 3600.0
 _MAX_DELIVERIES = 2 ** 31 - 1
 _POLL_S = 0.5  # only while fetching a reserved item (normally immediate): notices close()
+_SHARED_POLL_S = 0.05  # (shared) how often a blocked get/put/join looks at the other processes
 
 
 # --------------------------------------------------------------------------- serializers
@@ -180,8 +196,11 @@ class _DurableBase:
 
     _kind = "durable queue"
 
-    def __init__(self, path: Any, serializer: Any, fsync: Any, store_options: Dict[str, Any]):
+    def __init__(self, path: Any, serializer: Any, fsync: Any, store_options: Dict[str, Any],
+                 shared: bool = False, lease_s: float = 30.0):
         self._serializer = _check_serializer(serializer)
+        if not isinstance(lease_s, (int, float)) or isinstance(lease_s, bool) or lease_s <= 0:
+            raise ValueError(f"lease_s must be a number of seconds > 0, got {lease_s!r}")
         options = dict(store_options)
         options.setdefault("dedup_window_s", 0)  # we never publish with msg_id: skip the scan
         self.mutex = threading.Lock()
@@ -189,11 +208,14 @@ class _DurableBase:
         self._idle = threading.Condition(self.mutex)  # close() waits for in-progress I/O
         self._closed = True  # until fully opened
         self._forked = False
-        self._store = Store.open(path, fsync=fsync, **options)
+        self._shared = shared
+        self._lease_s = float(lease_s)
+        self._reserving = 0  # (shared) gets that reserved an item and are fetching it
+        self._store = Store.open(path, fsync=fsync, shared=shared, **options)
         try:
             self._wq = self._store.queue(
-                QUEUE_NAME, visibility_timeout=_FOREVER_S, max_deliveries=_MAX_DELIVERIES,
-                dead_letter=None, partitions=1)
+                QUEUE_NAME, visibility_timeout=self._lease_s if shared else _FOREVER_S,
+                max_deliveries=_MAX_DELIVERIES, dead_letter=None, partitions=1)
             # Everything not done is ready again after an open (in-flight items were released).
             self._qsize = len(self._wq)
         except BaseException:
@@ -230,6 +252,20 @@ class _DurableBase:
             data = bytes(data)
         return data
 
+    def _available(self) -> int:
+        """(mutex held) Items put and not yet got: this object's count, or (shared) the
+        queue's, across processes, less the gets of this process fetching one."""
+        if not self._shared:
+            return self._qsize
+        return max(0, self._wq.pending() - self._reserving)
+
+    def _wait(self, cond: threading.Condition, remaining: Optional[float]) -> None:
+        """(mutex held) Wait for a wake-up; a shared queue also looks again every 50 ms (the
+        other processes' puts and gets wake nobody here)."""
+        if self._shared:
+            remaining = _SHARED_POLL_S if remaining is None else min(remaining, _SHARED_POLL_S)
+        cond.wait(remaining)
+
     def _leave(self) -> None:
         """End of an I/O section (call with the mutex held)."""
         self._active -= 1
@@ -242,24 +278,27 @@ class _DurableBase:
             self._check_closed()
             endtime = None
             if not block:
-                if not self._qsize:
+                if not self._available():
                     raise Empty
                 endtime = _time()
             elif timeout is None:
-                while not self._qsize:
-                    self.not_empty.wait()
+                while not self._available():
+                    self._wait(self.not_empty, None)
                     self._check_closed()
             elif timeout < 0:
                 raise ValueError("'timeout' must be a non-negative number")
             else:
                 endtime = _time() + timeout
-                while not self._qsize:
+                while not self._available():
                     remaining = endtime - _time()
                     if remaining <= 0.0:
                         raise Empty
-                    self.not_empty.wait(remaining)
+                    self._wait(self.not_empty, remaining)
                     self._check_closed()
-            self._qsize -= 1
+            if self._shared:
+                self._reserving += 1
+            else:
+                self._qsize -= 1
             self._active += 1
             self._reserved()
             return endtime
@@ -294,11 +333,14 @@ class _DurableBase:
                 except (AckError, LogstoreError):
                     pass
             with self.mutex:
-                self._qsize += 1
+                if not self._shared:
+                    self._qsize += 1
                 self.not_empty.notify()
             raise
         finally:
             with self.mutex:
+                if self._shared:
+                    self._reserving -= 1
                 self._leave()
 
     def _finish(self, msg: Any) -> None:
@@ -313,7 +355,7 @@ class _DurableBase:
         """Items put and not yet got."""
         with self.mutex:
             self._check_closed()
-            return self._qsize
+            return self._available()
 
     def empty(self) -> bool:
         """True if no item is waiting to be got (as racy as the stdlib's)."""
@@ -341,8 +383,12 @@ class _DurableBase:
             self._wake_all()
             while self._active:
                 self._idle.wait()
+        self._stop_renewing()
         process.unregister(self)
         self._store.close()
+
+    def _stop_renewing(self) -> None:
+        """Hook: stop background work before the store closes."""
 
     def __enter__(self):
         self._check_closed()
@@ -360,25 +406,57 @@ class _DurableBase:
 class DurableQueue(_DurableBase):
     """A ``queue.Queue`` whose items are stored in the directory ``path``.
 
-    ``DurableQueue(path, maxsize=0, serializer=PICKLE, fsync="always", **store_options)``:
-    ``store_options`` go to :meth:`logstore.Store.open` (``compression``, ``segment_bytes``,
-    ``max_record_bytes``, ``fsync_ms``...). See the module docstring for when an item is done.
+    ``DurableQueue(path, maxsize=0, serializer=PICKLE, fsync="always", shared=False,
+    lease_s=30.0, **store_options)``: ``store_options`` go to :meth:`logstore.Store.open`
+    (``compression``, ``segment_bytes``, ``max_record_bytes``, ``fsync_ms``...). ``shared``:
+    one of several processes using the queue (see the module docstring). See the module
+    docstring for when an item is done.
     """
 
     _kind = "DurableQueue"
 
     def __init__(self, path: Any, maxsize: int = 0, serializer: Any = PICKLE,
-                 fsync: str = "always", **store_options: Any):
+                 fsync: str = "always", *, shared: bool = False, lease_s: float = 30.0,
+                 **store_options: Any):
         self._maxsize = operator.index(maxsize)
-        super().__init__(path, serializer, fsync, store_options)
+        super().__init__(path, serializer, fsync, store_options, shared, lease_s)
         self.not_full = threading.Condition(self.mutex)
         self.all_tasks_done = threading.Condition(self.mutex)
         self._putting = 0  # puts holding a slot, writing
-        self._unfinished = self._qsize
+        self._unfinished = 0 if shared else self._qsize
         self._acking = 0  # task_done() acks being written
         self._credits = 0  # task_done() calls made while no item was held
         # Items got and not done, per getting thread, each deque in put (offset) order.
         self._held: Dict[threading.Thread, Deque[Tuple[int, Any]]] = {}
+        self._mine: Deque[str] = deque()  # (shared) ids of items put here, not known done
+        self._renewer: Optional[threading.Thread] = None
+        self._renew_stop = threading.Event()
+        if shared:
+            self._renewer = threading.Thread(target=self._renew_leases, daemon=True,
+                                             name=f"logstore-durablequeue-leases:{self.path}")
+            self._renewer.start()
+
+    def _renew_leases(self) -> None:
+        """(shared) Keep the leases of the items this process holds while it lives: a dead
+        process's items come back after ``lease_s``."""
+        while not self._renew_stop.wait(self._lease_s / 3):
+            with self.mutex:
+                held = [msg for dq in self._held.values() for _, msg in dq]
+            for msg in held:
+                try:
+                    self._wq.extend(msg, self._lease_s)
+                except AckError:
+                    pass  # done meanwhile, or expired: task_done() will say so
+                except LogstoreError:
+                    if self._renew_stop.is_set():
+                        return
+                    logger.warning("renewing the lease of item %s of %s failed", msg.id,
+                                   self.path, exc_info=True)
+
+    def _stop_renewing(self) -> None:
+        self._renew_stop.set()
+        if self._renewer is not None and self._renewer is not threading.current_thread():
+            self._renewer.join()
 
     # ------------------------------------------------------------------ attributes
     @property
@@ -396,8 +474,19 @@ class DurableQueue(_DurableBase):
 
     @property
     def unfinished_tasks(self) -> int:
-        """Items put (or stored at open) and not yet marked done by ``task_done()``."""
+        """Items put (or stored at open) and not yet marked done by ``task_done()``; with
+        ``shared=True``, items put by this process and not yet done by any process."""
+        if self._shared:
+            with self.mutex:
+                self._check_closed()
+                return self._unfinished_shared()
         return self._unfinished
+
+    def _unfinished_shared(self) -> int:
+        """(mutex held) Forget the items of this process that are done; count the rest."""
+        if self._mine:
+            self._mine = deque(self._wq.not_done(self._mine))
+        return len(self._mine)
 
     # ------------------------------------------------------------------ queue.Queue API
     @_owned
@@ -410,34 +499,36 @@ class DurableQueue(_DurableBase):
             self._check_closed()
             if self._maxsize > 0:
                 if not block:
-                    if self._qsize + self._putting >= self._maxsize:
+                    if self._available() + self._putting >= self._maxsize:
                         raise Full
                 elif timeout is None:
-                    while self._qsize + self._putting >= self._maxsize:
-                        self.not_full.wait()
+                    while self._available() + self._putting >= self._maxsize:
+                        self._wait(self.not_full, None)
                         self._check_closed()
                 elif timeout < 0:
                     raise ValueError("'timeout' must be a non-negative number")
                 else:
                     endtime = _time() + timeout
-                    while self._qsize + self._putting >= self._maxsize:
+                    while self._available() + self._putting >= self._maxsize:
                         remaining = endtime - _time()
                         if remaining <= 0.0:
                             raise Full
-                        self.not_full.wait(remaining)
+                        self._wait(self.not_full, remaining)
                         self._check_closed()
             self._putting += 1
             self._active += 1
-        stored = False
+        stored = None
         try:
-            self._wq.put(data)
-            stored = True
+            stored = self._wq.put(data)
         finally:
             with self.mutex:
                 self._putting -= 1
-                if stored:
-                    self._qsize += 1
-                    self._unfinished += 1
+                if stored is not None:
+                    if self._shared:
+                        self._mine.append(stored)
+                    else:
+                        self._qsize += 1
+                        self._unfinished += 1
                     self.not_empty.notify()
                 else:
                     self.not_full.notify()
@@ -498,7 +589,8 @@ class DurableQueue(_DurableBase):
         return owner, msg
 
     def _done_one(self) -> None:
-        self._unfinished -= 1
+        if not self._shared:  # (shared: join() counts this process's puts not yet done)
+            self._unfinished -= 1
         if self._unfinished <= 0:
             self.all_tasks_done.notify_all()
 
@@ -506,10 +598,14 @@ class DurableQueue(_DurableBase):
     def task_done(self) -> None:
         """Mark one item done, durably: the oldest item got by this thread and not yet done, or
         if this thread holds none, the oldest one got by any thread. ``ValueError`` if called
-        more times than items were put. Returns after the mark is stored (fsync policy)."""
+        more times than items were put (``shared=True``: if this process holds no item got and
+        not yet done). Returns after the mark is stored (fsync policy)."""
         with self.mutex:
             self._check_closed()
-            if self._unfinished - self._acking <= 0:
+            if self._shared and not self._held:
+                raise ValueError("task_done() called too many times: with shared=True it marks "
+                                 "an item got in this process, and none is waiting for it")
+            if self._unfinished - self._acking <= 0 and not self._shared:
                 raise ValueError("task_done() called too many times")
             picked = self._pick()
             if picked is None:  # nothing held: the next item got is done as it is handed out
@@ -529,7 +625,8 @@ class DurableQueue(_DurableBase):
                 if acked:
                     self._done_one()
                 else:  # the work queue made it ready again: it is back at the head, not done
-                    self._qsize += 1
+                    if not self._shared:
+                        self._qsize += 1
                     self.not_empty.notify()
                 self._leave()
 
@@ -538,6 +635,11 @@ class DurableQueue(_DurableBase):
         """Block until every item put (or stored at open) has been marked done."""
         with self.all_tasks_done:
             self._check_closed()
+            if self._shared:
+                while self._unfinished_shared() > 0:
+                    self._wait(self.all_tasks_done, None)
+                    self._check_closed()
+                return
             while self._unfinished > 0:
                 self.all_tasks_done.wait()
                 self._check_closed()
@@ -546,7 +648,7 @@ class DurableQueue(_DurableBase):
         """True if ``qsize() >= maxsize > 0`` (as racy as the stdlib's)."""
         with self.mutex:
             self._check_closed()
-            return 0 < self._maxsize <= self._qsize
+            return 0 < self._maxsize <= self._available()
 
     def _wake_all(self) -> None:
         self.not_empty.notify_all()
@@ -565,9 +667,9 @@ class DurableSimpleQueue(_DurableBase):
 
     _kind = "DurableSimpleQueue"
 
-    def __init__(self, path: Any, serializer: Any = PICKLE, fsync: str = "always",
-                 **store_options: Any):
-        super().__init__(path, serializer, fsync, store_options)
+    def __init__(self, path: Any, serializer: Any = PICKLE, fsync: str = "always", *,
+                 shared: bool = False, **store_options: Any):
+        super().__init__(path, serializer, fsync, store_options, shared)
 
     @_owned
     def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
@@ -584,7 +686,8 @@ class DurableSimpleQueue(_DurableBase):
         finally:
             with self.mutex:
                 if stored:
-                    self._qsize += 1
+                    if not self._shared:
+                        self._qsize += 1
                     self.not_empty.notify()
                 self._leave()
 

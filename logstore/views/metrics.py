@@ -90,9 +90,10 @@ class MeteredWorkQueue(WorkQueue):
         super().__init__(*args, **kwargs)
         self.counters = QueueCounters()
 
-    def put(self, *args: Any, **kwargs: Any) -> str:
+    def put(self, *args: Any, **kwargs: Any) -> Any:
         msg_id = super().put(*args, **kwargs)
-        self.counters.put.add()
+        if msg_id is not False:  # (False: refused by overflow="drop_newest")
+            self.counters.put.add()
         return msg_id
 
     def get(self, *args: Any, **kwargs: Any) -> Optional[Message]:
@@ -100,6 +101,22 @@ class MeteredWorkQueue(WorkQueue):
         if msg is not None:
             self.counters.on_get(msg)
         return msg
+
+    def get_many(self, *args: Any, **kwargs: Any) -> List[Message]:
+        msgs = super().get_many(*args, **kwargs)
+        for msg in msgs:
+            self.counters.on_get(msg)
+        return msgs
+
+    def ack_many(self, msgs: Sequence[Message]) -> None:
+        msgs = list(msgs)
+        try:
+            super().ack_many(msgs)
+        except AckError:
+            self.counters.ack_errors += 1
+            raise
+        for msg in msgs:
+            self.counters.on_done(msg, True)
 
     def ack(self, msg: Message) -> None:
         try:

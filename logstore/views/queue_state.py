@@ -19,6 +19,12 @@ Crash consistency:
 * Reopening folds from the last checkpoint record that is still in the log (the offset committed
   in the store's offsets log is only a hint, checked against the event log), so a checkpoint
   lost with an unsynced tail never hides the acks before it.
+* In a store shared by several processes (``Store.open(..., shared=True)``) each process keeps
+  its own copy of the state and brings it up to date inside a write transaction of the event
+  log (:meth:`QueueState.transaction`: no other process appends meanwhile) before it decides
+  anything: the events the others appended since it last looked are folded in, then its own
+  are appended. A process that opens the event log while no other process has it open (after
+  a crash, or alone) drops the leases of the deliveries in flight: they are ready again at once.
 * Positions are checked against the topic when the state is loaded, before anything is
   published: a low watermark or done offsets beyond the topic's end (the topic lost an unsynced
   tail that the event log kept) are cut back, logged, listed in ``store.repairs`` and
@@ -27,18 +33,21 @@ Crash consistency:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..format.names import QUEUE_EVENTS_TOPIC, QUEUE_GROUP
 from ..format.queue_events import (
-    DONE_KINDS, PartitionState, encode_checkpoint, encode_event, fold, is_checkpoint,
+    DEAD_LETTERED, DONE_KINDS, PartitionState, apply_event, encode_checkpoint, encode_event, fold,
+    is_checkpoint,
 )
 from ..storage.log import Log
 from .offsets import OffsetStore
 
 logger = logging.getLogger("logstore")
+Event = Tuple[bytes, int, int, int, int]  # kind, partition, offset, count, t (ms)
 
 
 class QueueState:
@@ -53,6 +62,49 @@ class QueueState:
         self.parts: List[PartitionState] = []
         self.since_checkpoint = 0
         self.checkpoint_offset: Optional[int] = None  # the last checkpoint this object wrote
+        self.folded = 0  # the next event not yet in the state
+        self.shared = events.shared
+
+    # ------------------------------------------------------------------ several processes
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Optional[List[Event]]]:
+        """(lock held) Decide and record with no other process appending events meanwhile;
+        yields the events they appended since this state last looked (already folded into
+        :attr:`parts`: the caller updates its own bookkeeping from them). Only a shared store
+        needs it (the only writer's state is always current): there it yields []."""
+        if not self.shared:
+            yield []
+            return
+        with self.events.transaction() as end:
+            yield self.catch_up(end)
+
+    def catch_up(self, end: int) -> Optional[List[Event]]:
+        """(lock and the event log's transaction held) Fold in the events in ``[folded,
+        end)``; returns them (checkpoints, equal to the state they follow, are left out), or
+        None if the state had to be folded again from a checkpoint (another process trimmed
+        the events this one had not seen yet: its checkpoint includes them)."""
+        news: List[Event] = []
+        if end <= self.folded:
+            return news
+        if self.folded < self.events.start_offset:
+            start = self._last_checkpoint(self.events.start_offset, end)
+            replay = ((r.offset, r.value) for r in self.events.replay(
+                self.events.start_offset if start is None else start, end))
+            self.parts, _ = fold(replay, [0] * len(self.parts), where=self.events.path)
+            self.folded = end
+            self.since_checkpoint = 0
+            return None
+        where = self.events.path
+        for rec in self.events.replay(self.folded, end):
+            if rec.value is None:
+                continue
+            if is_checkpoint(rec.value):
+                self.since_checkpoint = 0
+                continue
+            news.append(apply_event(self.parts, rec.value, rec.offset, where))
+            self.since_checkpoint += 1
+        self.folded = end
+        return news
 
     # ------------------------------------------------------------------ loading
     def load(self, topic: Sequence[Log]) -> List[str]:
@@ -60,11 +112,18 @@ class QueueState:
         Returns what had to be repaired (also logged); a repaired state is checkpointed."""
         events = self.events
         start, repairs = self._replay_start()
-        replay = ((rec.offset, rec.value) for rec in events.replay(start))
+        end = events.end_offset
+        replay = ((rec.offset, rec.value) for rec in events.replay(start, end))
         self.parts, _ = fold(replay, [log.start_offset for log in topic], where=events.path)
+        self.folded = end
+        if not events.shared or events.first_writer:
+            # Nobody else has the queue open: what was in flight is ready again at once.
+            for part in self.parts:
+                part.leases.clear()
         repairs += self.check_against(topic)
         if repairs and not events.readonly:
-            off = self.checkpoint()
+            with self.transaction():
+                off = self.checkpoint()
             events.flush()
             self.commit_hint(off)
         return repairs
@@ -154,18 +213,35 @@ class QueueState:
         """Append an event (not waiting for its fsync) and apply it; return the offset after
         it, for :meth:`await_durable`."""
         nxt = self.events.append_internal(encode_event(kind, p, off, count, t), False) + 1
+        self.folded = nxt
+        self._note(kind, p, off, count, t)
+        return nxt
+
+    def record_many(self, events: Sequence[Event]) -> int:
+        """:meth:`record` for several events, appended as one batch (all or none)."""
+        log = self.events
+        nxt = log.append_prepared(log.prepare_batch([encode_event(*e) for e in events]),
+                                  wait=False).stop
+        self.folded = nxt
+        for e in events:
+            self._note(*e)
+        return nxt
+
+    def _note(self, kind: bytes, p: int, off: int, count: int, t: int) -> None:
         part = self.parts[p]
         if kind in DONE_KINDS:
+            if kind == DEAD_LETTERED and 0 <= t < len(part.dropped) and part.unsettled(off):
+                part.dropped[t] += 1
             part.mark_done(off)
         else:
             part.note_delivery(kind, off, count, t)
         self.since_checkpoint += 1
-        return nxt
 
     def checkpoint(self) -> int:
         """Append the whole state as one checkpoint record (not waiting for its fsync); return
         its offset. Later opens fold from it."""
         off = self.events.append_internal(encode_checkpoint(self.parts), False)
+        self.folded = off + 1
         self.since_checkpoint = 0
         self.checkpoint_offset = off
         return off

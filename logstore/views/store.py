@@ -29,7 +29,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from ..config import SHAPING_SETTINGS, LogConfig
 from ..errors import (
     ConfigError,
-    CorruptLogError,
     ForkedProcessError,
     LogClosedError,
     LogLockedError,
@@ -39,9 +38,10 @@ from ..errors import (
     UnknownTopicError,
     UnsupportedFormatError,
 )
-from . import leases
+from . import leases, topic_files
 from .. import process
 from ..fs import DEFAULT_FS, FileSystem
+from ..storage.lifecycle import checked_path
 from ..storage.loader import configured
 from ..storage.lockfile import DirectoryLock
 from ..storage.meta import read_meta
@@ -55,8 +55,8 @@ from .rpc import Requester, Responder
 from .topic import Topic
 from .wakeup import AsyncWakeups
 from ..format.names import (
-    INTERNAL_DIR, LOCK_NAME, META_NAME, OFFSETS_LOG, QUEUE_GROUP, STORE_META, TMP, TOPIC_META, TOPICS_DIR,
-    queue_events_dir, topic_dir,
+    CREATION_LOCK_NAME, INTERNAL_DIR, LOCK_FILES, OFFSETS_LOG, QUEUE_GROUP, STORE_META, TMP,
+    TOPICS_DIR, queue_events_dir, topic_dir,
 )
 from ..record import Record
 
@@ -75,7 +75,7 @@ def _only_creation_leftovers(root: str) -> bool:
     file, store.meta.tmp (its atomic write cut short) and, from versions that created them
     before store.meta, empty topics/ and internal/ directories."""
     for name in os.listdir(root):
-        if name in (LOCK_NAME, STORE_META + TMP):
+        if name in LOCK_FILES or name in (CREATION_LOCK_NAME, STORE_META + TMP):
             continue
         path = os.path.join(root, name)
         if name in (TOPICS_DIR, INTERNAL_DIR) and os.path.isdir(path) and not os.listdir(path):
@@ -93,10 +93,11 @@ class Store:
     """
 
     def __init__(self, root: str, config: LogConfig, fs: FileSystem, readonly: bool,
-                 dedup_window_s: float, log_options: Dict[str, Any]):
+                 dedup_window_s: float, log_options: Dict[str, Any], shared: bool = False):
         self.root = root
         self.config = config
         self.readonly = readonly
+        self.shared = shared
         self.dedup_window_s = dedup_window_s
         self.fs = fs  # the I/O seam every log of the store uses
         # Options that shape what a log keeps are defaults for the logs (topics) created by
@@ -126,18 +127,21 @@ class Store:
 
     @classmethod
     def open(cls, root: "str | os.PathLike[str]", *, readonly: bool = False,
-             dedup_window_s: float = 120.0, fs: Optional[FileSystem] = None,
-             **log_options: Any) -> "Store":
+             shared: bool = False, dedup_window_s: float = 120.0,
+             fs: Optional[FileSystem] = None, **log_options: Any) -> "Store":
         """Open (creating unless ``readonly``) the store at ``root``.
 
+        ``shared=True``: one of several writing processes (every one opens it with
+        ``shared=True``; see README "Many processes"); without it the only writer.
         ``log_options`` (``fsync``, ``compression``, ``segment_bytes``...) apply to every
         partition and internal log; see :class:`~logstore.config.LogConfig`.
         """
+        root = checked_path(root, readonly, shared, log_options, "store")
         config = LogConfig.from_options(log_options)
         if not isinstance(dedup_window_s, (int, float)) or dedup_window_s < 0:
             raise ConfigError(f"dedup_window_s must be a number >= 0 (got {dedup_window_s!r})")
-        root = os.path.abspath(os.fspath(root))
-        store = cls(root, config, fs or DEFAULT_FS, readonly, float(dedup_window_s), log_options)
+        store = cls(root, config, fs or DEFAULT_FS, readonly, float(dedup_window_s), log_options,
+                    shared)
         store._open()
         process.register(store)
         return store
@@ -155,21 +159,17 @@ class Store:
                 raise NotALogError(f"{root} is not empty and has no {STORE_META}: not a store")
         if not self.readonly:
             self.fs.makedirs(root)
-            self._dir_lock = DirectoryLock(root).acquire()
+            self._dir_lock = DirectoryLock(root)
+            if self.shared:
+                self._dir_lock.acquire_shared()
+            else:
+                self._dir_lock.acquire()
         try:
-            if meta is None:
-                meta = {"format": STORE_FORMAT, "version": STORE_VERSION, "id": uuid.uuid4().hex}
-                # store.meta first: a crash before it leaves nothing but what
-                # _only_creation_leftovers accepts, so the next open creates the store again.
-                self.fs.write_file_atomic(meta_path, json.dumps(meta).encode())
-                self.fs.makedirs(os.path.join(root, TOPICS_DIR))
-                self.fs.makedirs(os.path.join(root, INTERNAL_DIR))
-            elif not self.readonly and int(meta.get("version", 1)) < STORE_VERSION:
-                meta = dict(meta, version=STORE_VERSION)
-                self.fs.write_file_atomic(meta_path, json.dumps(meta).encode())
+            with topic_files.creation_lock(root, self.shared):
+                meta = self._create_or_upgrade(meta_path, self._read_meta(meta_path))
+            self.meta = meta
             if not self.readonly:
                 leases.remove_trash(root)
-            self.meta = meta
             offsets_log = self.open_internal_log(os.path.join(root, OFFSETS_LOG), True)
             try:
                 self.offsets = OffsetStore(offsets_log)
@@ -185,6 +185,24 @@ class Store:
             if self._dir_lock is not None:
                 self._dir_lock.release()
             raise
+
+    def _create_or_upgrade(self, meta_path: str, meta: Optional[Dict[str, Any]]
+                           ) -> Dict[str, Any]:
+        """(writer lock, and for a shared store its creation lock, held) ``store.meta``,
+        written for a new store (first: a crash before it leaves nothing but what
+        ``_only_creation_leftovers`` accepts, so the next open creates the store again) or
+        upgraded from an older version."""
+        if meta is None:
+            if self.readonly:
+                raise NotALogError(f"{self.root} is not a logstore store (no {STORE_META})")
+            meta = {"format": STORE_FORMAT, "version": STORE_VERSION, "id": uuid.uuid4().hex}
+            self.fs.write_file_atomic(meta_path, json.dumps(meta).encode())
+            self.fs.makedirs(os.path.join(self.root, TOPICS_DIR))
+            self.fs.makedirs(os.path.join(self.root, INTERNAL_DIR))
+        elif not self.readonly and int(meta.get("version", 1)) < STORE_VERSION:
+            meta = dict(meta, version=STORE_VERSION)
+            self.fs.write_file_atomic(meta_path, json.dumps(meta).encode())
+        return meta
 
     @staticmethod
     def _read_meta(path: str) -> Optional[Dict[str, Any]]:
@@ -231,7 +249,7 @@ class Store:
             options.update(self._shaping)
             options.update(settings)
             options.update(fixed)
-        return Log.open(path, readonly=self.readonly, fs=self.fs, **options)
+        return Log.open(path, readonly=self.readonly, shared=self.shared, fs=self.fs, **options)
 
     def open_internal_log(self, path: str, compacted: bool) -> Log:
         # Internal logs never inherit user retention limits: losing commits or acks is not an
@@ -319,57 +337,14 @@ class Store:
 
     def _open_topic(self, name: str, partitions: Optional[int], retention: Optional[str],
                     settings: Dict[str, Any]) -> Topic:
+        # A new topic's settings: the store's defaults, the ones given here; stored whole
+        # (with the defaults of this version) so that they never change by themselves.
+        defaults = self.config.replace(**{**self._shaping, **settings}).settings()
         tdir = topic_dir(self.root, name)
-        tmeta = self._read_topic_meta(name)
-        if tmeta is None:
-            if self.readonly:
-                raise UnknownTopicError(f"no topic {name!r} in {self.root}")
-            if os.path.isdir(tdir) and any(n.isdigit() for n in os.listdir(tdir)):
-                raise CorruptLogError(f"topic {name!r} has partition directories but no "
-                                      f"{TOPIC_META}: refusing to recreate it (its partition "
-                                      f"count is unknown)", os.path.join(tdir, TOPIC_META))
-            existing = partitions or 1
-            policy = retention or "limits"
-            # A new topic's settings: the store's defaults, the ones given here; stored whole
-            # (with the defaults of this version) so that they never change by themselves.
-            stored = self.config.replace(**{**self._shaping, **settings}).settings()
-            self.fs.makedirs(tdir)
-            # topic.json first, marked "creating" until every partition exists: a crash in
-            # between is finished by the next open, and a partition missing from a created
-            # topic is always damage.
-            tmeta = {"partitions": existing, "retention": policy, "settings": stored}
-            self.fs.write_file_atomic(os.path.join(tdir, TOPIC_META),
-                                      json.dumps(dict(tmeta, creating=True)).encode())
-            self._create_partitions(tdir, existing, stored)
-            self.fs.write_file_atomic(os.path.join(tdir, TOPIC_META), json.dumps(tmeta).encode())
-        elif tmeta.get("creating"):
-            if self.readonly:
-                raise UnknownTopicError(f"topic {name!r} of {self.root} is being created")
-            existing, policy = int(tmeta["partitions"]), tmeta.get("retention", "limits")
-            stored = tmeta.get("settings") or {}
-            self._create_partitions(tdir, existing, stored)
-            tmeta.pop("creating")
-            self.fs.write_file_atomic(os.path.join(tdir, TOPIC_META), json.dumps(tmeta).encode())
-        else:
-            existing, policy = int(tmeta["partitions"]), tmeta.get("retention", "limits")
-            stored = tmeta.get("settings") or {}
-            if retention is not None and retention != policy:
-                raise ConfigError(f"topic {name!r} has retention={policy!r}, not {retention!r}")
-            if partitions is not None and partitions != existing:
-                raise ConfigError(f"topic {name!r} has {existing} partitions, not "
-                                  f"{partitions} (the count cannot change)")
-            for k, v in settings.items():
-                if k in stored and stored[k] != v:
-                    raise ConfigError(f"topic {name!r} stores {k}={stored[k]!r}, not {v!r}; "
-                                      f"change it with topic.configure({k}=...)")
-            for p in range(existing):
-                # A partition recorded in topic.json must exist: re-created empty, it would
-                # reuse offsets its readers and groups have already seen.
-                if not os.path.exists(os.path.join(tdir, str(p), META_NAME)):
-                    raise CorruptLogError(
-                        f"topic {name!r}: partition {p} is missing (no log in "
-                        f"{os.path.join(tdir, str(p))}); restore it from a copy",
-                        os.path.join(tdir, str(p)))
+        with topic_files.creation_lock(self.root, self.shared):
+            existing, policy, stored = topic_files.prepare_topic(
+                self.root, name, partitions, retention, settings, defaults, self.readonly,
+                self.fs, lambda path, st: self._open_log(path, st).close())
         logs: List[Log] = []
         try:
             for p in range(existing):
@@ -391,28 +366,12 @@ class Store:
             raise
         return topic
 
-    def _create_partitions(self, tdir: str, count: int, settings: Dict[str, Any]) -> None:
-        for p in range(count):
-            self._open_log(os.path.join(tdir, str(p)), settings).close()
-
-    def _read_topic_meta(self, name: str) -> Optional[Dict[str, Any]]:
-        path = os.path.join(topic_dir(self.root, name), TOPIC_META)
-        try:
-            with open(path, "rb") as f:
-                tmeta = json.loads(f.read())
-            int(tmeta["partitions"])
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError, OSError):
-            raise NotALogError(f"{path} is not a topic metadata file") from None
-        return tmeta
-
     def rewrite_topic_meta(self, name: str, changes: Dict[str, Any]) -> None:
         """(For topics) Update fields of a topic's ``topic.json``, atomically."""
-        tmeta = self._read_topic_meta(name) or {}
-        tmeta.update(changes)
-        self.fs.write_file_atomic(os.path.join(topic_dir(self.root, name), TOPIC_META),
-                                  json.dumps(tmeta).encode())
+        with topic_files.creation_lock(self.root, self.shared):
+            tmeta = topic_files.read_topic_meta(self.root, name) or {}
+            tmeta.update(changes)
+            topic_files.write_topic_meta(self.fs, self.root, name, tmeta)
 
     def _load_queue_state(self, name: str, partitions: List[Log]) -> QueueState:
         events = self.open_internal_log(queue_events_dir(self.root, name), False)
@@ -614,8 +573,11 @@ class Store:
     def queue(self, name: str, *, visibility_timeout: float = 30.0, max_deliveries: int = 5,
               dead_letter: Optional[str] = None, max_depth: Optional[int] = None,
               overflow: str = "reject", partitions: Optional[int] = None,
-              backoff: Tuple[float, float] = (1.0, 60.0)):
-        """A work queue over topic ``name`` (SQS-like: get, ack, redelivery, dead letters)."""
+              backoff: Tuple[float, float] = (1.0, 60.0), max_priority: Optional[int] = None,
+              message_ttl: Optional[float] = None):
+        """A work queue over topic ``name`` (SQS-like: get, ack, redelivery, dead letters;
+        priorities up to ``max_priority``, expiry after ``message_ttl`` seconds, overflow
+        policies for ``max_depth``: see README "Work queues")."""
         validate_name("queue", name)
         with self._lock:
             self.check_writable()
@@ -625,7 +587,8 @@ class Store:
                               max_deliveries=max_deliveries,
                               dead_letter=dead_letter if dead_letter is not None else f"{name}.dlq",
                               max_depth=max_depth, overflow=overflow, partitions=partitions,
-                              backoff=backoff)
+                              backoff=backoff, max_priority=max_priority,
+                              message_ttl=message_ttl)
                 self._queues[name] = q
             return q
 

@@ -8,21 +8,30 @@ settings (retention, cleanup policy, compression, segment size...) are stored in
 ``topic.json`` and in each partition's ``logstore.meta``; ``configure`` changes them.
 
 Thread-safety: publishing from several threads is safe (each partition log serialises its
-writes; the dedup window has its own lock).
+writes; the dedup window has its own lock). In a store shared by several processes a publish
+with ``msg_id`` holds the topic's dedup lock (``flocks``) and first reads what the other
+processes published since it last looked, so a retry is deduplicated whichever process made
+the first attempt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple,
+)
 
 from ..errors import MissingKeyError, UnknownTopicError
-from ..format.encode import check_batch_shape
+from ..format.encode import as_sequence, check_batch_shape
+from ..format.names import DEDUP_LOCK_NAME, topic_dir
 from ..record import Record
 from ..storage.loader import configured
 from ..storage.log import Log
 from ..util import now_ms
+from . import flocks
 from .names import partition_for_key
 
 if TYPE_CHECKING:
@@ -32,6 +41,20 @@ MSG_ID_HEADER = "x-msg-id"
 # Publish time (ms, the store's clock) of a message with msg_id whose timestamp_ms was given:
 # the dedup window counts from when a message was published, whatever its own timestamp.
 MSG_ID_TIME_HEADER = "x-msg-id-ms"
+
+
+def _msg_id_of(rec: Record) -> Tuple[int, Optional[str]]:
+    """(publish time in ms, msg id or None) of a published message."""
+    headers = rec.headers
+    published = rec.timestamp_ms
+    raw = headers.get(MSG_ID_TIME_HEADER)
+    if raw is not None:
+        try:
+            published = int(raw)
+        except ValueError:
+            pass
+    mid = headers.get(MSG_ID_HEADER)
+    return published, None if mid is None else mid.decode("utf-8", "replace")
 
 
 class Topic:
@@ -44,6 +67,7 @@ class Topic:
         self._rr = itertools.count()
         self._dedup_lock = threading.Lock()
         self._dedup: Dict[str, Tuple[int, int, int]] = {}  # msg_id -> (partition, offset, ts)
+        self._dedup_seen = [log.end_offset for log in logs]  # (shared) read up to here
         self.listeners: List[Callable[[Record], None]] = []
         self.retention = "limits"
         if store.dedup_window_s > 0:
@@ -80,22 +104,42 @@ class Topic:
                 newest = -1
                 for rec in log.replay(max(seg["base_offset"], log.start_offset),
                                       seg["next_offset"]):
-                    headers = rec.headers
-                    published = rec.timestamp_ms
-                    raw = headers.get(MSG_ID_TIME_HEADER)
-                    if raw is not None:
-                        try:
-                            published = int(raw)
-                        except ValueError:
-                            pass
+                    published, mid = _msg_id_of(rec)
                     newest = max(newest, published)
-                    mid = headers.get(MSG_ID_HEADER)
                     if mid is not None and published >= since:
-                        found.append((published, mid.decode("utf-8", "replace"), p, rec.offset))
+                        found.append((published, mid, p, rec.offset))
                 if newest < since:
                     break
         for published, mid, p, off in sorted(found):
             self._dedup[mid] = (p, off, published)
+
+    def _dedup_catch_up(self) -> None:
+        """(dedup lock held, shared store) Take the msg ids the other processes published since
+        this topic last looked into the window."""
+        since = now_ms() - int(self.store.dedup_window_s * 1000)
+        found = []
+        for p, log in enumerate(self.partitions):
+            # Under the partition's write lock: a publisher killed inside its append (after the
+            # write, before it told the others) left a whole record that the next holder of the
+            # lock adopts; its msg id must be seen, or the retry would store it twice.
+            with log.transaction():
+                end = log.end_offset
+                start = max(self._dedup_seen[p], log.start_offset)
+                if start < end:
+                    for rec in log.replay(start, end):
+                        published, mid = _msg_id_of(rec)
+                        if mid is not None and published >= since:
+                            found.append((published, mid, p, rec.offset))
+            self._dedup_seen[p] = end
+        for published, mid, p, off in sorted(found):
+            self._dedup.pop(mid, None)
+            self._dedup[mid] = (p, off, published)
+
+    def _shared_dedup(self) -> ContextManager[None]:
+        """The topic's dedup lock across processes (a shared store), else nothing."""
+        if not self.store.shared:
+            return contextlib.nullcontext()
+        return flocks.held(os.path.join(topic_dir(self.store.root, self.name), DEDUP_LOCK_NAME))
 
     def _expire_dedup(self, now: int) -> None:
         # Entries are in publish order (insertion order of the dict): expire from the oldest.
@@ -142,23 +186,40 @@ class Topic:
         if msg_id is not None:
             if not isinstance(msg_id, str) or not msg_id:
                 raise TypeError("msg_id must be a non-empty str")
-            with self._dedup_lock:
+            with self._dedup_lock, self._shared_dedup():
+                if self.store.shared:
+                    self._dedup_catch_up()
                 published = now_ms()
                 self._expire_dedup(published)
                 seen = self._dedup.get(msg_id)
-                if seen is not None:
-                    return seen[0], seen[1]
-                headers = dict(headers or {})
-                headers[MSG_ID_HEADER] = msg_id.encode("utf-8")
-                if timestamp_ms is not None:
-                    headers[MSG_ID_TIME_HEADER] = str(published).encode()
-                offset = log.append(value, key=key, headers=headers, timestamp_ms=ts)
-                self._dedup.pop(msg_id, None)
-                self._dedup[msg_id] = (partition, offset, published)
+                if seen is None:
+                    offset = self._publish_new_id(log, msg_id, value, key, headers, ts,
+                                                  timestamp_ms, published, partition)
+            if seen is not None:
+                # The first publish may not be durable yet (another thread waiting for its
+                # fsync, or a process killed before it): the retry's return promises what an
+                # append's return does under the fsync policy.
+                self.partitions[seen[0]].await_policy(seen[1] + 1)
+                return seen[0], seen[1]
         else:
             offset = log.append(value, key=key, headers=headers, timestamp_ms=ts)
         self.store.notify_published(self, partition, offset, ts, key, value, headers)
         return partition, offset
+
+    def _publish_new_id(self, log: Log, msg_id: str, value: Optional[bytes],
+                        key: Optional[bytes], headers: Optional[Dict[str, bytes]], ts: int,
+                        timestamp_ms: Optional[int], published: int, partition: int) -> int:
+        """(dedup locks held) Append a message whose msg id is not in the window."""
+        headers = dict(headers or {})
+        headers[MSG_ID_HEADER] = msg_id.encode("utf-8")
+        if timestamp_ms is not None:
+            headers[MSG_ID_TIME_HEADER] = str(published).encode()
+        offset = log.append(value, key=key, headers=headers, timestamp_ms=ts)
+        if self._dedup_seen[partition] == offset:
+            self._dedup_seen[partition] = offset + 1
+        self._dedup.pop(msg_id, None)
+        self._dedup[msg_id] = (partition, offset, published)
+        return offset
 
     def publish_batch(
         self,
@@ -180,6 +241,8 @@ class Topic:
         deduplication here: use :meth:`publish` for that.
         """
         self.store.check_writable()
+        values, keys = as_sequence(values), as_sequence(keys, "keys")
+        headers = as_sequence(headers, "headers")
         n = check_batch_shape(values, keys=keys, headers=headers)
         if n == 0:
             return []
@@ -212,6 +275,28 @@ class Topic:
         else:
             self.store.notify_published(self, out[-1][0], out[-1][1], ts, None, None, None)
         return out
+
+    def replay_key(self, key: bytes, from_offset: int = 0,
+                   partition: Optional[int] = None) -> List[Record]:
+        """Every message published with ``key`` (an aggregate's events), in offset order, from
+        ``from_offset`` of its partition on, each with ``.partition`` set; read through the
+        partition's per-segment key indexes, not a scan of the partition (see
+        ``Log.replay_key``).
+
+        The partition is the one ``publish`` puts the key in (``partition_for_key``); a message
+        published with an explicit ``partition=`` elsewhere is found only by passing that
+        ``partition``. Raises what ``Log.replay`` raises (``OffsetOutOfRangeError`` for an
+        offset outside the partition, ``CorruptLogError`` for damage met on the way).
+        """
+        if not isinstance(key, (bytes, bytearray, memoryview)):
+            raise TypeError(f"key must be bytes-like, got {type(key).__name__}"
+                            + (" (encode it first)" if isinstance(key, str) else ""))
+        if partition is None:
+            partition = partition_for_key(bytes(key), len(self.partitions))
+        elif not isinstance(partition, int) or not 0 <= partition < len(self.partitions):
+            raise UnknownTopicError(f"topic {self.name!r} has no partition {partition!r}")
+        return [rec._replace(partition=partition)
+                for rec in self.partitions[partition].replay_key(key, from_offset)]
 
     def end_offsets(self) -> Dict[int, int]:
         return {p: log.end_offset for p, log in enumerate(self.partitions)}
