@@ -34,7 +34,7 @@ from _table import render  # noqa: E402
 
 import logstore  # noqa: E402
 from logstore.testing import rebuild, sweep  # noqa: E402
-from logstore.testing._common import is_tmpfs, scratch_base  # noqa: E402
+from logstore.testing.targets import is_tmpfs, scratch_base  # noqa: E402
 
 
 def log_appends(n: int) -> Callable[[Any, Any], None]:

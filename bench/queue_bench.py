@@ -16,8 +16,23 @@ bytes, so every delivery can be checked afterwards):
       polling 500 at a time and committing after every poll. Headline: deliveries/s = 4N / read s.
   C1  consumer-group replay: N published over 4 partitions, one group member polls 500 at a
       time and commits after every poll. Headline: records/s = N / read s.
+  Q4  priorities: N puts with priorities drawn from 0..9 (seeded) on a queue with
+      max_priority=9, then one consumer get + ack drains it. Checked: every message exactly
+      once, the received priorities never increase (everything was put before the drain), FIFO
+      within a level. Shown next to the same workload on a queue without priorities (the
+      baseline row) and, for Redis, a sorted set (ZADD; a Lua ZPOPMIN that parks the message
+      in an in-flight set; ZREM as the ack).
+  Q5  TTL: N puts, every other one with ttl=1 s and the rest with ttl=3600 s; the consumer
+      starts after the short ones have expired (untimed wait). Checked: exactly the unexpired
+      half is delivered, and the expired half is in the dead-letter topic with reason
+      "expired", stats()["expired"] == N/2 (also after a reopen). Headline: messages settled
+      (delivered + dead-lettered) per second, N / (put s + drain s).
 
-Peers: persist-queue's SQLiteAckQueue (Q1-Q3) and Redis Streams via redis-py (all rows; this
+Request-reply (round trips/s, side by side with Redis LPUSH/BRPOP request-reply on a real
+redis-server) is measured by bench/rpc_bench.py, not here.
+
+Peers: persist-queue's SQLiteAckQueue (Q1-Q3) and Redis via redis-py (Streams in Q1-Q3, P1,
+C1; a sorted set in Q4; no Redis row for Q5; this
 script starts its own redis-server on 127.0.0.1 on a free port with a temporary directory, AOF
 on, and stops it by PID). A peer that is not installed is skipped with a note.
 
@@ -69,6 +84,9 @@ GET_TIMEOUT = 1.0  # seconds a get/poll may block (only ever reached at the very
 STALL_S = 15.0  # no progress for this long: stop and let verification report what is missing
 PQ_CLEAR_EVERY = 1_000  # persist-queue: clear_acked_data() after every 1,000 acks (see notes)
 REDIS_START_S = 10.0
+MAX_PRIORITY = 9  # Q4: store.queue(name, max_priority=9), priorities 0..9
+TTL_SHORT_S = 1.0  # Q5: the half that expires before the consumer starts
+TTL_LONG_S = 3600.0  # Q5: the half that does not
 # --profile: the main thread's profiler (switched on inside timed phases only) and one
 # profiler per consumer thread (its whole loop).
 _PROFILER: Any = None
@@ -341,6 +359,123 @@ def logstore_group(spec: dict, values: List[bytes]) -> dict:
     return {"messages": n, "put_s": tp.seconds, "read_s": read_s, "close_s": c.seconds}
 
 
+def priorities_of(n: int) -> List[int]:
+    """The seeded priority (0..MAX_PRIORITY) of message i, for Q4."""
+    rng = random.Random(SEED + 1)
+    return [rng.randrange(MAX_PRIORITY + 1) for _ in range(n)]
+
+
+def verify_priority_order(received: List[bytes], prios: List[int], what: str) -> None:
+    """One consumer drained a fully loaded queue: priorities never increase, and within a
+    level the messages come in put order (a one-partition queue is FIFO within a level)."""
+    last_prio, last_seq = MAX_PRIORITY + 1, -1
+    for k, v in enumerate(received):
+        i = seq_of(v)
+        p = prios[i]
+        check(p <= last_prio, f"{what}: delivery {k} (message {i}) has priority {p} after "
+                              f"one of priority {last_prio}")
+        if p == last_prio:
+            check(i > last_seq, f"{what}: priority {p}: message {i} after {last_seq} (not FIFO)")
+        last_prio, last_seq = p, i
+
+
+def logstore_prio(spec: dict, values: List[bytes]) -> dict:
+    """Q4: put N (with seeded priorities, or none for the baseline row), then one consumer
+    get + ack drains the queue."""
+    n = len(values)
+    with_prio = not spec.get("baseline")
+    prios = priorities_of(n)
+    s = _logstore_open(spec)
+    q = s.queue("jobs", max_priority=MAX_PRIORITY) if with_prio else s.queue("jobs")
+    put = q.put
+    with Timer() as tp:
+        if with_prio:
+            for v, p in zip(values, prios):
+                put(v, priority=p)
+        else:
+            for v in values:
+                put(v)
+    get = q.get
+
+    def ack_one(m) -> bytes:
+        q.ack(m)
+        return m.value
+
+    received, get_s = drain(n, [((lambda: get(timeout=GET_TIMEOUT)), ack_one)])
+    verify_exactly_once(received, values, "logstore queue")
+    if with_prio:
+        verify_priority_order(received, prios, "logstore priority queue")
+    else:
+        verify_in_order(received, values, "logstore queue (no priorities)")
+    stats = q.stats()
+    check(stats["total"] == 0 and stats["in_flight"] == 0, f"queue not empty: {stats}")
+    with Timer(profiled=False) as c:
+        s.close()
+    s = _logstore_open(spec)
+    q = s.queue("jobs", max_priority=MAX_PRIORITY) if with_prio else s.queue("jobs")
+    check(len(q) == 0 and q.get(timeout=0) is None, "a message came back after reopen")
+    s.close()
+    return {"messages": n, "put_s": tp.seconds, "get_s": get_s, "close_s": c.seconds}
+
+
+def logstore_ttl(spec: dict, values: List[bytes]) -> dict:
+    """Q5: put N, the even-numbered ones with a TTL that runs out before the consumer starts;
+    one consumer get + ack until the unexpired half is acked (the expired half is
+    dead-lettered by those gets, interleaved)."""
+    n = len(values)
+    s = _logstore_open(spec)
+    q = s.queue("jobs")
+    put = q.put
+    with Timer() as tp:
+        for i, v in enumerate(values):
+            put(v, ttl=TTL_SHORT_S if i % 2 == 0 else TTL_LONG_S)
+    # Untimed: every short TTL has run out (wall clock, ms). (No stats() here: it would scan the
+    # published messages, work the first timed gets must do.)
+    time.sleep(TTL_SHORT_S + 0.1)
+    get = q.get
+
+    def ack_one(m) -> bytes:
+        q.ack(m)
+        return m.value
+
+    alive = values[1::2]
+    received, get_s = drain(len(alive), [((lambda: get(timeout=GET_TIMEOUT)), ack_one)])
+    # The delivered half: exactly the odd-numbered (long TTL) messages, in put order.
+    verify_in_order(received, alive, "logstore queue, unexpired half")
+    check(q.get(timeout=0) is None, "a message was delivered after the unexpired half")
+    stats = q.stats()
+    expired = n - len(alive)
+    check(stats["total"] == 0 and stats["in_flight"] == 0, f"queue not empty: {stats}")
+    check(stats["expired"] == expired, f"stats expired {stats['expired']} != {expired}")
+    check(stats["dead_lettered"] == expired,
+          f"stats dead_lettered {stats['dead_lettered']} != {expired}")
+    _verify_expired_dlq(s, values[0::2])
+    with Timer(profiled=False) as c:
+        s.close()
+    s = _logstore_open(spec)  # the expired count is durable, nothing comes back
+    q = s.queue("jobs")
+    check(len(q) == 0 and q.get(timeout=0) is None, "a message came back after reopen")
+    check(q.stats()["expired"] == expired, "expired count changed after reopen")
+    s.close()
+    return {"messages": n, "put_s": tp.seconds, "get_s": get_s, "close_s": c.seconds,
+            "delivered": len(received), "expired": expired}
+
+
+def _verify_expired_dlq(s, dead: List[bytes]) -> None:
+    """The dead-letter topic holds exactly ``dead``, in put order, each with reason expired."""
+    part = s.topic("jobs.dlq").partitions[0]
+    recs = []
+    pos = part.start_offset
+    while pos < part.end_offset:
+        got = part.read(pos, 10_000)
+        recs.extend(got)
+        pos = got[-1].offset + 1
+    verify_in_order([r.value for r in recs], dead, "dead-letter topic jobs.dlq")
+    for r in recs:
+        reason = r.headers.get("x-dead-letter-reason")
+        check(reason == b"expired", f"dead letter {seq_of(r.value)}: reason {reason!r}")
+
+
 # --------------------------------------------------------------------------- persist-queue
 def _pq_open(spec: dict, multithreading: bool):
     import persistqueue
@@ -446,6 +581,50 @@ def redis_queue(spec: dict, values: List[bytes]) -> dict:
     return _redis_row(spec, body)
 
 
+# Q4 peer: a sorted set scored so that ZPOPMIN yields the highest priority first and put order
+# within a level; the Lua script pops one and parks it in an in-flight sorted set (score: lease
+# deadline, as a reliable-queue pattern needs) in one round trip; ZREM from it is the ack.
+_REDIS_PRIO_GET = """
+local m = redis.call('ZPOPMIN', KEYS[1])
+if #m == 0 then return false end
+redis.call('ZADD', KEYS[2], ARGV[1], m[1])
+return m[1]
+"""
+
+
+def redis_prio(spec: dict, values: List[bytes]) -> dict:
+    n = len(values)
+    prios = priorities_of(n)
+
+    def body(server: RedisServer) -> dict:
+        r = server.client()
+        zadd = r.zadd
+        with Timer() as tp:
+            for i, (v, p) in enumerate(zip(values, prios)):
+                zadd("jobs", {v: (MAX_PRIORITY - p) * 2.0 ** 32 + i})
+        take = r.register_script(_REDIS_PRIO_GET)
+        zrem = r.zrem
+        deadline = str(time.time() + 300)
+
+        def get_one():
+            m = take(keys=["jobs", "jobs:inflight"], args=[deadline])
+            if m is None:
+                time.sleep(0.001)  # (only reached once the set is empty)
+            return m
+
+        def ack_one(m) -> bytes:
+            check(zrem("jobs:inflight", m) == 1, "ack of a message not in flight")
+            return m
+
+        received, get_s = drain(n, [(get_one, ack_one)])
+        verify_exactly_once(received, values, "redis sorted set")
+        verify_priority_order(received, prios, "redis sorted set")
+        check(r.zcard("jobs") == 0 and r.zcard("jobs:inflight") == 0, "redis sets not empty")
+        return {"messages": n, "put_s": tp.seconds, "get_s": get_s}
+
+    return _redis_row(spec, body)
+
+
 def _redis_publish(r, values: List[bytes], stream: str) -> float:
     xadd = r.xadd
     with Timer() as tp:
@@ -511,6 +690,8 @@ WORKLOADS = [  # (id, table label)
     ("q3", "Q3 queue, durable"),
     ("p1", f"P1 fan-out, {SUBSCRIPTIONS} subs"),
     ("c1", f"C1 group replay, {PARTITIONS_C1} parts"),
+    ("q4", f"Q4 queue, priorities 0..{MAX_PRIORITY}"),
+    ("q5", "Q5 queue, TTL (half expire)"),
 ]
 
 STORES = {  # id -> table label
@@ -518,6 +699,14 @@ STORES = {  # id -> table label
     "persistqueue": "persist-queue SQLiteAckQueue",
     "redis": "Redis Streams",
 }
+BASELINE_LABEL = "logstore, no priorities"  # Q4's baseline row (spec "baseline": True)
+STORE_LABEL = {("q4", "redis"): "Redis sorted set"}
+
+
+def store_label(r: dict) -> str:
+    if r.get("baseline"):
+        return BASELINE_LABEL
+    return STORE_LABEL.get((r["workload"], r["store"]), STORES[r["store"]])
 
 FUNCTIONS: Dict[str, Callable[[dict, List[bytes]], dict]] = {
     "logstore_queue": logstore_queue,
@@ -527,10 +716,15 @@ FUNCTIONS: Dict[str, Callable[[dict, List[bytes]], dict]] = {
     "redis_queue": redis_queue,
     "redis_fanout": redis_fanout,
     "redis_group": redis_group,
+    "logstore_prio": logstore_prio,
+    "logstore_ttl": logstore_ttl,
+    "redis_prio": redis_prio,
 }
 
-KIND = {"q1": "queue", "q2": "queue", "q3": "queue", "p1": "fanout", "c1": "group"}
-PEER_ROWS = {"persistqueue": ("q1", "q2", "q3"), "redis": ("q1", "q2", "q3", "p1", "c1")}
+KIND = {"q1": "queue", "q2": "queue", "q3": "queue", "p1": "fanout", "c1": "group",
+        "q4": "prio", "q5": "ttl"}
+QUEUE_KINDS = ("queue", "prio", "ttl")  # put phase + get/ack phase
+PEER_ROWS = {"persistqueue": ("q1", "q2", "q3"), "redis": ("q1", "q2", "q3", "p1", "c1", "q4")}
 
 DURABILITY = {  # (store, fsync) -> what an acknowledged put/ack/commit survives
     ("logstore", "never"): "kill -9",
@@ -578,6 +772,20 @@ NOTES = [
     "temporary --dir, outside the timing, and stopped by PID. Its peak RSS is shown after the "
     "client's (client+server). Every Redis call is a loopback round trip, and the server "
     "competes with the client for the same 2 cores.",
+    f"Q4: logstore s.queue('jobs', max_priority={MAX_PRIORITY}), q.put(v, priority=p) with p "
+    f"seeded uniform over 0..{MAX_PRIORITY}, then q.get(timeout=1) + q.ack(m) by one consumer; "
+    "the baseline row is the same on s.queue('jobs') with plain q.put(v) (= Q1), and its "
+    "'vs logstore' is baseline / priorities. Redis sorted set: ZADD jobs "
+    f"{{v: ({MAX_PRIORITY}-p)*2^32 + i}} per message (appendfsync no); get = one EVALSHA of a "
+    "Lua script (ZPOPMIN jobs + ZADD jobs:inflight deadline v); ack = ZREM jobs:inflight v. "
+    "Checked: exactly once, received priorities never increase, FIFO within a level.",
+    f"Q5: s.queue('jobs'), q.put(v, ttl={TTL_SHORT_S:g}) for even i and ttl={TTL_LONG_S:g} for "
+    f"odd i, then an untimed wait of {TTL_SHORT_S + 0.1:g} s, then one consumer q.get(timeout=1) "
+    "+ q.ack(m) until N/2 are acked; the gets dead-letter the expired ones they meet "
+    "(interleaved). get/s and result/s count settled messages (delivered + dead-lettered, N). "
+    "Checked: exactly the odd half delivered in order; jobs.dlq holds exactly the even half "
+    "with x-dead-letter-reason=expired; stats() expired == dead_lettered == N/2, also after a "
+    "reopen. No peer row (persist-queue has no TTL; Redis Streams have none per message).",
     "peak RSS: ru_maxrss of the fresh worker process of that row, including the N messages "
     "kept in memory to put and to check what came back (about 14 MiB per 100k).",
     "Checks (untimed): every message received exactly once and byte for byte (Q, C1), or every "
@@ -589,17 +797,19 @@ NOTES = [
 
 def build_plan(messages: int, durable: int, redis_messages: int,
                have: Dict[str, bool]) -> List[dict]:
-    def row(workload: str, store: str) -> dict:
+    def row(workload: str, store: str, baseline: bool = False) -> dict:
         fsync = "always" if workload == "q3" else "never"
         n = durable if workload == "q3" else messages
         capped = store == "redis" and redis_messages < n
         return {"workload": workload, "store": store, "fsync": fsync,
                 "messages": redis_messages if capped else n, "capped": capped,
-                "consumers": CONSUMERS_Q2 if workload == "q2" else 1}
+                "consumers": CONSUMERS_Q2 if workload == "q2" else 1, "baseline": baseline}
 
     plan = []
     for workload, _ in WORKLOADS:
         plan.append(row(workload, "logstore"))
+        if workload == "q4":  # the same workload on a queue without priorities
+            plan.append(row(workload, "logstore", baseline=True))
         for store, rows in PEER_ROWS.items():
             if workload in rows and have[store]:
                 plan.append(row(workload, store))
@@ -690,7 +900,7 @@ def run_plan(plan: List[dict], root: str, progress: bool = True) -> List[dict]:
     for i, spec in enumerate(plan):
         row = dict(spec, path=os.path.join(root, f"{spec['store']}-{spec['workload']}"))
         if progress:
-            print(f"  [{i + 1:2}/{len(plan)}] {STORES[spec['store']]:<28} {spec['workload']} ...",
+            print(f"  [{i + 1:2}/{len(plan)}] {store_label(spec):<28} {spec['workload']} ...",
                   end="", flush=True, file=sys.stderr)
         row.update(run_row(row, root, i))
         if progress:
@@ -708,7 +918,7 @@ def add_figures(results: List[dict]) -> None:
             continue
         n = r["messages"]
         r["put_per_s"] = n / r["put_s"]
-        if KIND[r["workload"]] == "queue":
+        if KIND[r["workload"]] in QUEUE_KINDS:
             r["get_per_s"] = n / r["get_s"]
             r["result_per_s"] = n / (r["put_s"] + r["get_s"])
         else:
@@ -716,11 +926,28 @@ def add_figures(results: List[dict]) -> None:
             r["result_per_s"] = r["get_per_s"]
         r["mb_per_s"] = r["result_per_s"] * VALUE_SIZE / 1e6
         r["durability"] = DURABILITY[(r["store"], r["fsync"])]
-    refs = {r["workload"]: r for r in results if r["store"] == "logstore" and "error" not in r}
+    refs = {r["workload"]: r for r in results
+            if r["store"] == "logstore" and not r.get("baseline") and "error" not in r}
     for r in results:
         if "error" not in r:
             ref = refs.get(r["workload"])
             r["ratio_vs_logstore"] = r["result_per_s"] / ref["result_per_s"] if ref else None
+
+
+def prio_ratio_notes(results: List[dict]) -> List[str]:
+    """Q4: put/s and get+ack/s of the priority queue against the baseline (same N, no
+    priorities), as ratios."""
+    prio = [r for r in results if r["workload"] == "q4" and r["store"] == "logstore"
+            and not r.get("baseline") and "error" not in r]
+    base = [r for r in results if r["workload"] == "q4" and r.get("baseline")
+            and "error" not in r]
+    if not prio or not base:
+        return []
+    p, b = prio[0], base[0]
+    return [f"Q4 priorities / no priorities (logstore, same {p['messages']:,} messages): put/s "
+            f"{p['put_per_s'] / b['put_per_s']:.2f}x, get+ack/s "
+            f"{p['get_per_s'] / b['get_per_s']:.2f}x, end to end "
+            f"{p['result_per_s'] / b['result_per_s']:.2f}x."]
 
 
 # --------------------------------------------------------------------------- reporting
@@ -789,16 +1016,17 @@ def format_table(results: List[dict]) -> str:
     store_order = {s: i for i, s in enumerate(STORES)}
     labels = dict(WORKLOADS)
     lines = []
-    for r in sorted(results, key=lambda r: (order[r["workload"]], store_order[r["store"]])):
+    for r in sorted(results, key=lambda r: (order[r["workload"]], store_order[r["store"]],
+                                            bool(r.get("baseline")))):
         if "error" in r:
-            lines.append([labels[r["workload"]], STORES[r["store"]], "-", "-", "-", "FAILED",
+            lines.append([labels[r["workload"]], store_label(r), "-", "-", "-", "FAILED",
                           "-", "-", "-", r["error"][:60]])
             continue
         rss = f"{r['peak_rss_mib']:,.1f}"
         if r.get("server_peak_rss_mib") is not None:
             rss += f"+{r['server_peak_rss_mib']:,.1f}"
         ratio = r["ratio_vs_logstore"]
-        store = STORES[r["store"]] + (" (capped)" if r.get("capped") else "")
+        store = store_label(r) + (" (capped)" if r.get("capped") else "")
         lines.append([
             labels[r["workload"]], store, f"{r['messages']:,}",
             f"{r['put_per_s']:,.0f}", f"{r['get_per_s']:,.0f}", f"{r['result_per_s']:,.0f}",
@@ -818,7 +1046,8 @@ def write_png(results: List[dict], path: str) -> None:
         return
     stores = [s for s in STORES if any(r["store"] == s and "error" not in r for r in results)]
     workloads = [w for w, _ in WORKLOADS]
-    figure = {(r["workload"], r["store"]): r["result_per_s"] for r in results if "error" not in r}
+    figure = {(r["workload"], r["store"]): r["result_per_s"] for r in results
+              if "error" not in r and not r.get("baseline")}  # Q4's baseline: in the table
     fig, ax = plt.subplots(figsize=(11, 5.5))
     width = 0.8 / max(1, len(stores))
     for i, store in enumerate(stores):
@@ -843,8 +1072,12 @@ def write_png(results: List[dict], path: str) -> None:
 
 # --------------------------------------------------------------------------- main
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--messages", type=int, help=f"messages for Q1, Q2, P1, C1 (default "
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Request-reply round trips/s (logstore store.request/respond against Redis "
+               "LPUSH/BRPOP request-reply on a real redis-server) are measured by "
+               "bench/rpc_bench.py, not by this script.")
+    p.add_argument("--messages", type=int, help=f"messages for Q1, Q2, P1, C1, Q4, Q5 (default "
                    f"{DEFAULT_MESSAGES:,}; {QUICK_MESSAGES:,} with --quick)")
     p.add_argument("--quick", action="store_true",
                    help=f"{QUICK_MESSAGES:,} messages, {QUICK_DURABLE:,} durable")
@@ -854,7 +1087,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--redis-messages", type=int,
                    help=f"cap every Redis row at this many messages (default "
                         f"{DEFAULT_REDIS_CAP:,}; 0 = no cap); capped rows are marked")
-    p.add_argument("--only", metavar="W[,W]", help="run only these workloads (q1,q2,q3,p1,c1)")
+    p.add_argument("--only", metavar="W[,W]", help="run only these workloads "
+                   "(q1,q2,q3,p1,c1,q4,q5)")
     p.add_argument("--stores", metavar="S[,S]",
                    help="run only these stores (logstore,persistqueue,redis)")
     p.add_argument("--profile", action="store_true",
@@ -924,6 +1158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.profile:
         notes.insert(0, "--profile: logstore rows ran under cProfile; their figures are slowed "
                         "down by it and are not comparable with the peers.")
+    notes = prio_ratio_notes(results) + notes
     print()
     print(format_table(results))
     print()

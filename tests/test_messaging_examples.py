@@ -1,4 +1,5 @@
-"""examples/rpc_resize.py, circuit_breaker.py, asyncio_service.py and metrics_alerts.py run to
+"""examples/rpc_resize.py, circuit_breaker.py, asyncio_service.py, metrics_alerts.py and
+queue_patterns.py run to
 completion and say OK (each checks its own results); what they leave in the store agrees."""
 
 from __future__ import annotations
@@ -52,3 +53,15 @@ def test_asyncio_example(tmp_path):
 def test_metrics_example(tmp_path):
     summary = _run("metrics_alerts.py", tmp_path)
     assert summary["alerts"][0] == "queue jobs: depth=2498 > 1000"
+
+
+def test_queue_patterns_example(tmp_path):
+    summary = _run("queue_patterns.py", tmp_path)
+    assert all(summary[k] for k in ("priorities", "expiry", "overflow", "event_sourcing"))
+    with logstore.Store.open(tmp_path / "ex", readonly=True) as s:
+        assert s.topic("offers.dlq").partitions[0].end_offset == 10
+        assert s.topic("readings.dlq").partitions[0].end_offset == 3
+    # replay_key went through key indexes (built for the sealed segments it read)
+    found = [f for _d, _s, fs in os.walk(tmp_path / "ex" / "topics" / "accounts") for f in fs
+             if f.endswith(".keyindex")]
+    assert found

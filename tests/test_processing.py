@@ -511,3 +511,40 @@ def test_two_streams_of_one_topic_are_branches_of_one_reading(tmp_path):
         odd = sorted(int(v) for _k, v, _t in _read(store, "odd", bytes)[0])
         assert even == list(range(0, 400, 2)) and odd == list(range(1, 400, 2))
         assert len(lp.describe(store)[0]["stages"]) == 1
+
+
+def test_logstore_stats_shows_each_processors_lag_late_and_state(tmp_path):
+    """``logstore stats`` (text and --json) lists every processor with its input lag, late
+    records and state size, per stage and input partition; a damaged processor metadata file
+    is reported as a problem (exit 1), not dropped."""
+    with logstore.Store.open(tmp_path, fsync="never") as store:
+        _publish_events(store, 0, 100)
+        _count_app(store).run(until_caught_up=True)
+        _publish_events(store, 100, 130)  # 30 records the processor has not seen: its lag
+
+    def stats(*args):
+        return subprocess.run([sys.executable, "-m", "logstore.cli", "stats", str(tmp_path),
+                               *args], capture_output=True, text=True, timeout=120)
+
+    out = stats("--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    (proc,) = doc["processors"]
+    assert proc["processor"] == "counter" and proc["lag"] == 30 and proc["late"] == 0
+    assert proc["state_entries"] == 20 and proc["state_bytes"] > 0
+    assert proc["records_in"] == 100
+    rows = proc["stages"][0]["partitions"]
+    assert sum(r["lag"] for r in rows) == 30 and len(rows) == 4
+    text = stats()
+    assert text.returncode == 0, text.stderr
+    assert "stream processors:" in text.stdout and "counter" in text.stdout
+    line = next(ln for ln in text.stdout.splitlines() if ln.strip().startswith("counter"))
+    assert line.split()[1:3] == ["30", "0"]  # lag, late
+    meta = next(os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs
+                if f == "processor.json")
+    with open(meta, "wb") as f:
+        f.write(b"{not json")
+    bad = stats("--json")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    doc = json.loads(bad.stdout)
+    assert doc["processors"][0].get("error") and doc["problems"]

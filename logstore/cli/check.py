@@ -255,6 +255,7 @@ def print_store_stats(out: Any, doc: Dict[str, Any], show_internal: bool = False
     _print_lags(out, "durable subscriptions", doc["subscriptions"], "subscription",
                 "subscription")
     _print_queues(out, doc["queues"])
+    _print_processors(out, doc.get("processors", []))
     if show_internal:
         logs = doc["internal"]["logs"]
         if logs:
@@ -268,6 +269,31 @@ def print_store_stats(out: Any, doc: Dict[str, Any], show_internal: bool = False
             table(out, rows, left=(0, 6), indent="  ")
         _print_lags(out, "internal groups (work-queue checkpoints and redrive cursors)",
                     doc["internal"]["groups"], "group", "group")
+
+
+def _print_processors(out: Any, processors: List[Dict[str, Any]]) -> None:
+    """Stream processors: per stage and input partition, lag, late records, state size."""
+    if not processors:
+        return
+    out.line("")
+    out.line("stream processors:")
+    rows = [["processor/stage/partition", "position", "end", "lag", "late", "state entries",
+             "state bytes", "records in", "records out"]]
+    for d in processors:
+        if d.get("error"):
+            rows.append([d["processor"], "-", "-", "-", "-", "-", "-", "-", "damaged"])
+            continue
+        rows.append([d["processor"], "", "", num(d["lag"]), num(d["late"]),
+                     num(d["state_entries"]), num(d["state_bytes"]), num(d["records_in"]),
+                     num(d["records_out"])])
+        for s in d["stages"]:
+            for r in s["partitions"]:
+                pos = "-" if r["position"] is None else num(r["position"])
+                rows.append([f"  {s['stage']}:{s['input']}/{r['partition']}", pos,
+                             num(r["end_offset"]), num(r["lag"]), num(r["late"]),
+                             num(r["state_entries"]), num(r["state_bytes"]),
+                             num(r["records_in"]), num(r["records_out"])])
+    table(out, rows, left=(0,), indent="  ")
 
 
 def _print_topics(out: Any, topics: List[Dict[str, Any]]) -> None:

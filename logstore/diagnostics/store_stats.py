@@ -19,6 +19,7 @@ from ..errors import LogstoreError
 from ..format import queue_events
 from ..format.names import QUEUE_EVENTS_TOPIC, QUEUE_GROUP, REDRIVE_GROUP, queue_events_dir
 from ..storage.log import Log
+from ..processing.status import describe
 from ..views import leases
 from ..views.consumer import SUBSCRIPTION_PREFIX
 from ..views.store import Store
@@ -150,7 +151,7 @@ def store_stats(path: "str | os.PathLike[str]", topic: Optional[str] = None,
                                        progress=progress(t) if progress else None)
     result: Dict[str, Any] = {"path": given, "store": root, "topic": topic,
                               "partition": partition, "topics": [], "groups": [],
-                              "subscriptions": [], "queues": [],
+                              "subscriptions": [], "queues": [], "processors": [],
                               "internal": {"groups": [], "logs": []}, "problems": []}
     for rep in reports.values():
         for pr in rep.problems:
@@ -172,6 +173,7 @@ def store_stats(path: "str | os.PathLike[str]", topic: Optional[str] = None,
                                                      topic_names))
             except LogstoreError as e:  # e.g. a missing partition or event log
                 result["queues"].append({"queue": q, "error": str(e)})
+        result["processors"] = _processor_stats(store, topic, result["problems"])
     finally:
         store.close()
     for t in targets:
@@ -182,6 +184,23 @@ def store_stats(path: "str | os.PathLike[str]", topic: Optional[str] = None,
                 "end_offset": tot["end_offset"], "records": tot["records"],
                 "bytes": tot["bytes"], "status": "ok" if reports[t.label].ok else "problems"})
     return result
+
+
+def _processor_stats(store: Store, topic: Optional[str],
+                     problems: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Every stream processor that has run in the store (narrowed to those reading ``topic``),
+    from its tasks' last commits: lag, late records, state size (``processing.describe``). A
+    processor whose metadata or changelog cannot be read is listed with its error, not
+    dropped."""
+    try:
+        found = describe(store)
+    except LogstoreError as e:  # (a damaged processor file: a problem, not a silent gap)
+        problems.append({"label": "processors", "file": getattr(e, "path", None),
+                         "kind": "processor", "position": None, "reason": str(e)})
+        return [{"processor": "?", "error": str(e)}]
+    if topic is not None:
+        found = [d for d in found if any(s["input"] == topic for s in d["stages"])]
+    return found
 
 
 def _topic_bounds(store: Store, root: str, topic: Optional[str], partition: Optional[int],

@@ -35,6 +35,7 @@ import mmap
 import os
 import struct
 import threading
+import time
 from typing import Callable, Iterator, NamedTuple, Optional, Tuple
 
 from ..errors import CorruptLogError, StorageError
@@ -190,6 +191,7 @@ class SharedTail:
 
 
 ROLLING = -1  # writing_to while a writer rolls to a new segment
+MAX_GATHER_S = 0.002  # the longest a shared fsync waits for other writers' appends
 
 
 class SharedWriter:
@@ -209,6 +211,7 @@ class SharedWriter:
         self.lock = lock
         self.epoch = -1
         self.session = 0
+        self.gather_s = 0.0  # half this process's last fdatasync (see sync)
         self.first = False  # (after open) no other writer had the log open: this one recovered
 
     # ------------------------------------------------------------------ opening
@@ -373,11 +376,20 @@ class SharedWriter:
                                    f"process: the log refuses writes until reopened")
             if t.durable_offset >= wanted:
                 return t.durable_offset  # covered by another process's fsync
+            if t.next_offset > wanted and self.gather_s:
+                # Other writers are appending too. Those the last fsync released are about to
+                # append again: wait a moment (at most half an fsync) so this one covers them
+                # as well, the cross-process form of group commit's gather. A lone writer
+                # never waits (nothing beyond its own records).
+                time.sleep(self.gather_s)
+                t = tail.read()
             path = os.path.join(self.segs.directory, segment_name(t.active_base))
             try:
                 fd = fs.open(path, os.O_RDONLY)
                 try:
+                    began = time.monotonic()
                     fs.fdatasync(fd)
+                    self.gather_s = min((time.monotonic() - began) / 2, MAX_GATHER_S)
                 finally:
                     fs.close(fd)
             except StorageError:

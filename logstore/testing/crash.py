@@ -124,6 +124,49 @@ def run_and_kill(fn: Callable[..., Any], path: "str | os.PathLike[str]", *,
     """
     __tracebackhide__ = True  # pytest: show the caller's line, not this helper's
     targets.check_kind(kind, KINDS)
+    options = dict(options or {})
+    if "fs" in options:
+        raise ValueError("options cannot carry fs= into a child process")
+    path = os.path.abspath(os.fspath(path))
+    after_s, how, used_seed = _moment(kind, after_acks, after_s, max_s, seed)
+    if require_kill is None:
+        require_kill = after_acks is not None
+    t0 = time.monotonic()
+    frames, output, rc = _run_child(fn, args, kind, path, options, after_acks, after_s,
+                                    timeout)
+    seconds = time.monotonic() - t0
+    acked = [pickle.loads(p) for k, p in frames if k == b"A"]
+    errors = [p.decode("utf-8", "replace") for k, p in frames if k == b"E"]
+    done = [p for k, p in frames if k == b"D"]
+    killed = rc == -signal.SIGKILL
+    if errors:
+        raise CrashRunnerError(f"the function raised in the child process (after {len(acked)} "
+                               f"acknowledgements):\n{errors[0]}{_tail(output)}")
+    if not killed and not done:
+        raise CrashRunnerError(f"the child process exited with status {rc} before it was "
+                               f"killed and without returning{_tail(output)}")
+    if require_kill and not killed:
+        raise CrashRunnerError(
+            f"the function returned after {len(acked)} acknowledgements, before the kill "
+            f"({how}): it never ran into the crash this test is about{_tail(output)}")
+    result = CrashResult(path, kind, acked, killed, rc, how, used_seed, seconds, output,
+                         pickle.loads(done[0]) if done else None)
+    if reopen and kind != "dir":
+        try:
+            result.target = targets.open_target(kind, path, options)
+        except Exception as e:
+            note = (f"logstore.testing: reopening {path} after the child was killed "
+                    f"({how}; {len(acked)} values acknowledged) failed")
+            if hasattr(e, "add_note"):
+                e.add_note(note)
+            raise
+    return result
+
+
+def _moment(kind: str, after_acks: Optional[int], after_s: Optional[float], max_s: float,
+            seed: Optional[int]) -> Tuple[Optional[float], str, Optional[int]]:
+    """When to kill: ``(after_s, how it is described, the seed drawn for a random moment)``;
+    ValueError for arguments that cannot name one."""
     if after_acks is not None and after_s is not None:
         raise ValueError("give after_acks or after_s, not both (neither: a random moment)")
     if after_acks is not None and (isinstance(after_acks, bool) or not isinstance(after_acks, int)
@@ -131,10 +174,6 @@ def run_and_kill(fn: Callable[..., Any], path: "str | os.PathLike[str]", *,
         raise ValueError(f"after_acks must be an int >= 1 (got {after_acks!r})")
     if after_s is not None and after_s < 0:
         raise ValueError(f"after_s must be >= 0 (got {after_s!r})")
-    options = dict(options or {})
-    if "fs" in options:
-        raise ValueError("options cannot carry fs= into a child process")
-    path = os.path.abspath(os.fspath(path))
     used_seed: Optional[int] = None
     if after_acks is not None:
         how = f"SIGKILL right after acknowledgement {after_acks}"
@@ -145,9 +184,13 @@ def run_and_kill(fn: Callable[..., Any], path: "str | os.PathLike[str]", *,
         after_s = random.Random(used_seed).uniform(0.0, max_s)
         how = f"SIGKILL at a random moment: {after_s:.3f} s after the {kind} was open " \
               f"(seed {used_seed})"
-    if require_kill is None:
-        require_kill = after_acks is not None
+    return after_s, how, used_seed
 
+
+def _run_child(fn: Callable[..., Any], args: Sequence[Any], kind: str, path: str,
+               options: Dict[str, Any], after_acks: Optional[int], after_s: Optional[float],
+               timeout: float) -> Tuple[List[Tuple[bytes, bytes]], str, Optional[int]]:
+    """Start the child, kill it when due (or let it return); its frames, output and status."""
     main = sys.modules.get("__main__")
     main_path = getattr(main, "__file__", None) if getattr(fn, "__module__", None) == "__main__" \
         else None
@@ -170,8 +213,7 @@ def run_and_kill(fn: Callable[..., Any], path: "str | os.PathLike[str]", *,
     with open(spec_path, "wb") as f:
         pickle.dump(spec, f, protocol=pickle.HIGHEST_PROTOCOL)
     out_path = os.path.join(work, "output")
-    t0 = time.monotonic()
-    deadline = t0 + timeout
+    deadline = time.monotonic() + timeout
     try:
         with open(out_path, "wb") as out:
             proc = subprocess.Popen([sys.executable, "-c", child.BOOT, spec_path],
@@ -202,34 +244,7 @@ def run_and_kill(fn: Callable[..., Any], path: "str | os.PathLike[str]", *,
         output = _read_text(out_path)
     finally:
         targets.remove_tree(work)
-    seconds = time.monotonic() - t0
-    rc = proc.returncode
-    acked = [pickle.loads(p) for k, p in frames if k == b"A"]
-    errors = [p.decode("utf-8", "replace") for k, p in frames if k == b"E"]
-    done = [p for k, p in frames if k == b"D"]
-    killed = rc == -signal.SIGKILL
-    if errors:
-        raise CrashRunnerError(f"the function raised in the child process (after {len(acked)} "
-                               f"acknowledgements):\n{errors[0]}{_tail(output)}")
-    if not killed and not done:
-        raise CrashRunnerError(f"the child process exited with status {rc} before it was "
-                               f"killed and without returning{_tail(output)}")
-    if require_kill and not killed:
-        raise CrashRunnerError(
-            f"the function returned after {len(acked)} acknowledgements, before the kill "
-            f"({how}): it never ran into the crash this test is about{_tail(output)}")
-    result = CrashResult(path, kind, acked, killed, rc, how, used_seed, seconds, output,
-                         pickle.loads(done[0]) if done else None)
-    if reopen and kind != "dir":
-        try:
-            result.target = targets.open_target(kind, path, options)
-        except Exception as e:
-            note = (f"logstore.testing: reopening {path} after the child was killed "
-                    f"({how}; {len(acked)} values acknowledged) failed")
-            if hasattr(e, "add_note"):
-                e.add_note(note)
-            raise
-    return result
+    return frames, output, proc.returncode
 
 
 def _read_text(path: str) -> str:

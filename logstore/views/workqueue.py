@@ -546,7 +546,7 @@ class WorkQueue:
 
     def _publish_dead_letter(self, p: int, off: int, count: int, reason: str) -> None:
         """Copy message ``off`` of partition ``p`` to the dead-letter topic (if there is one)."""
-        rec = self.topic.partitions[p].read_records(off, 1, None, p)[0]
+        rec = self.topic.partitions[p].get(off)
         if self.dead_letter is not None:
             headers = dict(rec.headers)
             headers.pop(NOT_BEFORE_HEADER, None)
