@@ -23,13 +23,14 @@ import os
 from typing import Any, Iterator, List, NamedTuple, Optional, Tuple
 
 from ..errors import CorruptLogError, OffsetOutOfRangeError
-from ..format.decode import DecodedBatch, decode
+from ..format.decode import DecodedBatch, decode, scan_batch
+from ..format.extract import extract_record, find_batch, find_record
 from ..format.header import (
-    ALIGN, ATTR_OFFSET_DELTAS, CODEC_MASK, FORMAT_VERSION, HEADER, HEADER_SIZE, KNOWN_ATTRS, MAGIC,
-    MAGIC_INT, MAX_BATCH_LENGTH, MAX_TIMESTAMP, STEP, WALK, BatchHeader, check_header, crc_ok,
+    HEADER_SIZE, MAGIC, MAX_TIMESTAMP, WALK, BatchHeader, check_header, crc_ok,
     parse_header,
 )
 from ..fs import FileSystem
+from ..record import Record
 from ..format.names import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
 from .active_file import ActiveFile
 from .tail import (
@@ -41,11 +42,11 @@ from .sparse import zeros_between, zeros_in_mapping
 
 MAX_RELATIVE_OFFSET = 2**31 - 1  # index entries store offsets relative to the segment base
 
-# Batches quick_locate leaves to the general path: compressed, with offset deltas, unknown flags.
-_NOT_QUICK = CODEC_MASK | ATTR_OFFSET_DELTAS | ~KNOWN_ATTRS
 
 
 class ScannedBatch(NamedTuple):
+    """One whole, valid batch found by :meth:`Segment.scan`."""
+
     position: int
     length: int
     base_offset: int
@@ -487,19 +488,36 @@ class Segment:
                 pos = 0
         return self.walk_to(offset, pos)
 
+    def quick_get(self, offset: int) -> Optional[Record]:
+        """``get``'s common route: the record at ``offset``, or None ("take the general
+        route": :meth:`find`, which handles and reports every case). A loaded index whose hint
+        checks out, then :func:`~logstore.format.extract.find_record` over the mapping (a
+        reader's pread-only active segment: :meth:`quick_locate`)."""
+        oi = self._offset_index
+        size = self.size
+        if oi is None or size <= 0 or offset >= self.next_offset:
+            return None
+        if self.use_pread or self.writer is not None and self.writer.pending:
+            found = self.quick_locate(offset)
+            return None if found is None else extract_record(found[0], found[2], offset,
+                                                              self.path, found[3], found[1])
+        mm = self._map if self._map_len >= size else self.mapped(size)
+        rel, pos = oi.lookup(offset - self.base_offset)
+        return find_record(mm, pos, size, self.base_offset + rel, offset, self.path)
+
     def quick_locate(self, offset: int) -> Optional[Tuple[Any, int, tuple, int]]:
         """``get``'s common route to the batch holding ``offset``: ``(buf, at, header,
         position)``, its bytes being ``buf[at : at + header[2]]`` (the mapping, or bytes read
         with pread) and ``header`` the plain tuple of its fields, or None: "ask :meth:`find`".
 
         The common route is a loaded index whose hint checks out and intact, dense,
-        uncompressed batches from the hint to the target: one index search, four header fields
-        per batch stepped over (from the mapping, or one pread each for a reader's active
-        segment), then the target's full header check. Its CRC is the caller's to check
-        (:func:`extract_record` does, or :func:`check_crc` once for several
-        records). Anything else (write buffer, a hint that does not match, a gap, compression,
-        any odd header) returns None, and the caller takes the general path, which handles and
-        reports every case. Both give the same batch for the same bytes.
+        uncompressed batches from the hint to the target (:func:`find_batch`: four header
+        fields per batch stepped over, in the mapping, or in one pread of an index interval
+        for a reader's active segment), then the target's full header check. Checking its
+        bytes is the caller's job (:func:`extract_record`, :func:`extract_records`). Anything
+        else (write buffer, a hint that does not match, a gap, compression, any odd header)
+        returns None, and the caller takes the general path, which handles and reports every
+        case. Both give the same batch for the same bytes.
         """
         oi = self._offset_index
         size = self.size
@@ -507,50 +525,20 @@ class Segment:
         if oi is None or size <= 0 or offset >= self.next_offset or (
                 writer is not None and writer.pending):
             return None
-        if self.use_pread:
-            mm = None
-            fd = self.fd
-        else:
+        rel, pos = oi.lookup(offset - self.base_offset)
+        expect = self.base_offset + rel
+        if not self.use_pread:
             mm = self._map if self._map_len >= size else self.mapped(size)
-        base_offset = self.base_offset
-        rel, pos = oi.lookup(offset - base_offset)
-        expect = base_offset + rel
-        step = STEP.unpack_from
-        magic_int = MAGIC_INT
-        limit = size - HEADER_SIZE
-        while pos <= limit:
-            # Batches before the target are stepped over on four fields (about half of a full
-            # check: a get walks ~12 one-record batches from its index entry); a damaged one
-            # breaks the base-offset chain or the length checks, and the target batch gets the
-            # full header check and its CRC below.
-            if mm is None:
-                raw = os.pread(fd, HEADER_SIZE, pos)
-                if len(raw) < HEADER_SIZE:
-                    return None
-                magic, length, base, last_delta = step(raw, 0)
-            else:
-                raw = mm
-                magic, length, base, last_delta = step(mm, pos)
-            if (magic != magic_int or base != expect or length < HEADER_SIZE or length & 7
-                    or pos + length > size):
-                return None  # odd or a gap: the general path decides and reports
-            expect = base + last_delta + 1
-            if expect > offset:
-                h = HEADER.unpack_from(raw, 0 if mm is None else pos)
-                if (length > MAX_BATCH_LENGTH or h[9] != h[8] - 1 or h[8] < 1
-                        or h[4] & _NOT_QUICK or h[3] != FORMAT_VERSION
-                        or not length - ALIGN < HEADER_SIZE + h[10] <= length
-                        or h[6] < 0 or h[7] < 0):
-                    # (header_problem's checks, on the plain tuple) odd or compressed:
-                    return None  # the general path decides and reports
-                if mm is None:
-                    data = os.pread(fd, length, pos)
-                    if len(data) < length:
-                        return None
-                    return data, 0, h, pos
-                return mm, pos, h, pos
-            pos += length
-        return None
+            found = find_batch(mm, pos, size, expect, offset)
+            return None if found is None else (mm, found[0], found[1], found[0])
+        # Every batch between two index entries starts within an index interval of the first.
+        raw = os.pread(self.fd, min(size, pos + self.index_interval + HEADER_SIZE) - pos, pos)
+        found = find_batch(raw, 0, size - pos, expect, offset)
+        if found is None:
+            return None
+        at, h = found
+        data = os.pread(self.fd, h[2], pos + at)
+        return (data, 0, h, pos + at) if len(data) == h[2] else None
 
     def walk_to(self, offset: int, pos: int) -> Optional[Tuple[int, BatchHeader]]:
         """Walk batch headers from ``pos`` to the batch reaching ``offset``.
@@ -675,19 +663,12 @@ class Segment:
             buf = None
         while pos < end:
             try:
-                if end - pos < HEADER_SIZE:
-                    raise CorruptLogError("truncated batch header", self.path, pos)
-                raw = buf if buf is not None else os.pread(self.fd, HEADER_SIZE, pos)
-                h = parse_header(raw, pos if buf is not None else 0)
-                check_header(h, self.path, pos)
-                if pos + h.length > end:
-                    raise CorruptLogError("truncated batch (torn write)", self.path, pos)
-                data = buf if buf is not None else os.pread(self.fd, h.length, pos)
-                decode(data, pos if buf is not None else 0, h, self.path, pos)
-                if h.base_offset < expect:
-                    raise CorruptLogError(
-                        f"batch base offset {h.base_offset} goes back (expected >= {expect})",
-                        self.path, pos)
+                if buf is not None:
+                    h = scan_batch(buf, pos, pos, end, expect, self.path)
+                else:  # (a reader's active segment: pread, never a mapping)
+                    raw = os.pread(self.fd, min(HEADER_SIZE, end - pos), pos)
+                    h = scan_batch(raw, 0, pos, end, expect, self.path,
+                                   lambda n: os.pread(self.fd, n, pos))
                 if h.next_offset - 1 - self.base_offset > MAX_RELATIVE_OFFSET:
                     raise CorruptLogError("batch offsets too far from the segment base",
                                           self.path, pos)
