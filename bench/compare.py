@@ -14,6 +14,7 @@ Workloads (values drawn cyclically from a seeded pool of distinct random values)
   W3   full replay of the W1b data (logstore: replay() records; replay_batches() counting
        len(batch); replay_batches() summing each batch's value_lengths column)
   W4   random get by offset (100k seeded offsets into the W1b data)
+  W4k  (logstore) the same gets into 1M records written in batches of 1,000 (W1k)
   W4m  the same offsets in one multi-get call where the store has one (logstore get_many,
        LMDB Cursor.getmulti, sqlite SELECT ... WHERE id IN (500 ids) per 500), values in the
        order asked
@@ -58,6 +59,7 @@ from _redis import RedisServer, stop_leftover_server  # noqa: E402
 VALUE_SIZE = 100
 BIG_VALUE_SIZE = 1024
 BATCH = 100
+BIG_BATCH = 1_000  # W1k/W4k: logstore's batches of 1,000 records
 POOL_SIZE = 50_000  # 100 B values; a multiple of BATCH, so pool slices never wrap
 BIG_POOL_SIZE = 5_000  # 1 KiB values (5 MB)
 SEED = 20240615
@@ -244,6 +246,21 @@ def logstore_w1b(spec: dict, data: Data) -> dict:
     return _logstore_batches(spec, data, "never")
 
 
+def logstore_w1k(spec: dict, data: Data) -> dict:
+    """W1b's records in batches of 1,000 (ten of the pool's batches joined): W4k's data."""
+    n_batches = spec["records"] // BIG_BATCH
+    log = _log(spec["path"], fsync="never")
+    append_batch = log.append_batch
+    joined = [sum(data.batches[i:i + BIG_BATCH // BATCH], [])
+              for i in range(0, len(data.batches), BIG_BATCH // BATCH)]
+    with Timer() as t:
+        for batch in islice(cycle(joined), n_batches):
+            append_batch(batch)
+    check(log.end_offset == n_batches * BIG_BATCH, "end_offset")
+    log.close()
+    return result(n_batches * BIG_BATCH, t.seconds)
+
+
 def logstore_w2(spec: dict, data: Data) -> dict:
     return _logstore_batches(spec, data, "always")
 
@@ -306,6 +323,9 @@ def logstore_w4(spec: dict, data: Data) -> dict:
     return result(len(offsets), t.seconds)
 
 
+logstore_w4k = logstore_w4
+
+
 def logstore_w4m(spec: dict, data: Data) -> dict:
     offsets = random_offsets(spec["records"], spec["gets"])
     log = _log(spec["path"], fsync="never")
@@ -341,9 +361,21 @@ def logstore_w6(spec: dict, data: Data) -> dict:
 SQL_INSERT = "INSERT INTO log(value) VALUES (?)"
 
 
-def _sqlite(path: str, synchronous: str, create: bool) -> sqlite3.Connection:
+_SQLITE_FAST = False  # set per worker from the row's spec ("sqlitefast": its fastest config)
+
+
+def _sqlite(path: str, synchronous: str, create: bool, shared: bool = False
+            ) -> sqlite3.Connection:
     conn = sqlite3.connect(os.path.join(path, "log.db"), isolation_level=None, timeout=60,
                            check_same_thread=False)
+    if _SQLITE_FAST:
+        # Its fastest configuration with the same guarantees: no shared-memory WAL index or
+        # file locks per transaction (one connection holds the database), reads through a
+        # memory mapping, a 256 MiB page cache. W6's threads share the file: not exclusive.
+        if not shared:
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+        conn.execute(f"PRAGMA mmap_size={1 << 32}")
+        conn.execute("PRAGMA cache_size=-262144")
     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
     check(mode.lower() == "wal", f"journal_mode {mode}")
     conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -449,9 +481,9 @@ def sqlite_w4m(spec: dict, data: Data) -> dict:
 
 def sqlite_w6(spec: dict, data: Data) -> dict:
     os.makedirs(spec["path"])
-    _sqlite(spec["path"], "FULL", create=True).close()
+    _sqlite(spec["path"], "FULL", create=True, shared=True).close()
     counts = w6_counts(spec)
-    conns = [_sqlite(spec["path"], "FULL", create=False) for _ in counts]
+    conns = [_sqlite(spec["path"], "FULL", create=False, shared=True) for _ in counts]
 
     def body(i: int) -> None:
         execute = conns[i].execute
@@ -466,10 +498,17 @@ def sqlite_w6(spec: dict, data: Data) -> dict:
 
 
 # --------------------------------------------------------------------------- LMDB
+_LMDB_WRITEMAP = False  # set per worker from the row's spec ("lmdbwm": writemap=True)
+
+
 def _lmdb(path: str, sync: bool, readonly: bool = False):
     import lmdb
-    return lmdb.open(path, map_size=LMDB_MAP_SIZE, sync=sync, metasync=sync, writemap=False,
-                     readonly=readonly, lock=not readonly, max_dbs=0, subdir=True)
+    # writemap=True: commits write through LMDB's own shared mapping of the file (no write
+    # system call), as logstore's fsync="never" appends do; sync=False still survives a kill -9
+    # (the pages are in the page cache), sync=True msyncs/fdatasyncs at every commit.
+    return lmdb.open(path, map_size=LMDB_MAP_SIZE, sync=sync, metasync=sync,
+                     writemap=_LMDB_WRITEMAP and not readonly, readonly=readonly,
+                     lock=not readonly, max_dbs=0, subdir=True)
 
 
 def lmdb_w1(spec: dict, data: Data) -> dict:
@@ -958,7 +997,9 @@ WORKLOADS = [  # (id, table label)
     ("w1b", "W1b append 100 B, batch 100"),
     ("w2", "W2 durable batch 100"),
     ("w3", "W3 replay (W1b data)"),
+    ("w1k", "W1k append 100 B, batch 1,000"),
     ("w4", "W4 random get"),
+    ("w4k", "W4k random get, batches of 1,000"),
     ("w4m", "W4m random get, one call"),
     ("w5a", "W5a append 1 KiB, batch 100"),
     ("w5b", "W5b replay 1 KiB"),
@@ -971,8 +1012,10 @@ STORES = {  # id -> table label
     "logstore": "logstore",
     "logstore-batches": "logstore replay_batches",
     "logstore-columns": "logstore replay_batches + value_lengths",
-    "sqlite": "sqlite3 WAL",
-    "lmdb": "LMDB",
+    "sqlite": "sqlite3 WAL (default config)",
+    "sqlitefast": "sqlite3 WAL tuned",
+    "lmdb": "LMDB (default config)",
+    "lmdbwm": "LMDB writemap",
     "diskcache": "diskcache Cache",
     "pqsqlite": "persist-queue SQLiteQueue",
     "pqfile": "persist-queue Queue (file)",
@@ -981,11 +1024,19 @@ STORES = {  # id -> table label
     "raw": "raw write+fdatasync",
 }
 
+# A store that is another store's functions in another configuration: (functions, spec flags).
+VARIANTS = {"sqlitefast": ("sqlite", {"sqlite_fast": True}),
+            "lmdbwm": ("lmdb", {"lmdb_writemap": True})}
+
 # Which store offers which workload (the function is f"{store}_{workload}", w6x* -> w6).
 OFFERS = {
-    "logstore": ("w1", "w1b", "w2", "w3", "w4", "w4m", "w5a", "w5b", "w6x4", "w6x1"),
+    "logstore": ("w1", "w1b", "w1k", "w2", "w3", "w4", "w4k", "w4m", "w5a", "w5b", "w6x4",
+                 "w6x1"),
     "sqlite": ("w1", "w1b", "w2", "w3", "w4", "w4m", "w5a", "w5b", "w6x4", "w6x1"),
+    "sqlitefast": ("w1", "w1b", "w2", "w3", "w4", "w4m", "w5a", "w5b", "w6x4", "w6x1"),
     "lmdb": ("w1", "w1b", "w2", "w3", "w4", "w4m", "w5a", "w5b", "w6x4", "w6x1"),
+    # Reads do not depend on writemap (the default-config LMDB rows show them).
+    "lmdbwm": ("w1", "w1b", "w2", "w5a", "w6x4", "w6x1"),
     "diskcache": ("w1", "w1b", "w2", "w3", "w4", "w5a", "w5b", "w6x4", "w6x1"),
     "pqsqlite": ("w1", "w3", "w6x4", "w6x1"),  # put() always commits: no batch put
     "pqfile": ("w1", "w3"),
@@ -995,7 +1046,7 @@ OFFERS = {
 }
 
 # What an acknowledged write survives. Reference per workload; rows that differ are marked.
-WORKLOAD_DURABILITY = {"w1": "kill -9", "w1b": "kill -9", "w5a": "kill -9",
+WORKLOAD_DURABILITY = {"w1": "kill -9", "w1b": "kill -9", "w1k": "kill -9", "w5a": "kill -9",
                        "w2": "power loss", "w6x4": "power loss", "w6x1": "power loss"}
 DURABILITY_OVERRIDES = {
     ("queuelib", "w1"): "close() only",
@@ -1025,7 +1076,7 @@ def durability_differs(store: str, workload: str) -> bool:
 
 FUNCTIONS: Dict[str, Callable[[dict, Data], dict]] = {
     name: fn for name, fn in globals().items()
-    if callable(fn) and re.fullmatch(r"[a-z]+_w[0-9][abcm]?", name)
+    if callable(fn) and re.fullmatch(r"[a-z]+_w[0-9][abcmk]?", name)
 }
 
 
@@ -1054,8 +1105,11 @@ def build_plan(args: argparse.Namespace, have: Dict[str, bool]) -> List[dict]:
         if args.stores and store not in args.stores:
             continue
 
+        functions, flags = VARIANTS.get(store, (store, {}))
+
         def add(workload: str, store_id: str = store, **spec: Any) -> dict:
-            row = {"workload": workload, "store": store_id, **spec}
+            row = {"workload": workload, "store": store_id, "functions": functions, **flags,
+                   **spec}
             if args.only and workload not in args.only:
                 row["filtered"] = True
             plan.append(row)
@@ -1068,10 +1122,12 @@ def build_plan(args: argparse.Namespace, have: Dict[str, bool]) -> List[dict]:
                 records, capped = cap(store, w, n)
                 written[w] = records
                 add(w, records=records, capped=capped, keep=(w == source))
+        if "w1k" in offers:
+            add("w1k", records=n // BIG_BATCH * BIG_BATCH, capped=False, keep=True)
         if "w2" in offers:
             records, capped = cap(store, "w2", durable)
             add("w2", records=records, capped=capped)
-        if "w3" in offers:
+        if "w3" in offers and source in written:
             add("w3", records=written[source], reads=(store, source))
             if store == "logstore":
                 add("w3", "logstore-batches", records=written[source], reads=(store, source),
@@ -1081,6 +1137,9 @@ def build_plan(args: argparse.Namespace, have: Dict[str, bool]) -> List[dict]:
         if "w4" in offers:
             gets, capped = cap(store, "w4", args.gets)
             add("w4", records=written[source], gets=gets, capped=capped, reads=(store, source))
+        if "w4k" in offers:
+            add("w4k", records=n // BIG_BATCH * BIG_BATCH, gets=args.gets, capped=False,
+                reads=(store, "w1k"))
         if "w4m" in offers:
             add("w4m", records=written[source], gets=args.gets, capped=False,
                 reads=(store, source))
@@ -1089,9 +1148,9 @@ def build_plan(args: argparse.Namespace, have: Dict[str, bool]) -> List[dict]:
             add("w5a", records=records, capped=capped, keep=True, big=True)
             add("w5b", records=records, capped=capped, reads=(store, "w5a"), big=True)
         if "w6x4" in offers:
-            add("w6x4", threads=W6_THREADS, per_thread=per_thread, fn=f"{store}_w6")
+            add("w6x4", threads=W6_THREADS, per_thread=per_thread, fn=f"{functions}_w6")
         if "w6x1" in offers:
-            add("w6x1", threads=1, per_thread=single, fn=f"{store}_w6")
+            add("w6x1", threads=1, per_thread=single, fn=f"{functions}_w6")
     # Readers are the last users of their writer's data: mark where it can be deleted.
     last = {}
     for i, row in enumerate(plan):
@@ -1103,7 +1162,8 @@ def build_plan(args: argparse.Namespace, have: Dict[str, bool]) -> List[dict]:
 
 
 def peers_available() -> Tuple[Dict[str, bool], List[str]]:
-    have = {"logstore": True, "sqlite": True, "raw": hasattr(os, "fdatasync")}
+    have = {"logstore": True, "sqlite": True, "sqlitefast": True,
+            "raw": hasattr(os, "fdatasync")}
     notes = []
     for store, module, pip in (("lmdb", "lmdb", "lmdb"), ("diskcache", "diskcache", "diskcache"),
                                ("pqsqlite", "persistqueue", "persist-queue"),
@@ -1112,6 +1172,7 @@ def peers_available() -> Tuple[Dict[str, bool], List[str]]:
         have[store] = importlib.util.find_spec(module) is not None
         if not have[store] and store != "pqfile":
             notes.append(f"{pip} is not installed (pip install {pip}): its rows were skipped.")
+    have["lmdbwm"] = have["lmdb"]
     redis_py = importlib.util.find_spec("redis") is not None
     server = shutil.which("redis-server")
     have["redis"] = redis_py and server is not None
@@ -1135,7 +1196,11 @@ def run_worker(spec: dict) -> None:
     os.sync()  # start with no dirty pages from earlier rows: their writeback would skew fsyncs
     data = Data(BIG_VALUE_SIZE if spec.get("big") else VALUE_SIZE)
     baseline = _max_rss_mib()
-    fn = FUNCTIONS[spec.get("fn") or f"{spec['store']}_{spec['workload']}"]
+    global _SQLITE_FAST, _LMDB_WRITEMAP
+    _SQLITE_FAST = bool(spec.get("sqlite_fast"))
+    _LMDB_WRITEMAP = bool(spec.get("lmdb_writemap"))
+    fn = FUNCTIONS[spec.get("fn") or
+                   f"{spec.get('functions', spec['store'])}_{spec['workload']}"]
     if spec.get("profile"):
         import cProfile
         import pstats
@@ -1423,12 +1488,22 @@ NOTES = [
     "sqlite3: WAL, isolation_level=None; W1 one autocommit INSERT per record, W1b/W5a BEGIN; "
     "executemany(100); COMMIT, synchronous=OFF; W2/W6 synchronous=FULL (W6: one connection per "
     "thread, busy timeout 60 s). W3 SELECT ORDER BY id; W4 SELECT WHERE id=?.",
-    "LMDB (py-lmdb): writemap=False; 8-byte big-endian int keys; W1 one write txn per record "
-    "with put(append=True), W1b/W5a one txn per batch with cursor.putmulti(append=True); "
-    "sync=False (written at commit, not fsynced) or sync=True (W2/W6: at every commit an "
-    "fdatasync of the data pages, then the meta page written through an O_DSYNC descriptor, "
-    "which strace does not count as a sync call). "
-    "W3 cursor iteration in one read txn; W4 txn.get.",
+    "LMDB (py-lmdb), 8-byte big-endian int keys; W1 one write txn per record with "
+    "put(append=True), W1b/W5a one txn per batch with cursor.putmulti(append=True); sync=False "
+    "(written at commit, not fsynced) or sync=True (W2/W6: at every commit an fdatasync of the "
+    "data pages, then the meta page written through an O_DSYNC descriptor, which strace does "
+    "not count as a sync call). 'LMDB (default config)': writemap=False (commits pwrite their "
+    "pages). 'LMDB writemap': writemap=True, its fastest configuration of the same durability "
+    "(commits write through LMDB's shared mapping of the file, as logstore's fsync='never' "
+    "appends write through theirs; a kill -9 loses nothing committed); reads are the same in "
+    "both (no writemap rows for them). W3 cursor iteration in one read txn; W4 txn.get.",
+    "sqlite3 'tuned': its fastest configuration of the same durability class: the same WAL and "
+    "synchronous settings plus locking_mode=EXCLUSIVE (no shared-memory index or lock calls per "
+    "transaction; not for W6, whose threads share the file), mmap_size=4 GiB (reads through a "
+    "mapping), cache_size=256 MiB.",
+    "W1k/W4k (logstore only): the W1b records written in batches of 1,000 (100 KB batches, "
+    "which carry a chunk table), then W4's gets into them; a peer's gets do not depend on how "
+    "its records were batched. The line under the table gives W4k / W4.",
     "diskcache: Cache(dir, eviction_policy='none') with int keys, sqlite_synchronous=1 (NORMAL, "
     "WAL: a commit is written, not fsynced) or 2 (FULL, W2/W6); W1 set per record, W1b/W5a "
     "set x100 inside transact(); W3 iterkeys() + cache[key] (what Deque iteration does); W4 "
@@ -1459,7 +1534,7 @@ NOTES = [
     "worker process (and its redis-server), counted by strace -f -c in a second, untimed run "
     "of the same row; setup and close included.",
     "W4m: W4's offsets in one call, values returned in the order asked: logstore "
-    "log.get_many(offsets) (each stored batch located and CRC-checked once for all its "
+    "log.get_many(offsets) (each stored batch located once, and checked once for all its "
     "offsets), LMDB txn.cursor().getmulti(keys), sqlite SELECT id, value WHERE id IN (500 "
     "ids) per 500 offsets, put in order through a dict.",
     "Reads run right after the writes on a warm page cache. Results are one run per row: "
@@ -1467,7 +1542,18 @@ NOTES = [
 ]
 
 
+# One colour per store, the same in every run (logstore's own rows are the 1x line).
+COLOURS = {
+    "logstore-batches": "#1f77b4", "logstore-columns": "#aec7e8", "sqlite": "#ff7f0e",
+    "sqlitefast": "#ffbb78", "lmdb": "#2ca02c", "lmdbwm": "#98df8a", "diskcache": "#d62728",
+    "pqsqlite": "#9467bd", "pqfile": "#c5b0d5", "queuelib": "#8c564b", "redis": "#e377c2",
+    "raw": "#7f7f7f",
+}
+
+
 def write_png(results: List[dict], path: str) -> None:
+    """One chart of ratios: for every workload, each peer's records/s divided by logstore's
+    (log scale around 1x: above the line the peer is faster), one colour per store."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -1475,23 +1561,27 @@ def write_png(results: List[dict], path: str) -> None:
     except ImportError:
         print(f"--png: matplotlib is not importable; skipped writing {path}")
         return
-    ok = [r for r in results if "error" not in r]
-    stores = [s for s in STORES if any(r["store"] == s for r in ok)]
+    ok = [r for r in results if "error" not in r and r.get("ratio_vs_logstore")
+          and r["store"] != "logstore"]
     workloads = [w for w, _ in WORKLOADS if any(r["workload"] == w for r in ok)]
-    figure = {(r["workload"], r["store"]): r["records_per_s"] for r in ok}
-    fig, ax = plt.subplots(figsize=(15, 6))
-    width = 0.85 / len(stores)
+    stores = [s for s in STORES if any(r["store"] == s for r in ok)]
+    ratio = {(r["workload"], r["store"]): r["ratio_vs_logstore"] for r in ok}
+    fig, ax = plt.subplots(figsize=(15, 6.5))
+    width = 0.85 / max(1, len(stores))
     for i, store in enumerate(stores):
         xs = [j + (i - (len(stores) - 1) / 2) * width for j, w in enumerate(workloads)
-              if (w, store) in figure]
-        ys = [figure[(w, store)] for w in workloads if (w, store) in figure]
-        ax.bar(xs, ys, width, label=STORES[store])
+              if (w, store) in ratio]
+        heights = [ratio[(w, store)] - 1.0 for w in workloads if (w, store) in ratio]
+        ax.bar(xs, heights, width, bottom=1.0, label=STORES[store],  # from 1x to the ratio
+               color=COLOURS.get(store, f"C{i % 10}"))
+    ax.axhline(1.0, color="black", linewidth=1.2)
+    ax.text(len(workloads) - 0.5, 1.0, " logstore = 1x", va="bottom", ha="right", fontsize=8)
     ax.set_xticks(range(len(workloads)))
     ax.set_xticklabels([LABELS[w] for w in workloads], rotation=20, ha="right", fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel("records/s (log scale)")
-    ax.set_title("logstore vs peers (bench/compare.py)")
-    ax.legend(fontsize=8, ncol=2)
+    ax.set_ylabel("peer records/s \u00f7 logstore records/s (log scale; > 1: peer faster)")
+    ax.set_title("Peers relative to logstore, per workload (bench/compare.py)")
+    ax.legend(fontsize=8, ncol=3)
     ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -1521,7 +1611,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="run logstore rows under cProfile and print the top 25 functions")
     p.add_argument("--json", metavar="PATH", help="write every figure as JSON")
-    p.add_argument("--png", metavar="PATH", help="grouped bar chart (needs matplotlib)")
+    p.add_argument("--png", metavar="PATH", help="chart of peer / logstore ratios per workload "
+                   "(needs matplotlib)")
     p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -1587,6 +1678,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                      + "; ".join(capped))
     print()
     print(format_table(results))
+    by = {(r["store"], r["workload"]): r for r in results if "error" not in r}
+    if ("logstore", "w4") in by and ("logstore", "w4k") in by:
+        print(f"\nlogstore random get, batches of 1,000 / batches of 100: "
+              f"{by[('logstore', 'w4k')]['records_per_s'] / by[('logstore', 'w4')]['records_per_s']:.2f}x")
     print()
     print("W6 scaling (durable single-record appends):")
     print(format_scaling(results))

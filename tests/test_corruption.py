@@ -796,8 +796,9 @@ def test_refused_directories_are_left_untouched(tmp_path, name, make, error, rea
 
 
 # ------------------------------------------------------------------------------ (g) newer batch
-def _future_batch(base_offset: int, version: int = 2) -> bytes:
-    """A CRC-valid batch (one record) whose header says format ``version``."""
+def _future_batch(base_offset: int, version: int = 3) -> bytes:
+    """A CRC-valid batch (one record, small: one CRC32C over all of it) whose header says
+    format ``version``."""
     p = encode.prepare_one(b"from the future", b"key", None, 123)
     buf = bytearray(encode.frame(p, base_offset))
     struct.pack_into("<H", buf, 12, version)
@@ -805,9 +806,9 @@ def _future_batch(base_offset: int, version: int = 2) -> bytes:
     return bytes(buf)
 
 
-@pytest.mark.parametrize("version", [2, 1])
+@pytest.mark.parametrize("version", [3, 2])
 def test_crc_valid_batch_of_unknown_version_at_tail_is_refused_not_truncated(tmp_path, version):
-    """version=2 must be refused without truncation; version=1 (same crafting) is the control:
+    """version=3 must be refused without truncation; version=2 (same crafting) is the control:
     it proves the crafted batch is otherwise valid and is read back."""
     path = tmp_path / "log"
     log, expected = build_log(path, seed=59, min_segments=2, min_active_batches=3)
@@ -820,7 +821,7 @@ def test_crc_valid_batch_of_unknown_version_at_tail_is_refused_not_truncated(tmp
     size = os.path.getsize(active)
     with open(active, "rb") as f:
         content = f.read()
-    if version == 1:
+    if version == 2:
         with Log.open(path, **OPTS) as log:
             assert log.end_offset == n + 1
             assert log.get(n) == Record(n, 123, b"key", b"from the future", {})

@@ -1,7 +1,7 @@
 """The hot paths (``get``'s quick route, the one-record ``append`` framing) against the general
 code they shortcut: same records, same bytes, and every odd case left to the general path.
 
-``Segment.quick_locate`` (+ ``decode.extract_record``) gives a record or None ("take the general
+``Segment.quick_locate`` (+ ``extract.extract_record``) gives a record or None ("take the general
 path"); ``log.read`` decodes whole batches through a different route. For random logs (keys,
 tombstones, headers, timestamps, batches of many sizes, tiny segments, compression on or off),
 read by the writer, after a reopen, or by a read-only opener (pread for the active segment),
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from logstore import CorruptLogError, Log
-from logstore.format import decode, encode, header
+from logstore.format import columns, encode, extract, header
 
 values = st.one_of(st.none(), st.binary(max_size=40))
 keys = st.one_of(st.none(), st.binary(max_size=8))
@@ -40,7 +40,7 @@ def quick_get(seg, offset: int):
     if found is None:
         return None
     buf, at, h, pos = found
-    return decode.extract_record(buf, h, offset, seg.path, pos, at)
+    return extract.extract_record(buf, h, offset, seg.path, pos, at)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -184,4 +184,4 @@ def test_lengths_before_skips_nulls(lengths, start, pad):
     start = min(start, len(lengths))
     count = len(lengths) - start
     want = sum(x for x in lengths[start:] if x >= 0)
-    assert decode.lengths_before(buf, pad + 4 * start, count) == want
+    assert columns.lengths_before(buf, pad + 4 * start, count) == want

@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import logstore
-from logstore.format import header
+from logstore.format import encode, header
 from logstore.storage.segment import Segment
 from logstore.fs import DEFAULT_FS
 
@@ -92,11 +92,33 @@ def _build(directory: str, clean: bool) -> None:
         log.abandon()
 
 
+def _build_tables(directory: str, clean: bool) -> None:
+    """Version 2 batches with chunk tables (payloads above 16 KiB) between small ones: keys,
+    headers, tombstones, timestamps; and a values-only bulk batch."""
+    rng = random.Random(43)
+    log = logstore.Log.open(directory, segment_bytes=48 << 10, index_interval_bytes=4096)
+    for i in range(6):
+        n = rng.randint(220, 320)
+        log.append_batch([None if j % 19 == 3 else b"t%d-%d-" % (i, j) * rng.randint(2, 20)
+                          for j in range(n)],
+                         keys=[b"k%d" % (j % 9) if j % 4 else None for j in range(n)],
+                         headers=[{"h": b"%d" % j} if j % 5 == 0 else None for j in range(n)],
+                         timestamps_ms=[1_700_000_000_000 + i * 1000 + j for j in range(n)])
+        log.append(b"single-%d" % i, key=b"s")
+        if i % 2:
+            log.append_buffer(rng.randbytes(300 * 80), [80] * 300,
+                              timestamp_ms=1_700_000_000_000 + i * 1000 + 999)
+    if clean:
+        log.close()
+    else:
+        log.abandon()
+
+
 class Template:
-    def __init__(self, clean: bool):
+    def __init__(self, clean: bool, tables: bool = False):
         self.dir = tempfile.mkdtemp(prefix="logstore-fuzz-template-")
         d = os.path.join(self.dir, "log")
-        _build(d, clean)
+        (_build_tables if tables else _build)(d, clean)
         self.files = {}
         for name in sorted(os.listdir(d)):
             if name == ".lock":
@@ -117,13 +139,19 @@ class Template:
                      struct.unpack_from("<H", self.files[name], b.position + 14)[0])
                     for b in scan.batches]
         self.segments = sorted(self.batches)
-        assert len(self.segments) >= 4 and any(
-            a & header.CODEC_MASK for bs in self.batches.values() for _, _, a in bs)
+        if tables:
+            assert len(self.segments) >= 3 and sum(
+                bool(a & header.CHUNK_SHIFT_MASK) for bs in self.batches.values()
+                for _, _, a in bs) >= 6
+        else:
+            assert len(self.segments) >= 4 and any(
+                a & header.CODEC_MASK for bs in self.batches.values() for _, _, a in bs)
 
 
 @pytest.fixture(scope="module")
 def templates():
-    out = {"clean": Template(clean=True), "crashed": Template(clean=False)}
+    out = {"clean": Template(clean=True), "crashed": Template(clean=False),
+           "tables": Template(clean=False, tables=True)}
     yield out
     for t in out.values():
         shutil.rmtree(t.dir, ignore_errors=True)
@@ -131,10 +159,10 @@ def templates():
 
 # ------------------------------------------------------------------------------ mutations
 def fix_crc(buf: bytearray, pos: int) -> None:
-    length = struct.unpack_from("<I", buf, pos + 8)[0]
-    end = min(pos + length, len(buf))
-    if end - pos >= 8:
-        struct.pack_into("<I", buf, pos + 4, header.crc32c(bytes(buf[pos + 8:end])))
+    """Make the batch's checksums valid again for its header as it now is (a version 2 batch
+    with a chunk table: the table and the header CRC; otherwise one CRC32C)."""
+    if pos + 56 <= len(buf):
+        encode.reseal(buf, pos)
 
 
 byte_mutation = st.one_of(
@@ -379,6 +407,20 @@ def test_fuzz_any_damage_clean_log(templates, muts, seed):
 @given(muts=st.lists(field_mutation, min_size=1, max_size=3), seed=st.integers(0, 2**32))
 def test_fuzz_header_fields_with_valid_crc(templates, muts, seed):
     run_example(templates["crashed"], muts, seed)
+
+
+@FUZZ_SETTINGS
+@given(muts=st.lists(byte_mutation, min_size=1, max_size=4), seed=st.integers(0, 2**32))
+def test_fuzz_byte_damage_v2_chunk_tables(templates, muts, seed):
+    """Damage anywhere in a log of version 2 batches with chunk tables: a read returns an
+    original record or reports damage (reads check only the chunks they use)."""
+    run_example(templates["tables"], muts, seed)
+
+
+@FUZZ_SETTINGS
+@given(muts=st.lists(field_mutation, min_size=1, max_size=3), seed=st.integers(0, 2**32))
+def test_fuzz_v2_header_fields_and_entries_with_valid_checksums(templates, muts, seed):
+    run_example(templates["tables"], muts, seed)
 
 
 @settings(max_examples=max(20, EXAMPLES // 3), deadline=None, derandomize=DERANDOMIZE,

@@ -39,6 +39,29 @@ def _close(*stores: logstore.Store) -> None:
 
 
 # ----------------------------------------------------------------------------- in one process
+def test_a_later_nack_elsewhere_replaces_an_earlier_delay(tmp_path):
+    """Store 1 nacks a message with a short delay; when it is due, store 2 takes it and nacks it
+    with a long one. Store 1 still holds its own entry of the short delay: it must not hand the
+    message out when that one comes due (nor before the long delay ends), and stats agree."""
+    import time
+
+    s1, s2 = _stores(str(tmp_path / "s"), 2)
+    try:
+        q1, q2 = (s.queue("jobs", visibility_timeout=30) for s in (s1, s2))
+        q1.put(b"m")
+        m = q1.get(timeout=5)
+        q1.nack(m, delay=0.1)
+        time.sleep(0.15)
+        again = q2.get(timeout=5)
+        assert again is not None and again.id == m.id and again.delivery_count == 2
+        q2.nack(again, delay=30)
+        assert q1.get(timeout=0.5) is None, "delivered before its latest delay ended"
+        assert q2.get(timeout=0.1) is None
+        assert q1.stats()["delayed"] == 1 and q2.stats()["delayed"] == 1
+    finally:
+        _close(s1, s2)
+
+
 def test_one_getter_at_a_time_and_extend_across_stores(tmp_path):
     """A message another store holds is not handed out (lease 30 s); shortening the lease with
     extend() tells the other store, which then delivers it again (count 2); the first holder's

@@ -1,17 +1,27 @@
-"""Write the small, deterministic golden logs under ``segments/golden/``.
+"""Write the small, deterministic golden logs of the current format under
+``segments/golden/v2/``.
 
 Usage (from the checkout)::
 
-    python tools/make_golden.py            # rewrites segments/golden/{plain,zstd}
+    python tools/make_golden.py            # rewrites segments/golden/v2/{plain,zstd,tables}
     python tools/make_golden.py --out DIR  # somewhere else (the tests regenerate into a tmp dir)
 
-The logs are used by ``tests/test_cli.py`` (exact ``dump``/``verify`` output) and are handy for
-trying the operator commands by hand (``logstore dump segments/golden/plain``).
+The logs are used by ``tests/test_cli.py`` and ``tests/test_format_v2.py`` (exact bytes, exact
+``dump``/``verify`` output) and are handy for trying the operator commands by hand (``logstore
+dump segments/golden/v2/plain``).
 
 * ``plain``: uncompressed, three tiny segments (``segment_bytes=1024``), a sparse index entry
   every 128 bytes, keys, headers, tombstones, an empty value, a binary (non-UTF-8) key, value and
   header value, single appends and multi-record batches with distinct timestamps.
 * ``zstd``: zstd-compressed batches of compressible JSON orders, two segments.
+* ``tables``: batches large enough to carry a chunk table (payload above 16 KiB): one with
+  keys, headers, tombstones and distinct timestamps, one of values only (``append_buffer``),
+  between single appends.
+
+``segments/golden/plain`` and ``segments/golden/zstd`` are the same logs in batch format
+version 1, written by logstore 8f4b83a with this script's ``make_plain``/``make_zstd`` (their
+``logstore.meta`` later gained the stored settings): they are frozen, never regenerated (this
+logstore writes version 2 only), and keep proving that version 1 logs stay readable.
 
 Everything is deterministic: fixed timestamps, fixed log id and creation time in
 ``logstore.meta``, no ``.lock`` file. Uncompressed bytes are identical on every run; zstd bytes
@@ -94,13 +104,32 @@ def make_zstd(path: str) -> None:
     _finish(path)
 
 
+def make_tables(path: str) -> None:
+    with logstore.Log.open(path, fsync="always", segment_bytes=64 << 10,
+                           index_interval_bytes=4096) as log:
+        t = T0
+        log.append(b"first", key=b"user-0", timestamp_ms=t)
+        n = 300
+        log.append_batch(
+            [None if j % 17 == 5 else b"record-%03d " % j + b"x" * (j % 90) for j in range(n)],
+            keys=[b"user-%d" % (j % 7) if j % 11 else None for j in range(n)],
+            headers=[{"n": b"%d" % j, "kind": b"even" if j % 2 == 0 else b"odd"}
+                     if j % 4 == 0 else None for j in range(n)],
+            timestamps_ms=[t + 1000 + j for j in range(n)])
+        log.append(b"between", timestamp_ms=t + 2000)
+        values = b"".join(b"%-100d" % j for j in range(400))  # 400 x 100 bytes, values only
+        log.append_buffer(values, [100] * 400, timestamp_ms=t + 3000)
+        log.append(None, key=b"user-1", timestamp_ms=t + 4000)
+    _finish(path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=os.path.join(ROOT, "segments", "golden"),
-                    help="output directory (default: segments/golden of the checkout)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "segments", "golden", "v2"),
+                    help="output directory (default: segments/golden/v2 of the checkout)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    for name, fn in (("plain", make_plain), ("zstd", make_zstd)):
+    for name, fn in (("plain", make_plain), ("zstd", make_zstd), ("tables", make_tables)):
         path = os.path.join(args.out, name)
         if os.path.exists(path):
             shutil.rmtree(path)

@@ -18,6 +18,7 @@ from ..diagnostics.scan import (
 )
 from ..diagnostics.targets import Target, resolve_targets
 from ..errors import CorruptLogError, NotALogError, OffsetOutOfRangeError
+from ..format.header import chunk_count
 from ..storage.log import Log
 from ..views.names import partition_for_key
 from .common import (
@@ -80,7 +81,9 @@ def dump(path: str, from_offset: Optional[int], max_items: Optional[int], values
     \b
     Record line: offset=N ts=MS key=K size=BYTES headers={..} batch=POS codec=C crc=ok [value=V]
     Batch line:  batch=POS offsets=A..B records=N base_ts=MS max_ts=MS length=L payload=P
-                 raw=R codec=C crc=ok|BAD
+                 raw=R codec=C version=V chunks=K crc=ok|BAD
+    (version: the batch format, 1 or 2; chunks: entries of a version 2 batch's chunk table,
+    0 for none: its bytes are then checked as a whole)
     Keys and header values print as JSON strings, or 0x-hex when not UTF-8; null = none
     (size=null: a tombstone). --json prints the same fields as JSON objects (key/headers as
     text, falling back to base64 with a "key_encoding"/"headers_encoding" marker); records and
@@ -299,11 +302,12 @@ def batch_line(out: Out, target: Target, seg: Any, pos: int, h: Any, crc: str,
             "base_timestamp": h.base_timestamp, "max_timestamp": h.max_timestamp,
             "length": h.length, "payload_length": h.payload_length,
             "raw_length": h.raw_length, "codec": h.codec, "attributes": h.attributes,
-            "crc": crc}))
+            "version": h.version, "chunks": chunk_count(h), "crc": crc}))
     else:
         out.line(f"batch={pos} offsets={h.base_offset}..{h.last_offset} records={h.record_count} "
                  f"base_ts={h.base_timestamp} max_ts={h.max_timestamp} length={h.length} "
-                 f"payload={h.payload_length} raw={h.raw_length} codec={h.codec} crc={crc}")
+                 f"payload={h.payload_length} raw={h.raw_length} codec={h.codec} "
+                 f"version={h.version} chunks={chunk_count(h)} crc={crc}")
 
 
 def dump_index(targets: List[Target], out: Out, as_json: bool) -> None:

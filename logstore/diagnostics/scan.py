@@ -3,8 +3,9 @@
 :func:`scan` yields events per segment: :class:`SegmentStart`, a :class:`BatchEvent` per valid
 batch, an :class:`ErrorEvent` for invalid data (classified as a torn tail or damage by the
 shared rules of :mod:`logstore.format.damage`), :class:`SegmentEnd`. A batch is valid iff the
-engine's ``Segment.scan`` would accept it: header, bounds, CRC32C, structure, offsets not going
-back, offsets within reach of the segment's base.
+engine's ``Segment.scan`` would accept it: header, bounds, CRC32C (of a version 2 batch with a
+chunk table: its header CRC, every table entry and the zero padding too), structure, offsets not
+going back, offsets within reach of the segment's base.
 
 Beside a running writer: an incomplete batch at the end of the active segment (while a writer
 holds the lock, or while the file keeps growing) is re-read for a short while before it is
@@ -76,7 +77,7 @@ def read_one(r: Reader, seg: SegmentFile, pos: int, expect: Optional[int], decod
         if len(buf) - i < h.length:
             return Item(pos, h, None, CorruptLogError("truncated batch (torn write)", path, pos))
         try:
-            batch = batch_decode.decode(buf, i, h, path, pos, True)
+            batch = batch_decode.decode(buf, i, h, path, pos, True, deep=True)
         except CorruptLogError as e:
             return Item(pos, h, None, e)
     if expect is not None and h.base_offset < expect:

@@ -1,19 +1,18 @@
-"""Record-batch decoding: the reader half of ``segments/FORMAT.md``.
+"""Record-batch decoding: the reader half of ``segments/FORMAT.md``, whole batches.
 
-:func:`decode` turns a CRC-checked batch into a :class:`DecodedBatch` of numpy columns (parsed
-lazily, cross-checked at first use); :func:`extract_record` / :func:`extract_records` read only
-the column entries of the records asked for (random-access ``get``). Columns are decoded with
-numpy in one call each, so reading a batch costs a handful of C calls whatever the number of
-records; only turning records into Python objects is per-record work. No I/O.
+:func:`decode` turns a checked batch (every byte: :func:`~logstore.format.header.crc_ok`) of
+either version into a :class:`DecodedBatch` of numpy columns (parsed lazily, cross-checked at
+first use). Columns are decoded with numpy in one call each, so reading a batch costs a handful
+of C calls whatever the number of records; only turning records into Python objects is
+per-record work. Random access to a few records (``get``, ``get_many``, short reads), which
+checks only the bytes it reads, is :mod:`logstore.format.extract`. No I/O.
 """
 
 from __future__ import annotations
 
-import struct
 import threading
-from functools import partial
-from itertools import accumulate, repeat
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from itertools import repeat
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 import numpy as np
 import zstandard
@@ -23,9 +22,13 @@ if TYPE_CHECKING:
 
 from ..errors import CorruptLogError
 from ..record import Record
+from .columns import (
+    EMPTY_HEADERS, end_columns, end_columns_numpy, length_columns, make_records, parse_headers,
+)
 from .header import (
-    ATTR_HEADERS, ATTR_KEYS, ATTR_OFFSET_DELTAS, ATTR_TIMESTAMPS, CODEC_MASK, CODEC_ZSTD, CRC_START, FORMAT_VERSION, HEADER_SIZE, I32, I64, KNOWN_ATTRS, U16, U32,
-    BatchHeader, check_header, check_version, crc32c, int_struct,
+    ATTR_HEADERS, ATTR_KEYS, ATTR_OFFSET_DELTAS, ATTR_TIMESTAMPS, CODEC_MASK, CODEC_ZSTD,
+    END_MASK, FORMAT_VERSION, I32, BatchHeader, check_header, check_version,
+    HEADER_SIZE, chunks_ok, crc_ok, int_struct, parse_header,
 )
 
 _local = threading.local()
@@ -43,6 +46,12 @@ _COLUMNS = ("offsets", "timestamps", "key_lengths", "key_offsets", "value_length
             "value_offsets", "header_lengths", "header_offsets")
 
 
+def ends_layout(h: Any) -> bool:
+    """Whether the batch's item columns hold end positions (version 2, uncompressed) rather
+    than lengths (version 1, and compressed version 2 batches)."""
+    return h[3] == FORMAT_VERSION and not h[4] & CODEC_MASK
+
+
 def _column_property(name: str, doc: str) -> property:
     def get(self: "DecodedBatch") -> Optional[np.ndarray]:
         if not self._parsed:
@@ -53,11 +62,13 @@ def _column_property(name: str, doc: str) -> property:
         lst = self._lists.get(name)
         if lst is None:
             arr = None
-        elif name.endswith("_lengths"):
-            # The stored int32 column itself (checked by the parse): zero-copy, as for large
-            # batches.
+        elif name.endswith("_lengths") and not ends_layout(self.header):
+            # (Length columns) The stored int32 column itself (checked by the parse): zero-copy, as
+            # for large batches.
             arr = np.frombuffer(self.data, dtype="<i4", count=len(lst),
                                 offset=self._length_column_at(name))
+        elif name.endswith("_lengths"):
+            arr = np.array(lst, dtype=np.int32)
         else:
             arr = np.array(lst, dtype=np.int64)
         arrays[name] = arr
@@ -75,11 +86,12 @@ class DecodedBatch:
     batch read through an mmap, ``values_buffer`` is a zero-copy memoryview of the mapped file.
     Small batches are parsed without numpy and build the arrays only when asked.
 
-    The CRC is checked before a DecodedBatch exists. The columns are parsed and cross-checked
-    (lengths add up to the payload, offsets increase, timestamps match the header) when the
-    batch is built, or with ``lazy=True`` at the first access to any column, value, key,
-    header or record: a reader that only needs ``len(batch)`` or the header pays for neither,
-    and nothing unchecked is ever handed out.
+    Every byte of the batch is checked (CRC32C) before a DecodedBatch exists. The columns are
+    parsed and cross-checked (lengths add up to the payload, offsets increase, timestamps match
+    the header) when the batch is built, or with ``lazy=True`` at the first access to any
+    column, value, key, header or record: a reader that only needs ``len(batch)`` or the header
+    pays for neither, and nothing unchecked is ever handed out. Both batch versions decode to
+    the same columns (version 2 stores item end positions instead of lengths).
     """
 
     __slots__ = ("header", "position", "data", "_path", "_lists", "_arrays", "_parsed")
@@ -176,8 +188,11 @@ class DecodedBatch:
         start = ((a & ATTR_KEYS) >> 2) + 4 + ((a & ATTR_HEADERS) >> 3)  # 4 bytes per column
         if len(data) < start:
             raise self._corrupt("batch columns run past the payload")
+        v2 = ends_layout(h)
         if a & ATTR_KEYS:
             (kl,) = I32.unpack_from(data, 0)
+            if v2:  # an end position, bit 31 = null
+                kl = self._v2_length(kl, start, "key")
             if kl < -1:
                 raise self._corrupt("negative key length")
             lists["key_lengths"] = [kl]
@@ -188,6 +203,8 @@ class DecodedBatch:
         else:
             lists["key_lengths"] = lists["key_offsets"] = None
         (vl,) = I32.unpack_from(data, pos)
+        if v2:
+            vl = self._v2_length(vl, start, "value")
         if vl < -1:
             raise self._corrupt("negative value length")
         lists["value_lengths"] = [vl]
@@ -196,6 +213,8 @@ class DecodedBatch:
             start += vl
         if a & ATTR_HEADERS:
             (hl,) = I32.unpack_from(data, pos + 4)
+            if v2:
+                hl = -1 if hl < 0 else hl - start
             if hl < 0:
                 raise self._corrupt("negative header length")
             lists["header_lengths"] = [hl]
@@ -208,6 +227,16 @@ class DecodedBatch:
         lists["offsets"] = [h.base_offset]
         lists["timestamps"] = [h.base_timestamp]
         return True
+
+    def _v2_length(self, end: int, start: int, what: str) -> int:
+        """A one-record batch's stored end entry (read as int32) as a length (-1 = null)."""
+        if end < 0:  # bit 31: null
+            if end & END_MASK != start:
+                raise self._corrupt(f"a null {what} is not empty")
+            return -1
+        if end < start:
+            raise self._corrupt(f"negative {what} length")
+        return end - start
 
     def _parse_small(self) -> None:
         h = self.header
@@ -234,7 +263,12 @@ class DecodedBatch:
             if h.last_offset_delta != n - 1:
                 raise self._corrupt("dense batch with a gap in its header")
             offs = list(range(h.base_offset, h.base_offset + n))
-        columns = _length_columns(data, pos, n, a, fixed, len(data), self._path, self.position)
+        if ends_layout(h):
+            columns = end_columns(data, pos, n, a, 0, fixed, len(data), self._path,
+                                  self.position)
+        else:
+            columns = length_columns(data, pos, n, a, fixed, len(data), self._path,
+                                     self.position)
         for name, (lens, starts) in zip(("key", "value", "header"), columns):
             lists[name + "_lengths"] = lens
             lists[name + "_offsets"] = starts
@@ -270,10 +304,24 @@ class DecodedBatch:
             if h.last_offset_delta != n - 1:
                 raise self._corrupt("dense batch with a gap in its header")
             arrays["offsets"] = np.arange(h.base_offset, h.base_offset + n, dtype=np.int64)
-        start = fixed
+        if ends_layout(h):
+            arrays.update(end_columns_numpy(data, pos, n, a, fixed, len(data), self._path,
+                                            self.position))
+            start = len(data)  # (checked)
+        else:
+            start = self._lengths_numpy(col, fixed)
+        if start != len(data):
+            raise self._corrupt("record lengths do not add up to the payload length")
+        if int(arrays["timestamps"].max()) != h.max_timestamp:
+            raise self._corrupt("max timestamp does not match the records")
+
+    def _lengths_numpy(self, col: Any, start: int) -> int:
+        """(Version 1, large batches) The length columns as arrays; returns where the items
+        end."""
+        arrays = self._arrays
         for name, flag, minimum in (("key", ATTR_KEYS, -1), ("value", -1, -1),
                                     ("header", ATTR_HEADERS, 0)):
-            if flag != -1 and not a & flag:
+            if flag != -1 and not self.header.attributes & flag:
                 arrays[name + "_lengths"] = arrays[name + "_offsets"] = None
                 continue
             lens = col("<i4", 4)
@@ -288,10 +336,7 @@ class DecodedBatch:
             ends = np.cumsum(sizes)
             arrays[name + "_offsets"] = ends - sizes + start
             start += int(ends[-1])
-        if start != len(data):
-            raise self._corrupt("record lengths do not add up to the payload length")
-        if int(arrays["timestamps"].max()) != h.max_timestamp:
-            raise self._corrupt("max timestamp does not match the records")
+        return start
 
     def _column(self, name: str, start: int, stop: int) -> Optional[list]:
         if not self._parsed:
@@ -354,34 +399,10 @@ class DecodedBatch:
 
     def headers(self, i: int) -> Dict[str, bytes]:
         lens = self._column("header_lengths", i, i + 1)
-        if lens is None:
-            return {}
+        if lens is None or not lens[0]:
+            return EMPTY_HEADERS
         s = self._column("header_offsets", i, i + 1)[0]
-        return self._parse_headers(bytes(self.data[s : s + lens[0]]))
-
-    def _parse_headers(self, raw: bytes) -> Dict[str, bytes]:
-        return self._headers_from(raw, self._path, self.position)
-
-    @staticmethod
-    def _headers_from(raw: bytes, path: Optional[str], position: int) -> Dict[str, bytes]:
-        out: Dict[str, bytes] = {}
-        p = 0
-        end = len(raw)
-        try:
-            while p < end:
-                (nl,) = U16.unpack_from(raw, p)
-                p += 2
-                name = raw[p : p + nl].decode("utf-8")
-                p += nl
-                (vl,) = U32.unpack_from(raw, p)
-                p += 4
-                if p + vl > end or len(name.encode("utf-8")) != nl:
-                    raise ValueError
-                out[name] = raw[p : p + vl]
-                p += vl
-        except (ValueError, struct.error, UnicodeDecodeError):
-            raise CorruptLogError("malformed record headers", path, position) from None
-        return out
+        return parse_headers(bytes(self.data[s : s + lens[0]]), self._path, self.position)
 
     def record_at(self, i: int) -> Record:
         """The ``i``-th record of the batch."""
@@ -398,7 +419,7 @@ class DecodedBatch:
             if kls is not None and kls[i] >= 0:
                 ks = lists["key_offsets"][i]
                 key = bytes(data[ks : ks + kls[i]])
-            hdrs = self.headers(i) if lists["header_lengths"] is not None else {}
+            hdrs = self.headers(i) if lists["header_lengths"] is not None else EMPTY_HEADERS
             return Record(lists["offsets"][i], lists["timestamps"][i], key, value, hdrs)
         return Record(self.offset_at(i), self._column("timestamps", i, i + 1)[0], self.key(i),
                       self.value(i), self.headers(i))
@@ -432,14 +453,13 @@ class DecodedBatch:
             keys = [None if l < 0 else data[s : s + l] for s, l in zip(ks, kl)]
         hl = col("header_lengths", start, stop)
         if hl is None:
-            hdrs: Any = [{} for _ in range(count)]
+            hdrs: Any = repeat(EMPTY_HEADERS, count)
         else:
             hs = col("header_offsets", start, stop)
-            hdrs = [self._parse_headers(data[s : s + l]) if l else {} for s, l in zip(hs, hl)]
-        return list(map(_make_record, zip(offs, tss, keys, values, hdrs, repeat(partition))))
-
-
-_make_record = partial(tuple.__new__, Record)  # C-level, no per-record Python frame
+            path, where = self._path, self.position
+            hdrs = [parse_headers(data[s : s + l], path, where) if l else EMPTY_HEADERS
+                    for s, l in zip(hs, hl)]
+        return make_records(zip(offs, tss, keys, values, hdrs, repeat(partition)), count)
 
 
 def decode(
@@ -450,12 +470,15 @@ def decode(
     file_pos: Optional[int] = None,
     header_checked: bool = False,
     lazy: bool = False,
+    deep: bool = False,
 ) -> DecodedBatch:
     """Validate (CRC, structure) and decode the batch whose header ``h`` was read at ``pos``.
 
     ``buf`` must hold at least ``pos + h.length`` bytes; ``file_pos`` is where ``buf[pos]`` lies
     in the file (default ``pos``), for error messages. Raises :class:`CorruptLogError` naming
     ``path`` and the file position for any inconsistency; never returns unvalidated data.
+    ``deep`` (scans, ``verify``): also check every entry of a version 2 chunk table against its
+    chunk, so that a batch that decodes never fails a partial read later.
     """
     where = pos if file_pos is None else file_pos
     if not header_checked:
@@ -463,9 +486,13 @@ def decode(
     mv = memoryview(buf)
     if pos + h.length > len(mv):
         raise CorruptLogError("batch runs past the end of the file", path, where)
-    if crc32c(mv[pos + CRC_START : pos + h.length]) != h.crc:
+    if not crc_ok(mv, pos, h):
         raise CorruptLogError("CRC32C mismatch", path, where)
     check_version(h, path, where)
+    if deep:
+        problem = chunks_ok(mv, pos, h)
+        if problem is not None:
+            raise CorruptLogError(problem, path, where)
     payload = mv[pos + HEADER_SIZE : pos + HEADER_SIZE + h.payload_length]
     codec = h.attributes & CODEC_MASK
     if codec == CODEC_ZSTD:
@@ -489,203 +516,25 @@ def decode(
 
 
 
-_SUM_STRUCTS: List[Optional[struct.Struct]] = [None] * 2049  # "<{n}I", by n, made on first use
 
 
-def lengths_before(buf: Any, col: int, count: int) -> int:
-    """Sum of the non-negative int32 lengths among the first ``count`` entries at ``col``
-    (-1 marks null and counts 0). ``buf`` is bytes or an mmap. struct beats numpy's call
-    overhead for small counts."""
-    if count <= 2048:
-        st = _SUM_STRUCTS[count]
-        if st is None:
-            st = _SUM_STRUCTS[count] = struct.Struct(f"<{count}I")
-        # Read as unsigned, a null (-1) adds 2**32 - 1. The other lengths of a batch sum below
-        # MAX_BATCH_LENGTH < 2**31, so the number of nulls is the total rounded to the nearest
-        # multiple of 2**32: one C-level sum, no search for nulls. (Lengths a crafted batch
-        # sums wrongly this way are caught by the callers' bounds checks, as before.)
-        total = sum(st.unpack_from(buf, col))
-        return total - ((total + 0x80000000) >> 32) * 0xFFFFFFFF
-    arr = np.frombuffer(buf, dtype="<i4", count=count, offset=col)
-    return int(arr.sum()) + int(np.count_nonzero(arr < 0))
-
-
-def _length_columns(buf: Any, pos: int, n: int, attributes: int, data_start: int, end: int,
-                    path: Optional[str], file_pos: Optional[int]) -> List[Tuple[Any, Any]]:
-    """The key, value and header length columns of a batch (stored in that order from
-    ``buf[pos]``; key and header ones only when ``attributes`` says so), each as ``(lengths,
-    starts)``: the int32 lengths and where each item begins, items being stored one after
-    another from ``data_start`` (keys, then values, then headers). ``(None, None)`` for an
-    absent column. Checks what a small batch's parse checks: no length below -1 (below 0 for
-    headers) and the lengths adding up to ``end`` exactly; CorruptLogError otherwise."""
-    ints = int_struct("i", n)
-    out: List[Tuple[Any, Any]] = []
-    start = data_start
-    for name, flag, minimum in (("key", ATTR_KEYS, -1), ("value", 0, -1),
-                                ("header", ATTR_HEADERS, 0)):
-        if flag and not attributes & flag:
-            out.append((None, None))
-            continue
-        lens = list(ints.unpack_from(buf, pos))
-        pos += 4 * n
-        low = min(lens)
-        if low < minimum:
-            raise CorruptLogError(f"negative {name} length", path, file_pos)
-        starts = list(accumulate(lens if low >= 0 else [x if x > 0 else 0 for x in lens],
-                                 initial=start))
-        start = starts.pop()
-        out.append((lens, starts))
-    if start != end:
-        raise CorruptLogError("record lengths do not add up to the payload length", path,
-                              file_pos)
-    return out
-
-
-_new_record = partial(tuple.__new__, Record)
-
-def extract_record(buf: Any, h: BatchHeader, offset: int, path: Optional[str],
-                   file_pos: int, at: int = 0, partition: Optional[int] = None,
-                   crc_checked: bool = False) -> Optional[Record]:
-    """The record at ``offset`` from the framed batch at ``buf[at:]`` (random-access ``get``).
-
-    ``buf`` is bytes or an mmap. ``h`` is the batch's header, already checked by
-    :func:`header_problem` and known to fit in ``buf``. Checks the CRC (unless the caller did,
-    ``crc_checked``: :func:`check_crc` on these very bytes), then reads only the column entries
-    it needs (struct) instead of decoding the whole batch. Returns None when the record is
-    absent (a compaction gap). Falls back to :func:`decode` for compressed batches and batches
-    with offset deltas. ``partition`` is set on the returned record.
-    """
-    a = h[4]  # attributes (tuple indexing: this is the hottest read path)
-    if a & (CODEC_MASK | ATTR_OFFSET_DELTAS):
-        batch = decode(buf[at : at + h.length], 0, h, path, file_pos, True)
-        j = batch.index_of(offset)
-        if j >= len(batch) or batch.offset_at(j) != offset:
-            return None
-        rec = batch.record_at(j)
-        return rec if partition is None else rec._replace(partition=partition)
-    if not crc_checked and crc32c(memoryview(buf)[at + CRC_START : at + h[2]]) != h[1]:
-        raise CorruptLogError("CRC32C mismatch", path, file_pos)
-    if h[3] != FORMAT_VERSION or a & ~KNOWN_ATTRS:
-        check_version(h, path, file_pos)
-    n = h[8]
-    j = offset - h[5]
-    if not 0 <= j < n:
-        return None
-    if h[9] != n - 1:
-        raise CorruptLogError("dense batch with a gap in its header", path, file_pos)
-    col = at + HEADER_SIZE  # columns and data are addressed directly in buf
-    end = col + h[10]  # payload end
-    ts = h[6]
-    if a & ATTR_TIMESTAMPS:
-        ts += I64.unpack_from(buf, col + 8 * j)[0]
-        col += 8 * n
-    kl_pos = -1
-    if a & ATTR_KEYS:
-        kl_pos = col
-        col += 4 * n
-    vl_pos = col
-    col += 4 * n
-    hl_pos = -1
-    if a & ATTR_HEADERS:
-        hl_pos = col
-        col += 4 * n
-    if col > end:
-        raise CorruptLogError("batch columns run past the payload", path, file_pos)
-    key = None
-    kl = 0
-    data_start = col  # keys, then values, then headers
-    if kl_pos >= 0:
-        (kl,) = I32.unpack_from(buf, kl_pos + 4 * j)
-        if kl >= 0:
-            ks = col + lengths_before(buf, kl_pos, j)
-            if ks + kl > end:
-                raise CorruptLogError("key runs past the payload", path, file_pos)
-            key = bytes(buf[ks : ks + kl])
-    (vl,) = I32.unpack_from(buf, vl_pos + 4 * j)
-    value = None
-    if vl >= 0:
-        if hl_pos < 0 and (kl_pos >= 0 or 2 * j > n):
-            # Values are the payload's last section: locate this one from the end, summing the
-            # lengths from j on (fewer entries, and no key-column sum for keyed batches).
-            vs = end - lengths_before(buf, vl_pos + 4 * j, n - j)
-            if vs < data_start:
-                raise CorruptLogError("value lengths exceed the payload", path, file_pos)
-        else:
-            if kl_pos >= 0:
-                col += lengths_before(buf, kl_pos, n)
-            vs = col + lengths_before(buf, vl_pos, j)
-        if vs + vl > end:
-            raise CorruptLogError("value runs past the payload", path, file_pos)
-        value = buf[vs : vs + vl]
-        if type(value) is not bytes:
-            value = bytes(value)
-    headers: Dict[str, bytes] = {}
-    if hl_pos >= 0:
-        (hl,) = I32.unpack_from(buf, hl_pos + 4 * j)
-        if kl_pos >= 0 and vl < 0:
-            col += lengths_before(buf, kl_pos, n)  # (not added above: the value was null)
-        hs = col + lengths_before(buf, vl_pos, n) + lengths_before(buf, hl_pos, j)
-        if hl < 0 or hs + hl > end:
-            raise CorruptLogError("headers run past the payload", path, file_pos)
-        if hl:
-            headers = DecodedBatch._headers_from(bytes(buf[hs : hs + hl]), path, file_pos)
-    if vl < -1 or kl < -1 or not 0 <= ts <= h[7]:
-        raise CorruptLogError("impossible record fields", path, file_pos)
-    return _new_record((offset, ts, key, value, headers, partition))
-
-
-def extract_records(buf: Any, h: Any, offsets: Sequence[int], path: Optional[str],
-                    file_pos: int, at: int = 0) -> List[Record]:
-    """The records at ``offsets`` (ascending, repeats allowed, all inside the batch) of the
-    plain batch at ``buf[at:]`` whose CRC the caller checked (:func:`check_crc`).
-
-    :func:`extract_record` for several records at once (``get_many``): the length columns are
-    read once and their running sums give every record's place, so each further record costs
-    a few slices instead of its own column sums. The columns are checked as a decoded batch's
-    are: the lengths must add up to the payload exactly. ``h`` is the header as a BatchHeader or
-    its plain tuple (dense, uncompressed: callers route other batches to :func:`decode`).
-    """
-    a = h[4]
-    if h[3] != FORMAT_VERSION or a & ~KNOWN_ATTRS:
-        check_version(h, path, file_pos)
-    n = h[8]
-    if h[9] != n - 1:
-        raise CorruptLogError("dense batch with a gap in its header", path, file_pos)
-    col = at + HEADER_SIZE
-    end = col + h[10]
-    per = 4 + (8 if a & ATTR_TIMESTAMPS else 0) + (4 if a & ATTR_KEYS else 0) + (
-        4 if a & ATTR_HEADERS else 0)  # fixed-width column bytes per record
-    if col + per * n > end:
-        raise CorruptLogError("batch columns run past the payload", path, file_pos)
-    tss = None
-    if a & ATTR_TIMESTAMPS:
-        tss = int_struct("q", n).unpack_from(buf, col)
-        col += 8 * n
-    (kls, kss), (vls, vss), (hls, hss) = _length_columns(buf, col, n, a, at + HEADER_SIZE +
-                                                         per * n, end, path, file_pos)
-    base, ts0, max_ts = h[5], h[6], h[7]
-    out = []
-    for offset in offsets:
-        j = offset - base
-        if not 0 <= j < n:
-            raise ValueError(f"offset {offset} is not in the batch at {base}")  # caller's bug
-        ts = ts0 if tss is None else ts0 + tss[j]
-        if not 0 <= ts <= max_ts:
-            raise CorruptLogError("impossible record fields", path, file_pos)
-        key = None
-        if kls is not None and kls[j] >= 0:
-            ks = kss[j]
-            key = bytes(buf[ks : ks + kls[j]])
-        vl = vls[j]
-        value = None
-        if vl >= 0:
-            vs = vss[j]
-            value = buf[vs : vs + vl]
-            if type(value) is not bytes:
-                value = bytes(value)
-        headers: Dict[str, bytes] = {}
-        if hls is not None and hls[j]:
-            hs = hss[j]
-            headers = DecodedBatch._headers_from(bytes(buf[hs : hs + hls[j]]), path, file_pos)
-        out.append(_new_record((offset, ts, key, value, headers, None)))
-    return out
+def scan_batch(buf: Any, at: int, pos: int, end: int, expect: int, path: Optional[str],
+               read: Optional[Callable[[int], Any]] = None) -> BatchHeader:
+    """(Scans: recovery, ``verify``) The header of the whole, valid batch at ``buf[at:]``
+    (file position ``pos``; the data ends at file position ``end``; its base offset must be at
+    least ``expect``), every byte checked (:func:`decode` with ``deep``); CorruptLogError
+    otherwise. ``buf`` holds the whole batch, or (with ``read(n)``, which reads its ``n``
+    bytes) at least its header."""
+    if end - pos < HEADER_SIZE:
+        raise CorruptLogError("truncated batch header", path, pos)
+    h = parse_header(buf, at)
+    check_header(h, path, pos)
+    if pos + h.length > end:
+        raise CorruptLogError("truncated batch (torn write)", path, pos)
+    if read is not None:
+        buf, at = read(h.length), 0
+    decode(buf, at, h, path, pos, header_checked=True, deep=True)
+    if h.base_offset < expect:
+        raise CorruptLogError(f"batch base offset {h.base_offset} goes back (expected >= "
+                              f"{expect})", path, pos)
+    return h

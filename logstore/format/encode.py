@@ -1,5 +1,10 @@
 """Record-batch encoding: the writer half of ``segments/FORMAT.md`` (columns, optional zstd,
-framing with base offset, CRC32C and padding). No I/O.
+framing with base offset, checksums and padding). No I/O.
+
+This logstore writes version 2 batches only: item columns hold end positions, and an
+uncompressed batch whose payload passes :data:`CHUNK_TABLE_MIN` bytes gets a chunk table (the
+running CRC32C of its payload every :data:`CHUNK_SHIFT`-sized chunk) so that readers can check
+only what they read.
 
 Encoding runs outside the log's lock (:func:`prepare_batch`, :func:`prepare_one`,
 :func:`prepare_from_buffer` give a :class:`PreparedBatch`); framing (:func:`frame`,
@@ -10,19 +15,39 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from itertools import accumulate
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import zstandard
 
 from ..errors import RecordTooLargeError
 from .header import (
-    ATTR_HEADERS, ATTR_KEYS, ATTR_OFFSET_DELTAS, ATTR_TIMESTAMPS, CODEC_NONE, CODEC_ZSTD,
-    CRC_START, FORMAT_VERSION, HEADER, HEADER_SIZE, MAGIC, MAX_BATCH_LENGTH, MAX_TIMESTAMP, PAD,
-    I32, U16, U32, align, crc32c, int_struct,
+    ATTR_HEADERS, ATTR_KEYS, ATTR_OFFSET_DELTAS, ATTR_TIMESTAMPS, CHUNK_SHIFT_AT, CODEC_NONE,
+    CODEC_ZSTD, CRC_START, FORMAT_VERSION, HEADER, HEADER_SIZE, I32, MAGIC, MAX_BATCH_LENGTH,
+    MAX_TIMESTAMP, NULL_BIT, PAD, U16, U32, align, crc32c, int_struct, table_bytes,
 )
 
 _ZERO_HEADER = bytes(HEADER_SIZE)  # room for the header, packed in place by frame()
+# Chunk tables: a payload above CHUNK_TABLE_MIN bytes is checked in chunks of 2**CHUNK_SHIFT
+# bytes (2 KiB: a random get checks two or three of them instead of the whole batch; each
+# costs the writer one more crc32c call), grown so that a batch has at most MAX_CHUNKS of them
+# (a get also checks the whole table, 4 bytes per chunk). Smaller batches keep one CRC32C over
+# everything, like version 1: reading 16 KiB costs about what checking chunks costs in Python,
+# and batch writes of that size stay exactly as cheap as before.
+CHUNK_SHIFT = 11
+CHUNK_TABLE_MIN = 16 << 10
+MAX_CHUNKS = 256
+
+
+def chunk_shift_for(payload_length: int) -> int:
+    """The chunk shift the writer uses for an uncompressed payload (0: no chunk table)."""
+    if payload_length <= CHUNK_TABLE_MIN:
+        return 0
+    shift = CHUNK_SHIFT
+    while payload_length > MAX_CHUNKS << shift:
+        shift += 1
+    return shift
 
 
 class PreparedBatch(NamedTuple):
@@ -41,7 +66,8 @@ class PreparedBatch(NamedTuple):
 
     @property
     def framed_length(self) -> int:
-        return align(HEADER_SIZE + self.payload_length)
+        return align(HEADER_SIZE + table_bytes(self.attributes, self.payload_length)
+                     + self.payload_length)
 
 
 
@@ -78,27 +104,49 @@ def _byte_length(item: Any, what: str, index: Optional[int]) -> int:
         raise _not_bytes(what, index, item) from None
 
 
-def _int32s(values: List[int]) -> bytes:
-    """``values`` as little-endian int32s."""
-    if len(values) <= 4096:
-        return int_struct("i", len(values)).pack(*values)
-    return np.array(values, dtype="<i4").tobytes()
+def _ends(lengths: Any, start: int, max_bytes: int) -> Tuple[bytes, int]:
+    """(Version 2) An item column's stored entries: where each item ends, as u32 positions in
+    the raw payload (bit 31 set for a null, length -1), the first item starting at ``start``;
+    and where the last one ends. ``lengths``: a list of ints without nulls, or an int64 array
+    (nulls as -1). RecordTooLargeError past ``max_bytes`` (before any entry overflows)."""
+    if type(lengths) is list:
+        end = start + sum(lengths)
+        _check_size(end, len(lengths), max_bytes)
+        if len(lengths) <= 4096:
+            ends = list(accumulate(lengths, initial=start))
+            del ends[0]
+            return int_struct("I", len(ends)).pack(*ends), end
+        lengths = np.array(lengths, dtype=np.int64)
+    sizes = np.maximum(lengths, 0)
+    ends = np.cumsum(sizes) + start
+    end = int(ends[-1]) if len(ends) else start
+    _check_size(end, len(lengths), max_bytes)
+    if (lengths < 0).any():
+        ends[lengths < 0] |= NULL_BIT
+    return ends.astype("<u4").tobytes(), end
+
+
+def _check_size(raw_length: int, n: int, max_bytes: int) -> None:
+    if raw_length > max_bytes:
+        raise RecordTooLargeError(
+            f"batch of {n} record(s) encodes to more than {raw_length - 1} bytes, above "
+            f"max_record_bytes={max_bytes}; nothing was written"
+        )
 
 
 def _column(items: Sequence[Any], what: str, nullable: bool) -> tuple:
-    """Join bytes-like ``items`` into one blob; return (blob, int32 lengths with -1 for None,
-    as little-endian bytes)."""
+    """Join bytes-like ``items`` into one blob; return (blob, lengths): a list of ints when no
+    item is None, else an int64 array with -1 for None."""
     try:
         # Common case, in two C-level passes: len() fails on None, join() on non-buffers, and
         # the sum check catches buffers whose len() is not their byte count.
         lengths = list(map(len, items))
         blob = b"".join(items)
         if sum(lengths) == len(blob):
-            return blob, _int32s(lengths)
+            return blob, lengths
     except TypeError:
         pass
-    blob, lengths = _column_checked(items, what, nullable)
-    return blob, lengths.astype("<i4").tobytes()
+    return _column_checked(items, what, nullable)
 
 
 def _column_checked(items: Sequence[Any], what: str, nullable: bool) -> tuple:
@@ -188,8 +236,10 @@ def _finish(
     compression: int,
     level: int,
     max_bytes: int,
+    length_parts: Optional[Callable[[], Tuple[Any, ...]]] = None,
 ) -> PreparedBatch:
-    """``parts``: the raw payload in pieces (bytes-like, byte-sized items)."""
+    """``parts``: the raw payload in pieces (bytes-like, byte-sized items), item columns as end
+    positions. ``length_parts()``: the same payload with item columns as lengths, for zstd."""
     raw_length = sum(map(len, parts))
     if raw_length > max_bytes:
         raise RecordTooLargeError(
@@ -197,11 +247,24 @@ def _finish(
             f"max_record_bytes={max_bytes}; nothing was written"
         )
     if compression == CODEC_ZSTD and raw_length > 64:
-        packed = _compressor(level).compress(b"".join(parts))
+        # A compressed batch's item columns hold lengths, as in version 1: any read
+        # decompresses the whole payload, so end positions would buy nothing, and lengths of
+        # similar records compress far better (~30% smaller batches of small JSON records).
+        raw = b"".join(length_parts() if length_parts is not None else parts)
+        packed = _compressor(level).compress(raw)
         if len(packed) < raw_length:  # keep incompressible data raw: cheaper to read
+            # (no chunk table either: reading any record means decompressing everything)
             return PreparedBatch(attrs | CODEC_ZSTD, n, last_delta, base_ts, max_ts, (packed,),
                                  len(packed), raw_length)
+    attrs |= chunk_shift_for(raw_length) << CHUNK_SHIFT_AT
     return PreparedBatch(attrs, n, last_delta, base_ts, max_ts, parts, raw_length, raw_length)
+
+
+def _int32s(values: Any) -> bytes:
+    """Lengths (a list, or an int64 array with -1 for null) as little-endian int32s."""
+    if type(values) is list and len(values) <= 4096:
+        return int_struct("i", len(values)).pack(*values)
+    return np.asarray(values, dtype="<i4").tobytes()
 
 
 def prepare_one(
@@ -222,23 +285,38 @@ def prepare_one(
             _byte_length(key, "key", None)
             key = bytes(memoryview(key))
         attrs |= ATTR_KEYS
-        parts.append(I32.pack(len(key)))
         tail.append(key)
-    if value is None:
-        parts.append(b"\xff\xff\xff\xff")
-    else:
-        if type(value) is not bytes:
-            _byte_length(value, "value", None)
-            value = bytes(memoryview(value))
-        parts.append(I32.pack(len(value)))
-        tail.append(value)
+    if value is not None and type(value) is not bytes:
+        _byte_length(value, "value", None)
+        value = bytes(memoryview(value))
+    hb = b""
     if headers:
         hb = encode_headers(headers)
         attrs |= ATTR_HEADERS
-        parts.append(I32.pack(len(hb)))
+    def lengths() -> Tuple[Any, ...]:
+        cols = ([] if key is None else [I32.pack(len(key))]) + [
+            b"\xff\xff\xff\xff" if value is None else I32.pack(len(value))] + (
+            [I32.pack(len(hb))] if hb else [])
+        return (*cols, *tail)
+
+    # Item end positions (version 2): the items start after the columns (4 bytes each).
+    pos = 4 + (4 if key is not None else 0) + (4 if hb else 0)
+    if key is not None:
+        pos += len(key)
+        parts.append(U32.pack(pos))
+    if value is None:
+        parts.append(U32.pack(pos | NULL_BIT))
+    else:
+        pos += len(value)
+        parts.append(U32.pack(pos))
+        tail.append(value)
+    if hb:
+        pos += len(hb)
+        parts.append(U32.pack(pos))
         tail.append(hb)
+    _check_size(pos, 1, max_bytes)
     return _finish(attrs, 1, 0, timestamp_ms, timestamp_ms, tuple(parts + tail), compression,
-                   level, max_bytes)
+                   level, max_bytes, lengths)
 
 
 def as_sequence(items: Any, name: str = "values") -> Any:
@@ -321,24 +399,43 @@ def prepare_batch(
         columns.append(np.asarray(offset_deltas, dtype="<i4").tobytes())
         last_delta = int(offset_deltas[-1])
 
+    key_blob = header_blob = None
     if keys is not None and any(k is not None for k in keys):
         key_blob, key_lens = _column(keys, "key", nullable=True)
         attrs |= ATTR_KEYS
-        columns.append(key_lens)
-        blobs.append(key_blob)
-
     value_blob, value_lens = _column(values, "value", nullable=True)
-    columns.append(value_lens)
-    blobs.append(value_blob)
-
     if headers is not None and any(headers):
         encoded = [encode_headers(h, i) for i, h in enumerate(headers)]
         attrs |= ATTR_HEADERS
-        columns.append(np.fromiter(map(len, encoded), dtype="<i4", count=n).tobytes())
-        blobs.append(b"".join(encoded))
+        header_blob = b"".join(encoded)
+        header_lens = list(map(len, encoded))
+
+    fixed_columns = tuple(columns)
+
+    def lengths() -> Tuple[Any, ...]:
+        cols = [_int32s(key_lens)] if key_blob is not None else []
+        cols.append(_int32s(value_lens))
+        if header_blob is not None:
+            cols.append(_int32s(header_lens))
+        return (*fixed_columns, *cols, *blobs)
+
+    # Item end columns (version 2): positions in the raw payload, items after the columns.
+    pos = sum(map(len, columns)) + 4 * n * (
+        1 + (key_blob is not None) + (header_blob is not None))
+    if key_blob is not None:
+        ends, pos = _ends(key_lens, pos, max_bytes)
+        columns.append(ends)
+        blobs.append(key_blob)
+    ends, pos = _ends(value_lens, pos, max_bytes)
+    columns.append(ends)
+    blobs.append(value_blob)
+    if header_blob is not None:
+        ends, pos = _ends(header_lens, pos, max_bytes)
+        columns.append(ends)
+        blobs.append(header_blob)
 
     return _finish(attrs, n, last_delta, base_ts, max_ts, (*columns, *blobs), compression, level,
-                   max_bytes)
+                   max_bytes, lengths)
 
 
 def prepare_from_buffer(
@@ -367,8 +464,11 @@ def prepare_from_buffer(
             f"batch of {n} record(s) encodes to {raw_len} bytes, above "
             f"max_record_bytes={max_bytes}; nothing was written"
         )
-    return _finish(0, n, n - 1, timestamp_ms, timestamp_ms, (lens.astype("<i4").tobytes(), blob),
-                   compression, level, max_bytes)
+    ends = np.cumsum(lens, dtype=np.int64)
+    ends += 4 * n
+    return _finish(0, n, n - 1, timestamp_ms, timestamp_ms, (ends.astype("<u4").tobytes(), blob),
+                   compression, level, max_bytes,
+                   lambda: (lens.astype("<i4").tobytes(), blob))
 
 
 # The header from byte 8 on (what the CRC covers) followed by the first column entries of a
@@ -389,7 +489,7 @@ def frame_single(base_offset: int, timestamp_ms: int, value: bytes, key: Optiona
         length = (HEADER_SIZE + raw_len + 7) & ~7
         body = b"".join((
             _TAIL_VALUE.pack(length, FORMAT_VERSION, 0, base_offset, timestamp_ms, timestamp_ms,
-                             1, 0, raw_len, raw_len, synced_before, len(value)),
+                             1, 0, raw_len, raw_len, synced_before, raw_len),
             value,
             PAD[: length - HEADER_SIZE - raw_len],
         ))
@@ -398,8 +498,8 @@ def frame_single(base_offset: int, timestamp_ms: int, value: bytes, key: Optiona
         length = (HEADER_SIZE + raw_len + 7) & ~7
         body = b"".join((
             _TAIL_KEY_VALUE.pack(length, FORMAT_VERSION, ATTR_KEYS, base_offset, timestamp_ms,
-                                 timestamp_ms, 1, 0, raw_len, raw_len, synced_before, len(key),
-                                 len(value)),
+                                 timestamp_ms, 1, 0, raw_len, raw_len, synced_before,
+                                 8 + len(key), raw_len),
             key,
             value,
             PAD[: length - HEADER_SIZE - raw_len],
@@ -408,11 +508,15 @@ def frame_single(base_offset: int, timestamp_ms: int, value: bytes, key: Optiona
 
 
 def frame(batch: PreparedBatch, base_offset: int, synced_before: int = 0) -> bytearray:
-    """Give a prepared batch its base offset, header, CRC32C and padding: the bytes to write."""
-    size = HEADER_SIZE + batch.payload_length
+    """Give a prepared batch its base offset, header, checksums and padding: the bytes to
+    write. A batch with a chunk shift gets its chunk table after the payload (entry ``i``: the
+    running CRC32C from byte 8 to the end of payload chunk ``i``) and a header CRC over the
+    header alone; otherwise the header CRC covers the whole batch."""
+    table = table_bytes(batch.attributes, batch.payload_length)
+    size = HEADER_SIZE + batch.payload_length + table
     length = align(size)
-    # One copy of the payload: header room, the pieces and the padding joined in one go.
-    buf = bytearray().join((_ZERO_HEADER, *batch.parts, PAD[: length - size]))
+    # One copy of the payload: header room, the pieces, table room and padding joined at once.
+    buf = bytearray().join((_ZERO_HEADER, *batch.parts, bytes(length - size + table)))
     HEADER.pack_into(
         buf,
         0,
@@ -430,9 +534,47 @@ def frame(batch: PreparedBatch, base_offset: int, synced_before: int = 0) -> byt
         batch.raw_length,
         synced_before,
     )
-    U32.pack_into(buf, 4, crc32c(memoryview(buf)[CRC_START:]))
+    mv = memoryview(buf)
+    if table:
+        shift = (batch.attributes >> CHUNK_SHIFT_AT) & 0x1F
+        chunk = 1 << shift
+        end = HEADER_SIZE + batch.payload_length
+        crc = crc32c(mv[CRC_START:HEADER_SIZE])
+        U32.pack_into(buf, 4, crc)
+        entries = []
+        for lo in range(HEADER_SIZE, end, chunk):
+            crc = crc32c(mv[lo : min(lo + chunk, end)], crc)
+            entries.append(crc)
+        int_struct("I", len(entries)).pack_into(buf, end, *entries)
+    else:
+        U32.pack_into(buf, 4, crc32c(mv[CRC_START:]))
+    mv.release()
     return buf
 
 
 # ----------------------------------------------------------------------------------- reading
 
+
+
+def reseal(buf: Any, pos: int) -> None:
+    """Recompute, in place, the checksums of the batch at ``buf[pos]`` (a bytearray) from its
+    header as it now is: for tools and tests that craft batches (a field changed on purpose,
+    checksums valid). A version 2 batch whose header describes a chunk table gets the table and
+    the header CRC; any other gets one CRC32C over ``[8, length)`` (or to the end of ``buf``)."""
+    length, version, attrs = struct.unpack_from("<IHH", buf, pos + 8)
+    payload_length = U32.unpack_from(buf, pos + 48)[0]
+    end = min(pos + length, len(buf))
+    mv = memoryview(buf)
+    shift = (attrs >> CHUNK_SHIFT_AT) & 0x1F
+    table = table_bytes(attrs, payload_length) if version == FORMAT_VERSION else 0
+    data_end = pos + HEADER_SIZE + payload_length
+    if table and shift >= 9 and data_end + table <= end:
+        crc = crc32c(mv[pos + CRC_START : pos + HEADER_SIZE])
+        U32.pack_into(buf, pos + 4, crc)
+        chunk = 1 << shift
+        for i, lo in enumerate(range(pos + HEADER_SIZE, data_end, chunk)):
+            crc = crc32c(mv[lo : min(lo + chunk, data_end)], crc)
+            U32.pack_into(buf, data_end + 4 * i, crc)
+    elif end - pos >= CRC_START:
+        U32.pack_into(buf, pos + 4, crc32c(mv[pos + CRC_START : end]))
+    mv.release()

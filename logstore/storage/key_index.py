@@ -33,8 +33,9 @@ import numpy as np
 from ..errors import CorruptLogError
 from ..format.decode import decode
 from ..format.header import (
-    ATTR_HEADERS, ATTR_KEYS, ATTR_OFFSET_DELTAS, ATTR_TIMESTAMPS, CODEC_MASK, CRC_START,
-    HEADER_SIZE, I32, U32, check_header, check_version, crc32c, parse_header,
+    ATTR_HEADERS, ATTR_KEYS, ATTR_OFFSET_DELTAS, ATTR_TIMESTAMPS, CODEC_MASK, END_MASK,
+    FORMAT_VERSION, HEADER_SIZE, I32, NULL_BIT, U32, check_header, check_version, crc_ok,
+    parse_header,
 )
 from ..format.key_index_entries import (
     ENTRY_BYTES, HASH_DTYPE, KEY_INDEX_HEADER, KEY_INDEX_HEADER_SIZE, LOC_DTYPE, KeyIndexHeader,
@@ -127,22 +128,35 @@ class _Hasher:
 
 
 def _one_record_keys(buf: Any, pos: int, h: Any, path: str) -> Tuple[int, int]:
-    """(key start, key length) of a plain one-record batch (its CRC checked by the caller);
-    the structure checks ``decode`` would make. Length -1: no key."""
+    """(key start, key length) of a plain one-record batch with a key column (its CRC and
+    version checked by the caller); the structure checks ``decode`` would make. Length -1: no
+    key. Version 1 item columns hold lengths, version 2 end positions (FORMAT.md)."""
     p = pos + HEADER_SIZE
     cols = 2 + (1 if h.attributes & ATTR_HEADERS else 0)
-    if h.payload_length < 4 * cols or h.raw_length != h.payload_length:
+    first = 4 * cols
+    if h.payload_length < first or h.raw_length != h.payload_length:
         raise CorruptLogError("batch columns run past the payload", path, pos)
     if h.last_offset_delta != 0:
         raise CorruptLogError("dense batch with a gap in its header", path, pos)
+    if h.version == FORMAT_VERSION:
+        ke = U32.unpack_from(buf, p)[0]
+        ve = U32.unpack_from(buf, p + 4)[0]
+        he = U32.unpack_from(buf, p + 8)[0] if cols == 3 else ve & END_MASK
+        k_end, v_end = ke & END_MASK, ve & END_MASK
+        if he & NULL_BIT or not first <= k_end <= v_end <= he or (
+                ke & NULL_BIT and k_end != first) or (ve & NULL_BIT and v_end != k_end):
+            raise CorruptLogError("impossible item position", path, pos)
+        if he != h.payload_length:
+            raise CorruptLogError("items do not fill the payload", path, pos)
+        return p + first, -1 if ke & NULL_BIT else k_end - first
     (kl,) = I32.unpack_from(buf, p)
     (vl,) = I32.unpack_from(buf, p + 4)
     hl = I32.unpack_from(buf, p + 8)[0] if cols == 3 else 0
     if kl < -1 or vl < -1 or hl < 0:
         raise CorruptLogError("negative key, value or header length", path, pos)
-    if 4 * cols + max(kl, 0) + max(vl, 0) + hl != h.payload_length:
+    if first + max(kl, 0) + max(vl, 0) + hl != h.payload_length:
         raise CorruptLogError("record lengths do not add up to the payload length", path, pos)
-    return p + 4 * cols, kl
+    return p + first, kl
 
 
 def scan_keys(buf: Any, shift: int, start: int, end: int, base: int, expect: int, path: str,
@@ -173,7 +187,7 @@ def scan_keys(buf: Any, shift: int, start: int, end: int, base: int, expect: int
         rel0 = h.base_offset - base
         a = h.attributes
         if h.record_count == 1 and not a & _NOT_SIMPLE:
-            if crc32c(memoryview(buf)[at + CRC_START : at + h.length]) != h.crc:
+            if not crc_ok(buf, at, h):  # (a version 2 batch with a chunk table: the payload)
                 raise CorruptLogError("CRC32C mismatch", path, pos)
             check_version(h, path, pos)
             if a & ATTR_KEYS:

@@ -38,10 +38,11 @@ from typing import Any, List, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import CorruptLogError
-from ..format.decode import decode, extract_record
+from ..format.decode import decode
+from ..format.extract import extract_record, extract_records
 from ..format.header import (
-    ATTR_OFFSET_DELTAS, CODEC_MASK, HEADER_SIZE, check_version, crc_ok, header_problem,
-    parse_header,
+    ATTR_OFFSET_DELTAS, CODEC_MASK, FORMAT_VERSION, HEADER_SIZE, check_version, crc_ok,
+    header_problem, parse_header,
 )
 from ..format.key_index_entries import key_hash
 from ..format.names import KEYINDEX_SUFFIX, segment_name
@@ -272,7 +273,15 @@ def _read_hits(hooks: ReadHooks, seg: Segment, locs: np.ndarray, key: bytes, kh:
                 a >= b for a, b in zip(offs, offs[1:])):
             return None
         prev = offs[-1]
-        if h.attributes & (CODEC_MASK | ATTR_OFFSET_DELTAS) or len(offs) > 1:
+        if h.version == FORMAT_VERSION and not h.attributes & (CODEC_MASK | ATTR_OFFSET_DELTAS):
+            # Version 2, plain: check only the chunks holding the hits (the whole batch when
+            # it has no chunk table), as get_many does. A check failing here may be a wrong
+            # entry as well as damage: rebuild the index (whose scan finds any damage).
+            try:
+                recs = extract_records(data, h, offs, seg.path, pos)
+            except CorruptLogError:
+                return None
+        elif h.attributes & (CODEC_MASK | ATTR_OFFSET_DELTAS) or len(offs) > 1:
             if not crc_ok(data, 0, h):
                 return None
             batch = decode(data, 0, h, seg.path, pos, header_checked=True, lazy=True)

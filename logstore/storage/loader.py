@@ -218,10 +218,11 @@ def check_writer_directory(d: str) -> None:
 
 def meta_for_writer(d: str, fs: FileSystem, config: LogConfig) -> Dict[str, Any]:
     """(directory lock held) The log's metadata, created with ``config``'s settings for a new
-    log."""
+    log, or upgraded to the current directory format version (FORMAT.md, "Versioning")."""
     found = meta.read_meta(d)
     if found is None:
         if not meta.is_empty_dir(d):
             raise NotALogError(f"{d} is not empty and has no {META_NAME}")
         found = meta.create_meta(d, fs, config.settings())
+    meta.upgrade_meta(d, fs, found)  # a version 1 log: before this writer appends version 2
     return found

@@ -22,7 +22,10 @@ from ..format.names import CLEAN_SHUTDOWN_NAME, LOCK_FILES, META_NAME, TMP, segm
 from ..fs import FileSystem
 
 FORMAT_NAME = "logstore-log"
-FORMAT_VERSION = 1
+# 2: batches may be of version 2 (FORMAT.md, "Versioning"). A version 1 directory is upgraded
+# at its first writable open (upgrade_meta), before anything is written, so that an older
+# logstore refuses it instead of misreading version 2 batches as damaged ones.
+FORMAT_VERSION = 2
 # Files that may exist in a directory that is not a log yet (a lock, an interrupted atomic write).
 _IGNORABLE = LOCK_FILES
 
@@ -109,6 +112,16 @@ def remove_clean_shutdown(directory: str, fs: FileSystem) -> None:
 def rewrite_meta(directory: str, fs: FileSystem, meta: Dict[str, Any]) -> None:
     """Atomically replace the metadata (same format and id; settings updated)."""
     fs.write_file_atomic(os.path.join(directory, META_NAME), json.dumps(meta, indent=1).encode())
+
+
+def upgrade_meta(directory: str, fs: FileSystem, meta: Dict[str, Any]) -> None:
+    """(Writers, at open) Bring an older log's metadata to :data:`FORMAT_VERSION`, atomically
+    and in place in ``meta``: from now on this writer appends version 2 batches, which an older
+    logstore must refuse to read (``UnsupportedFormatError``) rather than misread. Existing
+    batches are left as they are (every version stays readable)."""
+    if int(meta.get("version", FORMAT_VERSION)) < FORMAT_VERSION:
+        meta["version"] = FORMAT_VERSION
+        rewrite_meta(directory, fs, meta)
 
 
 def mark_compacted(directory: str, fs: FileSystem, meta: Dict[str, Any]) -> None:

@@ -18,8 +18,9 @@ from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, Optional
 import numpy as np
 
 from ..errors import CorruptLogError, OffsetOutOfRangeError, RecordRemovedError
-from ..format.decode import DecodedBatch, decode, extract_record, extract_records
-from ..format.header import ATTR_OFFSET_DELTAS, CODEC_MASK, BatchHeader, check_crc, crc_ok
+from ..format.decode import DecodedBatch, decode
+from ..format.extract import extract_range, extract_record, extract_records
+from ..format.header import ATTR_OFFSET_DELTAS, CODEC_MASK, FORMAT_VERSION, BatchHeader, crc_ok
 from ..record import Record
 from ..util import check_offset
 from . import meta
@@ -28,6 +29,7 @@ from .segment import Segment
 from .segments import SegmentList
 
 SPAN_BATCHES = 64  # batches located per hold of the log lock while reading
+RECORDS_PER_LIST = 500  # records() yields a big batch's records in lists of at most this many
 # Batches that records() decodes whole (not with get's one-record extraction).
 WHOLE_BATCH_ATTRS = CODEC_MASK | ATTR_OFFSET_DELTAS
 
@@ -112,16 +114,12 @@ def record_at(segs: SegmentList, offset: int, end: int, gap: GapCheck) -> Record
     route first, the general one (any batch layout, gaps checked) otherwise."""
     bases = segs.bases
     if bases and bases[0] <= offset < end:
-        seg = segs.items[bisect.bisect_right(bases, offset) - 1]
         try:
-            found = seg.quick_locate(offset)
+            rec = segs.items[bisect.bisect_right(bases, offset) - 1].quick_get(offset)
         except SegmentReplaced:  # the general route finds it in the directory as it is now
-            found = None
-        if found is not None:
-            buf, at, h, pos = found
-            rec = extract_record(buf, h, offset, seg.path, pos, at)
-            if rec is not None:
-                return rec
+            rec = None
+        if rec is not None:
+            return rec
     check_get_range(segs, offset, end)
     seg, buf, at, h, pos = batch_for(segs, offset)
     rec = extract_record(buf, h, offset, seg.path, pos, at)
@@ -173,17 +171,14 @@ def collect_sorted(segs: SegmentList, sorted_offs: List[int], order: List[int],
             if offset < h[5]:  # the first batch reaching it starts after it: a gap
                 gap(offset, h[5], seg, pos)
                 raise RecordRemovedError(f"offset {offset} was removed by compaction")
-            # Plain: one CRC check for the batch. A few records: get's column reads
-            # for each; more: read the columns once (~4 records is break-even here).
-            check_crc(buf, h, path, pos, at)
-            if stop - k >= 4:
+            # Plain: the batch is checked once for all its records (version 1: whole;
+            # version 2: the chunks they use), and read as get reads it.
+            if stop - k == 1:
+                out[order[k]] = extract_record(buf, h, offset, path, pos, at)
+            else:
                 recs = extract_records(buf, h, sorted_offs[k:stop], path, pos, at)
                 for kk, rec in zip(range(k, stop), recs):
                     out[order[kk]] = rec
-            else:
-                for kk in range(k, stop):
-                    out[order[kk]] = extract_record(
-                        buf, h, sorted_offs[kk], path, pos, at, None, True)
         k = stop
 
 
@@ -260,9 +255,28 @@ def batches(hooks: ReadHooks, start: int, stop: int) -> Iterator[DecodedBatch]:
 
 def records(hooks: ReadHooks, start: int, stop: int,
             partition: Optional[int]) -> Iterator[List[Record]]:
-    """Lists of the records in ``[start, stop)``, batch by batch. A one-record batch (one
-    ``append``) is read like ``get`` reads it, without building a DecodedBatch."""
+    """Lists of the records in ``[start, stop)``, batch by batch. Plain version 2 batches are
+    read (and checked) for the records in the range only (:func:`extract_range`); a version 1
+    one-record batch (one ``append``) is read like ``get`` reads it; other batches are decoded
+    whole."""
     for buf, at, h, seg, pos in spans(hooks, start, stop):
+        if h.version == FORMAT_VERSION and not h.attributes & WHOLE_BATCH_ATTRS:
+            base = h.base_offset
+            j = start - base if base < start else 0
+            k = stop - base if h.last_offset >= stop else h.record_count
+            if k - j > RECORDS_PER_LIST:
+                # Lists of at most RECORDS_PER_LIST records: a replay that drops each record
+                # once read then never holds more than the garbage collector's first threshold
+                # (700 new objects) of them, so reading big batches triggers no collections.
+                whole = j == 0 and k == h.record_count
+                if whole and not crc_ok(buf, at, h):
+                    raise CorruptLogError("CRC32C mismatch", seg.path, pos)
+                for i in range(j, k, RECORDS_PER_LIST):
+                    yield extract_range(buf, at, h, i, min(i + RECORDS_PER_LIST, k), seg.path,
+                                        pos, partition, whole)
+            elif j < k:
+                yield extract_range(buf, at, h, j, k, seg.path, pos, partition)
+            continue
         if h.record_count == 1 and not h.attributes & WHOLE_BATCH_ATTRS:
             rec = extract_record(buf, h, h.base_offset, seg.path, pos, at, partition)
             if rec is None:  # cannot be: a dense one-record batch holds its base offset

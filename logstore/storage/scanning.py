@@ -12,8 +12,8 @@ import os
 from typing import Any, List, NamedTuple, Optional
 
 from ..errors import CorruptLogError
-from ..format.decode import decode
-from ..format.header import HEADER_SIZE, check_header, parse_header
+from ..format.decode import scan_batch
+from ..format.header import HEADER_SIZE
 from .sparse import zeros_between, zeros_in_mapping
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -72,19 +72,12 @@ def scan(seg: Any, start: int = 0, strict: bool = False, end: Optional[int] = No
         buf = None
     while pos < end:
         try:
-            if end - pos < HEADER_SIZE:
-                raise CorruptLogError("truncated batch header", path, pos)
-            raw = buf if buf is not None else os.pread(fd, HEADER_SIZE, pos)  # type: ignore[arg-type]
-            h = parse_header(raw, pos if buf is not None else 0)
-            check_header(h, path, pos)
-            if pos + h.length > end:
-                raise CorruptLogError("truncated batch (torn write)", path, pos)
-            data = buf if buf is not None else os.pread(fd, h.length, pos)  # type: ignore[arg-type]
-            decode(data, pos if buf is not None else 0, h, path, pos)
-            if h.base_offset < expect:
-                raise CorruptLogError(
-                    f"batch base offset {h.base_offset} goes back (expected >= {expect})",
-                    path, pos)
+            if buf is not None:
+                h = scan_batch(buf, pos, pos, end, expect, path)
+            else:  # (a reader's active segment: pread, never a mapping)
+                raw = os.pread(fd, min(HEADER_SIZE, end - pos), pos)  # type: ignore[arg-type]
+                h = scan_batch(raw, 0, pos, end, expect, path,
+                               lambda n: os.pread(fd, n, pos))  # type: ignore[arg-type]
             if h.next_offset - 1 - seg.base_offset > MAX_RELATIVE_OFFSET:
                 raise CorruptLogError("batch offsets too far from the segment base", path, pos)
         except CorruptLogError as e:

@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Iterator, Optional, Tuple
 
-from ..errors import CorruptLogError, OffsetOutOfRangeError, StorageError
+from ..errors import CorruptLogError, OffsetOutOfRangeError
 from ..format.decode import DecodedBatch, decode
+from ..format.extract import extract_record, find_batch, find_record
 from ..format.header import (
-    ALIGN, ATTR_OFFSET_DELTAS, CODEC_MASK, FORMAT_VERSION, HEADER, HEADER_SIZE, KNOWN_ATTRS, MAGIC,
-    MAGIC_INT, MAX_BATCH_LENGTH, MAX_TIMESTAMP, STEP, WALK, BatchHeader, check_header, crc_ok,
+    HEADER_SIZE, MAGIC, MAX_TIMESTAMP, WALK, BatchHeader, check_header, crc_ok,
     parse_header,
 )
 from ..fs import FileSystem
+from ..record import Record
 from ..format.names import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
 from .active_file import ActiveFile
 from .tail import (
@@ -37,13 +38,9 @@ from .tail import (
 )
 from .index import OffsetIndex, TimeIndex
 from . import scanning
-from .scanning import MAX_RELATIVE_OFFSET, ScannedBatch, ScanResult
+from .scanning import MAX_RELATIVE_OFFSET, ScannedBatch, ScanResult  # noqa: F401 (re-exported)
 from .index_checks import final_time_entry_ok, time_index_agrees
 from .filecache import FILE_CACHE, SegmentReplaced
-from .sparse import zeros_between, zeros_in_mapping
-
-# Batches quick_locate leaves to the general path: compressed, with offset deltas, unknown flags.
-_NOT_QUICK = CODEC_MASK | ATTR_OFFSET_DELTAS | ~KNOWN_ATTRS
 
 
 class Segment:
@@ -559,19 +556,38 @@ class Segment:
                 pos = 0
         return self.walk_to(offset, pos)
 
+    def quick_get(self, offset: int) -> Optional[Record]:
+        """``get``'s common route: the record at ``offset``, or None ("take the general
+        route": :meth:`find`, which handles and reports every case). A loaded index whose hint
+        checks out, then :func:`~logstore.format.extract.find_record` over the mapping (a
+        reader's pread-only active segment: :meth:`quick_locate`)."""
+        oi = self._offset_index
+        size = self.size
+        if oi is None or size <= 0 or offset >= self.next_offset:
+            return None
+        if self.use_pread or self.writer is not None and self.writer.pending:
+            found = self.quick_locate(offset)
+            return None if found is None else extract_record(found[0], found[2], offset,
+                                                              self.path, found[3], found[1])
+        mm = self._map  # (into a local: the file cache may drop it)
+        if mm is None or len(mm) < size:
+            mm = self.mapped(size)
+        rel, pos = oi.lookup(offset - self.base_offset)
+        return find_record(mm, pos, size, self.base_offset + rel, offset, self.path)
+
     def quick_locate(self, offset: int) -> Optional[Tuple[Any, int, tuple, int]]:
         """``get``'s common route to the batch holding ``offset``: ``(buf, at, header,
         position)``, its bytes being ``buf[at : at + header[2]]`` (the mapping, or bytes read
         with pread) and ``header`` the plain tuple of its fields, or None: "ask :meth:`find`".
 
         The common route is a loaded index whose hint checks out and intact, dense,
-        uncompressed batches from the hint to the target: one index search, four header fields
-        per batch stepped over (from the mapping, or one pread each for a reader's active
-        segment), then the target's full header check. Its CRC is the caller's to check
-        (:func:`extract_record` does, or :func:`check_crc` once for several
-        records). Anything else (write buffer, a hint that does not match, a gap, compression,
-        any odd header) returns None, and the caller takes the general path, which handles and
-        reports every case. Both give the same batch for the same bytes.
+        uncompressed batches from the hint to the target (:func:`find_batch`: four header
+        fields per batch stepped over, in the mapping, or in one pread of an index interval
+        for a reader's active segment), then the target's full header check. Checking its
+        bytes is the caller's job (:func:`extract_record`, :func:`extract_records`). Anything
+        else (write buffer, a hint that does not match, a gap, compression, any odd header)
+        returns None, and the caller takes the general path, which handles and reports every
+        case. Both give the same batch for the same bytes.
         """
         oi = self._offset_index
         size = self.size
@@ -579,52 +595,23 @@ class Segment:
         if oi is None or size <= 0 or offset >= self.next_offset or (
                 writer is not None and writer.pending):
             return None
-        if self.use_pread:
-            mm = None
-            fd = self.fd
-        else:
-            mm = self._map
+        rel, pos = oi.lookup(offset - self.base_offset)
+        expect = self.base_offset + rel
+        if not self.use_pread:
+            mm = self._map  # (into a local: the file cache may drop it)
             if mm is None or len(mm) < size:
                 mm = self.mapped(size)
-        base_offset = self.base_offset
-        rel, pos = oi.lookup(offset - base_offset)
-        expect = base_offset + rel
-        step = STEP.unpack_from
-        magic_int = MAGIC_INT
-        limit = size - HEADER_SIZE
-        while pos <= limit:
-            # Batches before the target are stepped over on four fields (about half of a full
-            # check: a get walks ~12 one-record batches from its index entry); a damaged one
-            # breaks the base-offset chain or the length checks, and the target batch gets the
-            # full header check and its CRC below.
-            if mm is None:
-                raw = os.pread(fd, HEADER_SIZE, pos)
-                if len(raw) < HEADER_SIZE:
-                    return None
-                magic, length, base, last_delta = step(raw, 0)
-            else:
-                raw = mm
-                magic, length, base, last_delta = step(mm, pos)
-            if (magic != magic_int or base != expect or length < HEADER_SIZE or length & 7
-                    or pos + length > size):
-                return None  # odd or a gap: the general path decides and reports
-            expect = base + last_delta + 1
-            if expect > offset:
-                h = HEADER.unpack_from(raw, 0 if mm is None else pos)
-                if (length > MAX_BATCH_LENGTH or h[9] != h[8] - 1 or h[8] < 1
-                        or h[4] & _NOT_QUICK or h[3] != FORMAT_VERSION
-                        or not length - ALIGN < HEADER_SIZE + h[10] <= length
-                        or h[6] < 0 or h[7] < 0):
-                    # (header_problem's checks, on the plain tuple) odd or compressed:
-                    return None  # the general path decides and reports
-                if mm is None:
-                    data = os.pread(fd, length, pos)
-                    if len(data) < length:
-                        return None
-                    return data, 0, h, pos
-                return mm, pos, h, pos
-            pos += length
-        return None
+            found = find_batch(mm, pos, size, expect, offset)
+            return None if found is None else (mm, found[0], found[1], found[0])
+        # Every batch between two index entries starts within an index interval of the first.
+        fd = self.fd
+        raw = os.pread(fd, min(size, pos + self.index_interval + HEADER_SIZE) - pos, pos)
+        found = find_batch(raw, 0, size - pos, expect, offset)
+        if found is None:
+            return None
+        at, h = found
+        data = os.pread(fd, h[2], pos + at)
+        return (data, 0, h, pos + at) if len(data) == h[2] else None
 
     def walk_to(self, offset: int, pos: int) -> Optional[Tuple[int, BatchHeader]]:
         """Walk batch headers from ``pos`` to the batch reaching ``offset``.

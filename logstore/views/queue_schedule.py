@@ -59,6 +59,9 @@ class Schedule:
         self.scan = scan  # next offset of the log not yet looked at
         self.ready: List[Tuple[int, int]] = []  # heap (-priority, offset) of messages ready now
         self.delayed: List[Tuple[float, int]] = []  # heap (monotonic due time, offset)
+        # offset -> due time of its current delay. A heap entry (delayed or ready) that does
+        # not agree is stale: the message was nacked again, by this process or another, since.
+        self.waiting: Dict[int, float] = {}
         self.inflight: Dict[int, Tuple[float, int]] = {}  # offset -> (deadline, count)
         self.deadlines: List[Tuple[float, int, int]] = []  # heap (deadline, offset, count)
         self.cache: Dict[int, Record] = {}  # records read while scanning, until delivered
@@ -68,9 +71,15 @@ class Schedule:
     def make_ready(self, off: int) -> None:
         heapq.heappush(self.ready, (-self.priority.get(off, 0), off))
 
+    def wait_until(self, off: int, when: float) -> None:
+        """``off`` is delayed until ``when`` (monotonic), replacing any earlier delay."""
+        self.waiting[off] = when
+        heapq.heappush(self.delayed, (when, off))
+
     def forget(self, off: int) -> None:
         """``off`` is done: drop what is kept about it."""
         self.inflight.pop(off, None)
+        self.waiting.pop(off, None)
         self.cache.pop(off, None)
         self.priority.pop(off, None)
         self.expires.pop(off, None)
@@ -128,7 +137,7 @@ class Scheduler:
                     self.lease(p, off, count, until)
             elif kind == NACKED:
                 sched.inflight.pop(off, None)
-                heapq.heappush(sched.delayed, (due(t, now, wall), off))
+                sched.wait_until(off, due(t, now, wall))
             else:  # acked or dead-lettered
                 sched.forget(off)
         return True
@@ -183,7 +192,7 @@ class Scheduler:
         if off in sched.inflight:
             return  # (another process's delivery, learnt before the message was seen)
         if nb is not None and nb > wall:
-            heapq.heappush(sched.delayed, (due(nb, now, wall), off))
+            sched.wait_until(off, due(nb, now, wall))
         else:
             sched.make_ready(off)
 
@@ -214,7 +223,10 @@ class Scheduler:
                     sched.make_ready(off)
             delayed = sched.delayed
             while delayed and delayed[0][0] <= now:
-                _, off = heapq.heappop(delayed)
+                when, off = heapq.heappop(delayed)
+                if sched.waiting.get(off) != when:
+                    continue  # an earlier delay of a message nacked again since
+                del sched.waiting[off]
                 if off >= part.low and off not in part.done and off not in sched.inflight:
                     part.not_before.pop(off, None)
                     sched.make_ready(off)
@@ -235,7 +247,7 @@ class Scheduler:
                 sched = self.parts[p]
                 if not sched.ready and not self.priorities:
                     self.scan(p, now, wall)
-                head = self._head(p, wall)
+                head = self._head(p)
                 if head is not None and (best is None or head[0] < best[0][0]):
                     best = (head, p)  # (equal priorities: the first in round-robin order)
                 if best is not None and not self.priorities:
@@ -259,18 +271,17 @@ class Scheduler:
             expires = sched.expires.get(off)
             return p, rec, count, expires is not None and expires <= wall
 
-    def _head(self, p: int, wall: int) -> Optional[Tuple[int, int]]:
+    def _head(self, p: int) -> Optional[Tuple[int, int]]:
         """The partition's best ready entry ``(-priority, offset)`` still deliverable (stale
         heap entries dropped), not popped. An entry made ready before another process took the
-        message and nacked it with a delay is stale too: the delayed heap has it, due then."""
+        message and nacked it with a delay is stale too: it waits for its delay (``waiting``)."""
         sched = self.parts[p]
         part = self.state.parts[p]
         ready = sched.ready
-        not_before = part.not_before
         while ready:
             off = ready[0][1]
             if (off < part.low or off in part.done or off in sched.inflight
-                    or (not_before and not_before.get(off, 0) > wall)):
+                    or off in sched.waiting):
                 heapq.heappop(ready)
                 continue
             return ready[0]
@@ -300,7 +311,7 @@ class Scheduler:
         return sched.inflight.pop(off)
 
     def delay(self, p: int, off: int, seconds: float) -> None:
-        heapq.heappush(self.parts[p].delayed, (time.monotonic() + seconds, off))
+        self.parts[p].wait_until(off, time.monotonic() + seconds)
 
     def wait_time(self, now: float, left: Optional[float]) -> float:
         """How long a getter may sleep before something becomes due (at most 50 ms: messages
@@ -327,8 +338,8 @@ class Scheduler:
         return sum(len(sched.inflight) for sched in self.parts)
 
     def delayed_count(self) -> int:
-        return sum(len({o for _, o in sched.delayed if self.state.unsettled(p, o)
-                        and o not in sched.inflight})
+        return sum(sum(1 for o in sched.waiting if self.state.unsettled(p, o)
+                       and o not in sched.inflight)
                    for p, sched in enumerate(self.parts))
 
     def oldest_waiting(self) -> Optional[Tuple[int, int]]:
