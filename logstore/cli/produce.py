@@ -307,7 +307,7 @@ def _from_json(line: bytes, mode: str) -> Item:
                                       or not isinstance(partition, int) or partition < 0):
             raise InputError("\"partition\" is not an integer >= 0")
     except (binascii.Error, UnicodeEncodeError) as e:
-        raise InputError(f"bad encoding ({e}): is --values {mode} how it was written?") from None
+        raise InputError(f"bad encoding ({e}); was it written with --values {mode}") from None
     return Item(value, key, headers or None, ts, topic, partition)
 
 
@@ -338,7 +338,7 @@ def _produce(sink: Any, items: Iterator[Item], reader: _Reader, batch_size: int)
             sink.add(item)
         except InputError as e:
             sink.flush(first_line, reader.line - 1)
-            error(f"line {reader.line}: {e}. Written in all: {sink.written()}")
+            error(f"line {reader.line}: {str(e).rstrip('.?')}. Written in all: {sink.written()}")
             raise CommandExit(EXIT_USAGE) from None
         waiting += 1
         if waiting >= batch_size:
