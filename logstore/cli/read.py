@@ -79,7 +79,7 @@ def dump(path: str, from_offset: Optional[int], max_items: Optional[int], values
     Read-only; works while a writer runs.
 
     \b
-    Record line: offset=N ts=MS key=K size=BYTES headers={..} batch=POS codec=C crc=ok [value=V]
+    Record line: offset=N ts=MS time=ISO8601 key=K size=BYTES headers={..} batch=POS codec=C crc=ok [value=V]
     Batch line:  batch=POS offsets=A..B records=N base_ts=MS max_ts=MS length=L payload=P
                  raw=R codec=C version=V chunks=K crc=ok|BAD
     (version: the batch format, 1 or 2; chunks: entries of a version 2 batch's chunk table,
