@@ -22,6 +22,7 @@ from ..format.names import (
     STORE_META, TOPIC_META, TOPICS_DIR, parse_segment_name, partition_dir, segment_name,
 )
 from ..storage import meta
+from ..processing.changelog import PROCESSING_DIR
 from ..views import leases
 
 
@@ -290,7 +291,8 @@ def _store_targets(given: str, root: str, topic: Optional[str], partition: Optio
 
 
 def _internal_targets(given: str, root: str) -> List[Target]:
-    """The store's internal logs: committed offsets, queue events, groups' lease logs."""
+    """The store's internal logs: committed offsets, queue events, groups' lease logs, stream
+    processors' changelogs."""
     logs = [(OFFSETS_LOG, os.path.join(root, OFFSETS_LOG))]
     logs += [(f"{QUEUES_DIR}/{q}", os.path.join(root, QUEUES_DIR, q)) for q in store_queues(root)]
     out = [Target(label, d, internal=True, expanded=True,
@@ -305,6 +307,33 @@ def _internal_targets(given: str, root: str) -> List[Target]:
         out += [Target(f"{rel}/{p}", os.path.join(gdir, str(p)), internal=True, expanded=True,
                        dir_label=os.path.join(given, rel, str(p)), store_root=root)
                 for p in leases.lease_partitions(gdir)]
+    out += [Target(rel, d, internal=True, expanded=True, dir_label=os.path.join(given, rel),
+                   store_root=root) for rel, d in _changelog_dirs(root)]
+    return out
+
+
+def _subdirs(path: str) -> List[str]:
+    try:
+        return sorted(e.name for e in os.scandir(path) if e.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _changelog_dirs(root: str) -> List[Tuple[str, str]]:
+    """``(label, directory)`` of every stream processor's task changelog
+    (``internal/processing/<name>/stage-<i>/<p>``): verify and stats look at them like any
+    other internal log, so damage there is reported, not met first at a restart."""
+    base = os.path.join(root, PROCESSING_DIR)
+    out = []
+    for name in _subdirs(base):
+        for stage in _subdirs(os.path.join(base, name)):
+            if not stage.startswith("stage-"):
+                continue
+            for part in _subdirs(os.path.join(base, name, stage)):
+                if part.isdigit():
+                    rel = os.path.join(PROCESSING_DIR, name, stage, part)
+                    out.append((rel, os.path.join(root, rel)))
+    out.sort(key=lambda x: (x[0].rsplit(os.sep, 1)[0], int(x[0].rsplit(os.sep, 1)[1])))
     return out
 
 
