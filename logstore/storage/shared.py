@@ -120,47 +120,24 @@ class SharedTail:
         self._wfd = self._sfd = self._cfd = -1
 
     # ------------------------------------------------------------------ locks
+    # Each lock is a thread lock (threads of this process) then a flock (other processes).
     def lock_write(self) -> None:
-        self._wthread.acquire()
-        try:
-            fcntl.flock(self._wfd, fcntl.LOCK_EX)
-        except BaseException:
-            self._wthread.release()
-            raise
+        _take(self._wthread, self._wfd)
 
     def unlock_write(self) -> None:
-        try:
-            fcntl.flock(self._wfd, fcntl.LOCK_UN)
-        finally:
-            self._wthread.release()
+        _release(self._wthread, self._wfd)
 
     def lock_sync(self) -> None:
-        self._sthread.acquire()
-        try:
-            fcntl.flock(self._sfd, fcntl.LOCK_EX)
-        except BaseException:
-            self._sthread.release()
-            raise
+        _take(self._sthread, self._sfd)
 
     def unlock_sync(self) -> None:
-        try:
-            fcntl.flock(self._sfd, fcntl.LOCK_UN)
-        finally:
-            self._sthread.release()
+        _release(self._sthread, self._sfd)
 
     def lock_clean(self) -> None:
-        self._cthread.acquire()
-        try:
-            fcntl.flock(self._cfd, fcntl.LOCK_EX)
-        except BaseException:
-            self._cthread.release()
-            raise
+        _take(self._cthread, self._cfd)
 
     def unlock_clean(self) -> None:
-        try:
-            fcntl.flock(self._cfd, fcntl.LOCK_UN)
-        finally:
-            self._cthread.release()
+        _release(self._cthread, self._cfd)
 
     # ------------------------------------------------------------------ the page
     def valid(self) -> bool:
@@ -478,3 +455,20 @@ def swapping(lock: threading.Lock, shared: Optional[SharedWriter]) -> Iterator[N
 def _state(t: Tail) -> Tuple[int, int, int, int, int, int]:
     return (t.size, t.next_offset, t.index_n, t.last_index_pos, t.max_timestamp,
             t.first_timestamp)
+
+
+def _take(thread_lock: threading.Lock, fd: int) -> None:
+    """Take ``thread_lock``, then the flock of ``fd`` (the thread lock released if that fails)."""
+    thread_lock.acquire()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        thread_lock.release()
+        raise
+
+
+def _release(thread_lock: threading.Lock, fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        thread_lock.release()

@@ -99,10 +99,12 @@ class CrashPointFailure(AssertionError):
         lines.append(f"  {self.replay}")
         return "\n".join(lines)
 
-    def add_others(self, others: List["CrashPointFailure"]) -> None:
+    def add_others(self, others: List["CrashPointFailure"]) -> "CrashPointFailure":
+        """List the other failing crash points in this failure's message; returns it."""
         self.others = others
         more = ", ".join(str(o.point) for o in others[:50])
         self.args = (self._message() + f"\n{len(others)} more failing crash point(s): {more}",)
+        return self
 
 
 def _relevance(d: Damage) -> int:
@@ -302,6 +304,8 @@ def _select_points(total: int, points: Union[None, int, Sequence[int]], seed: An
     return chosen
 
 
+STAGES = ("materialize", "reopen", "check", "close", "verify", "cleanup")  # timed per point
+
 def sweep(workload: Workload, check: Check, *, kind: str = "log",
           options: Optional[Mapping[str, Any]] = None,
           points: Union[None, int, Sequence[int]] = None, seed: Any = 0,
@@ -340,12 +344,7 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
     """
     __tracebackhide__ = True  # pytest: show the caller's line, not this helper's
     targets.check_kind(kind, KINDS)
-    unknown = [m for m in modes if m not in ALL_MODES]
-    if unknown or not modes:
-        raise SweepError(f"modes must be a non-empty subset of {ALL_MODES} (got {modes!r})")
-    if not dir_modes or [m for m in dir_modes if m not in DIR_MODES]:
-        raise SweepError(f"dir_modes must be a non-empty subset of {DIR_MODES} "
-                         f"(got {dir_modes!r})")
+    _check_modes(modes, dir_modes)
     options = dict(options or {})
     work = targets.make_scratch("logstore-sweep-", scratch)
     name = kind if kind != "dir" else "data"
@@ -366,8 +365,7 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
         modes_seen: Dict[str, int] = {}
         seen = set()
         duplicates = 0
-        times = dict.fromkeys(("materialize", "reopen", "check", "close", "verify", "cleanup"),
-                              0.0)
+        times = dict.fromkeys(STAGES, 0.0)
         clock = time.perf_counter
         t0 = clock()
         for point in chosen:
@@ -403,13 +401,21 @@ def sweep(workload: Workload, check: Check, *, kind: str = "log",
             failures.append(failure)
         check_s = time.perf_counter() - t0
         if failures:
-            first = failures[0]
-            first.add_others(failures[1:])
-            raise first
+            raise failures[0].add_others(failures[1:])
         return SweepReport(rec.ops, chosen, len(rec.acks), seed, rec.seconds, check_s,
                            duplicates, modes_seen, times)
     finally:
         targets.remove_tree(work)
+
+
+def _check_modes(modes: Sequence[str], dir_modes: Sequence[str]) -> None:
+    """SweepError unless both are non-empty subsets of the damage modes the model knows."""
+    unknown = [m for m in modes if m not in ALL_MODES]
+    if unknown or not modes:
+        raise SweepError(f"modes must be a non-empty subset of {ALL_MODES} (got {modes!r})")
+    if not dir_modes or [m for m in dir_modes if m not in DIR_MODES]:
+        raise SweepError(f"dir_modes must be a non-empty subset of {DIR_MODES} "
+                         f"(got {dir_modes!r})")
 
 
 def _format_hint(hint: str, point: int, seed: Any) -> str:

@@ -49,7 +49,7 @@ from typing import Any, Deque, Dict, Optional, Tuple
 
 from .. import process
 from ..errors import AckError, ForkedProcessError, LogClosedError, LogstoreError
-from .durablequeue import PICKLE, QUEUE_NAME
+from .durablequeue import PICKLE, QUEUE_NAME, encode_item
 from .store import Store
 
 __all__ = ["DurableAsyncQueue"]
@@ -128,13 +128,7 @@ class DurableAsyncQueue:
             raise LogClosedError(f"DurableAsyncQueue {getattr(self, 'path', '?')} is closed")
 
     def _dumps(self, item: Any) -> bytes:
-        data = self._serializer.dumps(item)
-        if type(data) is not bytes:
-            if not isinstance(data, (bytearray, memoryview)):
-                raise TypeError(f"serializer.dumps() must return bytes, got "
-                                f"{type(data).__name__}")
-            data = bytes(data)
-        return data
+        return encode_item(self._serializer, item)
 
     def _no_slot(self) -> bool:
         return 0 < self._maxsize <= self._qsize + self._putting

@@ -124,6 +124,16 @@ _SHARED_POLL_S = 0.05  # (shared) how often a blocked get/put/join looks at the 
 
 
 # --------------------------------------------------------------------------- serializers
+
+def encode_item(serializer: Any, item: Any) -> bytes:
+    """``serializer.dumps(item)`` as bytes; TypeError if it returned something else."""
+    data = serializer.dumps(item)
+    if type(data) is not bytes:
+        if not isinstance(data, (bytearray, memoryview)):
+            raise TypeError(f"serializer.dumps() must return bytes, got {type(data).__name__}")
+        data = bytes(data)
+    return data
+
 class PickleSerializer:
     """``pickle`` at ``pickle.DEFAULT_PROTOCOL`` (readable by every supported Python).
 
@@ -244,13 +254,7 @@ class _DurableBase:
             raise LogClosedError(f"{self._kind} {getattr(self, 'path', '?')} is closed")
 
     def _dumps(self, item: Any) -> bytes:
-        data = self._serializer.dumps(item)
-        if type(data) is not bytes:
-            if not isinstance(data, (bytearray, memoryview)):
-                raise TypeError(f"serializer.dumps() must return bytes, got "
-                                f"{type(data).__name__}")
-            data = bytes(data)
-        return data
+        return encode_item(self._serializer, item)
 
     def _available(self) -> int:
         """(mutex held) Items put and not yet got: this object's count, or (shared) the
